@@ -1,0 +1,1556 @@
+//! Decoding one parsed HCL file into the typed model, collecting every problem on the way.
+//!
+//! Per-file checks happen here (types, ranges, unknown names, strategy knobs); checks that need
+//! the whole project (references, duplicates across files) happen in `project.rs`.
+
+use crate::diag::{Diagnostic, SourceFile, did_you_mean};
+use crate::model::*;
+use crate::values;
+use hcl_edit::Span;
+use hcl_edit::expr::{Expression, Object, TraversalOperator, UnaryOperator};
+use hcl_edit::structure::{Attribute, Block, Body, Structure};
+use hcl_edit::template::{Element, Template};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A named thing and where its name was written.
+#[derive(Debug, Clone)]
+pub(crate) struct Named<T> {
+    pub value: T,
+    pub file: usize,
+    pub span: Range<usize>,
+}
+
+/// A reference such as `image.hello`, to be resolved once every file is read.
+#[derive(Debug, Clone)]
+pub(crate) struct Ref {
+    pub kind: &'static str,
+    pub name: String,
+    pub file: usize,
+    pub span: Range<usize>,
+}
+
+/// What the files of a project declare, before cross-file checks.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    pub images: Vec<Named<Image>>,
+    pub services: Vec<Named<Service>>,
+    pub routes: Vec<Named<Route>>,
+    pub guards: Vec<Named<Guard>>,
+    pub webhooks: Vec<Named<Webhook>>,
+    pub refs: Vec<Ref>,
+    /// Every image and service name declared, even where the block has errors, so that a
+    /// broken block does not also make every reference to it an error.
+    pub declared: Vec<(&'static str, String)>,
+    /// Every address something listens on: routes and blue/green previews.
+    pub listens: Vec<Named<std::net::SocketAddr>>,
+}
+
+pub(crate) struct Cx<'a> {
+    file: &'a SourceFile,
+    file_idx: usize,
+    /// Directory that relative paths in this file are resolved against.
+    dir: PathBuf,
+    pub diags: Vec<Diagnostic>,
+    out: &'a mut Decoded,
+}
+
+fn span_of(x: &impl Span) -> Range<usize> {
+    x.span().unwrap_or(0..0)
+}
+
+/// Name of an expression's kind, for "must be X, found Y" messages.
+fn kind(e: &Expression) -> &'static str {
+    match e {
+        Expression::Null(_) => "null",
+        Expression::Bool(_) => "a bool",
+        Expression::Number(_) => "a number",
+        Expression::String(_) | Expression::StringTemplate(_) | Expression::HeredocTemplate(_) => {
+            "a string"
+        }
+        Expression::Array(_) => "a list",
+        Expression::Object(_) => "an object",
+        Expression::Variable(_) | Expression::Traversal(_) => "a reference",
+        Expression::UnaryOp(u) if matches!(u.expr, Expression::Number(_)) => "a number",
+        _ => "an expression",
+    }
+}
+
+/// A block's body, with what has been read from it so far.
+struct Reader<'b> {
+    body: &'b Body,
+    /// `service "hello"`, for messages.
+    what: String,
+    /// Span of the block header, for "missing attribute" errors.
+    span: Range<usize>,
+    used: Vec<bool>,
+    known_attrs: Vec<&'static str>,
+    known_blocks: Vec<&'static str>,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(file: &'a SourceFile, file_idx: usize, out: &'a mut Decoded) -> Cx<'a> {
+        let dir = match file.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Cx {
+            file,
+            file_idx,
+            dir,
+            diags: Vec::new(),
+            out,
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.err_hint(span, message, None);
+    }
+
+    fn err_hint(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.diags.push(self.file.diag(span, message.into(), hint));
+    }
+
+    fn named<T>(&self, value: T, span: Range<usize>) -> Named<T> {
+        Named {
+            value,
+            file: self.file_idx,
+            span,
+        }
+    }
+
+    // ---- the top level ----------------------------------------------------------------------
+
+    pub fn file(&mut self, body: &Body) {
+        for s in body.iter() {
+            match s {
+                Structure::Attribute(a) => self.err_hint(
+                    span_of(&a.key),
+                    format!("unexpected attribute `{}` at the top level", a.key.as_str()),
+                    Some(
+                        "top-level entries are blocks: image, service, route, guard, webhook"
+                            .into(),
+                    ),
+                ),
+                Structure::Block(b) => match b.ident.as_str() {
+                    "image" => self.image(b),
+                    "service" => self.service(b),
+                    "route" => self.route(b),
+                    "guard" => {
+                        if self.no_labels(b) {
+                            let mut r = self.reader(b, "guard".into());
+                            let g = self.guard(&mut r);
+                            self.finish(r);
+                            let span = span_of(&b.ident);
+                            let g = self.named(g, span);
+                            self.out.guards.push(g);
+                        }
+                    }
+                    "webhook" => self.webhook(b),
+                    other => self.err_hint(
+                        span_of(&b.ident),
+                        format!("unknown block `{other}`"),
+                        did_you_mean(other, ["image", "service", "route", "guard", "webhook"])
+                            .or_else(|| {
+                                Some(
+                                    "top-level blocks are image, service, route, guard, webhook"
+                                        .into(),
+                                )
+                            }),
+                    ),
+                },
+            }
+        }
+    }
+
+    /// The single label of `kind "NAME" { … }`, checked as a name.
+    fn label(&mut self, b: &Block) -> Option<(String, Range<usize>)> {
+        let kind = b.ident.as_str();
+        match b.labels.as_slice() {
+            [] => {
+                self.err_hint(
+                    span_of(&b.ident),
+                    format!("{kind} block needs a name"),
+                    Some(format!("write {kind} \"NAME\" {{ … }}")),
+                );
+                None
+            }
+            [l] => {
+                let name = l.as_str();
+                let span = span_of(l);
+                if !values::is_name(name) {
+                    self.err_hint(
+                        span,
+                        format!("invalid {kind} name \"{name}\""),
+                        Some("names use lowercase letters, digits, '-', '_' and '.', start with a letter or digit, and have at most 63 characters".into()),
+                    );
+                    return None;
+                }
+                Some((name.to_string(), span))
+            }
+            [_, extra, ..] => {
+                self.err(
+                    span_of(extra),
+                    format!("{kind} block takes one label, found {}", b.labels.len()),
+                );
+                None
+            }
+        }
+    }
+
+    fn no_labels(&mut self, b: &Block) -> bool {
+        if let Some(l) = b.labels.first() {
+            self.err(
+                span_of(l),
+                format!("{} block takes no label", b.ident.as_str()),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn reader<'b>(&mut self, b: &'b Block, what: String) -> Reader<'b> {
+        let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
+        for s in b.body.iter() {
+            if let Structure::Attribute(a) = s {
+                let span = span_of(&a.key);
+                if let Some(first) = seen.get(a.key.as_str()) {
+                    let line = self.file.diag(first.clone(), String::new(), None).line;
+                    self.err_hint(
+                        span,
+                        format!("duplicate attribute `{}` in {what}", a.key.as_str()),
+                        Some(format!("it is already set on line {line}")),
+                    );
+                } else {
+                    seen.insert(a.key.as_str(), span);
+                }
+            }
+        }
+        Reader {
+            body: &b.body,
+            what,
+            span: span_of(&b.ident),
+            used: vec![false; b.body.len()],
+            known_attrs: Vec::new(),
+            known_blocks: Vec::new(),
+        }
+    }
+
+    /// Report everything in the block that nobody asked for.
+    fn finish(&mut self, r: Reader<'_>) {
+        for (i, s) in r.body.iter().enumerate() {
+            if r.used[i] {
+                continue;
+            }
+            match s {
+                Structure::Attribute(a) => {
+                    let name = a.key.as_str();
+                    let hint = if r.known_blocks.contains(&name) {
+                        Some(format!("`{name}` is a block: write {name} {{ … }}"))
+                    } else {
+                        did_you_mean(name, r.known_attrs.iter().copied())
+                    };
+                    self.err_hint(
+                        span_of(&a.key),
+                        format!("unknown attribute `{name}` in {}", r.what),
+                        hint,
+                    );
+                }
+                Structure::Block(b) => {
+                    let name = b.ident.as_str();
+                    let hint = if r.known_attrs.contains(&name) {
+                        Some(format!("`{name}` is an attribute: write {name} = …"))
+                    } else {
+                        did_you_mean(name, r.known_blocks.iter().copied())
+                    };
+                    self.err_hint(
+                        span_of(&b.ident),
+                        format!("unknown block `{name}` in {}", r.what),
+                        hint,
+                    );
+                }
+            }
+        }
+    }
+
+    fn required<'b>(&mut self, r: &mut Reader<'b>, name: &'static str) -> Option<&'b Attribute> {
+        let a = r.attr(name);
+        if a.is_none() {
+            self.err(
+                r.span.clone(),
+                format!("missing required attribute `{name}` in {}", r.what),
+            );
+        }
+        a
+    }
+
+    // ---- typed values -----------------------------------------------------------------------
+
+    fn type_err(&mut self, a: &Attribute, expected: &str) {
+        let found = kind(&a.value);
+        let hint = match (&a.value, expected) {
+            (Expression::String(s), "a number") if s.parse::<f64>().is_ok() => Some(format!(
+                "remove the quotes: {} = {}",
+                a.key.as_str(),
+                s.as_str()
+            )),
+            _ => None,
+        };
+        self.err_hint(
+            span_of(&a.value),
+            format!("`{}` must be {expected}, found {found}", a.key.as_str()),
+            hint,
+        );
+    }
+
+    /// The text of a string expression (literal strings and templates without interpolation).
+    fn str_of(&mut self, e: &Expression) -> Result<String, ()> {
+        let template: &Template = match e {
+            Expression::String(s) => return Ok(s.as_str().to_string()),
+            Expression::StringTemplate(t) => t,
+            Expression::HeredocTemplate(h) => &h.template,
+            _ => return Err(()),
+        };
+        let mut out = String::new();
+        for el in template.iter() {
+            match el {
+                Element::Literal(l) => out.push_str(l.as_str()),
+                Element::Interpolation(i) => {
+                    self.err_hint(
+                        span_of(&i.expr),
+                        "interpolation is not supported in recast specs",
+                        Some("write the value literally".into()),
+                    );
+                    return Ok(out);
+                }
+                Element::Directive(_) => {
+                    self.err(
+                        span_of(e),
+                        "template directives are not supported in recast specs",
+                    );
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn string(&mut self, a: &Attribute) -> Option<String> {
+        match self.str_of(&a.value) {
+            Ok(s) => Some(s),
+            Err(()) => {
+                self.type_err(a, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string that must not be empty.
+    fn nonempty(&mut self, a: &Attribute) -> Option<String> {
+        let s = self.string(a)?;
+        if s.is_empty() {
+            self.err(
+                span_of(&a.value),
+                format!("`{}` must not be empty", a.key.as_str()),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn number(&mut self, a: &Attribute) -> Option<f64> {
+        let n = match &a.value {
+            Expression::Number(n) => n.value().as_f64(),
+            Expression::UnaryOp(u) if *u.operator.value() == UnaryOperator::Neg => match &u.expr {
+                Expression::Number(n) => n.value().as_f64().map(|x| -x),
+                _ => None,
+            },
+            _ => None,
+        };
+        if n.is_none() {
+            self.type_err(a, "a number");
+        }
+        n
+    }
+
+    /// A whole number in `min..=max`.
+    fn integer(&mut self, a: &Attribute, min: u64, max: u64) -> Option<u64> {
+        let n = self.number(a)?;
+        let key = a.key.as_str();
+        if n.fract() != 0.0 {
+            self.err(
+                span_of(&a.value),
+                format!("`{key}` must be a whole number, found {n}"),
+            );
+            return None;
+        }
+        if n < min as f64 || n > max as f64 {
+            let msg = if max == u64::from(u32::MAX) {
+                format!("`{key}` must be at least {min}, found {n}")
+            } else {
+                format!("`{key}` must be between {min} and {max}, found {n}")
+            };
+            self.err(span_of(&a.value), msg);
+            return None;
+        }
+        Some(n as u64)
+    }
+
+    fn u32_at_least(&mut self, a: &Attribute, min: u32) -> Option<u32> {
+        self.integer(a, u64::from(min), u64::from(u32::MAX))
+            .map(|n| n as u32)
+    }
+
+    fn fraction(&mut self, a: &Attribute, min: f64, max: f64) -> Option<f64> {
+        let n = self.number(a)?;
+        if !(min..=max).contains(&n) {
+            self.err(
+                span_of(&a.value),
+                format!(
+                    "`{}` must be between {min} and {max}, found {n}",
+                    a.key.as_str()
+                ),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn boolean(&mut self, a: &Attribute) -> Option<bool> {
+        match &a.value {
+            Expression::Bool(b) => Some(*b.value()),
+            _ => {
+                self.type_err(a, "a bool (true or false)");
+                None
+            }
+        }
+    }
+
+    /// A string parsed by `parse`, with its error placed on the value.
+    fn parsed<T>(&mut self, a: &Attribute, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let s = self.string(a)?;
+        match parse(&s) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.err(span_of(&a.value), msg);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, a: &Attribute) -> Option<Duration> {
+        if let Expression::Number(n) = &a.value {
+            self.err_hint(
+                span_of(&a.value),
+                format!(
+                    "`{}` must be a duration string, found a number",
+                    a.key.as_str()
+                ),
+                Some(format!(
+                    "add a unit: {} = \"{}s\"",
+                    a.key.as_str(),
+                    n.value()
+                )),
+            );
+            return None;
+        }
+        self.parsed(a, values::duration)
+    }
+
+    /// A non-empty list of strings.
+    fn strings(&mut self, a: &Attribute) -> Option<Vec<String>> {
+        let Expression::Array(arr) = &a.value else {
+            self.type_err(a, "a list of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for e in arr.iter() {
+            match self.str_of(e) {
+                Ok(s) => out.push(s),
+                Err(()) => {
+                    self.err(
+                        span_of(e),
+                        format!(
+                            "`{}` must be a list of strings, found {} in it",
+                            a.key.as_str(),
+                            kind(e)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if out.is_empty() {
+            self.err(
+                span_of(&a.value),
+                format!("`{}` must not be empty", a.key.as_str()),
+            );
+            return None;
+        }
+        Some(out)
+    }
+
+    /// An object of string values; keys are checked as environment variable names when `env`.
+    fn string_map(&mut self, a: &Attribute, env: bool) -> Option<BTreeMap<String, String>> {
+        let Expression::Object(obj) = &a.value else {
+            self.type_err(a, "an object like { KEY = \"value\" }");
+            return None;
+        };
+        self.object_strings(a.key.as_str(), obj, env)
+    }
+
+    fn object_strings(
+        &mut self,
+        attr: &str,
+        obj: &Object,
+        env: bool,
+    ) -> Option<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in obj.iter() {
+            let key = match k {
+                hcl_edit::expr::ObjectKey::Ident(i) => Some(i.as_str().to_string()),
+                hcl_edit::expr::ObjectKey::Expression(e) => self.str_of(e).ok(),
+            };
+            let kspan = span_of(k);
+            let Some(key) = key else {
+                self.err(kspan, format!("keys of `{attr}` must be names or strings"));
+                ok = false;
+                continue;
+            };
+            if env && !values::is_env_name(&key) {
+                self.err(
+                    kspan,
+                    format!("invalid environment variable name \"{key}\" in `{attr}`"),
+                );
+                ok = false;
+                continue;
+            }
+            let value = match v.expr() {
+                // Numbers and bools are written to the environment as text.
+                Expression::Number(n) => n.value().to_string(),
+                Expression::Bool(b) => b.value().to_string(),
+                e => match self.str_of(e) {
+                    Ok(s) => s,
+                    Err(()) => {
+                        self.err(
+                            span_of(e),
+                            format!("values of `{attr}` must be strings, found {}", kind(e)),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            if out.insert(key.clone(), value).is_some() {
+                self.err(kspan, format!("duplicate key \"{key}\" in `{attr}`"));
+                ok = false;
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `image.NAME` or `service.NAME`; recorded for resolution once every file is read.
+    fn reference(&mut self, a: &Attribute, kind_name: &'static str) -> Option<String> {
+        let span = span_of(&a.value);
+        let parts = match &a.value {
+            Expression::Traversal(t) => match &t.expr {
+                Expression::Variable(v) => {
+                    let mut parts = vec![v.as_str().to_string()];
+                    for op in &t.operators {
+                        match op.value() {
+                            TraversalOperator::GetAttr(i) => parts.push(i.as_str().to_string()),
+                            _ => parts.push(String::new()),
+                        }
+                    }
+                    Some(parts)
+                }
+                _ => None,
+            },
+            Expression::Variable(v) => Some(vec![v.as_str().to_string()]),
+            _ => None,
+        };
+        let example = format!("{kind_name}.NAME");
+        match parts.as_deref() {
+            Some([k, name]) if k == kind_name && !name.is_empty() => {
+                self.out.refs.push(Ref {
+                    kind: kind_name,
+                    name: name.clone(),
+                    file: self.file_idx,
+                    span,
+                });
+                Some(name.clone())
+            }
+            Some([k, ..]) if k != kind_name => {
+                self.err_hint(
+                    span,
+                    format!(
+                        "`{}` must reference {} {kind_name}, found a reference to `{k}`",
+                        a.key.as_str(),
+                        article(kind_name)
+                    ),
+                    Some(format!("write {} = {example}", a.key.as_str())),
+                );
+                None
+            }
+            Some(_) => {
+                self.err_hint(
+                    span,
+                    format!("invalid reference in `{}`", a.key.as_str()),
+                    Some(format!("write {} = {example}", a.key.as_str())),
+                );
+                None
+            }
+            None => {
+                let hint = match self.str_of(&a.value) {
+                    Ok(s) => format!(
+                        "write a reference without quotes: {} = {kind_name}.{s}",
+                        a.key.as_str()
+                    ),
+                    Err(()) => format!("write {} = {example}", a.key.as_str()),
+                };
+                self.err_hint(
+                    span,
+                    format!(
+                        "`{}` must be a reference like {example}, found {}",
+                        a.key.as_str(),
+                        kind(&a.value)
+                    ),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    fn abs_path(&mut self, a: &Attribute, what: &str) -> Option<String> {
+        let s = self.string(a)?;
+        if !s.starts_with('/') {
+            self.err_hint(
+                span_of(&a.value),
+                format!("{what} must be an absolute path, found \"{s}\""),
+                Some(format!("write \"/{}\"", s.trim_start_matches("./"))),
+            );
+            return None;
+        }
+        if s.split('/').any(|c| c == "..") {
+            self.err(
+                span_of(&a.value),
+                format!("{what} must not contain \"..\", found \"{s}\""),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    /// A path on the build machine, resolved against this file's directory and required to exist.
+    fn local_path(&mut self, span: Range<usize>, s: &str, what: &str) -> Option<PathBuf> {
+        let p = self.dir.join(s);
+        if !p.exists() {
+            self.err_hint(
+                span,
+                format!("{what} \"{s}\" does not exist"),
+                Some(format!(
+                    "paths are relative to the spec file's directory; looked for {}",
+                    p.display()
+                )),
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    // ---- blocks -----------------------------------------------------------------------------
+
+    fn image(&mut self, b: &Block) {
+        let label = self.label(b);
+        if let Some((name, _)) = &label {
+            self.out.declared.push(("image", name.clone()));
+        }
+        let what = format!("image \"{}\"", label.as_ref().map_or("", |l| l.0.as_str()));
+        let mut r = self.reader(b, what);
+        let from = self
+            .required(&mut r, "from")
+            .and_then(|a| self.string(a).map(|s| (s, span_of(&a.value))))
+            .and_then(|(s, span)| self.base(&s, span));
+        let mut copies = Vec::new();
+        for cb in r.blocks("copy") {
+            if !self.no_labels(cb) {
+                continue;
+            }
+            let mut cr = self.reader(cb, "copy".into());
+            let src = self.required(&mut cr, "src").and_then(|a| {
+                let s = self.nonempty(a)?;
+                self.local_path(span_of(&a.value), &s, "copy source")
+            });
+            let dest = self
+                .required(&mut cr, "dest")
+                .and_then(|a| self.abs_path(a, "copy destination"));
+            let mode = cr.attr("mode").and_then(|a| {
+                if let Expression::Number(_) = a.value {
+                    self.err_hint(
+                        span_of(&a.value),
+                        "`mode` must be a string of octal digits, found a number",
+                        Some("quote it so it stays octal: mode = \"0755\"".into()),
+                    );
+                    return None;
+                }
+                self.parsed(a, values::mode)
+            });
+            let owner = cr
+                .attr("owner")
+                .and_then(|a| self.parsed(a, values::owner))
+                .map(|(uid, gid)| Owner { uid, gid });
+            self.finish(cr);
+            if let (Some(src), Some(dest)) = (src, dest) {
+                copies.push(CopyStep {
+                    src,
+                    dest,
+                    mode,
+                    owner,
+                });
+            }
+        }
+        let env = r.attr("env").and_then(|a| self.string_map(a, true));
+        let workdir = r.attr("workdir").and_then(|a| self.abs_path(a, "workdir"));
+        let user = r.attr("user").and_then(|a| self.nonempty(a));
+        let cmd = r.attr("cmd").and_then(|a| self.strings(a));
+        let entrypoint = r.attr("entrypoint").and_then(|a| self.strings(a));
+        let labels = r.attr("labels").and_then(|a| self.string_map(a, false));
+        let tests = r.blocks("test");
+        if let Some(extra) = tests.get(1) {
+            self.err(
+                span_of(&extra.ident),
+                "an image takes at most one test block",
+            );
+        }
+        let test = tests.first().and_then(|tb| self.image_test(tb));
+        if matches!(from, Some(Base::Scratch)) && cmd.is_none() && entrypoint.is_none() {
+            self.err_hint(
+                r.span.clone(),
+                format!("{} has neither `cmd` nor `entrypoint`", r.what),
+                Some("an image from scratch needs something to run: cmd = [\"/bin/app\"]".into()),
+            );
+        }
+        self.finish(r);
+        if let (Some((name, span)), Some(from)) = (label, from) {
+            let image = Image {
+                name,
+                from,
+                copies,
+                env: env.unwrap_or_default(),
+                workdir,
+                user,
+                cmd,
+                entrypoint,
+                labels: labels.unwrap_or_default(),
+                test,
+            };
+            let n = self.named(image, span);
+            self.out.images.push(n);
+        }
+    }
+
+    fn base(&mut self, s: &str, span: Range<usize>) -> Option<Base> {
+        /// `PATH[:TAG]`, where a colon belongs to the tag only if what follows has no '/'.
+        fn path_tag(rest: &str) -> (&str, Option<String>) {
+            match rest.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') && !t.is_empty() && !p.is_empty() => {
+                    (p, Some(t.to_string()))
+                }
+                _ => (rest, None),
+            }
+        }
+        if s == "scratch" {
+            return Some(Base::Scratch);
+        }
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (p, tag) = path_tag(rest);
+            let path = self.local_path(span, p, "base image layout")?;
+            return Some(Base::Oci { path, tag });
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (p, tag) = path_tag(rest);
+            let path = self.local_path(span, p, "base image archive")?;
+            return Some(Base::OciArchive { path, tag });
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let path = self.local_path(span, rest, "base image archive")?;
+            return Some(Base::DockerArchive { path });
+        }
+        let reference = s.strip_prefix("docker://").unwrap_or(s);
+        match reference.rsplit_once('@') {
+            Some((repo, digest)) if values::is_sha256_digest(digest) && !repo.is_empty() => {
+                Some(Base::Registry {
+                    reference: reference.to_string(),
+                })
+            }
+            Some(_) => {
+                self.err_hint(
+                    span,
+                    format!("invalid image digest in base \"{s}\""),
+                    Some("a digest is sha256: followed by 64 lowercase hex digits".into()),
+                );
+                None
+            }
+            None => {
+                self.err_hint(
+                    span,
+                    format!("base image \"{s}\" is not pinned by digest"),
+                    Some("use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or REGISTRY/REPO@sha256:DIGEST so the build is reproducible".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn image_test(&mut self, b: &Block) -> Option<ImageTest> {
+        if !self.no_labels(b) {
+            return None;
+        }
+        let mut r = self.reader(b, "test".into());
+        let mut http = Vec::new();
+        let http_blocks = r.blocks("http");
+        for &hb in &http_blocks {
+            if !self.no_labels(hb) {
+                continue;
+            }
+            let mut hr = self.reader(hb, "http test".into());
+            let path = hr
+                .attr("path")
+                .map_or(Some("/".to_string()), |a| self.url_path(a));
+            let expect_status = hr
+                .attr("expect_status")
+                .map_or(Some(200), |a| self.integer(a, 100, 599).map(|n| n as u16));
+            let expect_body = hr.attr("expect_body").and_then(|a| self.string(a));
+            self.finish(hr);
+            if let (Some(path), Some(expect_status)) = (path, expect_status) {
+                http.push(HttpTest {
+                    path,
+                    expect_status,
+                    expect_body,
+                });
+            }
+        }
+        let command = r.attr("command").and_then(|a| self.strings(a));
+        let port = r
+            .attr("port")
+            .map_or(Some(8080), |a| self.integer(a, 1, 65535).map(|n| n as u16));
+        let timeout = r
+            .attr("timeout")
+            .map_or(Some(Duration::from_secs(30)), |a| self.duration(a));
+        if http_blocks.is_empty() && r.body.get_attribute("command").is_none() {
+            self.err_hint(
+                r.span.clone(),
+                "test block checks nothing",
+                Some("add an http { … } block or a command".into()),
+            );
+        }
+        self.finish(r);
+        Some(ImageTest {
+            http,
+            command,
+            port: port?,
+            timeout: timeout?,
+        })
+    }
+
+    fn url_path(&mut self, a: &Attribute) -> Option<String> {
+        let s = self.string(a)?;
+        if !s.starts_with('/') || s.contains(char::is_whitespace) {
+            self.err_hint(
+                span_of(&a.value),
+                format!(
+                    "`{}` must be a URL path starting with '/', found \"{s}\"",
+                    a.key.as_str()
+                ),
+                Some(format!("write {} = \"/{}\"", a.key.as_str(), s.trim())),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn service(&mut self, b: &Block) {
+        let label = self.label(b);
+        if let Some((name, _)) = &label {
+            self.out.declared.push(("service", name.clone()));
+        }
+        let what = format!(
+            "service \"{}\"",
+            label.as_ref().map_or("", |l| l.0.as_str())
+        );
+        let mut r = self.reader(b, what);
+        let image = self
+            .required(&mut r, "image")
+            .and_then(|a| self.reference(a, "image"));
+        let instances = r
+            .attr("instances")
+            .map_or(Some(1), |a| self.integer(a, 1, 1000).map(|n| n as u32));
+        let port = self
+            .required(&mut r, "port")
+            .and_then(|a| self.integer(a, 1, 65535).map(|n| n as u16));
+        let env = r.attr("env").and_then(|a| self.string_map(a, true));
+        if let (Some(env), Some(a)) = (&env, r.body.get_attribute("env"))
+            && env.contains_key("PORT")
+        {
+            self.err_hint(
+                span_of(&a.value),
+                "`env` must not set PORT",
+                Some("recast sets $PORT from the service's `port` (or a free port with network = \"host\")".into()),
+            );
+        }
+        let healths = r.blocks("health");
+        if let Some(extra) = healths.get(1) {
+            self.err(
+                span_of(&extra.ident),
+                "a service takes at most one health block",
+            );
+        }
+        let health = match healths.first() {
+            Some(hb) => self.health(hb),
+            None => Some(default_health()),
+        };
+        let mut volumes: Vec<Volume> = Vec::new();
+        for vb in r.blocks("volume") {
+            let Some((name, span)) = self.label(vb) else {
+                continue;
+            };
+            let mut vr = self.reader(vb, format!("volume \"{name}\""));
+            let mount = self.required(&mut vr, "mount").and_then(|a| {
+                let m = self.abs_path(a, "volume mount")?;
+                if m.trim_end_matches('/').is_empty() || m == "/tmp" || m.starts_with("/tmp/") {
+                    self.err(
+                        span_of(&a.value),
+                        format!("volume mount \"{m}\" is not allowed: / is the image and /tmp is private"),
+                    );
+                    return None;
+                }
+                if let Some(v) = volumes.iter().find(|v| v.mount == m) {
+                    self.err(span_of(&a.value), format!("volume mount \"{m}\" is already used by volume \"{}\"", v.name));
+                    return None;
+                }
+                Some(m)
+            });
+            self.finish(vr);
+            if volumes.iter().any(|v| v.name == name) {
+                self.err(span, format!("duplicate volume \"{name}\""));
+            } else if let Some(mount) = mount {
+                volumes.push(Volume { name, mount });
+            }
+        }
+        let max_age = r.attr("max_age").and_then(|a| {
+            let d = self.duration(a)?;
+            if d < Duration::from_secs(1) {
+                self.err(span_of(&a.value), "`max_age` must be at least 1s");
+                return None;
+            }
+            Some(d)
+        });
+        let network = r.attr("network").map_or(Some(Network::Private), |a| {
+            self.choice(a, &[("private", Network::Private), ("host", Network::Host)])
+        });
+        let memory = r.attr("memory").and_then(|a| {
+            if let Expression::Number(_) = a.value {
+                self.err_hint(
+                    span_of(&a.value),
+                    "`memory` must be a size string, found a number",
+                    Some("write it with a unit: memory = \"256MiB\"".into()),
+                );
+                return None;
+            }
+            let m = self.parsed(a, values::size)?;
+            if m < 4 << 20 {
+                self.err(span_of(&a.value), "`memory` must be at least 4MiB");
+                return None;
+            }
+            Some(m)
+        });
+        let cpus = r.attr("cpus").and_then(|a| {
+            let n = self.number(a)?;
+            if !(n > 0.0 && n <= 1024.0) {
+                self.err(
+                    span_of(&a.value),
+                    format!("`cpus` must be more than 0 and at most 1024, found {n}"),
+                );
+                return None;
+            }
+            Some(n)
+        });
+        let rollouts = r.blocks("rollout");
+        if let Some(extra) = rollouts.get(1) {
+            self.err(
+                span_of(&extra.ident),
+                "a service takes at most one rollout block",
+            );
+        }
+        let rollout = match rollouts.first() {
+            Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
+            None => Some(Rollout {
+                strategy: default_rolling(),
+                analysis: None,
+                auto_rollback: true,
+                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            }),
+        };
+        let guards = r.blocks("guard");
+        if let Some(extra) = guards.get(1) {
+            self.err(
+                span_of(&extra.ident),
+                "a service takes at most one guard block",
+            );
+        }
+        let guard = guards.first().and_then(|gb| {
+            if !self.no_labels(gb) {
+                return None;
+            }
+            let mut gr = self.reader(gb, "guard".into());
+            let g = self.guard(&mut gr);
+            self.finish(gr);
+            Some(g)
+        });
+        self.finish(r);
+        if let (
+            Some((name, span)),
+            Some(image),
+            Some(instances),
+            Some(port),
+            Some(health),
+            Some(rollout),
+            Some(network),
+        ) = (label, image, instances, port, health, rollout, network)
+        {
+            let s = Service {
+                name,
+                image,
+                instances,
+                port,
+                env: env.unwrap_or_default(),
+                health,
+                volumes,
+                max_age,
+                network,
+                memory,
+                cpus,
+                rollout,
+                guard,
+            };
+            let n = self.named(s, span);
+            self.out.services.push(n);
+        }
+    }
+
+    /// One of a fixed set of strings.
+    fn choice<T: Copy>(&mut self, a: &Attribute, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(a)?;
+        if let Some((_, v)) = options.iter().find(|(o, _)| *o == s) {
+            return Some(*v);
+        }
+        let names: Vec<String> = options.iter().map(|(o, _)| format!("\"{o}\"")).collect();
+        self.err_hint(
+            span_of(&a.value),
+            format!(
+                "invalid `{}` \"{s}\": expected {}",
+                a.key.as_str(),
+                names.join(" or ")
+            ),
+            did_you_mean(&s, options.iter().map(|(o, _)| *o)).map(|h| h.replace('`', "\"")),
+        );
+        None
+    }
+
+    fn health(&mut self, b: &Block) -> Option<Health> {
+        if !self.no_labels(b) {
+            return None;
+        }
+        let mut r = self.reader(b, "health".into());
+        let d = default_health();
+        let mut checks = Vec::new();
+        let mut check = None;
+        if let Some(a) = r.attr("http") {
+            checks.push(span_of(&a.key));
+            if let Some(path) = self.url_path(a) {
+                check = Some(HealthCheck::Http { path });
+            }
+        }
+        if let Some(a) = r.attr("tcp") {
+            checks.push(span_of(&a.key));
+            if self.boolean(a) == Some(false) {
+                self.err_hint(
+                    span_of(&a.value),
+                    "`tcp = false` turns nothing off",
+                    Some("remove it; without http or exec the check is tcp".into()),
+                );
+            }
+            check = Some(HealthCheck::Tcp);
+        }
+        if let Some(a) = r.attr("exec") {
+            checks.push(span_of(&a.key));
+            if let Some(command) = self.strings(a) {
+                check = Some(HealthCheck::Exec { command });
+            }
+        }
+        if checks.len() > 1 {
+            self.err_hint(
+                checks[1].clone(),
+                "a health block takes one of `http`, `tcp` or `exec`",
+                Some("keep one check per service".into()),
+            );
+        }
+        let interval = r
+            .attr("interval")
+            .map_or(Some(d.interval), |a| self.positive_duration(a));
+        let timeout = r
+            .attr("timeout")
+            .map_or(Some(d.timeout), |a| self.positive_duration(a));
+        let healthy_threshold = r
+            .attr("healthy_threshold")
+            .map_or(Some(d.healthy_threshold), |a| {
+                self.integer(a, 1, 100).map(|n| n as u32)
+            });
+        let unhealthy_threshold = r
+            .attr("unhealthy_threshold")
+            .map_or(Some(d.unhealthy_threshold), |a| {
+                self.integer(a, 1, 100).map(|n| n as u32)
+            });
+        let start_period = r
+            .attr("start_period")
+            .map_or(Some(d.start_period), |a| self.duration(a));
+        let check = check.unwrap_or(HealthCheck::Tcp);
+        self.finish(r);
+        Some(Health {
+            check,
+            interval: interval?,
+            timeout: timeout?,
+            healthy_threshold: healthy_threshold?,
+            unhealthy_threshold: unhealthy_threshold?,
+            start_period: start_period?,
+        })
+    }
+
+    fn positive_duration(&mut self, a: &Attribute) -> Option<Duration> {
+        let d = self.duration(a)?;
+        if d.is_zero() {
+            self.err(
+                span_of(&a.value),
+                format!("`{}` must be more than 0s", a.key.as_str()),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn count(&mut self, a: &Attribute) -> Option<Count> {
+        match &a.value {
+            Expression::Number(_) | Expression::UnaryOp(_) => {
+                self.integer(a, 0, 1000).map(|n| Count::Absolute(n as u32))
+            }
+            _ => {
+                let s = self.string(a)?;
+                match s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok()) {
+                    Some(p) if p <= 100 => Some(Count::Percent(p)),
+                    _ => {
+                        self.err_hint(
+                            span_of(&a.value),
+                            format!(
+                                "invalid `{}` \"{s}\": expected a number or a percentage",
+                                a.key.as_str()
+                            ),
+                            Some(format!(
+                                "write {} = 1 or {} = \"25%\"",
+                                a.key.as_str(),
+                                a.key.as_str()
+                            )),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn rollout(&mut self, b: &Block, instances: u32) -> Option<Rollout> {
+        if !self.no_labels(b) {
+            return None;
+        }
+        let mut r = self.reader(b, "rollout".into());
+        let strategy_name = r.attr("strategy").map_or(Some("rolling"), |a| {
+            self.choice(
+                a,
+                &[
+                    ("rolling", "rolling"),
+                    ("blue_green", "blue_green"),
+                    ("canary", "canary"),
+                ],
+            )
+        });
+        // Read every knob of every strategy, then complain about those that do not belong.
+        let max_surge = r.attr("max_surge").map(|a| (a, "rolling"));
+        let max_unavailable = r.attr("max_unavailable").map(|a| (a, "rolling"));
+        let min_healthy_time = r.attr("min_healthy_time").map(|a| (a, "rolling"));
+        let preview_listen = r.attr("preview_listen").map(|a| (a, "blue_green"));
+        let auto_promote_after = r.attr("auto_promote_after").map(|a| (a, "blue_green"));
+        let scale_down_delay = r.attr("scale_down_delay").map(|a| (a, "blue_green"));
+        let sticky = r.attr("sticky").map(|a| (a, "canary"));
+        let steps = r.blocks("step");
+        let analysis_blocks = r.blocks("analysis");
+        let auto_rollback = r
+            .attr("auto_rollback")
+            .map_or(Some(true), |a| self.boolean(a));
+        let progress_deadline = r
+            .attr("progress_deadline")
+            .map_or(Some(DEFAULT_PROGRESS_DEADLINE), |a| {
+                self.positive_duration(a)
+            });
+        let analysis = match analysis_blocks.as_slice() {
+            [] => None,
+            [ab, rest @ ..] => {
+                if let Some(extra) = rest.first() {
+                    self.err(
+                        span_of(&extra.ident),
+                        "a rollout takes at most one analysis block",
+                    );
+                }
+                self.analysis(ab)
+            }
+        };
+        let strategy_name = strategy_name?;
+        for (a, owner) in [
+            max_surge,
+            max_unavailable,
+            min_healthy_time,
+            preview_listen,
+            auto_promote_after,
+            scale_down_delay,
+            sticky,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if owner != strategy_name {
+                self.err_hint(
+                    span_of(&a.key),
+                    format!(
+                        "`{}` does not apply to strategy \"{strategy_name}\"",
+                        a.key.as_str()
+                    ),
+                    Some(format!("it is a knob of strategy \"{owner}\"")),
+                );
+            }
+        }
+        if strategy_name != "canary"
+            && let Some(s) = steps.first()
+        {
+            self.err_hint(
+                span_of(&s.ident),
+                format!("`step` does not apply to strategy \"{strategy_name}\""),
+                Some("steps belong to strategy \"canary\"".into()),
+            );
+        }
+        let strategy = match strategy_name {
+            "rolling" => {
+                let surge = max_surge.map_or(Some(Count::Absolute(1)), |(a, _)| self.count(a));
+                let unavail =
+                    max_unavailable.map_or(Some(Count::Absolute(0)), |(a, _)| self.count(a));
+                let mht = min_healthy_time.map_or(Some(Duration::ZERO), |(a, _)| self.duration(a));
+                let (surge, unavail) = (surge?, unavail?);
+                if surge.resolve(instances, true) == 0 && unavail.resolve(instances, false) == 0 {
+                    let at = max_surge
+                        .or(max_unavailable)
+                        .map_or(r.span.clone(), |(a, _)| span_of(&a.value));
+                    self.err_hint(
+                        at,
+                        "`max_surge` and `max_unavailable` are both 0, so the rollout could never make progress",
+                        Some("allow at least one: max_surge = 1".into()),
+                    );
+                    return None;
+                }
+                Strategy::Rolling {
+                    max_surge: surge,
+                    max_unavailable: unavail,
+                    min_healthy_time: mht?,
+                }
+            }
+            "blue_green" => {
+                let preview = preview_listen.and_then(|(a, _)| {
+                    let addr = self.parsed(a, values::listen)?;
+                    let n = self.named(addr, span_of(&a.value));
+                    self.out.listens.push(n);
+                    Some(addr)
+                });
+                Strategy::BlueGreen {
+                    preview_listen: preview,
+                    auto_promote_after: auto_promote_after.and_then(|(a, _)| self.duration(a)),
+                    scale_down_delay: scale_down_delay
+                        .map_or(Some(Duration::from_secs(30)), |(a, _)| self.duration(a))?,
+                }
+            }
+            _ => {
+                let mut out: Vec<Step> = Vec::new();
+                for sb in &steps {
+                    if !self.no_labels(sb) {
+                        continue;
+                    }
+                    let mut sr = self.reader(sb, "step".into());
+                    let weight = self.required(&mut sr, "weight").and_then(|a| {
+                        let w = self.integer(a, 1, 100)? as u8;
+                        if let Some(prev) = out.last()
+                            && w <= prev.weight
+                        {
+                            self.err_hint(
+                                span_of(&a.value),
+                                format!(
+                                    "canary weights must increase strictly, but {w} follows {}",
+                                    prev.weight
+                                ),
+                                Some(
+                                    "each step sends a larger share of requests to the new release"
+                                        .into(),
+                                ),
+                            );
+                            return None;
+                        }
+                        Some(w)
+                    });
+                    let pause = sr.attr("pause").and_then(|a| self.duration(a));
+                    self.finish(sr);
+                    if let Some(weight) = weight {
+                        out.push(Step { weight, pause });
+                    }
+                }
+                if steps.is_empty() {
+                    self.err_hint(
+                        r.span.clone(),
+                        "strategy \"canary\" needs at least one step",
+                        Some("add step { weight = 10  pause = \"30s\" }".into()),
+                    );
+                }
+                Strategy::Canary {
+                    steps: out,
+                    sticky: sticky.and_then(|(a, _)| self.boolean(a)).unwrap_or(false),
+                }
+            }
+        };
+        self.finish(r);
+        Some(Rollout {
+            strategy,
+            analysis,
+            auto_rollback: auto_rollback?,
+            progress_deadline: progress_deadline?,
+        })
+    }
+
+    fn analysis(&mut self, b: &Block) -> Option<Analysis> {
+        if !self.no_labels(b) {
+            return None;
+        }
+        let mut r = self.reader(b, "analysis".into());
+        let interval = r
+            .attr("interval")
+            .map_or(Some(Duration::from_secs(5)), |a| self.positive_duration(a));
+        let min_requests = r
+            .attr("min_requests")
+            .map_or(Some(50), |a| self.integer(a, 1, u64::from(u32::MAX)));
+        let max_error_rate = r
+            .attr("max_error_rate")
+            .and_then(|a| self.fraction(a, 0.0, 1.0));
+        let max_p99_latency = r
+            .attr("max_p99_latency")
+            .and_then(|a| self.positive_duration(a));
+        let failure_limit = r
+            .attr("failure_limit")
+            .map_or(Some(0), |a| self.u32_at_least(a, 0));
+        let inconclusive_limit = r
+            .attr("inconclusive_limit")
+            .map_or(Some(3), |a| self.u32_at_least(a, 0));
+        if r.body.get_attribute("max_error_rate").is_none()
+            && r.body.get_attribute("max_p99_latency").is_none()
+        {
+            self.err_hint(
+                r.span.clone(),
+                "analysis judges nothing: set `max_error_rate` or `max_p99_latency`",
+                Some("for example max_error_rate = 0.01".into()),
+            );
+        }
+        self.finish(r);
+        Some(Analysis {
+            interval: interval?,
+            min_requests: min_requests?,
+            max_error_rate,
+            max_p99_latency,
+            failure_limit: failure_limit?,
+            inconclusive_limit: inconclusive_limit?,
+        })
+    }
+
+    fn guard(&mut self, r: &mut Reader<'_>) -> Guard {
+        let d = Guard::default();
+        let scan_interval = r
+            .attr("scan_interval")
+            .and_then(|a| self.positive_duration(a))
+            .unwrap_or(d.scan_interval);
+        let on_drift = r
+            .attr("on_drift")
+            .and_then(|a| {
+                self.choice(
+                    a,
+                    &[("replace", OnDrift::Replace), ("report", OnDrift::Report)],
+                )
+            })
+            .unwrap_or(d.on_drift);
+        Guard {
+            scan_interval,
+            on_drift,
+        }
+    }
+
+    fn route(&mut self, b: &Block) {
+        let label = self.label(b);
+        let what = format!("route \"{}\"", label.as_ref().map_or("", |l| l.0.as_str()));
+        let mut r = self.reader(b, what);
+        let listen = self.required(&mut r, "listen").and_then(|a| {
+            let addr = self.parsed(a, values::listen)?;
+            let n = self.named(addr, span_of(&a.value));
+            self.out.listens.push(n);
+            Some(addr)
+        });
+        let service = self
+            .required(&mut r, "service")
+            .and_then(|a| self.reference(a, "service"));
+        self.finish(r);
+        if let (Some((name, span)), Some(listen), Some(service)) = (label, listen, service) {
+            let n = self.named(
+                Route {
+                    name,
+                    listen,
+                    service,
+                },
+                span,
+            );
+            self.out.routes.push(n);
+        }
+    }
+
+    fn webhook(&mut self, b: &Block) {
+        let label = self.label(b);
+        let what = format!(
+            "webhook \"{}\"",
+            label.as_ref().map_or("", |l| l.0.as_str())
+        );
+        let mut r = self.reader(b, what);
+        let url = self.required(&mut r, "url").and_then(|a| {
+            let u = self.string(a)?;
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                self.err(
+                    span_of(&a.value),
+                    format!("invalid webhook url \"{u}\": expected http:// or https:// and a host"),
+                );
+                return None;
+            }
+            Some(u)
+        });
+        let events = self.required(&mut r, "events").and_then(|a| {
+            let list = self.strings(a)?;
+            let mut ok = true;
+            if let Expression::Array(arr) = &a.value {
+                for (e, s) in arr.iter().zip(&list) {
+                    if !WEBHOOK_EVENTS.contains(&s.as_str()) {
+                        let hint = did_you_mean(s, WEBHOOK_EVENTS.iter().copied())
+                            .unwrap_or_else(|| format!("events are {}", WEBHOOK_EVENTS.join(", ")));
+                        self.err_hint(
+                            span_of(e),
+                            format!("unknown webhook event \"{s}\""),
+                            Some(hint),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(list)
+        });
+        let timeout = r
+            .attr("timeout")
+            .map_or(Some(Duration::from_secs(5)), |a| self.positive_duration(a));
+        self.finish(r);
+        if let (Some((name, span)), Some(url), Some(events), Some(timeout)) =
+            (label, url, events, timeout)
+        {
+            let n = self.named(
+                Webhook {
+                    name,
+                    url,
+                    events,
+                    timeout,
+                },
+                span,
+            );
+            self.out.webhooks.push(n);
+        }
+    }
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+pub(crate) const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+fn default_health() -> Health {
+    Health {
+        check: HealthCheck::Tcp,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        healthy_threshold: 1,
+        unhealthy_threshold: 3,
+        start_period: Duration::ZERO,
+    }
+}
+
+fn default_rolling() -> Strategy {
+    Strategy::Rolling {
+        max_surge: Count::Absolute(1),
+        max_unavailable: Count::Absolute(0),
+        min_healthy_time: Duration::ZERO,
+    }
+}
+
+impl<'b> Reader<'b> {
+    /// The attribute `name`, if present (the first one, if duplicated).
+    fn attr(&mut self, name: &'static str) -> Option<&'b Attribute> {
+        self.known_attrs.push(name);
+        let mut found = None;
+        for (i, s) in self.body.iter().enumerate() {
+            if let Structure::Attribute(a) = s
+                && a.key.as_str() == name
+            {
+                self.used[i] = true;
+                found = found.or(Some(a));
+            }
+        }
+        found
+    }
+
+    /// Every block `name`, in order.
+    fn blocks(&mut self, name: &'static str) -> Vec<&'b Block> {
+        self.known_blocks.push(name);
+        let mut out = Vec::new();
+        for (i, s) in self.body.iter().enumerate() {
+            if let Structure::Block(b) = s
+                && b.ident.as_str() == name
+            {
+                self.used[i] = true;
+                out.push(b);
+            }
+        }
+        out
+    }
+}

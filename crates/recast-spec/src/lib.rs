@@ -1,0 +1,15 @@
+//! The `recast.hcl` language: parse a project's spec files into a checked, typed model.
+//!
+//! This crate does no I/O beyond reading the spec files and checking that the local paths they
+//! name exist. Everything it returns is either a fully checked [`Project`] or every problem found,
+//! each located by file, line and column.
+
+mod decode;
+mod diag;
+pub mod model;
+mod project;
+pub mod values;
+
+pub use diag::{Diagnostic, Diagnostics};
+pub use model::*;
+pub use project::load;

@@ -1,0 +1,289 @@
+//! The typed project model: what a valid set of `recast.hcl` files means.
+//!
+//! Everything here is already checked: references resolve, durations are durations, ports are
+//! ports. Later stages (build, runtime, deploy) consume this and never see HCL.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One project: every `*.hcl` file of a directory (or the one file named).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Project {
+    /// The directory relative paths in the spec are resolved against.
+    pub dir: PathBuf,
+    /// The spec files the project was read from, in load order.
+    pub files: Vec<PathBuf>,
+    pub images: BTreeMap<String, Image>,
+    pub services: BTreeMap<String, Service>,
+    pub routes: BTreeMap<String, Route>,
+    /// Project-wide guard settings (defaults when there is no `guard` block).
+    pub guard: Guard,
+    pub webhooks: BTreeMap<String, Webhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Image {
+    pub name: String,
+    pub from: Base,
+    pub copies: Vec<CopyStep>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub test: Option<ImageTest>,
+}
+
+/// Where an image starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Base {
+    Scratch,
+    /// An OCI image layout directory, optionally with the tag to use.
+    Oci {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    /// A tar of an OCI image layout.
+    OciArchive {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    /// A `docker save` tarball.
+    DockerArchive {
+        path: PathBuf,
+    },
+    /// A registry reference pinned by digest: `host/repo@sha256:…`.
+    Registry {
+        reference: String,
+    },
+}
+
+/// A `copy` step: a file or directory from the build context into the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyStep {
+    /// Resolved against the directory of the spec file that names it.
+    pub src: PathBuf,
+    /// Absolute path inside the image.
+    pub dest: String,
+    /// Permission bits for every copied entry, when set.
+    pub mode: Option<u32>,
+    /// Numeric owner for every copied entry (default root).
+    pub owner: Option<Owner>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Checks run against a throwaway instance before an image may deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageTest {
+    pub http: Vec<HttpTest>,
+    pub command: Option<Vec<String>>,
+    /// Port the test instance listens on (`$PORT`); default 8080.
+    pub port: u16,
+    /// Deadline for the whole test, start included.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpTest {
+    pub path: String,
+    pub expect_status: u16,
+    /// A substring the response body must contain.
+    pub expect_body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub name: String,
+    /// Name of the image (the reference `image.NAME` resolved).
+    pub image: String,
+    pub instances: u32,
+    pub port: u16,
+    pub env: BTreeMap<String, String>,
+    pub health: Health,
+    pub volumes: Vec<Volume>,
+    pub max_age: Option<Duration>,
+    pub network: Network,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub rollout: Rollout,
+    /// Service-level override of the project guard.
+    pub guard: Option<Guard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Failures during this time after start do not count.
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HealthCheck {
+    /// GET this path; any 2xx is healthy.
+    Http { path: String },
+    /// A TCP connect to the service port.
+    Tcp,
+    /// Run inside the instance; exit status 0 is healthy.
+    Exec { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    pub name: String,
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Own network namespace with loopback only (the default).
+    Private,
+    /// The host's network; each instance gets a unique `$PORT`.
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rollout {
+    pub strategy: Strategy,
+    pub analysis: Option<Analysis>,
+    pub auto_rollback: bool,
+    pub progress_deadline: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Strategy {
+    Rolling {
+        max_surge: Count,
+        max_unavailable: Count,
+        min_healthy_time: Duration,
+    },
+    BlueGreen {
+        preview_listen: Option<SocketAddr>,
+        auto_promote_after: Option<Duration>,
+        scale_down_delay: Duration,
+    },
+    Canary {
+        steps: Vec<Step>,
+        sticky: bool,
+    },
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Rolling { .. } => "rolling",
+            Strategy::BlueGreen { .. } => "blue_green",
+            Strategy::Canary { .. } => "canary",
+        }
+    }
+}
+
+/// An instance count, absolute or as a percentage of `instances` (Kubernetes style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Count {
+    Absolute(u32),
+    Percent(u32),
+}
+
+impl Count {
+    /// Resolve against a fleet size. Percentages round up for surge (`round_up`) and down for
+    /// unavailability, as Kubernetes does.
+    pub fn resolve(self, total: u32, round_up: bool) -> u32 {
+        match self {
+            Count::Absolute(n) => n,
+            Count::Percent(p) => {
+                let x = u64::from(total) * u64::from(p);
+                let n = if round_up { x.div_ceil(100) } else { x / 100 };
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Percentage of requests (1–100) sent to the new release.
+    pub weight: u8,
+    /// How long to hold this step; `None` waits for `recast promote`.
+    pub pause: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    pub interval: Duration,
+    pub min_requests: u64,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_latency: Option<Duration>,
+    /// Failed verdicts tolerated before rolling back (the next one rolls back).
+    pub failure_limit: u32,
+    /// Inconclusive verdicts tolerated before rolling back.
+    pub inconclusive_limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Name of the service (the reference `service.NAME` resolved).
+    pub service: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Guard {
+    pub scan_interval: Duration,
+    pub on_drift: OnDrift,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        Guard {
+            scan_interval: Duration::from_secs(30),
+            on_drift: OnDrift::Replace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDrift {
+    Replace,
+    Report,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Events a webhook can subscribe to.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "rollout.started",
+    "rollout.step",
+    "rollout.pre_promote",
+    "rollout.promoted",
+    "rollout.rolled_back",
+    "rollout.finished",
+    "instance.replaced",
+    "drift.detected",
+];

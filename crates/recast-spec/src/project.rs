@@ -1,0 +1,217 @@
+//! Loading a project: finding its files, parsing each, and the checks that span files.
+
+use crate::decode::{Cx, Decoded, Named};
+use crate::diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean, file_diag};
+use crate::model::{Guard, Project};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Load the project at `path`: a spec file, or a directory whose `*.hcl` files form one project.
+///
+/// Returns every problem found, sorted by file and position, or the checked model.
+pub fn load(path: &Path) -> Result<Project, Diagnostics> {
+    let (dir, paths) = spec_files(path).map_err(|d| Diagnostics(vec![d]))?;
+    let mut sources = Vec::new();
+    let mut diags = Vec::new();
+    for p in &paths {
+        match std::fs::read(p) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => sources.push(SourceFile::new(p.clone(), text)),
+                Err(e) => diags.push(file_diag(
+                    p,
+                    format!(
+                        "spec file is not valid UTF-8 (byte {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                    None,
+                )),
+            },
+            Err(e) => diags.push(file_diag(p, format!("cannot read spec file: {e}"), None)),
+        }
+    }
+    let mut decoded = Decoded::default();
+    for (i, src) in sources.iter().enumerate() {
+        match hcl_edit::parser::parse_body(&src.text) {
+            Ok(body) => {
+                let mut cx = Cx::new(src, i, &mut decoded);
+                cx.file(&body);
+                diags.append(&mut cx.diags);
+            }
+            Err(e) => {
+                let at = e.location().offset();
+                diags.push(src.diag(at..at + 1, format!("syntax error: {}", e.message()), None));
+            }
+        }
+    }
+    let project = cross_check(dir, paths, decoded, &sources, &mut diags);
+    let mut diags = Diagnostics(diags);
+    diags.sort();
+    if diags.is_empty() {
+        Ok(project)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The files of the project at `path`, and the directory it lives in.
+fn spec_files(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), Diagnostic> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let hint = (path == Path::new("recast.hcl"))
+            .then(|| "run recast in a directory with a recast.hcl, or pass -f PATH".to_string());
+        file_diag(path, format!("cannot read spec: {e}"), hint)
+    })?;
+    if !meta.is_dir() {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        return Ok((dir, vec![path.to_path_buf()]));
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| file_diag(path, format!("cannot list spec directory: {e}"), None))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hcl") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(file_diag(
+            path,
+            "no spec files (*.hcl) in this directory".into(),
+            Some("create a recast.hcl, or pass -f PATH".into()),
+        ));
+    }
+    Ok((path.to_path_buf(), files))
+}
+
+fn cross_check(
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    d: Decoded,
+    sources: &[SourceFile],
+    diags: &mut Vec<Diagnostic>,
+) -> Project {
+    let place = |file, span: &_| place(sources, file, span);
+    let at = |file: usize, span: &Range<usize>, msg: String, hint: Option<String>| {
+        sources[file].diag(span.clone(), msg, hint)
+    };
+
+    let images = dedupe("image", d.images, sources, diags, |i| &i.name);
+    let services = dedupe("service", d.services, sources, diags, |s| &s.name);
+    let routes = dedupe("route", d.routes, sources, diags, |r| &r.name);
+    let webhooks = dedupe("webhook", d.webhooks, sources, diags, |w| &w.name);
+
+    if let [first, rest @ ..] = d.guards.as_slice() {
+        for g in rest {
+            diags.push(at(
+                g.file,
+                &g.span,
+                "a project takes at most one guard block".into(),
+                Some(format!(
+                    "the first is at {}",
+                    place(first.file, &first.span)
+                )),
+            ));
+        }
+    }
+    let guard = d
+        .guards
+        .into_iter()
+        .next()
+        .map_or_else(Guard::default, |g| g.value);
+
+    for r in &d.refs {
+        let mut names: Vec<&str> = d
+            .declared
+            .iter()
+            .filter(|(k, _)| *k == r.kind)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        names.dedup();
+        if !names.contains(&r.name.as_str()) {
+            let hint = did_you_mean(&r.name, names.iter().copied()).or_else(|| {
+                Some(if names.is_empty() {
+                    format!(
+                        "no {} is defined; add {} \"{}\" {{ … }}",
+                        r.kind, r.kind, r.name
+                    )
+                } else {
+                    format!("defined {}s: {}", r.kind, names.join(", "))
+                })
+            });
+            diags.push(at(
+                r.file,
+                &r.span,
+                format!("unknown {} `{}`", r.kind, r.name),
+                hint,
+            ));
+        }
+    }
+
+    for (i, l) in d.listens.iter().enumerate() {
+        let clash = d.listens[..i].iter().find(|o| {
+            o.value.port() == l.value.port()
+                && (o.value.ip() == l.value.ip()
+                    || o.value.ip().is_unspecified()
+                    || l.value.ip().is_unspecified())
+        });
+        if let Some(o) = clash {
+            diags.push(at(
+                l.file,
+                &l.span,
+                format!(
+                    "listen address {} is already in use by this project",
+                    l.value
+                ),
+                Some(format!("it is also used at {}", place(o.file, &o.span))),
+            ));
+        }
+    }
+
+    Project {
+        dir,
+        files,
+        images,
+        services,
+        routes,
+        guard,
+        webhooks,
+    }
+}
+
+/// "file:line:col" of a span.
+fn place(sources: &[SourceFile], file: usize, span: &Range<usize>) -> String {
+    let d = sources[file].diag(span.clone(), String::new(), None);
+    format!("{}:{}:{}", d.file.display(), d.line, d.column)
+}
+
+/// Keep the first of each name; report the others as duplicates.
+fn dedupe<T>(
+    kind: &str,
+    items: Vec<Named<T>>,
+    sources: &[SourceFile],
+    diags: &mut Vec<Diagnostic>,
+    name: impl Fn(&T) -> &String,
+) -> BTreeMap<String, T> {
+    let mut out: BTreeMap<String, T> = BTreeMap::new();
+    let mut first: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
+    for n in items {
+        let key = name(&n.value).clone();
+        if let Some((f0, s0)) = first.get(&key) {
+            diags.push(sources[n.file].diag(
+                n.span.clone(),
+                format!("duplicate {kind} \"{key}\""),
+                Some(format!(
+                    "{kind} \"{key}\" is already defined at {}",
+                    place(sources, *f0, s0)
+                )),
+            ));
+        } else {
+            first.insert(key.clone(), (n.file, n.span));
+            out.insert(key, n.value);
+        }
+    }
+    out
+}
