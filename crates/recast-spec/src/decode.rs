@@ -10,7 +10,7 @@ use hcl_edit::Span;
 use hcl_edit::expr::{Expression, Object, TraversalOperator, UnaryOperator};
 use hcl_edit::structure::{Attribute, Block, Body, Structure};
 use hcl_edit::template::{Element, Template};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -212,22 +212,6 @@ impl<'a> Cx<'a> {
     }
 
     fn reader<'b>(&mut self, b: &'b Block, what: String) -> Reader<'b> {
-        let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
-        for s in b.body.iter() {
-            if let Structure::Attribute(a) = s {
-                let span = span_of(&a.key);
-                if let Some(first) = seen.get(a.key.as_str()) {
-                    let line = self.file.diag(first.clone(), String::new(), None).line;
-                    self.err_hint(
-                        span,
-                        format!("duplicate attribute `{}` in {what}", a.key.as_str()),
-                        Some(format!("it is already set on line {line}")),
-                    );
-                } else {
-                    seen.insert(a.key.as_str(), span);
-                }
-            }
-        }
         Reader {
             body: &b.body,
             what,
@@ -669,7 +653,9 @@ impl<'a> Cx<'a> {
         if let Some((name, _)) = &label {
             self.out.declared.push(("image", name.clone()));
         }
-        let what = format!("image \"{}\"", label.as_ref().map_or("", |l| l.0.as_str()));
+        let what = label
+            .as_ref()
+            .map_or_else(|| "image".to_string(), |l| format!("image \"{}\"", l.0));
         let mut r = self.reader(b, what);
         let from = self
             .required(&mut r, "from")
@@ -727,7 +713,10 @@ impl<'a> Cx<'a> {
             );
         }
         let test = tests.first().and_then(|tb| self.image_test(tb));
-        if matches!(from, Some(Base::Scratch)) && cmd.is_none() && entrypoint.is_none() {
+        let runs_nothing = ["cmd", "entrypoint"]
+            .iter()
+            .all(|k| r.body.get_attribute(k).is_none());
+        if matches!(from, Some(Base::Scratch)) && runs_nothing {
             self.err_hint(
                 r.span.clone(),
                 format!("{} has neither `cmd` nor `entrypoint`", r.what),
@@ -878,10 +867,9 @@ impl<'a> Cx<'a> {
         if let Some((name, _)) = &label {
             self.out.declared.push(("service", name.clone()));
         }
-        let what = format!(
-            "service \"{}\"",
-            label.as_ref().map_or("", |l| l.0.as_str())
-        );
+        let what = label
+            .as_ref()
+            .map_or_else(|| "service".to_string(), |l| format!("service \"{}\"", l.0));
         let mut r = self.reader(b, what);
         let image = self
             .required(&mut r, "image")
@@ -1408,7 +1396,9 @@ impl<'a> Cx<'a> {
 
     fn route(&mut self, b: &Block) {
         let label = self.label(b);
-        let what = format!("route \"{}\"", label.as_ref().map_or("", |l| l.0.as_str()));
+        let what = label
+            .as_ref()
+            .map_or_else(|| "route".to_string(), |l| format!("route \"{}\"", l.0));
         let mut r = self.reader(b, what);
         let listen = self.required(&mut r, "listen").and_then(|a| {
             let addr = self.parsed(a, values::listen)?;
@@ -1435,10 +1425,9 @@ impl<'a> Cx<'a> {
 
     fn webhook(&mut self, b: &Block) {
         let label = self.label(b);
-        let what = format!(
-            "webhook \"{}\"",
-            label.as_ref().map_or("", |l| l.0.as_str())
-        );
+        let what = label
+            .as_ref()
+            .map_or_else(|| "webhook".to_string(), |l| format!("webhook \"{}\"", l.0));
         let mut r = self.reader(b, what);
         let url = self.required(&mut r, "url").and_then(|a| {
             let u = self.string(a)?;

@@ -1,1 +1,29 @@
+//! End-to-end tests of the `recast` binary, driven the way a user drives it.
 
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Run the recast binary with `args` in `cwd`.
+pub fn recast(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recast"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RECAST_DATA_DIR")
+        .output()
+        .expect("run recast")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The repository's `examples/hello`.
+pub fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
+}

@@ -1,0 +1,769 @@
+//! Invalid specs and the exact errors they produce (issue 2: at least 40 cases).
+
+use crate::{project, render};
+
+/// A valid image every case can reference as `image.app`.
+const APP: &str = r#"image "app" {
+  from = "scratch"
+  copy {
+    src  = "bin/app"
+    dest = "/bin/app"
+  }
+  cmd = ["/bin/app"]
+}
+"#;
+
+/// Check one spec file (appended after `APP` when `with_app`) against its full expected errors.
+fn check(with_app: bool, spec: &str, expected: &[&str]) {
+    let text = if with_app {
+        format!("{APP}{spec}")
+    } else {
+        spec.to_string()
+    };
+    let dir = project(&[("recast.hcl", &text)]);
+    let got = render(dir.path());
+    assert_eq!(got, expected, "\nspec:\n{text}");
+}
+
+/// Lines in APP, so that cases appended to it can say where their own lines are.
+const L: usize = 8;
+
+fn at(line: usize, col: usize, msg: &str) -> String {
+    format!("recast.hcl:{}:{col}: {msg}", line + L)
+}
+
+macro_rules! case {
+    ($name:ident, $spec:expr, [$($line:expr, $col:expr, $msg:expr);+ $(;)?]) => {
+        #[test]
+        fn $name() {
+            let expected: Vec<String> = vec![$(at($line, $col, $msg)),+];
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            check(true, $spec, &expected);
+        }
+    };
+}
+
+// ---- syntax and structure --------------------------------------------------------------------
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    check(
+        false,
+        "image \"x\" {\n  from = \n}\n",
+        &[
+            "recast.hcl:2:10: syntax error: invalid expression; expected `\"`, `[`, `{`, `-`, `!`, `(`, `_`, `<`, letter or digit",
+        ],
+    );
+}
+
+#[test]
+fn unclosed_block() {
+    check(
+        false,
+        "service \"a\" {\n  port = 1\n",
+        &["recast.hcl:2:11: syntax error: invalid block body; expected `}`, newline or identifier"],
+    );
+}
+
+case!(
+    unknown_top_level_block,
+    "servce \"a\" {}\n",
+    [
+        1,
+        1,
+        "unknown block `servce` | hint: did you mean `service`?"
+    ]
+);
+
+case!(
+    top_level_attribute,
+    "port = 8080\n",
+    [
+        1,
+        1,
+        "unexpected attribute `port` at the top level | hint: top-level entries are blocks: image, service, route, guard, webhook"
+    ]
+);
+
+case!(
+    image_without_name,
+    "image {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        1,
+        1,
+        "image block needs a name | hint: write image \"NAME\" { … }"
+    ]
+);
+
+case!(
+    image_two_labels,
+    "image \"a\" \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+    [1, 11, "image block takes one label, found 2"]
+);
+
+case!(
+    invalid_name,
+    "image \"Hello World\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        1,
+        7,
+        "invalid image name \"Hello World\" | hint: names use lowercase letters, digits, '-', '_' and '.', start with a letter or digit, and have at most 63 characters"
+    ]
+);
+
+case!(
+    unknown_attribute_with_suggestion,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  instnces = 3\n}\n",
+    [
+        4,
+        3,
+        "unknown attribute `instnces` in service \"a\" | hint: did you mean `instances`?"
+    ]
+);
+
+case!(
+    unknown_block_in_service,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  helth {}\n}\n",
+    [
+        4,
+        3,
+        "unknown block `helth` in service \"a\" | hint: did you mean `health`?"
+    ]
+);
+
+case!(
+    block_written_as_attribute,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  health = \"/healthz\"\n}\n",
+    [
+        4,
+        3,
+        "unknown attribute `health` in service \"a\" | hint: `health` is a block: write health { … }"
+    ]
+);
+
+case!(
+    attribute_written_as_block,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  env {}\n}\n",
+    [
+        4,
+        3,
+        "unknown block `env` in service \"a\" | hint: `env` is an attribute: write env = …"
+    ]
+);
+
+case!(
+    duplicate_attribute,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  port = 81\n}\n",
+    [
+        4,
+        3,
+        "syntax error: invalid attribute; expected unique attribute key; found redefined attribute"
+    ]
+);
+
+case!(
+    missing_required_port,
+    "service \"a\" {\n  image = image.app\n}\n",
+    [1, 1, "missing required attribute `port` in service \"a\""]
+);
+
+case!(
+    missing_required_from,
+    "image \"b\" {\n  cmd = [\"/x\"]\n}\n",
+    [1, 1, "missing required attribute `from` in image \"b\""]
+);
+
+// ---- types -------------------------------------------------------------------------------------
+
+case!(
+    port_as_string,
+    "service \"a\" {\n  image = image.app\n  port = \"80\"\n}\n",
+    [
+        3,
+        10,
+        "`port` must be a number, found a string | hint: remove the quotes: port = 80"
+    ]
+);
+
+case!(
+    instances_as_bool,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  instances = true\n}\n",
+    [4, 15, "`instances` must be a number, found a bool"]
+);
+
+case!(
+    cmd_not_a_list,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = \"/bin/app\"\n}\n",
+    [3, 9, "`cmd` must be a list of strings, found a string"]
+);
+
+case!(
+    cmd_with_number,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/bin/app\", 3]\n}\n",
+    [
+        3,
+        22,
+        "`cmd` must be a list of strings, found a number in it"
+    ]
+);
+
+case!(
+    env_not_object,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  env = [\"A=1\"]\n}\n",
+    [
+        4,
+        9,
+        "`env` must be an object like { KEY = \"value\" }, found a list"
+    ]
+);
+
+case!(
+    env_bad_name,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  env = { \"1A\" = \"x\" }\n}\n",
+    [4, 11, "invalid environment variable name \"1A\" in `env`"]
+);
+
+case!(
+    env_sets_port,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  env = { PORT = \"9\" }\n}\n",
+    [
+        4,
+        9,
+        "`env` must not set PORT | hint: recast sets $PORT from the service's `port` (or a free port with network = \"host\")"
+    ]
+);
+
+case!(
+    interpolation_rejected,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  env = { A = \"${var.x}\" }\n}\n",
+    [
+        4,
+        18,
+        "interpolation is not supported in recast specs | hint: write the value literally"
+    ]
+);
+
+case!(
+    auto_rollback_not_bool,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  rollout {\n    auto_rollback = \"yes\"\n  }\n}\n",
+    [
+        5,
+        21,
+        "`auto_rollback` must be a bool (true or false), found a string"
+    ]
+);
+
+// ---- references --------------------------------------------------------------------------------
+
+case!(
+    unknown_image_reference,
+    "service \"a\" {\n  image = image.ap\n  port = 80\n}\n",
+    [2, 11, "unknown image `ap` | hint: did you mean `app`?"]
+);
+
+case!(
+    reference_as_string,
+    "service \"a\" {\n  image = \"app\"\n  port = 80\n}\n",
+    [
+        2,
+        11,
+        "`image` must be a reference like image.NAME, found a string | hint: write a reference without quotes: image = image.app"
+    ]
+);
+
+case!(
+    reference_to_wrong_kind,
+    "service \"a\" {\n  image = service.a\n  port = 80\n}\n",
+    [
+        2,
+        11,
+        "`image` must reference an image, found a reference to `service` | hint: write image = image.NAME"
+    ]
+);
+
+case!(
+    unknown_service_reference,
+    "route \"web\" {\n  listen = \"127.0.0.1:8080\"\n  service = service.web\n}\n",
+    [
+        3,
+        13,
+        "unknown service `web` | hint: no service is defined; add service \"web\" { … }"
+    ]
+);
+
+case!(
+    duplicate_image,
+    "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        1,
+        7,
+        "duplicate image \"app\" | hint: image \"app\" is already defined at DIR/recast.hcl:1:7"
+    ]
+);
+
+// ---- scalar notations --------------------------------------------------------------------------
+
+case!(
+    bad_duration,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  max_age = \"1 day\"\n}\n",
+    [
+        4,
+        13,
+        "invalid duration \"1 day\": expected numbers with units (ms, s, m, h, d), like \"250ms\" or \"1m30s\""
+    ]
+);
+
+case!(
+    duration_as_number,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  health {\n    interval = 5\n  }\n}\n",
+    [
+        5,
+        16,
+        "`interval` must be a duration string, found a number | hint: add a unit: interval = \"5s\""
+    ]
+);
+
+case!(
+    zero_interval,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  health {\n    interval = \"0s\"\n  }\n}\n",
+    [5, 16, "`interval` must be more than 0s"]
+);
+
+case!(
+    bad_mode,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  copy {\n    src = \"bin/app\"\n    dest = \"/app\"\n    mode = \"0955\"\n  }\n}\n",
+    [
+        7,
+        12,
+        "invalid file mode \"0955\": expected octal digits like \"0755\""
+    ]
+);
+
+case!(
+    mode_as_number,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  copy {\n    src = \"bin/app\"\n    dest = \"/app\"\n    mode = 755\n  }\n}\n",
+    [
+        7,
+        12,
+        "`mode` must be a string of octal digits, found a number | hint: quote it so it stays octal: mode = \"0755\""
+    ]
+);
+
+case!(
+    port_out_of_range,
+    "service \"a\" {\n  image = image.app\n  port = 70000\n}\n",
+    [3, 10, "`port` must be between 1 and 65535, found 70000"]
+);
+
+case!(
+    port_zero,
+    "service \"a\" {\n  image = image.app\n  port = 0\n}\n",
+    [3, 10, "`port` must be between 1 and 65535, found 0"]
+);
+
+case!(
+    instances_zero,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  instances = 0\n}\n",
+    [4, 15, "`instances` must be between 1 and 1000, found 0"]
+);
+
+case!(
+    instances_negative,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  instances = -2\n}\n",
+    [4, 15, "`instances` must be between 1 and 1000, found -2"]
+);
+
+case!(
+    bad_listen_address,
+    "service \"a\" {\n  image = image.app\n  port = 80\n}\nroute \"web\" {\n  listen = \"localhost:80\"\n  service = service.a\n}\n",
+    [
+        6,
+        12,
+        "invalid listen address \"localhost:80\": expected IP:PORT, like \"127.0.0.1:8080\""
+    ]
+);
+
+case!(
+    bad_memory,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  memory = \"lots\"\n}\n",
+    [
+        4,
+        12,
+        "invalid size \"lots\": expected a number with a unit, like \"256MiB\" or \"1GiB\""
+    ]
+);
+
+case!(
+    cpus_zero,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  cpus = 0\n}\n",
+    [
+        4,
+        10,
+        "`cpus` must be more than 0 and at most 1024, found 0"
+    ]
+);
+
+case!(
+    bad_network,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  network = \"hots\"\n}\n",
+    [
+        4,
+        13,
+        "invalid `network` \"hots\": expected \"private\" or \"host\" | hint: did you mean \"host\"?"
+    ]
+);
+
+case!(
+    unpinned_registry_base,
+    "image \"b\" {\n  from = \"docker.io/library/alpine:3\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        2,
+        10,
+        "base image \"docker.io/library/alpine:3\" is not pinned by digest | hint: use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or REGISTRY/REPO@sha256:DIGEST so the build is reproducible"
+    ]
+);
+
+case!(
+    bad_digest,
+    "image \"b\" {\n  from = \"registry.local/app@sha256:abc\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        2,
+        10,
+        "invalid image digest in base \"registry.local/app@sha256:abc\" | hint: a digest is sha256: followed by 64 lowercase hex digits"
+    ]
+);
+
+case!(
+    missing_copy_source,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  copy {\n    src = \"dist/nope\"\n    dest = \"/app\"\n  }\n}\n",
+    [
+        5,
+        11,
+        "copy source \"dist/nope\" does not exist | hint: paths are relative to the spec file's directory; looked for DIR/dist/nope"
+    ]
+);
+
+case!(
+    relative_copy_destination,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  copy {\n    src = \"bin/app\"\n    dest = \"app\"\n  }\n}\n",
+    [
+        6,
+        12,
+        "copy destination must be an absolute path, found \"app\" | hint: write \"/app\""
+    ]
+);
+
+case!(
+    scratch_without_cmd,
+    "image \"b\" {\n  from = \"scratch\"\n}\n",
+    [
+        1,
+        1,
+        "image \"b\" has neither `cmd` nor `entrypoint` | hint: an image from scratch needs something to run: cmd = [\"/bin/app\"]"
+    ]
+);
+
+case!(
+    bad_owner,
+    "image \"b\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  copy {\n    src = \"bin/app\"\n    dest = \"/app\"\n    owner = \"root\"\n  }\n}\n",
+    [
+        7,
+        13,
+        "invalid owner \"root\": expected numeric UID:GID, like \"1000:1000\""
+    ]
+);
+
+case!(
+    health_path_relative,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  health {\n    http = \"healthz\"\n  }\n}\n",
+    [
+        5,
+        12,
+        "`http` must be a URL path starting with '/', found \"healthz\" | hint: write http = \"/healthz\""
+    ]
+);
+
+case!(
+    two_health_checks,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  health {\n    http = \"/healthz\"\n    tcp = true\n  }\n}\n",
+    [
+        6,
+        5,
+        "a health block takes one of `http`, `tcp` or `exec` | hint: keep one check per service"
+    ]
+);
+
+// ---- rollouts ----------------------------------------------------------------------------------
+
+const SVC: &str = "service \"a\" {\n  image = image.app\n  port = 80\n  rollout {\n";
+
+fn rollout_case(body: &str, expected: &[(usize, usize, &str)]) {
+    let spec = format!("{SVC}{body}  }}\n}}\n");
+    let expected: Vec<String> = expected.iter().map(|(l, c, m)| at(*l, *c, m)).collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    check(true, &spec, &expected);
+}
+
+#[test]
+fn unknown_strategy() {
+    rollout_case(
+        "    strategy = \"canery\"\n",
+        &[(
+            5,
+            16,
+            "invalid `strategy` \"canery\": expected \"rolling\" or \"blue_green\" or \"canary\" | hint: did you mean \"canary\"?",
+        )],
+    );
+}
+
+#[test]
+fn canary_weights_not_increasing() {
+    rollout_case(
+        "    strategy = \"canary\"\n    step { weight = 50 }\n    step { weight = 50 }\n",
+        &[(
+            7,
+            21,
+            "canary weights must increase strictly, but 50 follows 50 | hint: each step sends a larger share of requests to the new release",
+        )],
+    );
+}
+
+#[test]
+fn canary_weight_out_of_range() {
+    rollout_case(
+        "    strategy = \"canary\"\n    step { weight = 0 }\n    step { weight = 150 }\n",
+        &[
+            (6, 21, "`weight` must be between 1 and 100, found 0"),
+            (7, 21, "`weight` must be between 1 and 100, found 150"),
+        ],
+    );
+}
+
+#[test]
+fn canary_without_steps() {
+    rollout_case(
+        "    strategy = \"canary\"\n",
+        &[(
+            4,
+            3,
+            "strategy \"canary\" needs at least one step | hint: add step { weight = 10  pause = \"30s\" }",
+        )],
+    );
+}
+
+#[test]
+fn knob_of_another_strategy() {
+    rollout_case(
+        "    strategy = \"blue_green\"\n    max_surge = 2\n",
+        &[(
+            6,
+            5,
+            "`max_surge` does not apply to strategy \"blue_green\" | hint: it is a knob of strategy \"rolling\"",
+        )],
+    );
+}
+
+#[test]
+fn step_in_rolling() {
+    rollout_case(
+        "    step { weight = 10 }\n",
+        &[(
+            5,
+            5,
+            "`step` does not apply to strategy \"rolling\" | hint: steps belong to strategy \"canary\"",
+        )],
+    );
+}
+
+#[test]
+fn rolling_that_cannot_progress() {
+    rollout_case(
+        "    max_surge = 0\n    max_unavailable = 0\n",
+        &[(
+            5,
+            17,
+            "`max_surge` and `max_unavailable` are both 0, so the rollout could never make progress | hint: allow at least one: max_surge = 1",
+        )],
+    );
+}
+
+#[test]
+fn bad_percentage() {
+    rollout_case(
+        "    max_surge = \"150%\"\n",
+        &[(
+            5,
+            17,
+            "invalid `max_surge` \"150%\": expected a number or a percentage | hint: write max_surge = 1 or max_surge = \"25%\"",
+        )],
+    );
+}
+
+#[test]
+fn analysis_without_thresholds() {
+    rollout_case(
+        "    analysis {\n      interval = \"5s\"\n    }\n",
+        &[(
+            5,
+            5,
+            "analysis judges nothing: set `max_error_rate` or `max_p99_latency` | hint: for example max_error_rate = 0.01",
+        )],
+    );
+}
+
+#[test]
+fn error_rate_above_one() {
+    rollout_case(
+        "    analysis {\n      max_error_rate = 5\n    }\n",
+        &[(6, 24, "`max_error_rate` must be between 0 and 1, found 5")],
+    );
+}
+
+case!(
+    preview_clashes_with_route,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  rollout {\n    strategy = \"blue_green\"\n    preview_listen = \"127.0.0.1:8080\"\n  }\n}\nroute \"web\" {\n  listen = \"0.0.0.0:8080\"\n  service = service.a\n}\n",
+    [
+        10,
+        12,
+        "listen address 0.0.0.0:8080 is already in use by this project | hint: it is also used at DIR/recast.hcl:14:22"
+    ]
+);
+
+case!(
+    two_routes_same_address,
+    "service \"a\" {\n  image = image.app\n  port = 80\n}\nroute \"web\" {\n  listen = \"127.0.0.1:8080\"\n  service = service.a\n}\nroute \"api\" {\n  listen = \"127.0.0.1:8080\"\n  service = service.a\n}\n",
+    [
+        10,
+        12,
+        "listen address 127.0.0.1:8080 is already in use by this project | hint: it is also used at DIR/recast.hcl:14:12"
+    ]
+);
+
+// ---- guard, webhook, volumes -------------------------------------------------------------------
+
+case!(
+    bad_on_drift,
+    "guard {\n  on_drift = \"fix\"\n}\n",
+    [
+        2,
+        14,
+        "invalid `on_drift` \"fix\": expected \"replace\" or \"report\""
+    ]
+);
+
+case!(
+    two_guards,
+    "guard {}\nguard {}\n",
+    [
+        2,
+        1,
+        "a project takes at most one guard block | hint: the first is at DIR/recast.hcl:9:1"
+    ]
+);
+
+case!(
+    unknown_webhook_event,
+    "webhook \"chat\" {\n  url = \"http://127.0.0.1:9000/hook\"\n  events = [\"rollout.strated\"]\n}\n",
+    [
+        3,
+        13,
+        "unknown webhook event \"rollout.strated\" | hint: did you mean `rollout.started`?"
+    ]
+);
+
+case!(
+    bad_webhook_url,
+    "webhook \"chat\" {\n  url = \"ftp://x\"\n  events = [\"rollout.started\"]\n}\n",
+    [
+        2,
+        9,
+        "invalid webhook url \"ftp://x\": expected http:// or https:// and a host"
+    ]
+);
+
+case!(
+    volume_on_tmp,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  volume \"t\" { mount = \"/tmp\" }\n}\n",
+    [
+        4,
+        24,
+        "volume mount \"/tmp\" is not allowed: / is the image and /tmp is private"
+    ]
+);
+
+case!(
+    duplicate_volume_mount,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  volume \"x\" { mount = \"/data\" }\n  volume \"y\" { mount = \"/data\" }\n}\n",
+    [
+        5,
+        24,
+        "volume mount \"/data\" is already used by volume \"x\""
+    ]
+);
+
+// ---- several problems and several files --------------------------------------------------------
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let spec = "service \"a\" {\n  image = image.nope\n  port = \"x\"\n  instances = 0\n  colour = \"red\"\n}\n";
+    let dir = project(&[("recast.hcl", &format!("{APP}{spec}"))]);
+    assert_eq!(render(dir.path()).len(), 4, "{:?}", render(dir.path()));
+}
+
+#[test]
+fn duplicate_across_files_names_both() {
+    let dir = project(&[
+        ("a.hcl", APP),
+        (
+            "b.hcl",
+            "\nimage \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+        ),
+    ]);
+    assert_eq!(
+        render(dir.path()),
+        [
+            "b.hcl:2:7: duplicate image \"app\" | hint: image \"app\" is already defined at DIR/a.hcl:1:7"
+        ]
+    );
+}
+
+#[test]
+fn reference_across_files_resolves() {
+    let dir = project(&[
+        ("images.hcl", APP),
+        (
+            "services.hcl",
+            "service \"a\" {\n  image = image.app\n  port = 80\n}\n",
+        ),
+    ]);
+    assert_eq!(render(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn empty_directory_is_an_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let diags = recast_spec::load(dir.path()).expect_err("no spec");
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        diags.iter().next().map(|d| d.message.as_str()),
+        Some("no spec files (*.hcl) in this directory")
+    );
+}
+
+#[test]
+fn rendered_error_shows_the_line_and_a_caret() {
+    let dir = project(&[(
+        "recast.hcl",
+        "service \"a\" {\n  image = image.x\n  port = 80\n}\n",
+    )]);
+    let diags = recast_spec::load(dir.path()).expect_err("invalid");
+    let text = diags.to_string();
+    let file = dir.path().join("recast.hcl");
+    assert_eq!(
+        text,
+        format!(
+            "{}:2:11: error: unknown image `x`\n  |\n2 |   image = image.x\n  |           ^^^^^^^\n  hint: no image is defined; add image \"x\" {{ … }}\n1 error",
+            file.display()
+        )
+    );
+}

@@ -1,0 +1,404 @@
+//! Valid specs exercising every block and knob, parsed into the exact expected model.
+
+use crate::{project, render};
+use recast_spec::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const FULL: &str = r#"
+image "web" {
+  from = "scratch"
+  copy {
+    src   = "bin/app"
+    dest  = "/bin/app"
+    mode  = "0555"
+    owner = "1000:100"
+  }
+  copy {
+    src  = "static"
+    dest = "/srv/static"
+  }
+  env        = { GREETING = "hi", WORKERS = 4 }
+  workdir    = "/srv"
+  user       = "65534:65534"
+  entrypoint = ["/bin/app"]
+  cmd        = ["--serve"]
+  labels     = { "org.opencontainers.image.title" = "web" }
+  test {
+    http {
+      path          = "/healthz"
+      expect_status = 204
+    }
+    http {
+      path        = "/"
+      expect_body = "hi"
+    }
+    command = ["/bin/app", "--self-check"]
+    port    = 9000
+    timeout = "1m"
+  }
+}
+
+image "base" {
+  from = "registry.example.com/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+}
+
+service "web" {
+  image     = image.web
+  instances = 3
+  port      = 8080
+  env       = { MESSAGE = "v1" }
+  health {
+    http                = "/healthz"
+    interval            = "2s"
+    timeout             = "250ms"
+    healthy_threshold   = 2
+    unhealthy_threshold = 4
+    start_period        = "5s"
+  }
+  volume "data" { mount = "/data" }
+  volume "uploads" { mount = "/srv/uploads" }
+  max_age = "24h"
+  network = "host"
+  memory  = "256MiB"
+  cpus    = 0.5
+  rollout {
+    strategy = "canary"
+    sticky   = true
+    step {
+      weight = 10
+      pause  = "30s"
+    }
+    step {
+      weight = 50
+    }
+    analysis {
+      interval           = "5s"
+      min_requests       = 100
+      max_error_rate     = 0.01
+      max_p99_latency    = "300ms"
+      failure_limit      = 1
+      inconclusive_limit = 2
+    }
+    auto_rollback     = false
+    progress_deadline = "5m"
+  }
+  guard {
+    scan_interval = "10s"
+    on_drift      = "report"
+  }
+}
+
+service "api" {
+  image = image.web
+  port  = 9090
+  health {
+    exec = ["/bin/app", "--ping"]
+  }
+  rollout {
+    strategy         = "rolling"
+    max_surge        = "25%"
+    max_unavailable  = 1
+    min_healthy_time = "10s"
+  }
+}
+
+service "admin" {
+  image = image.base
+  port  = 7000
+  rollout {
+    strategy           = "blue_green"
+    preview_listen     = "127.0.0.1:7001"
+    auto_promote_after = "1m"
+    scale_down_delay   = "2m"
+    analysis {
+      max_p99_latency = "1s"
+    }
+  }
+}
+
+route "web" {
+  listen  = "127.0.0.1:8080"
+  service = service.web
+}
+
+route "api" {
+  listen  = "[::1]:9090"
+  service = service.api
+}
+
+guard {
+  scan_interval = "1m"
+  on_drift      = "replace"
+}
+
+webhook "chat" {
+  url     = "http://127.0.0.1:9000/hooks/recast"
+  events  = ["rollout.started", "rollout.rolled_back", "rollout.finished"]
+  timeout = "2s"
+}
+"#;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+#[test]
+fn every_block_and_knob() {
+    let dir = project(&[("recast.hcl", FULL)]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let root = dir.path();
+
+    assert_eq!(
+        p.images["web"],
+        Image {
+            name: s("web"),
+            from: Base::Scratch,
+            copies: vec![
+                CopyStep {
+                    src: root.join("bin/app"),
+                    dest: s("/bin/app"),
+                    mode: Some(0o555),
+                    owner: Some(Owner {
+                        uid: 1000,
+                        gid: 100
+                    }),
+                },
+                CopyStep {
+                    src: root.join("static"),
+                    dest: s("/srv/static"),
+                    mode: None,
+                    owner: None
+                },
+            ],
+            env: map(&[("GREETING", "hi"), ("WORKERS", "4")]),
+            workdir: Some(s("/srv")),
+            user: Some(s("65534:65534")),
+            cmd: Some(vec![s("--serve")]),
+            entrypoint: Some(vec![s("/bin/app")]),
+            labels: map(&[("org.opencontainers.image.title", "web")]),
+            test: Some(ImageTest {
+                http: vec![
+                    HttpTest {
+                        path: s("/healthz"),
+                        expect_status: 204,
+                        expect_body: None
+                    },
+                    HttpTest {
+                        path: s("/"),
+                        expect_status: 200,
+                        expect_body: Some(s("hi"))
+                    },
+                ],
+                command: Some(vec![s("/bin/app"), s("--self-check")]),
+                port: 9000,
+                timeout: Duration::from_secs(60),
+            }),
+        }
+    );
+    assert_eq!(
+        p.images["base"].from,
+        Base::Registry {
+            reference: s(
+                "registry.example.com/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            )
+        }
+    );
+
+    assert_eq!(
+        p.services["web"],
+        Service {
+            name: s("web"),
+            image: s("web"),
+            instances: 3,
+            port: 8080,
+            env: map(&[("MESSAGE", "v1")]),
+            health: Health {
+                check: HealthCheck::Http {
+                    path: s("/healthz")
+                },
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_millis(250),
+                healthy_threshold: 2,
+                unhealthy_threshold: 4,
+                start_period: Duration::from_secs(5),
+            },
+            volumes: vec![
+                Volume {
+                    name: s("data"),
+                    mount: s("/data")
+                },
+                Volume {
+                    name: s("uploads"),
+                    mount: s("/srv/uploads")
+                },
+            ],
+            max_age: Some(Duration::from_secs(86400)),
+            network: Network::Host,
+            memory: Some(256 << 20),
+            cpus: Some(0.5),
+            rollout: Rollout {
+                strategy: Strategy::Canary {
+                    steps: vec![
+                        Step {
+                            weight: 10,
+                            pause: Some(Duration::from_secs(30))
+                        },
+                        Step {
+                            weight: 50,
+                            pause: None
+                        },
+                    ],
+                    sticky: true,
+                },
+                analysis: Some(Analysis {
+                    interval: Duration::from_secs(5),
+                    min_requests: 100,
+                    max_error_rate: Some(0.01),
+                    max_p99_latency: Some(Duration::from_millis(300)),
+                    failure_limit: 1,
+                    inconclusive_limit: 2,
+                }),
+                auto_rollback: false,
+                progress_deadline: Duration::from_secs(300),
+            },
+            guard: Some(Guard {
+                scan_interval: Duration::from_secs(10),
+                on_drift: OnDrift::Report
+            }),
+        }
+    );
+
+    let api = &p.services["api"];
+    assert_eq!(api.instances, 1);
+    assert_eq!(api.network, Network::Private);
+    assert_eq!(
+        api.health.check,
+        HealthCheck::Exec {
+            command: vec![s("/bin/app"), s("--ping")]
+        }
+    );
+    assert_eq!(api.health.interval, Duration::from_secs(1));
+    assert_eq!(
+        api.rollout.strategy,
+        Strategy::Rolling {
+            max_surge: Count::Percent(25),
+            max_unavailable: Count::Absolute(1),
+            min_healthy_time: Duration::from_secs(10),
+        }
+    );
+    assert!(api.rollout.auto_rollback);
+    assert_eq!(api.rollout.progress_deadline, Duration::from_secs(600));
+
+    let admin = &p.services["admin"];
+    assert_eq!(
+        admin.rollout.strategy,
+        Strategy::BlueGreen {
+            preview_listen: Some("127.0.0.1:7001".parse().expect("addr")),
+            auto_promote_after: Some(Duration::from_secs(60)),
+            scale_down_delay: Duration::from_secs(120),
+        }
+    );
+    let analysis = admin.rollout.analysis.as_ref().expect("analysis");
+    assert_eq!(
+        (
+            analysis.min_requests,
+            analysis.failure_limit,
+            analysis.inconclusive_limit
+        ),
+        (50, 0, 3)
+    );
+    assert_eq!(admin.health.check, HealthCheck::Tcp);
+
+    assert_eq!(
+        p.routes["api"],
+        Route {
+            name: s("api"),
+            listen: "[::1]:9090".parse().expect("addr"),
+            service: s("api")
+        }
+    );
+    assert_eq!(
+        p.guard,
+        Guard {
+            scan_interval: Duration::from_secs(60),
+            on_drift: OnDrift::Replace
+        }
+    );
+    assert_eq!(
+        p.webhooks["chat"],
+        Webhook {
+            name: s("chat"),
+            url: s("http://127.0.0.1:9000/hooks/recast"),
+            events: vec![
+                s("rollout.started"),
+                s("rollout.rolled_back"),
+                s("rollout.finished")
+            ],
+            timeout: Duration::from_secs(2),
+        }
+    );
+}
+
+#[test]
+fn local_bases_resolve_against_the_spec_directory() {
+    let dir = project(&[(
+        "recast.hcl",
+        "image \"a\" {\n  from = \"oci:layout:v1\"\n}\nimage \"b\" {\n  from = \"oci-archive:base.tar\"\n}\nimage \"c\" {\n  from = \"docker-archive:base.tar\"\n}\n",
+    )]);
+    std::fs::create_dir(dir.path().join("layout")).expect("mkdir");
+    std::fs::write(dir.path().join("base.tar"), b"").expect("write");
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        p.images["a"].from,
+        Base::Oci {
+            path: dir.path().join("layout"),
+            tag: Some(s("v1"))
+        }
+    );
+    assert_eq!(
+        p.images["b"].from,
+        Base::OciArchive {
+            path: dir.path().join("base.tar"),
+            tag: None
+        }
+    );
+    assert_eq!(
+        p.images["c"].from,
+        Base::DockerArchive {
+            path: dir.path().join("base.tar")
+        }
+    );
+}
+
+#[test]
+fn the_example_spec_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    assert!(
+        example.join("dist/hello").exists(),
+        "examples/hello/dist/hello is missing: run scripts/build-hello (scripts/test does)"
+    );
+    let p = load(&example).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(p.services["hello"].instances, 3);
+    assert_eq!(p.routes["web"].service, "hello");
+}
+
+#[test]
+fn a_single_file_loads_only_that_file() {
+    let dir = project(&[
+        (
+            "one.hcl",
+            "image \"a\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+        ),
+        ("broken.hcl", "this is not hcl {"),
+    ]);
+    assert!(load(&dir.path().join("one.hcl")).is_ok());
+    assert_eq!(render(dir.path()).len(), 1);
+}
