@@ -1,5 +1,8 @@
 //! The `recast` command line: parse arguments, then call one operation per command.
 
+mod build;
+mod image;
+mod output;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,10 @@ struct Cli {
     )]
     file: PathBuf,
 
+    /// Where recast keeps its image store, caches and state [default: $XDG_DATA_HOME/recast]
+    #[arg(long, global = true, env = "RECAST_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -36,12 +43,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build the spec's images, reproducibly
+    Build {
+        /// Images to build (default: all)
+        images: Vec<String>,
+        /// Build again from nothing in a fresh store and fail if any digest differs
+        #[arg(long)]
+        check: bool,
+        /// Print only JSON on stdout: [{"image", "digest", "size", "cached"}]
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the images in the store
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let data_dir = || output::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Validate { json } => validate::run(&cli.file, json),
+        Command::Build {
+            images,
+            check,
+            json,
+        } => data_dir().and_then(|d| build::run(&cli.file, &d, &images, check, json)),
+        Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,97 @@
+//! Reproducible OCI images: the content store, the builder, archives and the registry client.
+//!
+//! Everything recast runs is an image in the store, named by the digest of its manifest. Images
+//! are built reproducibly (`build`), read and written as layouts and archives (`archive`), and
+//! moved to and from registries (`registry`). Every blob read is verified against its digest.
+
+pub mod archive;
+pub mod build;
+pub mod digest;
+mod error;
+pub mod fileindex;
+mod layer;
+pub mod oci;
+pub mod registry;
+pub mod store;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use store::{ImageRef, Store, StoredImage};
+
+use oci::Descriptor;
+use std::path::Path;
+
+/// An image added to the store by `pull` or `import`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Added {
+    pub name: String,
+    pub digest: Digest,
+}
+
+/// Pull `reference` (`HOST/REPO[:TAG|@DIGEST]`) into the store, named as written.
+pub fn pull(store: &Store, reference: &str, insecure: bool) -> Result<Added> {
+    let remote = registry::Remote::parse(reference)?;
+    let mut staging = store.stage()?;
+    let desc = registry::pull(&mut staging, &remote, insecure)?;
+    staging.commit()?;
+    let name = format!("{}/{}", remote.host, remote.repo);
+    let tag = if remote.reference.starts_with("sha256:") {
+        None
+    } else {
+        Some(remote.reference.as_str())
+    };
+    store.name(&name, tag, &desc)?;
+    Ok(Added {
+        name: display_name(&name, tag, &desc),
+        digest: desc.digest,
+    })
+}
+
+/// Import every image of an OCI archive or docker archive.
+pub fn import(store: &Store, file: &Path) -> Result<Vec<Added>> {
+    let kind = archive::sniff(file)?;
+    let mut staging = store.stage()?;
+    let found = match kind {
+        archive::Kind::Docker => archive::read_docker_archive(file, &mut staging)?,
+        archive::Kind::Oci => archive::read_oci_archive(file, &mut staging)?,
+    };
+    let stem = file.file_stem().map_or_else(
+        || "imported".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let mut resolved = Vec::new();
+    for f in found {
+        let what = format!("{}", file.display());
+        let desc = archive::platform_manifest(f.descriptor, &staging, &what)?;
+        resolved.push((desc, f.names));
+    }
+    staging.commit()?;
+    let mut out = Vec::new();
+    for (desc, names) in resolved {
+        let names = if names.is_empty() {
+            vec![format!("{stem}:latest")]
+        } else {
+            names
+        };
+        for n in names {
+            // A bare tag (as `skopeo copy … oci-archive:F:TAG` writes) is named after the file.
+            let (name, tag) = match ImageRef::parse(&n)? {
+                ImageRef::Tag { name, tag } if n.contains(':') || n.contains('/') => (name, tag),
+                _ => (stem.clone(), n.clone()),
+            };
+            store.name(&name, Some(&tag), &desc)?;
+            out.push(Added {
+                name: format!("{name}:{tag}"),
+                digest: desc.digest.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn display_name(name: &str, tag: Option<&str>, desc: &Descriptor) -> String {
+    match tag {
+        Some(t) => format!("{name}:{t}"),
+        None => format!("{name}@{}", desc.digest),
+    }
+}
