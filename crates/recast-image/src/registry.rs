@@ -81,10 +81,11 @@ impl std::fmt::Display for Remote {
 }
 
 /// Builds and sends one request, given the agent and the current `Authorization` value.
-type MakeRequest = dyn Fn(
-    &ureq::Agent,
-    Option<&str>,
-) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+type MakeRequest<'a> = dyn Fn(
+        &ureq::Agent,
+        Option<&str>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>
+    + 'a;
 
 pub struct Client {
     agent: ureq::Agent,
@@ -131,7 +132,7 @@ impl Client {
     fn send(
         &mut self,
         doing: &str,
-        make: &MakeRequest,
+        make: &MakeRequest<'_>,
     ) -> Result<ureq::http::Response<ureq::Body>> {
         let resp = make(&self.agent, self.token.as_deref()).map_err(|e| self.net_err(doing, e))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
