@@ -149,7 +149,7 @@ pub struct Volume {
     pub mount: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// Own network namespace with loopback only (the default).

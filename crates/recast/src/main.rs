@@ -2,7 +2,9 @@
 
 mod build;
 mod image;
+mod imagetest;
 mod output;
+mod run;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run each image's test block against a throwaway instance
+    Test {
+        /// Images to test (default: all)
+        images: Vec<String>,
+        /// Print only JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one instance of an image in the foreground (Ctrl-C stops and removes it)
+    Run {
+        /// NAME[:TAG], NAME@sha256:DIGEST, or a digest
+        image: String,
+        /// The port it listens on, given to it as $PORT (host network)
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Manage the images in the store
     #[command(subcommand)]
     Image(image::Command),
@@ -69,6 +87,10 @@ fn main() -> ExitCode {
             check,
             json,
         } => data_dir().and_then(|d| build::run(&cli.file, &d, &images, check, json)),
+        Command::Test { images, json } => {
+            data_dir().and_then(|d| imagetest::run(&cli.file, &d, &images, json))
+        }
+        Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
     };
     match result {

@@ -1,0 +1,199 @@
+//! Health checks: http (2xx), tcp (connects) and exec (exit 0), with thresholds, a start
+//! period, and every change of health recorded as a timestamped event.
+
+use crate::{Instance, Runtime, State};
+use recast_spec::{Health, HealthCheck};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// A change of health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub status: Status,
+    /// The probe result that caused it.
+    pub detail: String,
+}
+
+/// The health of one instance, fed one probe result at a time.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    pub status: Status,
+    successes: u32,
+    failures: u32,
+    started: Instant,
+    pub events: Vec<Event>,
+}
+
+impl Default for Tracker {
+    fn default() -> Tracker {
+        Tracker::new()
+    }
+}
+
+impl Tracker {
+    pub fn new() -> Tracker {
+        Tracker {
+            status: Status::Starting,
+            successes: 0,
+            failures: 0,
+            started: Instant::now(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Record one probe; returns the event if the health changed.
+    pub fn record(&mut self, result: &Result<(), String>, cfg: &Health) -> Option<&Event> {
+        let next = match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.successes += 1;
+                (self.successes >= cfg.healthy_threshold).then_some(Status::Healthy)
+            }
+            Err(_) => {
+                self.successes = 0;
+                if self.started.elapsed() < cfg.start_period && self.status == Status::Starting {
+                    None
+                } else {
+                    self.failures += 1;
+                    (self.failures >= cfg.unhealthy_threshold).then_some(Status::Unhealthy)
+                }
+            }
+        };
+        match next {
+            Some(s) if s != self.status => {
+                self.status = s;
+                let at_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let detail = match result {
+                    Ok(()) => "probe passed".to_string(),
+                    Err(e) => e.clone(),
+                };
+                self.events.push(Event {
+                    at_ms,
+                    status: s,
+                    detail,
+                });
+                self.events.last()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Run one probe against the instance.
+pub fn probe(
+    rt: &Runtime,
+    inst: &Instance,
+    check: &HealthCheck,
+    timeout: Duration,
+) -> Result<(), String> {
+    match check {
+        HealthCheck::Tcp => rt
+            .connect(inst, timeout)
+            .map(drop)
+            .map_err(|e| format!("tcp connect to port {}: {e}", inst.port)),
+        HealthCheck::Http { path } => match http_get(rt, inst, path, timeout) {
+            Ok((status, _)) if (200..300).contains(&status) => Ok(()),
+            Ok((status, _)) => Err(format!("GET {path} answered {status}")),
+            Err(e) => Err(format!("GET {path}: {e}")),
+        },
+        HealthCheck::Exec { command } => match rt.exec(inst, command, timeout) {
+            Ok((0, _)) => Ok(()),
+            Ok((code, out)) => Err(format!(
+                "{command:?} exited with status {code}: {}",
+                out.trim()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(
+    rt: &Runtime,
+    inst: &Instance,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = rt.connect(inst, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: recast-health\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Probe until the instance is healthy, it exits, or `deadline` passes. Probes fast while the
+/// instance starts (every 5 ms), so a ready instance is seen at once.
+pub fn wait_healthy(
+    rt: &Runtime,
+    inst: &Instance,
+    cfg: &Health,
+    deadline: Instant,
+) -> Result<Tracker, String> {
+    let mut t = Tracker::new();
+    loop {
+        if let State::Exited { status } = rt.state(inst) {
+            return Err(format!(
+                "instance {} exited with status {} before it was healthy",
+                inst.id,
+                status.map_or_else(|| "unknown".into(), |s| s.to_string())
+            ));
+        }
+        let r = probe(rt, inst, &cfg.check, cfg.timeout);
+        let last = r.clone().err();
+        t.record(&r, cfg);
+        match t.status {
+            Status::Healthy => return Ok(t),
+            Status::Unhealthy => {
+                return Err(format!(
+                    "instance {} is unhealthy: {}",
+                    inst.id,
+                    last.unwrap_or_default()
+                ));
+            }
+            Status::Starting => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "instance {} was not healthy in time: {}",
+                inst.id,
+                last.unwrap_or_else(|| "no passing probe".into())
+            ));
+        }
+        let pause = if r.is_ok() {
+            cfg.interval
+        } else {
+            Duration::from_millis(5)
+        };
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}

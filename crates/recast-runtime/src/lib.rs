@@ -1,0 +1,622 @@
+//! Instances: images run as isolated, read-only containers through the `runc` OCI runtime.
+//!
+//! An instance is created from an image digest: the image is unpacked once (verified) into a
+//! shared lower directory; the instance gets an overlay on it (mounted read-only inside the
+//! container), its own network namespace with loopback only (or the host's, with a free port),
+//! a private `/tmp`, its declared volumes, a cgroup under `recast/`, a seccomp profile and a
+//! minimal capability set. Nothing about a running instance is ever changed: it is created,
+//! started, checked, stopped and deleted.
+//!
+//! Everything an instance owns lives under `<data-dir>/instances/<id>/`, and `instance.json`
+//! there is written before anything else is created, so a new process can always find, take
+//! over or clean up what an earlier one left (`Runtime::recover`).
+
+pub mod health;
+mod rootfs;
+pub mod signals;
+mod spec;
+mod sys;
+
+use recast_image::{Digest, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use recast_spec::Network;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{doing}: {source}")]
+    Io { doing: String, source: io::Error },
+    #[error(transparent)]
+    Image(#[from] recast_image::Error),
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl Error {
+    fn io(doing: String, source: io::Error) -> Error {
+        Error::Io { doing, source }
+    }
+    fn msg(s: impl Into<String>) -> Error {
+        Error::Msg(s.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Unique, `[a-z0-9-]`; see [`new_id`].
+    pub id: String,
+    /// The image, by manifest digest, and the name it was known by (for messages).
+    pub image: Digest,
+    pub image_name: String,
+    /// Environment on top of the image's (`PORT` is added last).
+    pub env: BTreeMap<String, String>,
+    /// The port the app listens on inside a private namespace. With host networking, 0 means
+    /// "pick a free port".
+    pub port: u16,
+    pub network: Network,
+    /// Volume name → mount path; stored under `<data-dir>/volumes/<volume_scope>/<name>`.
+    pub volumes: Vec<(String, String)>,
+    pub volume_scope: String,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    /// Who started it: "service:NAME", "run" or "test" — recovery decides by it.
+    pub owner: String,
+}
+
+/// What recast remembers of an instance (`instance.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub image: Digest,
+    pub image_name: String,
+    pub owner: String,
+    /// PID of the process that created it.
+    pub owner_pid: u32,
+    pub network: Network,
+    /// The port the app listens on (in its namespace, or on the host).
+    pub port: u16,
+    /// Container init's PID (on the host), once started.
+    pub pid: Option<i32>,
+    /// "creating" until the container is started, then "running".
+    pub phase: String,
+    pub created_ms: u64,
+    #[serde(skip)]
+    dir: PathBuf,
+}
+
+impl Instance {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn stdout_log(&self) -> PathBuf {
+        self.dir.join("stdout.log")
+    }
+    pub fn stderr_log(&self) -> PathBuf {
+        self.dir.join("stderr.log")
+    }
+    fn netns(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+    fn merged(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    /// Age since creation.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.created_ms))
+    }
+}
+
+/// The state of an instance as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Running,
+    /// Exited on its own or stopped; `status` is unknown when another process started it.
+    Exited {
+        status: Option<i32>,
+    },
+}
+
+/// The runtime of one data directory.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    data_dir: PathBuf,
+    store: Store,
+    runc: PathBuf,
+    /// Most bytes a log file grows to before it is rotated (one older copy is kept).
+    pub log_limit: u64,
+}
+
+/// What `recover` found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Running instances, now ours to check and stop.
+    pub running: Vec<Instance>,
+    /// Half-created or dead instances that were cleaned up: (id, why).
+    pub cleaned: Vec<(String, String)>,
+}
+
+impl Runtime {
+    /// The runtime for `data_dir`. Makes this process the reaper of its instances.
+    pub fn new(data_dir: &Path, store: Store) -> Result<Runtime> {
+        let runc = find_runc()?;
+        for d in ["instances", "rootfs", "volumes", "runc"] {
+            let p = data_dir.join(d);
+            fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        }
+        sys::become_subreaper()
+            .map_err(|e| Error::io("becoming the reaper of instances".into(), e))?;
+        Ok(Runtime {
+            data_dir: data_dir.to_path_buf(),
+            store,
+            runc,
+            log_limit: 10 << 20,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.runc);
+        c.arg("--root").arg(self.data_dir.join("runc"));
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Create and start an instance. On any failure everything created so far is removed.
+    pub fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let dir = self.data_dir.join("instances").join(&spec.id);
+        fs::create_dir(&dir).map_err(|e| Error::io(format!("creating instance {}", spec.id), e))?;
+        let port = match (spec.network, spec.port) {
+            (Network::Host, 0) => {
+                free_port().map_err(|e| Error::io("finding a free port".into(), e))?
+            }
+            (_, p) => p,
+        };
+        let mut inst = Instance {
+            id: spec.id.clone(),
+            image: spec.image.clone(),
+            image_name: spec.image_name.clone(),
+            owner: spec.owner.clone(),
+            owner_pid: std::process::id(),
+            network: spec.network,
+            port,
+            pid: None,
+            phase: "creating".into(),
+            created_ms: now_ms(),
+            dir,
+        };
+        save(&inst)?;
+        match self.create(spec, &mut inst) {
+            Ok(()) => Ok(inst),
+            Err(e) => {
+                let _ = self.delete(&inst);
+                Err(e)
+            }
+        }
+    }
+
+    fn create(&self, spec: &InstanceSpec, inst: &mut Instance) -> Result<()> {
+        let dir = inst.dir.clone();
+        let lower = rootfs::ensure(&self.store, &self.data_dir, &spec.image, &spec.image_name)?;
+        let of = format!("image {}", spec.image_name);
+        let manifest = self.store.manifest(&spec.image, &of)?;
+        let config = self.store.config(&manifest, &of)?;
+        let process = spec::process_of(&config, spec, inst.port, &lower)
+            .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
+        for d in ["upper", "work", "rootfs"] {
+            fs::create_dir(dir.join(d))
+                .map_err(|e| Error::io(format!("creating {}", dir.join(d).display()), e))?;
+        }
+        sys::mount_overlay(
+            &lower,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &inst.merged(),
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("mounting the root filesystem of instance {}", inst.id),
+                e,
+            )
+        })?;
+        let netns = if spec.network == Network::Private {
+            sys::create_netns(&inst.netns()).map_err(|e| {
+                Error::io(
+                    format!("creating the network namespace of instance {}", inst.id),
+                    e,
+                )
+            })?;
+            Some(inst.netns())
+        } else {
+            None
+        };
+        let mut volumes = Vec::new();
+        for (name, mount) in &spec.volumes {
+            let host = self
+                .data_dir
+                .join("volumes")
+                .join(&spec.volume_scope)
+                .join(name);
+            if !host.exists() {
+                fs::create_dir_all(&host)
+                    .map_err(|e| Error::io(format!("creating volume {name}"), e))?;
+                std::os::unix::fs::chown(&host, Some(process.uid), Some(process.gid)).map_err(
+                    |e| Error::io(format!("giving volume {name} to the instance's user"), e),
+                )?;
+            }
+            volumes.push((host, mount.clone()));
+        }
+        let config = spec::runtime_spec(spec, &process, &inst.merged(), netns.as_deref(), &volumes);
+        fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("writing the runtime spec of instance {}", inst.id),
+                e,
+            )
+        })?;
+        let open_log = |p: PathBuf| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| Error::io(format!("opening {}", p.display()), e))
+        };
+        let out = self
+            .runc()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&dir)
+            .arg("--pid-file")
+            .arg(dir.join("pid"))
+            .arg(&inst.id)
+            .stdout(open_log(inst.stdout_log())?)
+            .stderr(open_log(inst.stderr_log())?)
+            .status()
+            .map_err(|e| Error::io(format!("running runc for instance {}", inst.id), e))?;
+        if !out.success() {
+            let log = fs::read_to_string(inst.stderr_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            return Err(Error::msg(format!(
+                "runc could not start instance {} of {of}: {}",
+                inst.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+        let pid = fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| Error::msg(format!("runc left no pid for instance {}", inst.id)))?;
+        inst.pid = Some(pid);
+        inst.phase = "running".into();
+        save(inst)
+    }
+
+    /// Whether the instance still runs; an exit is recorded with its status.
+    pub fn state(&self, inst: &Instance) -> State {
+        let status_file = inst.dir.join("exit-status");
+        if let Ok(s) = fs::read_to_string(&status_file) {
+            return State::Exited {
+                status: s.trim().parse().ok(),
+            };
+        }
+        let Some(pid) = inst.pid else {
+            return State::Exited { status: None };
+        };
+        let status = match sys::try_wait(pid) {
+            sys::Child::Running => return State::Running,
+            sys::Child::Exited(code) => Some(code),
+            sys::Child::NotOurs if sys::alive(pid) => return State::Running,
+            sys::Child::NotOurs => None,
+        };
+        let _ = fs::write(
+            &status_file,
+            status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+        );
+        State::Exited { status }
+    }
+
+    /// SIGTERM, wait up to `grace` for the instance to exit, then SIGKILL. Returns its state.
+    pub fn stop(&self, inst: &Instance, grace: Duration) -> State {
+        if let (Some(pid), State::Running) = (inst.pid, self.state(inst)) {
+            signal(pid, 15);
+            let deadline = Instant::now() + grace;
+            while self.state(inst) == State::Running && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if self.state(inst) == State::Running {
+                signal(pid, 9);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.state(inst) == State::Running && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        self.state(inst)
+    }
+
+    /// Remove everything of the instance but its volumes: container, cgroup, mounts, namespace,
+    /// files. Kills it first if it still runs.
+    pub fn delete(&self, inst: &Instance) -> Result<()> {
+        if let Some(pid) = inst.pid
+            && self.state(inst) == State::Running
+        {
+            signal(pid, 9);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.state(inst) == State::Running && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let out = self
+            .runc()
+            .args(["delete", "--force", &inst.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        if let Ok(o) = &out
+            && !o.status.success()
+        {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if !err.contains("does not exist") && !err.contains("not exist") {
+                return Err(Error::msg(format!(
+                    "runc could not delete instance {}: {}",
+                    inst.id,
+                    err.trim()
+                )));
+            }
+        }
+        remove_cgroups(&inst.id);
+        for m in [inst.merged(), inst.netns()] {
+            sys::unmount(&m).map_err(|e| Error::io(format!("unmounting {}", m.display()), e))?;
+        }
+        fs::remove_dir_all(&inst.dir)
+            .map_err(|e| Error::io(format!("removing {}", inst.dir.display()), e))
+    }
+
+    /// Open a TCP connection to the instance's port (inside its network namespace if private).
+    pub fn connect(&self, inst: &Instance, timeout: Duration) -> io::Result<TcpStream> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, inst.port));
+        match inst.network {
+            Network::Private => sys::connect_in(&inst.netns(), addr, timeout),
+            Network::Host => TcpStream::connect_timeout(&addr, timeout),
+        }
+    }
+
+    /// Run `cmd` inside the instance; returns (exit status, combined output), or an error when
+    /// it does not finish within `timeout`.
+    pub fn exec(
+        &self,
+        inst: &Instance,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, String)> {
+        let mut child = self
+            .runc()
+            .args(["exec", &inst.id])
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("running runc exec in instance {}", inst.id), e))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::msg(format!(
+                        "{:?} did not finish within {:?}",
+                        cmd, timeout
+                    )));
+                }
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("reading exec output".into(), e))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// Every instance this data directory knows of.
+    pub fn list(&self) -> Vec<Instance> {
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.data_dir.join("instances")) {
+            for e in entries.flatten() {
+                if let Some(inst) = load(&e.path()) {
+                    out.push(inst);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Find what an earlier process left: running instances are returned for the caller to
+    /// take over; half-created and dead ones are deleted. Containers runc knows of that have no
+    /// instance directory any more are deleted too.
+    pub fn recover(&self) -> Result<Recovered> {
+        let mut r = Recovered::default();
+        let known: Vec<String> = fs::read_dir(self.data_dir.join("instances"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in known {
+            let dir = self.data_dir.join("instances").join(&id);
+            let Some(inst) = load(&dir) else {
+                // No readable record: nothing can be running that we could identify; clean up.
+                let ghost = Instance {
+                    id: id.clone(),
+                    image: Digest::of(b""),
+                    image_name: String::new(),
+                    owner: String::new(),
+                    owner_pid: 0,
+                    network: Network::Private,
+                    port: 0,
+                    pid: None,
+                    phase: "creating".into(),
+                    created_ms: 0,
+                    dir,
+                };
+                self.delete(&ghost)?;
+                r.cleaned.push((id, "no instance record".into()));
+                continue;
+            };
+            let why = match (inst.phase.as_str(), self.state(&inst)) {
+                ("running", State::Running) => {
+                    r.running.push(inst);
+                    continue;
+                }
+                ("running", State::Exited { status }) => format!(
+                    "exited (status {})",
+                    status.map_or_else(|| "unknown".into(), |s| s.to_string())
+                ),
+                _ => "half-created".to_string(),
+            };
+            self.delete(&inst)?;
+            r.cleaned.push((id, why));
+        }
+        // Containers without an instance directory.
+        if let Ok(entries) = fs::read_dir(self.data_dir.join("runc")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !self.data_dir.join("instances").join(&id).exists() {
+                    let _ = self
+                        .runc()
+                        .args(["delete", "--force", &id])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    remove_cgroups(&id);
+                    r.cleaned
+                        .push((id, "container without an instance record".into()));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Keep each log file under `log_limit`: past it, the file is copied to `*.1` and truncated
+    /// (the instance appends, so it keeps writing at the new end).
+    pub fn rotate_logs(&self, inst: &Instance) {
+        for p in [inst.stdout_log(), inst.stderr_log()] {
+            if fs::metadata(&p).is_ok_and(|m| m.len() > self.log_limit) {
+                let _ = fs::copy(&p, p.with_extension("log.1"));
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(0));
+            }
+        }
+    }
+}
+
+fn save(inst: &Instance) -> Result<()> {
+    let p = inst.dir.join("instance.json");
+    let tmp = inst.dir.join("instance.json.tmp");
+    fs::write(&tmp, serde_json::to_vec(inst).unwrap_or_default())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    fs::rename(&tmp, &p).map_err(|e| Error::io(format!("writing {}", p.display()), e))
+}
+
+fn load(dir: &Path) -> Option<Instance> {
+    let bytes = fs::read(dir.join("instance.json")).ok()?;
+    let mut inst: Instance = serde_json::from_slice(&bytes).ok()?;
+    inst.dir = dir.to_path_buf();
+    Some(inst)
+}
+
+fn signal(pid: i32, sig: i32) {
+    let _ = sys::kill(pid, sig);
+}
+
+/// Remove the instance's cgroup in every hierarchy (runc normally does; this covers crashes).
+fn remove_cgroups(id: &str) {
+    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let p = h.path().join("recast").join(id);
+            if p.exists() {
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup/recast").join(id);
+    if v2.exists() {
+        let _ = fs::remove_dir(&v2);
+    }
+}
+
+fn find_runc() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RECAST_RUNC") {
+        return Ok(PathBuf::from(p));
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+    ]) {
+        let p = Path::new(dir).join("runc");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Error::msg(
+        "runc is not installed\n  hint: apt-get install runc (or set RECAST_RUNC to its path)",
+    ))
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// A new instance id: `prefix-` and 8 random hex digits.
+pub fn new_id(prefix: &str) -> String {
+    let mut buf = [0u8; 4];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut buf));
+    let clean: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "{clean}-{}",
+        buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
