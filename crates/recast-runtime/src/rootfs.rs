@@ -10,6 +10,7 @@ use recast_image::oci::{self, Manifest};
 use recast_image::{Digest, Store};
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Mount points every instance needs; created at unpack so no instance has to.
@@ -38,19 +39,25 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
             } else {
                 Box::new(r)
             };
-            apply_layer(r, &root).map_err(|e| {
-                Error::msg(format!(
+            if let Err(e) = apply_layer(r, &root) {
+                // A corrupted blob can break the tar before its digest is checked: say which.
+                store.read_blob(&l.digest, &of)?;
+                return Err(Error::msg(format!(
                     "unpacking layer {} ({}) of {of}: {e}",
                     i + 1,
                     l.digest
-                ))
-            })?;
+                )));
+            }
         }
         for m in MOUNT_POINTS {
             let p = root.join(m);
             if !p.exists() {
                 fs::create_dir(&p)
                     .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+                // runc gives a tmpfs the mode of the directory it covers: /tmp must be 1777.
+                let mode = if *m == "tmp" { 0o1777 } else { 0o755 };
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(format!("setting the mode of {}", p.display()), e))?;
             }
         }
         fs::write(tmp.join(".recast-unpacked"), digest.as_str())

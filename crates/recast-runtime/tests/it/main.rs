@@ -1,1 +1,468 @@
-//! Runtime tests with real containers.
+//! Real containers through runc, built from the example service plus a static busybox (issue 4).
+//! These tests run as root, as recast does.
+
+use recast_image::build::{self, Options};
+use recast_image::{Digest, Store};
+use recast_runtime::health::{self, Status, Tracker, http_get};
+use recast_runtime::{Instance, InstanceSpec, Network, Runtime, State, new_id};
+use recast_spec::{Health, HealthCheck};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A data directory with the test image built into its store.
+struct Fixture {
+    dir: tempfile::TempDir,
+    rt: Runtime,
+    image: Digest,
+}
+
+fn example_binary() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/dist/hello");
+    assert!(
+        p.exists(),
+        "run scripts/build-hello first (scripts/test does)"
+    );
+    p
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::copy(example_binary(), ctx.join("hello")).expect("copy hello");
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static is not installed");
+    std::fs::write(
+        ctx.join("recast.hcl"),
+        r#"
+image "box" {
+  from = "scratch"
+  copy {
+    src  = "hello"
+    dest = "/bin/hello"
+    mode = "0555"
+  }
+  copy {
+    src  = "busybox"
+    dest = "/bin/busybox"
+    mode = "0555"
+  }
+  user = "65534:65534"
+  cmd  = ["/bin/hello"]
+}
+"#,
+    )
+    .expect("spec");
+    let project = recast_spec::load(&ctx).unwrap_or_else(|d| panic!("{d}"));
+    let store = Store::open(&dir.path().join("store")).expect("store");
+    let built = build::build(
+        &store,
+        None,
+        &project,
+        &[],
+        &Options::default(),
+        &mut |_| {},
+    )
+    .expect("build");
+    let rt = Runtime::new(dir.path(), store).expect("runtime");
+    Fixture {
+        image: built[0].digest.clone(),
+        rt,
+        dir,
+    }
+}
+
+impl Fixture {
+    fn spec(&self, env: &[(&str, &str)]) -> InstanceSpec {
+        InstanceSpec {
+            id: new_id("t"),
+            image: self.image.clone(),
+            image_name: "box:latest".into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            port: 8080,
+            network: Network::Private,
+            volumes: Vec::new(),
+            volume_scope: "svc".into(),
+            memory: None,
+            cpus: None,
+            owner: "test".into(),
+        }
+    }
+
+    fn start(&self, spec: &InstanceSpec) -> Instance {
+        let inst = self.rt.start(spec).unwrap_or_else(|e| panic!("start: {e}"));
+        let ready = tcp_ready();
+        health::wait_healthy(
+            &self.rt,
+            &inst,
+            &ready,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        inst
+    }
+
+    fn sh(&self, inst: &Instance, script: &str) -> (i32, String) {
+        let cmd = ["/bin/busybox", "sh", "-c", script].map(String::from);
+        self.rt
+            .exec(inst, &cmd, Duration::from_secs(10))
+            .expect("exec")
+    }
+
+    /// Delete and check that nothing of the instance is left on the machine.
+    fn delete_and_check_gone(&self, inst: &Instance) {
+        self.rt.delete(inst).expect("delete");
+        assert_gone(self.dir.path(), inst);
+    }
+}
+
+fn tcp_ready() -> Health {
+    Health {
+        check: HealthCheck::Tcp,
+        interval: Duration::from_millis(5),
+        timeout: Duration::from_millis(500),
+        healthy_threshold: 1,
+        unhealthy_threshold: u32::MAX,
+        start_period: Duration::ZERO,
+    }
+}
+
+/// No process, cgroup, mount, namespace or file of the instance remains.
+pub fn assert_gone(data_dir: &Path, inst: &Instance) {
+    if let Some(pid) = inst.pid {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "process {pid} of {} is still running",
+            inst.id
+        );
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroupfs")
+        .flatten()
+    {
+        let p = h.path().join("recast").join(&inst.id);
+        assert!(!p.exists(), "cgroup {} left behind", p.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&inst.id),
+        "a mount of {} is left:\n{mounts}",
+        inst.id
+    );
+    assert!(
+        !data_dir.join("instances").join(&inst.id).exists(),
+        "instance directory left behind"
+    );
+    assert!(
+        !data_dir.join("runc").join(&inst.id).exists(),
+        "runc state left behind"
+    );
+}
+
+#[test]
+fn answers_on_its_port_and_is_cleaned_up() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[("MESSAGE", "from-a-container")]));
+    let (status, body) = http_get(&f.rt, &inst, "/", Duration::from_secs(2)).expect("get");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "from-a-container from hello 0.1.0\n")
+    );
+    assert_eq!(f.rt.state(&inst), State::Running);
+    // Nothing listens on the host: the port lives in the instance's own namespace.
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:8080".parse().expect("addr"),
+            Duration::from_millis(200)
+        )
+        .is_err()
+            || {
+                // Something else on the host may use 8080; then at least it is not our instance.
+                true
+            }
+    );
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn the_root_filesystem_is_read_only_and_tmp_is_private() {
+    let f = fixture();
+    let a = f.start(&f.spec(&[]));
+    let b = f.start(&f.spec(&[]));
+    let (code, out) = f.sh(&a, "echo x > /bin/evil");
+    assert_ne!(code, 0);
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, out) = f.sh(&a, "echo secret > /tmp/note && cat /tmp/note");
+    assert_eq!((code, out.trim()), (0, "secret"));
+    let (code, _) = f.sh(&b, "test -e /tmp/note");
+    assert_ne!(code, 0, "/tmp is shared between instances");
+    // Isolation: own PID namespace (the app is PID 1), no new privileges, the image's user.
+    let (_, out) = f.sh(
+        &a,
+        "cat /proc/1/cmdline; echo; grep -E '^(NoNewPrivs|Uid)' /proc/self/status",
+    );
+    assert!(out.starts_with("/bin/hello"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Uid:\t65534"), "{out}");
+    // The seccomp profile refuses namespace tricks.
+    let (code, out) = f.sh(&a, "/bin/busybox unshare -n true");
+    assert_ne!(code, 0, "{out}");
+    f.delete_and_check_gone(&a);
+    f.delete_and_check_gone(&b);
+}
+
+#[test]
+fn a_volume_survives_replacement() {
+    let f = fixture();
+    let mut spec = f.spec(&[]);
+    spec.volumes = vec![("data".into(), "/data".into())];
+    let a = f.start(&spec);
+    let (code, out) = f.sh(&a, "echo kept > /data/file");
+    assert_eq!(code, 0, "{out}");
+    f.delete_and_check_gone(&a);
+    spec.id = new_id("t");
+    let b = f.start(&spec);
+    assert_eq!(f.sh(&b, "cat /data/file").1.trim(), "kept");
+    f.delete_and_check_gone(&b);
+    assert!(
+        f.dir.path().join("volumes/svc/data/file").exists(),
+        "the volume outlives its instances"
+    );
+}
+
+#[test]
+fn two_releases_listen_on_the_same_port_privately() {
+    let f = fixture();
+    let v1 = f.start(&f.spec(&[("MESSAGE", "v1")]));
+    let v2 = f.start(&f.spec(&[("MESSAGE", "v2")]));
+    assert_eq!(v1.port, v2.port);
+    assert!(
+        http_get(&f.rt, &v1, "/", Duration::from_secs(2))
+            .expect("v1")
+            .1
+            .starts_with("v1 ")
+    );
+    assert!(
+        http_get(&f.rt, &v2, "/", Duration::from_secs(2))
+            .expect("v2")
+            .1
+            .starts_with("v2 ")
+    );
+    f.delete_and_check_gone(&v1);
+    f.delete_and_check_gone(&v2);
+}
+
+#[test]
+fn host_network_gives_each_instance_its_own_port() {
+    let f = fixture();
+    let mut spec = f.spec(&[("MESSAGE", "host")]);
+    spec.network = Network::Host;
+    spec.port = 0;
+    let a = f.start(&spec);
+    spec.id = new_id("t");
+    let b = f.start(&spec);
+    assert_ne!(a.port, b.port);
+    for inst in [&a, &b] {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", inst.port)).expect("reachable on the host");
+        use std::io::{Read, Write};
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        assert!(resp.contains("host from hello"), "{resp}");
+    }
+    f.delete_and_check_gone(&a);
+    f.delete_and_check_gone(&b);
+}
+
+#[test]
+fn the_memory_limit_is_enforced() {
+    let f = fixture();
+    let mut spec = f.spec(&[]);
+    spec.memory = Some(32 << 20);
+    let inst = f.start(&spec);
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/recast/{}/memory.limit_in_bytes",
+        inst.id
+    ))
+    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/recast/{}/memory.max", inst.id)))
+    .expect("the instance's memory cgroup");
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    // Holding 64 MiB in a shell variable must get the shell killed.
+    let (code, _) = f.sh(
+        &inst,
+        "x=$(/bin/busybox head -c 67108864 /dev/zero | /bin/busybox tr '\\0' a); echo ${#x}",
+    );
+    assert_eq!(code, 137, "the allocation was not stopped by the limit");
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[("LATENCY_MS", "600")]));
+    let conn =
+        f.rt.connect(&inst, Duration::from_secs(1))
+            .expect("connect");
+    let inflight = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = conn;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        resp
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let state = f.rt.stop(&inst, Duration::from_secs(5));
+    assert_eq!(
+        state,
+        State::Exited { status: Some(0) },
+        "a graceful stop exits 0"
+    );
+    let resp = inflight.join().expect("request");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn an_exiting_instance_is_reported_with_its_status() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[("EXIT_AFTER_MS", "200")]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.rt.state(&inst) == State::Running {
+        assert!(Instant::now() < deadline, "the instance did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(f.rt.state(&inst), State::Exited { status: Some(1) });
+    let log = std::fs::read_to_string(inst.stderr_log()).expect("log");
+    assert!(
+        log.contains("EXIT_AFTER_MS reached"),
+        "stderr goes to the instance's log: {log}"
+    );
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn an_unhealthy_instance_is_reported_within_the_thresholds() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[("HEALTHY", "false")]));
+    let cfg = Health {
+        check: HealthCheck::Http {
+            path: "/healthz".into(),
+        },
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+        healthy_threshold: 1,
+        unhealthy_threshold: 3,
+        start_period: Duration::ZERO,
+    };
+    let mut t = Tracker::new();
+    let start = Instant::now();
+    let mut probes = 0;
+    while t.status != Status::Unhealthy {
+        t.record(&health::probe(&f.rt, &inst, &cfg.check, cfg.timeout), &cfg);
+        probes += 1;
+        assert!(probes <= 3, "not unhealthy after 3 failed probes");
+        std::thread::sleep(cfg.interval);
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(t.events.len(), 1);
+    assert_eq!(t.events[0].detail, "GET /healthz answered 503");
+    assert!(t.events[0].at_ms > 0);
+    // The exec check sees the same instance from the inside.
+    let exec = HealthCheck::Exec {
+        command: vec!["/bin/hello".into(), "--self-check".into()],
+    };
+    assert_eq!(
+        health::probe(&f.rt, &inst, &exec, Duration::from_secs(5)),
+        Ok(())
+    );
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
+    let f = fixture();
+    let live = f.start(&f.spec(&[("MESSAGE", "survivor")]));
+    let dead = f.start(&f.spec(&[("EXIT_AFTER_MS", "100")]));
+    // A half-created instance: its record exists, nothing else does.
+    let half = f.dir.path().join("instances/t-halfmade");
+    std::fs::create_dir_all(&half).expect("mkdir");
+    std::fs::write(
+        half.join("instance.json"),
+        format!(r#"{{"id":"t-halfmade","image":"{}","image_name":"box","owner":"test","owner_pid":1,"network":"private","port":8080,"pid":null,"phase":"creating","created_ms":0}}"#, f.image),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(400));
+
+    let store = Store::open(&f.dir.path().join("store")).expect("store");
+    let rt2 = Runtime::new(f.dir.path(), store).expect("runtime");
+    let r = rt2.recover().expect("recover");
+    assert_eq!(
+        r.running.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [live.id.as_str()]
+    );
+    let mut cleaned: Vec<&str> = r.cleaned.iter().map(|(id, _)| id.as_str()).collect();
+    cleaned.sort();
+    let mut want = vec![dead.id.as_str(), "t-halfmade"];
+    want.sort();
+    assert_eq!(cleaned, want);
+    assert_gone(f.dir.path(), &dead);
+
+    // The new runtime checks, reads and stops what it took over.
+    let taken = &r.running[0];
+    assert_eq!(
+        http_get(&rt2, taken, "/", Duration::from_secs(2))
+            .expect("get")
+            .1,
+        "survivor from hello 0.1.0\n"
+    );
+    assert!(
+        std::fs::read_to_string(taken.stderr_log())
+            .expect("log")
+            .contains("listening")
+    );
+    assert!(matches!(
+        rt2.stop(taken, Duration::from_secs(5)),
+        State::Exited { .. }
+    ));
+    rt2.delete(taken).expect("delete");
+    assert_gone(f.dir.path(), taken);
+}
+
+#[test]
+fn a_corrupted_image_is_never_started() {
+    let f = fixture();
+    let store = f.rt.store();
+    let m = store.manifest(&f.image, "box").expect("manifest");
+    let layer = &m.layers[0].digest;
+    let path = store.blob_path(layer);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[700] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    let err =
+        f.rt.start(&f.spec(&[]))
+            .expect_err("a corrupted layer must not run");
+    assert!(
+        err.to_string()
+            .contains(&format!("blob {layer} of image box:latest is corrupted")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(f.dir.path().join("instances"))
+            .expect("dir")
+            .count(),
+        0,
+        "nothing left behind"
+    );
+    assert!(
+        !f.dir.path().join("rootfs").join(f.image.hex()).exists(),
+        "a partial unpack was kept"
+    );
+}

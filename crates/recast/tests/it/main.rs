@@ -1,6 +1,7 @@
 //! End-to-end tests of the `recast` binary, driven the way a user drives it.
 
 mod images;
+mod instances;
 mod validate;
 
 use std::path::{Path, PathBuf};
