@@ -12,6 +12,7 @@
 //! over or clean up what an earlier one left (`Runtime::recover`).
 
 pub mod health;
+pub mod imagetest;
 mod rootfs;
 pub mod signals;
 mod spec;

@@ -3,14 +3,14 @@
 //! Everything here is already checked: references resolve, durations are durations, ports are
 //! ports. Later stages (build, runtime, deploy) consume this and never see HCL.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// One project: every `*.hcl` file of a directory (or the one file named).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
     /// The directory relative paths in the spec are resolved against.
     pub dir: PathBuf,
@@ -24,7 +24,7 @@ pub struct Project {
     pub webhooks: BTreeMap<String, Webhook>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub name: String,
     pub from: Base,
@@ -39,7 +39,7 @@ pub struct Image {
 }
 
 /// Where an image starts from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Base {
     Scratch,
@@ -64,7 +64,7 @@ pub enum Base {
 }
 
 /// A `copy` step: a file or directory from the build context into the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyStep {
     /// Resolved against the directory of the spec file that names it.
     pub src: PathBuf,
@@ -76,14 +76,14 @@ pub struct CopyStep {
     pub owner: Option<Owner>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
 }
 
 /// Checks run against a throwaway instance before an image may deploy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageTest {
     pub http: Vec<HttpTest>,
     pub command: Option<Vec<String>>,
@@ -93,7 +93,7 @@ pub struct ImageTest {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpTest {
     pub path: String,
     pub expect_status: u16,
@@ -101,7 +101,7 @@ pub struct HttpTest {
     pub expect_body: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
     /// Name of the image (the reference `image.NAME` resolved).
@@ -121,7 +121,7 @@ pub struct Service {
     pub guard: Option<Guard>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub check: HealthCheck,
     pub interval: Duration,
@@ -132,7 +132,7 @@ pub struct Health {
     pub start_period: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HealthCheck {
     /// GET this path; any 2xx is healthy.
@@ -143,13 +143,13 @@ pub enum HealthCheck {
     Exec { command: Vec<String> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub name: String,
     pub mount: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// Own network namespace with loopback only (the default).
@@ -158,7 +158,7 @@ pub enum Network {
     Host,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub strategy: Strategy,
     pub analysis: Option<Analysis>,
@@ -166,7 +166,7 @@ pub struct Rollout {
     pub progress_deadline: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Strategy {
     Rolling {
@@ -196,7 +196,7 @@ impl Strategy {
 }
 
 /// An instance count, absolute or as a percentage of `instances` (Kubernetes style).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Count {
     Absolute(u32),
@@ -218,7 +218,7 @@ impl Count {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Percentage of requests (1–100) sent to the new release.
     pub weight: u8,
@@ -226,7 +226,7 @@ pub struct Step {
     pub pause: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
     pub interval: Duration,
     pub min_requests: u64,
@@ -238,7 +238,7 @@ pub struct Analysis {
     pub inconclusive_limit: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub name: String,
     pub listen: SocketAddr,
@@ -246,7 +246,7 @@ pub struct Route {
     pub service: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub scan_interval: Duration,
     pub on_drift: OnDrift,
@@ -261,14 +261,14 @@ impl Default for Guard {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDrift {
     Replace,
     Report,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub name: String,
     pub url: String,

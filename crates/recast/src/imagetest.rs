@@ -2,35 +2,10 @@
 
 use crate::{output, run};
 use anyhow::bail;
-use recast_image::build::{self, Built, Options};
-use recast_runtime::health::{self, http_get};
-use recast_runtime::{InstanceSpec, Network, Runtime, new_id};
-use recast_spec::{Health, HealthCheck, Image, ImageTest};
-use serde::Serialize;
+use recast_image::build::{self, Options};
+use recast_runtime::imagetest;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-#[derive(Debug, Serialize)]
-struct Outcome {
-    image: String,
-    digest: String,
-    /// No test block: nothing was run.
-    skipped: bool,
-    passed: bool,
-    /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    checks: Vec<Check>,
-    duration_ms: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Check {
-    check: String,
-    passed: bool,
-    detail: String,
-}
 
 pub fn run(
     spec: &Path,
@@ -57,7 +32,7 @@ pub fn run(
     for b in &built {
         let image = &project.images[&b.image];
         progress(&format!("testing image {}", b.image));
-        outcomes.push(test_image(&rt, image, b));
+        outcomes.push(imagetest::test_image(&rt, image, &b.digest));
     }
     if json {
         output::json(&outcomes)?;
@@ -85,131 +60,4 @@ pub fn run(
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn test_image(rt: &Runtime, image: &Image, built: &Built) -> Outcome {
-    let t0 = Instant::now();
-    let mut o = Outcome {
-        image: image.name.clone(),
-        digest: built.digest.to_string(),
-        skipped: image.test.is_none(),
-        passed: true,
-        reason: None,
-        checks: Vec::new(),
-        duration_ms: 0,
-    };
-    if let Some(test) = &image.test
-        && let Err(reason) = run_checks(rt, image, built, test, &mut o.checks)
-    {
-        o.passed = false;
-        o.reason = Some(reason);
-    }
-    o.duration_ms = t0.elapsed().as_millis() as u64;
-    o
-}
-
-fn run_checks(
-    rt: &Runtime,
-    image: &Image,
-    built: &Built,
-    test: &ImageTest,
-    checks: &mut Vec<Check>,
-) -> Result<(), String> {
-    let spec = InstanceSpec {
-        id: new_id(&format!("test-{}", image.name)),
-        image: built.digest.clone(),
-        image_name: format!("{}:latest", image.name),
-        env: Default::default(),
-        port: test.port,
-        network: Network::Private,
-        volumes: Vec::new(),
-        volume_scope: String::new(),
-        memory: None,
-        cpus: None,
-        owner: "test".into(),
-    };
-    let deadline = Instant::now() + test.timeout;
-    let inst = rt
-        .start(&spec)
-        .map_err(|e| format!("the test instance did not start: {e}"))?;
-    let result = (|| {
-        let ready = Health {
-            check: HealthCheck::Tcp,
-            interval: Duration::from_millis(5),
-            timeout: Duration::from_millis(500),
-            healthy_threshold: 1,
-            unhealthy_threshold: u32::MAX,
-            start_period: Duration::ZERO,
-        };
-        health::wait_healthy(rt, &inst, &ready, deadline)
-            .map_err(|e| format!("port {} never accepted connections: {e}", test.port))?;
-        let mut failed = None;
-        for h in &test.http {
-            let name = format!("GET {}", h.path);
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100));
-            let (passed, detail) = match http_get(rt, &inst, &h.path, left) {
-                Ok((status, _)) if status != h.expect_status => (
-                    false,
-                    format!("{name} answered {status}, expected {}", h.expect_status),
-                ),
-                Ok((_, body)) => match &h.expect_body {
-                    Some(want) if !body.contains(want.as_str()) => (
-                        false,
-                        format!(
-                            "{name}: the body does not contain {want:?} (it is {:?})",
-                            truncate(&body)
-                        ),
-                    ),
-                    _ => (true, format!("{name} answered {}", h.expect_status)),
-                },
-                Err(e) => (false, format!("{name}: {e}")),
-            };
-            if !passed && failed.is_none() {
-                failed = Some(detail.clone());
-            }
-            checks.push(Check {
-                check: name,
-                passed,
-                detail,
-            });
-        }
-        if let Some(cmd) = &test.command {
-            let name = format!("command {cmd:?}");
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100));
-            let (passed, detail) = match rt.exec(&inst, cmd, left) {
-                Ok((0, _)) => (true, format!("{name} exited with status 0")),
-                Ok((code, out)) => (
-                    false,
-                    format!("{name} exited with status {code}: {}", truncate(out.trim())),
-                ),
-                Err(e) => (false, format!("{name}: {e}")),
-            };
-            if !passed && failed.is_none() {
-                failed = Some(detail.clone());
-            }
-            checks.push(Check {
-                check: name,
-                passed,
-                detail,
-            });
-        }
-        failed.map_or(Ok(()), Err)
-    })();
-    rt.stop(&inst, Duration::from_secs(5));
-    if let Err(e) = rt.delete(&inst) {
-        return Err(format!("cleaning up the test instance: {e}"));
-    }
-    result
-}
-
-fn truncate(s: &str) -> String {
-    if s.len() > 200 {
-        format!("{}…", &s[..s.floor_char_boundary(200)])
-    } else {
-        s.to_string()
-    }
 }

@@ -1,0 +1,454 @@
+//! recast's HTTP proxy: the only code that touches client connections.
+//!
+//! A route listens on its address and forwards HTTP/1.1 (keep-alive, streaming bodies, upgrades)
+//! to the instances in its service's routing table. The table is a list of groups (one per
+//! release) with weights; swapping it is atomic, and a request keeps the table (and backend) it
+//! started with, so removing an instance never breaks a request in flight: the engine waits for
+//! the instance's in-flight count to reach zero (`Backend::drain`) before stopping it. A request
+//! without a body whose connection fails before anything was sent is retried on another instance.
+//! Per release it counts requests, 5xx, failed connections and a latency histogram.
+
+mod metrics;
+
+pub use metrics::{Metrics, Snapshot};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Opens a connection to an instance (blocking: it may enter a network namespace).
+pub type Connector = Arc<dyn Fn() -> io::Result<std::net::TcpStream> + Send + Sync>;
+
+/// One instance as the proxy sees it.
+pub struct Backend {
+    pub id: String,
+    pub release: i64,
+    connector: Connector,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    inflight: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl Backend {
+    pub fn new(
+        id: String,
+        release: i64,
+        connector: Connector,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Backend> {
+        Arc::new(Backend {
+            id,
+            release,
+            connector,
+            idle: Mutex::new(Vec::new()),
+            inflight: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no request uses this backend (it must already be out of every table), up to
+    /// `timeout`; then close its idle connections. Returns whether it drained.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.inflight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inflight() == 0
+    }
+
+    async fn sender(self: &Arc<Self>) -> io::Result<SendRequest<ProxyBody>> {
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut s) = pooled else { break };
+            if s.is_closed() {
+                continue;
+            }
+            if s.ready().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let connector = self.connector.clone();
+        let std_stream = tokio::task::spawn_blocking(move || connector())
+            .await
+            .map_err(|_| io::Error::other("the connect task failed"))??;
+        std_stream.set_nonblocking(true)?;
+        let stream = tokio::net::TcpStream::from_std(std_stream)?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    fn put_back(&self, s: SendRequest<ProxyBody>) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 512 {
+            idle.push(s);
+        }
+    }
+}
+
+/// The backends of one release and the share of requests it gets.
+#[derive(Clone)]
+pub struct Group {
+    pub release: i64,
+    /// Relative weight (a percentage when the weights of a table add up to 100).
+    pub weight: u32,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+/// A service's routing table: immutable; replaced as a whole.
+#[derive(Clone, Default)]
+pub struct Table {
+    pub groups: Vec<Group>,
+}
+
+impl Table {
+    /// All backends of all groups.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.groups.iter().flat_map(|g| g.backends.iter())
+    }
+}
+
+/// What a route forwards to: a service's current table and its metrics per release.
+pub struct Service {
+    pub name: String,
+    table: RwLock<Arc<Table>>,
+    next: AtomicU64,
+    metrics: Mutex<HashMap<i64, Arc<Metrics>>>,
+}
+
+impl Service {
+    pub fn new(name: &str) -> Arc<Service> {
+        Arc::new(Service {
+            name: name.to_string(),
+            table: RwLock::new(Arc::new(Table::default())),
+            next: AtomicU64::new(0),
+            metrics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Switch to a new table atomically; requests in flight keep the old one.
+    pub fn set_table(&self, t: Table) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+    }
+
+    /// The metrics of a release (created on first use).
+    pub fn metrics(&self, release: i64) -> Arc<Metrics> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(release)
+            .or_default()
+            .clone()
+    }
+
+    /// Pick a backend: the group by weight (exact proportions over every 100 requests, spread
+    /// evenly), then round-robin inside it; `avoid` is skipped when there is another choice.
+    fn pick(&self, table: &Table, avoid: Option<&str>) -> Option<Arc<Backend>> {
+        let groups: Vec<&Group> = table
+            .groups
+            .iter()
+            .filter(|g| !g.backends.is_empty() && g.weight > 0)
+            .collect();
+        let total: u64 = groups.iter().map(|g| u64::from(g.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Scatter the sequence over the cycle (37 is coprime with 100) so groups interleave.
+        let slot = (n.wrapping_mul(37)) % total;
+        let mut acc = 0;
+        let group = groups
+            .iter()
+            .find(|g| {
+                acc += u64::from(g.weight);
+                slot < acc
+            })
+            .copied()
+            .unwrap_or(groups[0]);
+        let len = group.backends.len();
+        let start = (n / total.max(1)) as usize + n as usize;
+        (0..len)
+            .map(|i| &group.backends[(start + i) % len])
+            .find(|b| Some(b.id.as_str()) != avoid || len == 1)
+            .cloned()
+    }
+}
+
+/// A route's listener; serving stops when it is dropped.
+pub struct Route {
+    pub addr: SocketAddr,
+    service: Arc<RwLock<Arc<Service>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Route {
+    /// Listen on `addr` and forward to `service`.
+    pub async fn bind(addr: SocketAddr, service: Arc<Service>) -> io::Result<Route> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let service = Arc::new(RwLock::new(service));
+        let svc = service.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = svc.read().unwrap_or_else(|p| p.into_inner()).clone();
+                tokio::spawn(async move {
+                    let handler = hyper::service::service_fn(move |req| {
+                        let svc = svc.clone();
+                        async move { Ok::<_, std::convert::Infallible>(forward(svc, req, peer).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), handler)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(Route {
+            addr,
+            service,
+            task,
+        })
+    }
+
+    /// Point the route at another service (new connections only).
+    pub fn set_service(&self, s: Arc<Service>) {
+        *self.service.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Keeps a backend counted as in use until the response body is done, then pools the connection.
+struct InUse {
+    backend: Arc<Backend>,
+    sender: Option<SendRequest<ProxyBody>>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(s) = self.sender.take() {
+            self.backend.put_back(s);
+        }
+        self.backend.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Tracked {
+    inner: Incoming,
+    in_use: Option<InUse>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            // Finished: the connection can serve the next request.
+            self.in_use = None;
+        } else if let Poll::Ready(Some(Err(_))) = r
+            && let Some(u) = self.in_use.as_mut()
+        {
+            u.sender = None;
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn error_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("recast: {msg}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn has_body(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+async fn forward(
+    svc: Arc<Service>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let table = svc.table();
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let retryable = !has_body(&req) && !upgrade;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body.boxed());
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    let fwd = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let mut tried: Option<String> = None;
+    for _attempt in 0..3 {
+        let Some(backend) = svc.pick(&table, tried.as_deref()) else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("service {} has no healthy instance", svc.name),
+            );
+        };
+        backend.inflight.fetch_add(1, Ordering::SeqCst);
+        let mut in_use = InUse {
+            backend: backend.clone(),
+            sender: None,
+        };
+        let started = Instant::now();
+        let m = backend.metrics.clone();
+        let mut sender = match backend.sender().await {
+            Ok(s) => s,
+            Err(e) => {
+                m.connect_failed();
+                tried = Some(backend.id.clone());
+                if retryable {
+                    continue;
+                }
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("cannot reach instance {}: {e}", backend.id),
+                );
+            }
+        };
+        let mut out = Request::new(
+            body.take()
+                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
+        );
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = parts.uri.clone();
+        *out.headers_mut() = headers.clone();
+        match sender.send_request(out).await {
+            Ok(mut resp) => {
+                m.record(resp.status().as_u16(), started.elapsed());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade {
+                        let server = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            let _guard = in_use;
+                            if let (Ok(c), Ok(s)) = (client.await, server.await) {
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut TokioIo::new(c),
+                                    &mut TokioIo::new(s),
+                                )
+                                .await;
+                            }
+                        });
+                    }
+                    let (p, b) = resp.into_parts();
+                    return Response::from_parts(p, b.boxed());
+                }
+                in_use.sender = Some(sender);
+                let (p, b) = resp.into_parts();
+                return Response::from_parts(
+                    p,
+                    Tracked {
+                        inner: b,
+                        in_use: Some(in_use),
+                    }
+                    .boxed(),
+                );
+            }
+            Err(e) => {
+                m.connect_failed();
+                tried = Some(backend.id.clone());
+                // Nothing was answered; a request without a body can go elsewhere.
+                if retryable {
+                    continue;
+                }
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("instance {} failed: {e}", backend.id),
+                );
+            }
+        }
+    }
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        &format!("no instance of service {} answered", svc.name),
+    )
+}
+
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap, keep_upgrade: bool) {
+    if let Some(list) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    {
+        for name in list.split(',') {
+            let name = name.trim();
+            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                h.remove(name);
+            }
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        h.remove(name);
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}

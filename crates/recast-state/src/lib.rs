@@ -1,0 +1,504 @@
+//! The state store: every release (what ran, when, how it ended), the instances of each service,
+//! the progress of every rollout step by step, routes, and an event log.
+//!
+//! One SQLite file (`<data-dir>/state.db`, WAL) behind this narrow API: only this crate knows SQL,
+//! so a PostgreSQL backend can implement the same methods. The schema is versioned
+//! (`PRAGMA user_version`) and migrated forward on open.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state database {path}: {source}")]
+    Db {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One release of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub project: String,
+    pub service: String,
+    pub number: i64,
+    /// Hash of everything that defines it (image digest and service settings).
+    pub spec_hash: String,
+    /// Image manifest digest.
+    pub digest: String,
+    /// Image name at build time.
+    pub image: String,
+    /// The service's settings as JSON (the spec model).
+    pub spec: String,
+    pub created_ms: i64,
+    pub created_by: String,
+    /// pending | rolling_out | succeeded | rolled_back | failed | superseded
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub finished_ms: Option<i64>,
+}
+
+/// A rollout: one release replacing another, step by step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub from_release: Option<i64>,
+    pub to_release: i64,
+    pub strategy: String,
+    /// running | succeeded | rolled_back
+    pub state: String,
+    pub step: i64,
+    pub detail: String,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: i64,
+    pub project: String,
+    pub service: String,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    pub id: String,
+    pub project: String,
+    pub service: String,
+    pub release: i64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub project: String,
+    pub name: String,
+    pub listen: String,
+    pub service: String,
+}
+
+pub struct State {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE releases (
+        project TEXT NOT NULL, service TEXT NOT NULL, number INTEGER NOT NULL,
+        spec_hash TEXT NOT NULL, digest TEXT NOT NULL, image TEXT NOT NULL, spec TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, created_by TEXT NOT NULL,
+        outcome TEXT NOT NULL, reason TEXT, finished_ms INTEGER,
+        PRIMARY KEY (project, service, number));
+     CREATE TABLE services (
+        project TEXT NOT NULL, service TEXT NOT NULL, current INTEGER,
+        PRIMARY KEY (project, service));
+     CREATE TABLE instances (
+        id TEXT PRIMARY KEY, project TEXT NOT NULL, service TEXT NOT NULL,
+        release INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+     CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, service TEXT NOT NULL,
+        from_release INTEGER, to_release INTEGER NOT NULL, strategy TEXT NOT NULL,
+        state TEXT NOT NULL, step INTEGER NOT NULL, detail TEXT NOT NULL,
+        started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, project TEXT NOT NULL,
+        service TEXT NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
+     CREATE TABLE routes (
+        project TEXT NOT NULL, name TEXT NOT NULL, listen TEXT NOT NULL, service TEXT NOT NULL,
+        PRIMARY KEY (project, name));",
+];
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+    Ok(Release {
+        project: r.get(0)?,
+        service: r.get(1)?,
+        number: r.get(2)?,
+        spec_hash: r.get(3)?,
+        digest: r.get(4)?,
+        image: r.get(5)?,
+        spec: r.get(6)?,
+        created_ms: r.get(7)?,
+        created_by: r.get(8)?,
+        outcome: r.get(9)?,
+        reason: r.get(10)?,
+        finished_ms: r.get(11)?,
+    })
+}
+
+const RELEASE_COLS: &str = "project, service, number, spec_hash, digest, image, spec, created_ms, created_by, outcome, reason, finished_ms";
+
+fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
+    Ok(Rollout {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        service: r.get(2)?,
+        from_release: r.get(3)?,
+        to_release: r.get(4)?,
+        strategy: r.get(5)?,
+        state: r.get(6)?,
+        step: r.get(7)?,
+        detail: r.get(8)?,
+        started_ms: r.get(9)?,
+        updated_ms: r.get(10)?,
+    })
+}
+
+const ROLLOUT_COLS: &str = "id, project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms";
+
+impl State {
+    /// Open (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<State> {
+        let p = path.display().to_string();
+        let err = |source| Error::Db {
+            path: p.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(&format!(
+                "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))
+            .map_err(err)?;
+        }
+        Ok(State {
+            conn: Mutex::new(conn),
+            path: p,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| Error::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    // ---- releases -------------------------------------------------------------------------------
+
+    /// Record a new release (numbered after the last one) with outcome `pending`.
+    pub fn new_release(
+        &self,
+        project: &str,
+        service: &str,
+        digest: &str,
+        image: &str,
+        spec: &str,
+        spec_hash: &str,
+        by: &str,
+    ) -> Result<Release> {
+        self.with(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE project = ?1 AND service = ?2",
+                params![project, service],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                &format!("INSERT INTO releases ({RELEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', NULL, NULL)"),
+                params![project, service, n, spec_hash, digest, image, spec, now_ms(), by],
+            )?;
+            c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"), params![project, service, n], release_row)
+        })
+    }
+
+    pub fn set_outcome(
+        &self,
+        project: &str,
+        service: &str,
+        number: i64,
+        outcome: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let finished = matches!(outcome, "succeeded" | "rolled_back" | "failed").then(now_ms);
+        self.with(|c| {
+            c.execute(
+                "UPDATE releases SET outcome = ?4, reason = ?5, finished_ms = COALESCE(?6, finished_ms) WHERE project = ?1 AND service = ?2 AND number = ?3",
+                params![project, service, number, outcome, reason, finished],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn release(&self, project: &str, service: &str, number: i64) -> Result<Option<Release>> {
+        self.with(|c| {
+            c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"), params![project, service, number], release_row)
+                .optional()
+        })
+    }
+
+    /// Every release of a service, oldest first.
+    pub fn releases(&self, project: &str, service: &str) -> Result<Vec<Release>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 ORDER BY number"))?;
+            st.query_map(params![project, service], release_row)?.collect()
+        })
+    }
+
+    /// The release serving traffic, if any.
+    pub fn current(&self, project: &str, service: &str) -> Result<Option<Release>> {
+        let n: Option<i64> = self.with(|c| {
+            c.query_row(
+                "SELECT current FROM services WHERE project = ?1 AND service = ?2",
+                params![project, service],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })?;
+        match n {
+            Some(n) => self.release(project, service, n),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_current(&self, project: &str, service: &str, number: Option<i64>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO services (project, service, current) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (project, service) DO UPDATE SET current = excluded.current",
+                params![project, service, number],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Services of a project that have a current release.
+    pub fn services(&self, project: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT service FROM services WHERE project = ?1 AND current IS NOT NULL ORDER BY service")?;
+            st.query_map(params![project], |r| r.get(0))?.collect()
+        })
+    }
+
+    /// Every (project, service) with a current release.
+    pub fn all_services(&self) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT project, service FROM services WHERE current IS NOT NULL ORDER BY project, service")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+    }
+
+    // ---- instances ------------------------------------------------------------------------------
+
+    pub fn add_instance(&self, id: &str, project: &str, service: &str, release: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("INSERT OR REPLACE INTO instances (id, project, service, release, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)", params![id, project, service, release, now_ms()])
+                .map(drop)
+        })
+    }
+
+    pub fn remove_instance(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM instances WHERE id = ?1", params![id])
+                .map(drop)
+        })
+    }
+
+    pub fn instances(&self, project: &str, service: &str) -> Result<Vec<InstanceRow>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, project, service, release, created_ms FROM instances WHERE project = ?1 AND service = ?2 ORDER BY created_ms, id")?;
+            st.query_map(params![project, service], |r| {
+                Ok(InstanceRow { id: r.get(0)?, project: r.get(1)?, service: r.get(2)?, release: r.get(3)?, created_ms: r.get(4)? })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn instance(&self, id: &str) -> Result<Option<InstanceRow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, project, service, release, created_ms FROM instances WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(InstanceRow {
+                        id: r.get(0)?,
+                        project: r.get(1)?,
+                        service: r.get(2)?,
+                        release: r.get(3)?,
+                        created_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    // ---- rollouts -------------------------------------------------------------------------------
+
+    pub fn start_rollout(
+        &self,
+        project: &str,
+        service: &str,
+        from: Option<i64>,
+        to: i64,
+        strategy: &str,
+    ) -> Result<i64> {
+        self.with(|c| {
+            let now = now_ms();
+            c.execute(
+                "INSERT INTO rollouts (project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', 0, 'started', ?6, ?6)",
+                params![project, service, from, to, strategy, now],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn rollout_step(&self, id: i64, step: i64, detail: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE rollouts SET step = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, step, detail, now_ms()],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn finish_rollout(&self, id: i64, state: &str, detail: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE rollouts SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, state, detail, now_ms()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Rollouts that were running when their server stopped.
+    pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ROLLOUT_COLS} FROM rollouts WHERE state = 'running' ORDER BY id"
+            ))?;
+            st.query_map([], rollout_row)?.collect()
+        })
+    }
+
+    pub fn rollouts(&self, project: &str, service: &str) -> Result<Vec<Rollout>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE project = ?1 AND service = ?2 ORDER BY id"))?;
+            st.query_map(params![project, service], rollout_row)?.collect()
+        })
+    }
+
+    // ---- routes and events ----------------------------------------------------------------------
+
+    /// Replace a project's routes.
+    pub fn set_routes(&self, project: &str, routes: &[RouteRow]) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM routes WHERE project = ?1", params![project])?;
+            for r in routes {
+                c.execute(
+                    "INSERT INTO routes (project, name, listen, service) VALUES (?1, ?2, ?3, ?4)",
+                    params![project, r.name, r.listen, r.service],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn routes(&self) -> Result<Vec<RouteRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT project, name, listen, service FROM routes ORDER BY project, name",
+            )?;
+            st.query_map([], |r| {
+                Ok(RouteRow {
+                    project: r.get(0)?,
+                    name: r.get(1)?,
+                    listen: r.get(2)?,
+                    service: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn event(&self, project: &str, service: &str, kind: &str, message: &str) -> Result<Event> {
+        self.with(|c| {
+            let at = now_ms();
+            c.execute("INSERT INTO events (at_ms, project, service, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)", params![at, project, service, kind, message])?;
+            Ok(Event { id: c.last_insert_rowid(), at_ms: at, project: project.into(), service: service.into(), kind: kind.into(), message: message.into() })
+        })
+    }
+
+    /// Events after `since` (an event id), oldest first.
+    pub fn events(&self, since: i64, limit: i64) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, at_ms, project, service, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            st.query_map(params![since, limit], |r| {
+                Ok(Event { id: r.get(0)?, at_ms: r.get(1)?, project: r.get(2)?, service: r.get(3)?, kind: r.get(4)?, message: r.get(5)? })
+            })?
+            .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_number_up_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("state.db");
+        {
+            let s = State::open(&path).expect("open");
+            let r1 = s
+                .new_release("p", "web", "sha256:a", "web", "{}", "h1", "test")
+                .expect("r1");
+            let r2 = s
+                .new_release("p", "web", "sha256:b", "web", "{}", "h2", "test")
+                .expect("r2");
+            assert_eq!((r1.number, r2.number), (1, 2));
+            s.set_outcome("p", "web", 1, "succeeded", None)
+                .expect("outcome");
+            s.set_current("p", "web", Some(1)).expect("current");
+            let id = s
+                .start_rollout("p", "web", Some(1), 2, "rolling")
+                .expect("rollout");
+            s.rollout_step(id, 1, "one new instance healthy")
+                .expect("step");
+        }
+        let s = State::open(&path).expect("reopen");
+        assert_eq!(
+            s.current("p", "web").expect("current").map(|r| r.number),
+            Some(1)
+        );
+        assert_eq!(s.releases("p", "web").expect("history").len(), 2);
+        let open = s.unfinished_rollouts().expect("rollouts");
+        assert_eq!(
+            (open.len(), open[0].step, open[0].detail.as_str()),
+            (1, 1, "one new instance healthy")
+        );
+    }
+}
