@@ -44,6 +44,18 @@ pub struct Release {
     pub finished_ms: Option<i64>,
 }
 
+/// What a new release is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRelease<'a> {
+    pub project: &'a str,
+    pub service: &'a str,
+    pub digest: &'a str,
+    pub image: &'a str,
+    pub spec: &'a str,
+    pub spec_hash: &'a str,
+    pub by: &'a str,
+}
+
 /// A rollout: one release replacing another, step by step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -206,16 +218,16 @@ impl State {
     // ---- releases -------------------------------------------------------------------------------
 
     /// Record a new release (numbered after the last one) with outcome `pending`.
-    pub fn new_release(
-        &self,
-        project: &str,
-        service: &str,
-        digest: &str,
-        image: &str,
-        spec: &str,
-        spec_hash: &str,
-        by: &str,
-    ) -> Result<Release> {
+    pub fn new_release(&self, r: &NewRelease<'_>) -> Result<Release> {
+        let NewRelease {
+            project,
+            service,
+            digest,
+            image,
+            spec,
+            spec_hash,
+            by,
+        } = *r;
         self.with(|c| {
             let n: i64 = c.query_row(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE project = ?1 AND service = ?2",
@@ -474,10 +486,26 @@ mod tests {
         {
             let s = State::open(&path).expect("open");
             let r1 = s
-                .new_release("p", "web", "sha256:a", "web", "{}", "h1", "test")
+                .new_release(&NewRelease {
+                    project: "p",
+                    service: "web",
+                    digest: "sha256:a",
+                    image: "web",
+                    spec: "{}",
+                    spec_hash: "h1",
+                    by: "test",
+                })
                 .expect("r1");
             let r2 = s
-                .new_release("p", "web", "sha256:b", "web", "{}", "h2", "test")
+                .new_release(&NewRelease {
+                    project: "p",
+                    service: "web",
+                    digest: "sha256:b",
+                    image: "web",
+                    spec: "{}",
+                    spec_hash: "h2",
+                    by: "test",
+                })
                 .expect("r2");
             assert_eq!((r1.number, r2.number), (1, 2));
             s.set_outcome("p", "web", 1, "succeeded", None)
