@@ -12,6 +12,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Mount points every instance needs; created at unpack so no instance has to.
 const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
@@ -19,6 +20,12 @@ const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 /// The unpacked root filesystem of the image `digest`, unpacking it if needed.
 pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Result<PathBuf> {
     let dir = data_dir.join("rootfs").join(digest.hex());
+    if dir.join(".recast-unpacked").exists() {
+        return Ok(dir.join("fs"));
+    }
+    // One unpack at a time in this process: instances of one release start in parallel.
+    static UNPACK: Mutex<()> = Mutex::new(());
+    let _one = UNPACK.lock().unwrap_or_else(|p| p.into_inner());
     if dir.join(".recast-unpacked").exists() {
         return Ok(dir.join("fs"));
     }

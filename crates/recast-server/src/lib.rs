@@ -1,1 +1,130 @@
-//! placeholder
+//! The control plane: applies specs, runs rollouts, supervises instances, serves the API.
+//!
+//! `serve` owns a data directory for the life of the process (an exclusive `flock` on
+//! `server.lock`, which the kernel releases when the process dies, so it can never outlive it),
+//! takes over what an earlier server left, and leaves its API address in `server.json` and its
+//! token in `token` (mode 0600) for the CLI to find.
+
+pub mod api;
+pub mod engine;
+pub mod plan;
+
+use engine::Ctl;
+use hyper_util::rt::TokioIo;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a running server can be found.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ServerInfo {
+    pub addr: SocketAddr,
+    pub pid: u32,
+}
+
+pub fn info_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server.json")
+}
+
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("token")
+}
+
+/// The API token of a data directory, created (0600) on first use.
+pub fn token(data_dir: &Path) -> std::io::Result<String> {
+    let p = token_path(data_dir);
+    if let Ok(t) = std::fs::read_to_string(&p) {
+        return Ok(t.trim().to_string());
+    }
+    let mut buf = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
+    let t: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&p)?;
+    f.write_all(t.as_bytes())?;
+    Ok(t)
+}
+
+/// A started server: its address, and the control plane for callers in the same process.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub ctl: Arc<Ctl>,
+    pub notes: Vec<String>,
+    _lock: std::fs::File,
+}
+
+/// Open the data directory, recover, and start serving the API on `listen`. Returns once the
+/// API is listening; everything keeps running on the current tokio runtime.
+pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    let lock_path = data_dir.join("server.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        let other = std::fs::read(info_path(data_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ServerInfo>(&b).ok());
+        return Err(format!(
+            "a recast server is already running for data directory {}{}",
+            data_dir.display(),
+            other
+                .map(|o| format!(" (pid {}, API at {})", o.pid, o.addr))
+                .unwrap_or_default()
+        ));
+    }
+    let token = Arc::new(token(data_dir).map_err(|e| format!("creating the API token: {e}"))?);
+    let store = recast_image::Store::open(&data_dir.join("store")).map_err(|e| e.to_string())?;
+    let rt = recast_runtime::Runtime::new(data_dir, store.clone()).map_err(|e| e.to_string())?;
+    let state = recast_state::State::open(&data_dir.join("state.db")).map_err(|e| e.to_string())?;
+    let ctl = Ctl::new(data_dir, state, rt, store);
+    let notes = ctl.recover().await?;
+    tokio::spawn(ctl.clone().supervise());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("the API cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let info = serde_json::to_vec(&ServerInfo {
+        addr,
+        pid: std::process::id(),
+    })
+    .unwrap_or_default();
+    let tmp = data_dir.join("server.json.tmp");
+    std::fs::write(&tmp, info)
+        .and_then(|()| std::fs::rename(&tmp, info_path(data_dir)))
+        .map_err(|e| format!("writing server.json: {e}"))?;
+    let api_ctl = ctl.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (ctl, token) = (api_ctl.clone(), token.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let (ctl, token) = (ctl.clone(), token.clone());
+                    async move { Ok::<_, std::convert::Infallible>(api::handle(ctl, token, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(Started {
+        addr,
+        ctl,
+        notes,
+        _lock: lock,
+    })
+}
+
+/// Forget the server's address on a clean stop (instances keep running for the next server).
+pub fn stopped(data_dir: &Path) {
+    let _ = std::fs::remove_file(info_path(data_dir));
+}

@@ -28,7 +28,10 @@ impl ReleaseSpec {
 
     pub fn hash(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -68,20 +71,45 @@ pub struct Plan {
 
 impl Plan {
     pub fn changes(&self) -> usize {
-        self.services.iter().filter(|s| s.action != Action::Unchanged).count() + self.routes.len()
+        self.services
+            .iter()
+            .filter(|s| s.action != Action::Unchanged)
+            .count()
+            + self.routes.len()
     }
 }
 
 /// The project name of a spec: its directory's name.
 pub fn project_name(project: &Project) -> String {
     let dir = std::fs::canonicalize(&project.dir).unwrap_or_else(|_| project.dir.clone());
-    let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into());
-    let clean: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' }).collect();
-    if clean.is_empty() { "default".into() } else { clean }
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "default".into());
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "default".into()
+    } else {
+        clean
+    }
 }
 
 /// Compare the spec (with its images' digests) with the recorded state.
-pub fn plan(project: &Project, name: &str, digests: &BTreeMap<String, String>, state: &State) -> Result<Plan, recast_state::Error> {
+pub fn plan(
+    project: &Project,
+    name: &str,
+    digests: &BTreeMap<String, String>,
+    state: &State,
+) -> Result<Plan, recast_state::Error> {
     let mut services = Vec::new();
     for (sname, svc) in &project.services {
         let digest = digests.get(&svc.image).cloned().unwrap_or_default();
@@ -90,12 +118,34 @@ pub fn plan(project: &Project, name: &str, digests: &BTreeMap<String, String>, s
         let history = state.releases(name, sname)?;
         let next_number = history.last().map_or(1, |r| r.number + 1);
         let (action, reasons, created, retired, cur) = match &current {
-            None => (Action::Create, vec!["new service".to_string()], svc.instances, 0, None),
-            Some(r) if r.spec_hash == next.hash() => (Action::Unchanged, Vec::new(), 0, 0, Some(r.number)),
+            None => (
+                Action::Create,
+                vec!["new service".to_string()],
+                svc.instances,
+                0,
+                None,
+            ),
+            Some(r) if r.spec_hash == next.hash() => {
+                (Action::Unchanged, Vec::new(), 0, 0, Some(r.number))
+            }
             Some(r) => {
-                let old: ReleaseSpec = serde_json::from_str(&r.spec).unwrap_or(ReleaseSpec { digest: r.digest.clone(), image: r.image.clone(), service: serde_json::Value::Null });
-                let old_n = old.service.get("instances").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-                (Action::Update, differences(&old, &next), svc.instances, old_n, Some(r.number))
+                let old: ReleaseSpec = serde_json::from_str(&r.spec).unwrap_or(ReleaseSpec {
+                    digest: r.digest.clone(),
+                    image: r.image.clone(),
+                    service: serde_json::Value::Null,
+                });
+                let old_n = old
+                    .service
+                    .get("instances")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0) as u32;
+                (
+                    Action::Update,
+                    differences(&old, &next),
+                    svc.instances,
+                    old_n,
+                    Some(r.number),
+                )
             }
         };
         let changing = action != Action::Unchanged;
@@ -109,13 +159,21 @@ pub fn plan(project: &Project, name: &str, digests: &BTreeMap<String, String>, s
             instances_created: created,
             instances_retired: retired,
             strategy: changing.then(|| svc.rollout.strategy.name().to_string()),
-            steps: if changing { steps(svc, current.is_none()) } else { Vec::new() },
+            steps: if changing {
+                steps(svc, current.is_none())
+            } else {
+                Vec::new()
+            },
         });
     }
     for sname in state.services(name)? {
         if !project.services.contains_key(&sname) {
             let cur = state.current(name, &sname)?;
-            let n = cur.as_ref().and_then(|r| serde_json::from_str::<ReleaseSpec>(&r.spec).ok()).and_then(|s| s.service.get("instances").and_then(|v| v.as_u64())).unwrap_or(0) as u32;
+            let n = cur
+                .as_ref()
+                .and_then(|r| serde_json::from_str::<ReleaseSpec>(&r.spec).ok())
+                .and_then(|s| s.service.get("instances").and_then(|v| v.as_u64()))
+                .unwrap_or(0) as u32;
             services.push(ServicePlan {
                 service: sname,
                 action: Action::Remove,
@@ -141,7 +199,10 @@ pub fn plan(project: &Project, name: &str, digests: &BTreeMap<String, String>, s
         let want = (r.listen.to_string(), r.service.clone());
         match recorded.get(rname) {
             None => routes.push(format!("add route {rname}: {} → {}", want.0, want.1)),
-            Some(have) if *have != want => routes.push(format!("change route {rname}: {} → {} (was {} → {})", want.0, want.1, have.0, have.1)),
+            Some(have) if *have != want => routes.push(format!(
+                "change route {rname}: {} → {} (was {} → {})",
+                want.0, want.1, have.0, have.1
+            )),
             _ => {}
         }
     }
@@ -150,26 +211,40 @@ pub fn plan(project: &Project, name: &str, digests: &BTreeMap<String, String>, s
             routes.push(format!("remove route {rname}: {listen} → {svc}"));
         }
     }
-    Ok(Plan { project: name.to_string(), services, routes })
+    Ok(Plan {
+        project: name.to_string(),
+        services,
+        routes,
+    })
 }
 
 fn differences(old: &ReleaseSpec, new: &ReleaseSpec) -> Vec<String> {
     let mut out = Vec::new();
     if old.digest != new.digest {
-        out.push(format!("image {}: {} → {}", new.image, short(&old.digest), short(&new.digest)));
+        out.push(format!(
+            "image {}: {} → {}",
+            new.image,
+            short(&old.digest),
+            short(&new.digest)
+        ));
     }
     if let (Some(a), Some(b)) = (old.service.as_object(), new.service.as_object()) {
         for (k, v) in b {
             let before = a.get(k).unwrap_or(&serde_json::Value::Null);
             if before != v && k != "image" {
                 if k == "env" {
-                    let (ea, eb) = (before.as_object().cloned().unwrap_or_default(), v.as_object().cloned().unwrap_or_default());
+                    let (ea, eb) = (
+                        before.as_object().cloned().unwrap_or_default(),
+                        v.as_object().cloned().unwrap_or_default(),
+                    );
                     let mut keys: Vec<&String> = ea.keys().chain(eb.keys()).collect();
                     keys.sort();
                     keys.dedup();
                     for key in keys {
                         match (ea.get(key), eb.get(key)) {
-                            (Some(x), Some(y)) if x != y => out.push(format!("env {key}: {x} → {y}")),
+                            (Some(x), Some(y)) if x != y => {
+                                out.push(format!("env {key}: {x} → {y}"))
+                            }
                             (None, Some(y)) => out.push(format!("env {key}: added {y}")),
                             (Some(_), None) => out.push(format!("env {key}: removed")),
                             _ => {}
@@ -189,11 +264,18 @@ fn differences(old: &ReleaseSpec, new: &ReleaseSpec) -> Vec<String> {
 
 fn compact(v: &serde_json::Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
+    if s.len() > 80 {
+        format!("{}…", &s[..s.floor_char_boundary(80)])
+    } else {
+        s
+    }
 }
 
 fn short(d: &str) -> String {
-    d.strip_prefix("sha256:").map_or_else(|| d.to_string(), |h| format!("sha256:{}", &h[..h.len().min(12)]))
+    d.strip_prefix("sha256:").map_or_else(
+        || d.to_string(),
+        |h| format!("sha256:{}", &h[..h.len().min(12)]),
+    )
 }
 
 fn dur(d: std::time::Duration) -> String {
@@ -205,28 +287,50 @@ fn steps(svc: &Service, first: bool) -> Vec<String> {
     let n = svc.instances;
     let h = &svc.health;
     let ready = h.interval * h.healthy_threshold.saturating_sub(1);
-    let ready = format!("healthy after ~{}", dur(ready.max(std::time::Duration::from_millis(100))));
+    let ready = format!(
+        "healthy after ~{}",
+        dur(ready.max(std::time::Duration::from_millis(100)))
+    );
     if first {
-        return vec![format!("start {n} instance(s), {ready}, then route traffic to them")];
+        return vec![format!(
+            "start {n} instance(s), {ready}, then route traffic to them"
+        )];
     }
-    let deadline = format!("rolled back if no progress within {}", dur(svc.rollout.progress_deadline));
+    let deadline = format!(
+        "rolled back if no progress within {}",
+        dur(svc.rollout.progress_deadline)
+    );
     match &svc.rollout.strategy {
-        Strategy::Rolling { max_surge, max_unavailable, min_healthy_time } => {
+        Strategy::Rolling {
+            max_surge,
+            max_unavailable,
+            min_healthy_time,
+        } => {
             let surge = max_surge.resolve(n, true);
             let unavail = max_unavailable.resolve(n, false);
             let batch = (surge + unavail).max(1);
             let batches = n.div_ceil(batch);
             let mut v = vec![format!(
                 "rolling in {batches} batch(es) of up to {batch}: start {surge} new, {ready}{}, put in rotation, drain and stop old (max_surge {}, max_unavailable {})",
-                if min_healthy_time.is_zero() { String::new() } else { format!(" and stay healthy for {}", dur(*min_healthy_time)) },
+                if min_healthy_time.is_zero() {
+                    String::new()
+                } else {
+                    format!(" and stay healthy for {}", dur(*min_healthy_time))
+                },
                 count(max_surge),
                 count(max_unavailable)
             )];
             v.push(deadline);
             v
         }
-        Strategy::BlueGreen { preview_listen, auto_promote_after, scale_down_delay } => {
-            let mut v = vec![format!("start {n} green instance(s) beside the blue ones, {ready}")];
+        Strategy::BlueGreen {
+            preview_listen,
+            auto_promote_after,
+            scale_down_delay,
+        } => {
+            let mut v = vec![format!(
+                "start {n} green instance(s) beside the blue ones, {ready}"
+            )];
             if let Some(p) = preview_listen {
                 v.push(format!("serve the green release on preview {p}"));
             }
@@ -235,15 +339,25 @@ fn steps(svc: &Service, first: bool) -> Vec<String> {
                 None => "wait for `recast promote`".into(),
             });
             v.push("switch all traffic to green at once".into());
-            v.push(format!("keep blue warm for {} (instant rollback), then drain and stop it", dur(*scale_down_delay)));
+            v.push(format!(
+                "keep blue warm for {} (instant rollback), then drain and stop it",
+                dur(*scale_down_delay)
+            ));
             v
         }
         Strategy::Canary { steps, .. } => {
             let mut v = vec![format!("start canary instance(s), {ready}")];
             for s in steps {
                 v.push(match s.pause {
-                    Some(p) => format!("send {}% of requests to the new release for {}", s.weight, dur(p)),
-                    None => format!("send {}% of requests to the new release, then wait for `recast promote`", s.weight),
+                    Some(p) => format!(
+                        "send {}% of requests to the new release for {}",
+                        s.weight,
+                        dur(p)
+                    ),
+                    None => format!(
+                        "send {}% of requests to the new release, then wait for `recast promote`",
+                        s.weight
+                    ),
                 });
             }
             v.push("send 100% to the new release, drain and stop the old one".into());

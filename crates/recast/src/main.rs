@@ -1,10 +1,13 @@
 //! The `recast` command line: parse arguments, then call one operation per command.
 
 mod build;
+mod client;
+mod deploy;
 mod image;
 mod imagetest;
 mod output;
 mod run;
+mod serve;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -37,16 +40,33 @@ struct Cli {
     command: Command,
 }
 
+/// `-f PATH`, for the commands that read a spec.
+#[derive(Debug, clap::Args)]
+struct Spec {
+    /// The spec: a recast.hcl file, or a directory whose *.hcl files form one project
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "recast.hcl",
+        value_name = "PATH"
+    )]
+    file: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check the spec; exit 1 with file:line:column errors
     Validate {
+        #[command(flatten)]
+        spec: Spec,
         /// Print only JSON on stdout: {"valid": bool, "errors": [...]}
         #[arg(long)]
         json: bool,
     },
     /// Build the spec's images, reproducibly
     Build {
+        #[command(flatten)]
+        spec: Spec,
         /// Images to build (default: all)
         images: Vec<String>,
         /// Build again from nothing in a fresh store and fail if any digest differs
@@ -58,6 +78,8 @@ enum Command {
     },
     /// Run each image's test block against a throwaway instance
     Test {
+        #[command(flatten)]
+        spec: Spec,
         /// Images to test (default: all)
         images: Vec<String>,
         /// Print only JSON on stdout
@@ -75,23 +97,141 @@ enum Command {
     /// Manage the images in the store
     #[command(subcommand)]
     Image(image::Command),
+    /// The control plane: supervisor, proxy, API
+    Server {
+        /// API address (loopback; the CLI finds it through the data directory)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Server in the foreground, and apply the spec (development and demos)
+    Up {
+        #[command(flatten)]
+        spec: Spec,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// What apply would do, rollout steps included
+    Plan {
+        #[command(flatten)]
+        spec: Spec,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build, test, then roll out through the running server
+    Apply {
+        #[command(flatten)]
+        spec: Spec,
+        #[arg(long)]
+        json: bool,
+        /// Start the apply and return at once
+        #[arg(long)]
+        detach: bool,
+        /// Do not ask for confirmation on a terminal
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Releases, instances, health, traffic split
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every release of a service with digest, time, outcome
+    History {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back to the previous (or Nth) release
+    Rollback {
+        service: String,
+        /// The release number to go back to
+        #[arg(long)]
+        to: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a paused rollout continue (blue/green switch)
+    Promote {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the logs of a service's instances
+    Logs {
+        service: String,
+        /// Keep printing new lines
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Retire every instance and route of the project (or of those services)
+    Destroy {
+        #[command(flatten)]
+        spec: Spec,
+        services: Vec<String>,
+        /// Delete the services' volumes too
+        #[arg(long)]
+        volumes: bool,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let data_dir = || output::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
-        Command::Validate { json } => validate::run(&cli.file, json),
+        Command::Validate { spec, json } => validate::run(&spec.file, json),
         Command::Build {
+            spec,
             images,
             check,
             json,
-        } => data_dir().and_then(|d| build::run(&cli.file, &d, &images, check, json)),
-        Command::Test { images, json } => {
-            data_dir().and_then(|d| imagetest::run(&cli.file, &d, &images, json))
+        } => data_dir().and_then(|d| build::run(&spec.file, &d, &images, check, json)),
+        Command::Test { spec, images, json } => {
+            data_dir().and_then(|d| imagetest::run(&spec.file, &d, &images, json))
         }
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
+        Command::Server { listen } => data_dir().and_then(|d| serve::run(&d, listen, None)),
+        Command::Up { spec, listen } => {
+            data_dir().and_then(|d| serve::run(&d, listen, Some(&spec.file)))
+        }
+        Command::Plan { spec, json } => {
+            data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, json))
+        }
+        Command::Apply {
+            spec,
+            json,
+            detach,
+            yes,
+        } => data_dir().and_then(|d| deploy::apply(&spec.file, &d, json, detach, yes)),
+        Command::Status { service, json } => {
+            data_dir().and_then(|d| deploy::status(&d, service.as_deref(), json))
+        }
+        Command::History { service, json } => {
+            data_dir().and_then(|d| deploy::history(&d, &service, json))
+        }
+        Command::Rollback { service, to, json } => {
+            data_dir().and_then(|d| deploy::rollback(&d, &service, to, json))
+        }
+        Command::Promote { service, json } => {
+            data_dir().and_then(|d| deploy::promote(&d, &service, json))
+        }
+        Command::Logs { service, follow } => {
+            data_dir().and_then(|d| deploy::logs(&d, &service, follow))
+        }
+        Command::Destroy {
+            spec,
+            services,
+            volumes,
+            yes,
+            json,
+        } => {
+            data_dir().and_then(|d| deploy::destroy(&spec.file, &d, &services, volumes, yes, json))
+        }
     };
     match result {
         Ok(code) => code,

@@ -103,7 +103,7 @@ fn only_working_commands_exist() {
     let help = stdout(&out);
     assert!(help.contains("validate"), "{help}");
     assert!(
-        !help.contains("rollback"),
+        !help.contains("drift"),
         "a command that does nothing yet is listed:\n{help}"
     );
 }

@@ -1,0 +1,101 @@
+//! Talking to a running server: found through the data directory (or RECAST_SERVER and
+//! RECAST_TOKEN), spoken to over its JSON API.
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn find(data_dir: &Path) -> anyhow::Result<Client> {
+        let no_server = || {
+            anyhow!(
+                "no recast server is running for data directory {}\n  hint: start one with `recast server` (or `recast up`), or set RECAST_SERVER and RECAST_TOKEN",
+                data_dir.display()
+            )
+        };
+        let base = match std::env::var("RECAST_SERVER")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) if s.starts_with("http://") || s.starts_with("https://") => s,
+            Some(s) => format!("http://{s}"),
+            None => {
+                let bytes =
+                    std::fs::read(recast_server::info_path(data_dir)).map_err(|_| no_server())?;
+                let info: recast_server::ServerInfo =
+                    serde_json::from_slice(&bytes).map_err(|_| no_server())?;
+                if !Path::new(&format!("/proc/{}", info.pid)).exists() {
+                    return Err(no_server());
+                }
+                format!("http://{}", info.addr)
+            }
+        };
+        let token = match std::env::var("RECAST_TOKEN").ok().filter(|s| !s.is_empty()) {
+            Some(t) => t,
+            None => std::fs::read_to_string(recast_server::token_path(data_dir))
+                .map(|t| t.trim().to_string())
+                .with_context(|| {
+                    format!(
+                        "reading the API token in {}\n  hint: set RECAST_TOKEN",
+                        data_dir.display()
+                    )
+                })?,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Ok(Client { base, token, agent })
+    }
+
+    fn check(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let resp = resp.map_err(|e| {
+            anyhow!(
+                "the recast server at {} did not answer: {e}\n  hint: is it still running?",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let v: Value =
+            serde_json::from_reader(resp.into_body().into_reader()).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{}",
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or(status.as_str())
+            );
+        }
+        Ok(v)
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.check(r)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes());
+        self.check(r)
+    }
+}

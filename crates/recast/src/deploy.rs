@@ -1,0 +1,420 @@
+//! `recast plan | apply | status | history | rollback | promote | logs | destroy`.
+
+use crate::client::Client;
+use crate::output;
+use anyhow::{Context as _, anyhow, bail};
+use recast_image::build::{self, Options};
+use recast_server::plan::{self, Action, Plan};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn load(spec: &Path) -> anyhow::Result<recast_spec::Project> {
+    recast_spec::load(spec).map_err(|d| anyhow!("the spec is invalid:\n{d}"))
+}
+
+/// Build (cached) and compare with the recorded state.
+pub fn compute_plan(spec: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
+    let project = load(spec)?;
+    let store = output::store(data_dir)?;
+    let built = build::build(
+        &store,
+        Some(&data_dir.join("cache")),
+        &project,
+        &[],
+        &Options::from_env()?,
+        &mut output::progress(),
+    )?;
+    let digests: BTreeMap<String, String> = built
+        .iter()
+        .map(|b| (b.image.clone(), b.digest.to_string()))
+        .collect();
+    let state = recast_state::State::open(&data_dir.join("state.db"))?;
+    Ok(plan::plan(
+        &project,
+        &plan::project_name(&project),
+        &digests,
+        &state,
+    )?)
+}
+
+pub fn render_plan(p: &Plan) -> String {
+    let mut out = String::new();
+    let n = p.changes();
+    out.push_str(&format!(
+        "project {}: {}\n",
+        p.project,
+        if n == 0 {
+            "no changes".to_string()
+        } else {
+            format!("{n} change(s)")
+        }
+    ));
+    for s in &p.services {
+        let (sym, what) = match s.action {
+            Action::Create => (
+                "+",
+                format!(
+                    "create release {} ({} instance(s))",
+                    s.next_release.unwrap_or(1),
+                    s.instances_created
+                ),
+            ),
+            Action::Update => (
+                "~",
+                format!(
+                    "release {} → {} by {} ({} instance(s) created, {} retired)",
+                    s.current_release.unwrap_or(0),
+                    s.next_release.unwrap_or(0),
+                    s.strategy.as_deref().unwrap_or("rolling"),
+                    s.instances_created,
+                    s.instances_retired
+                ),
+            ),
+            Action::Unchanged => (
+                "=",
+                format!("unchanged (release {})", s.current_release.unwrap_or(0)),
+            ),
+            Action::Remove => (
+                "-",
+                format!("remove ({} instance(s) retired)", s.instances_retired),
+            ),
+        };
+        out.push_str(&format!("  {sym} service {}: {what}\n", s.service));
+        for r in &s.reasons {
+            out.push_str(&format!("      why: {r}\n"));
+        }
+        for (i, st) in s.steps.iter().enumerate() {
+            out.push_str(&format!("      step {}: {st}\n", i + 1));
+        }
+    }
+    for r in &p.routes {
+        out.push_str(&format!("  * {r}\n"));
+    }
+    out
+}
+
+pub fn plan_cmd(spec: &Path, data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let p = compute_plan(spec, data_dir)?;
+    if json {
+        output::json(&p)?;
+    } else {
+        print!("{}", render_plan(&p));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn apply(
+    spec: &Path,
+    data_dir: &Path,
+    json: bool,
+    detach: bool,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::find(data_dir)?;
+    let path = std::fs::canonicalize(spec)
+        .with_context(|| format!("cannot read spec {}", spec.display()))?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if interactive && !yes && !json {
+        let p = compute_plan(&path, data_dir)?;
+        print!("{}", render_plan(&p));
+        if p.changes() == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("Apply these changes? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing applied");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let started = client.post("/v1/apply", &json!({ "path": path }))?;
+    let id = started["apply"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the server did not start an apply"))?;
+    if detach {
+        if json {
+            output::json(&started)?;
+        } else {
+            output::line(&format!(
+                "apply {id} started; follow it with `recast status`"
+            ))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut seen = 0;
+    let status = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = client.get(&format!("/v1/applies/{id}"))?;
+        let log = s["log"].as_array().cloned().unwrap_or_default();
+        if tty {
+            for l in &log[seen.min(log.len())..] {
+                eprintln!("  {}", l["message"].as_str().unwrap_or(""));
+            }
+        }
+        seen = log.len();
+        if s["state"] != "running" {
+            break s;
+        }
+    };
+    if json {
+        output::json(&status)?;
+    } else {
+        for s in status["services"].as_array().into_iter().flatten() {
+            let release = s["release"]
+                .as_i64()
+                .map_or_else(String::new, |r| format!(" release {r}"));
+            let reason = s["reason"]
+                .as_str()
+                .map_or_else(String::new, |r| format!(": {r}"));
+            output::line(&format!(
+                "{}:{release} {}{reason}",
+                s["service"].as_str().unwrap_or(""),
+                s["outcome"].as_str().unwrap_or("")
+            ))?;
+        }
+    }
+    if let Some(e) = status["error"].as_str() {
+        eprintln!("error: {e}");
+    }
+    if status["state"] == "succeeded" {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for s in status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                s["outcome"] != "succeeded"
+                    && s["outcome"] != "unchanged"
+                    && s["outcome"] != "removed"
+            })
+        {
+            eprintln!(
+                "error: service {} was {}: {}",
+                s["service"].as_str().unwrap_or(""),
+                s["outcome"].as_str().unwrap_or(""),
+                s["reason"].as_str().unwrap_or("")
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub fn status(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::find(data_dir)?;
+    let path = match service {
+        Some(s) => format!("/v1/status?service={s}"),
+        None => "/v1/status".to_string(),
+    };
+    let v = client.get(&path)?;
+    if let Some(s) = service
+        && v["services"].as_array().is_none_or(Vec::is_empty)
+    {
+        bail!("no service \"{s}\" is deployed");
+    }
+    if json {
+        output::json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in v["services"].as_array().into_iter().flatten() {
+        output::line(&format!(
+            "service {} (project {}): release {} · image {} {}",
+            s["service"].as_str().unwrap_or(""),
+            s["project"].as_str().unwrap_or(""),
+            s["current_release"]
+                .as_i64()
+                .map_or("-".into(), |r| r.to_string()),
+            s["image"].as_str().unwrap_or("-"),
+            s["digest"].as_str().map_or("", |d| &d[..d.len().min(19)]),
+        ))?;
+        if let Some(r) = s["rollout"].as_str() {
+            output::line(&format!("  rollout: {r}"))?;
+        }
+        for t in s["traffic"].as_array().into_iter().flatten() {
+            output::line(&format!(
+                "  traffic: release {} {:.0}% on {} instance(s) · {} requests, {} 5xx, {} failed connections, p99 {:.1} ms",
+                t["release"],
+                t["percent"].as_f64().unwrap_or(0.0),
+                t["instances"],
+                t["requests"],
+                t["errors_5xx"],
+                t["connect_failures"],
+                t["p99_ms"].as_f64().unwrap_or(0.0)
+            ))?;
+        }
+        for i in s["instances"].as_array().into_iter().flatten() {
+            let health = match (i["state"].as_str(), i["healthy"].as_bool()) {
+                (Some("exited"), _) => format!("exited ({})", i["exit_status"]),
+                (_, Some(true)) => "healthy".into(),
+                _ => "unhealthy".into(),
+            };
+            output::line(&format!(
+                "  instance {} release {} {} {} age {}s",
+                i["id"].as_str().unwrap_or(""),
+                i["release"],
+                health,
+                if i["active"] == true {
+                    "in rotation"
+                } else {
+                    "out of rotation"
+                },
+                i["age_ms"].as_u64().unwrap_or(0) / 1000
+            ))?;
+        }
+    }
+    for r in v["routes"].as_array().into_iter().flatten() {
+        output::line(&format!(
+            "route {} on {} → {}",
+            r["route"].as_str().unwrap_or(""),
+            r["listen"].as_str().unwrap_or(""),
+            r["service"].as_str().unwrap_or("")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v = Client::find(data_dir)?.get(&format!("/v1/history?service={service}"))?;
+    if json {
+        output::json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::line(&format!(
+        "{:<4} {:<12} {:<19} {:<25} REASON",
+        "#", "OUTCOME", "DIGEST", "CREATED (UTC)"
+    ))?;
+    for r in v["releases"].as_array().into_iter().flatten() {
+        let digest = r["digest"].as_str().unwrap_or("");
+        let created = recast_image::oci::rfc3339(r["created_ms"].as_u64().unwrap_or(0) / 1000);
+        output::line(&format!(
+            "{:<4} {:<12} {:<19} {:<25} {}",
+            r["number"],
+            r["outcome"].as_str().unwrap_or(""),
+            &digest[..digest.len().min(19)],
+            created,
+            r["reason"].as_str().unwrap_or("")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(
+    data_dir: &Path,
+    service: &str,
+    to: Option<i64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let v =
+        Client::find(data_dir)?.post("/v1/rollback", &json!({ "service": service, "to": to }))?;
+    if json {
+        output::json(&v)?;
+    } else {
+        output::line(&format!(
+            "{}: release {} → {} ({}, traffic switched in {:.1} ms)",
+            service,
+            v["from"],
+            v["to"],
+            if v["warm"] == true {
+                "warm"
+            } else {
+                "cold start"
+            },
+            v["switched_ms"].as_f64().unwrap_or(0.0)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn promote(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v = Client::find(data_dir)?.post("/v1/promote", &json!({ "service": service }))?;
+    if json {
+        output::json(&v)?;
+    } else {
+        output::line(&format!("{service}: promoted"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(data_dir: &Path, service: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::find(data_dir)?;
+    let mut offsets: BTreeMap<std::path::PathBuf, u64> = BTreeMap::new();
+    loop {
+        let v = client.get(&format!("/v1/status?service={service}"))?;
+        let Some(s) = v["services"].as_array().and_then(|a| a.first()).cloned() else {
+            bail!("no service \"{service}\" is deployed")
+        };
+        for i in s["instances"].as_array().into_iter().flatten() {
+            let id = i["id"].as_str().unwrap_or("");
+            for stream in ["stdout", "stderr"] {
+                let p = data_dir
+                    .join("instances")
+                    .join(id)
+                    .join(format!("{stream}.log"));
+                let Ok(text) = std::fs::read(&p) else {
+                    continue;
+                };
+                let from = offsets.get(&p).copied().unwrap_or(0).min(text.len() as u64) as usize;
+                for line in String::from_utf8_lossy(&text[from..]).lines() {
+                    output::line(&format!("[{id}] {line}"))?;
+                }
+                offsets.insert(p, text.len() as u64);
+            }
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn destroy(
+    spec: &Path,
+    data_dir: &Path,
+    services: &[String],
+    volumes: bool,
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::find(data_dir)?;
+    let project = recast_spec::load(spec).ok().map(|p| plan::project_name(&p));
+    let what = if services.is_empty() {
+        format!(
+            "every service of project {}",
+            project.as_deref().unwrap_or("(all projects)")
+        )
+    } else {
+        services.join(", ")
+    };
+    if std::io::stdin().is_terminal() && !yes {
+        print!(
+            "Destroy {what}{}? [y/N] ",
+            if volumes { " and their volumes" } else { "" }
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing destroyed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let v: Value = client.post(
+        "/v1/destroy",
+        &json!({ "project": project, "services": services, "volumes": volumes }),
+    )?;
+    if json {
+        output::json(&v)?;
+    } else {
+        for s in v["removed"].as_array().into_iter().flatten() {
+            output::line(&format!("destroyed service {}", s.as_str().unwrap_or("")))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

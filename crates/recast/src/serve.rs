@@ -1,0 +1,82 @@
+//! `recast server` and `recast up`: the control plane in the foreground.
+
+use anyhow::anyhow;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Run the server until SIGTERM/SIGINT; with `apply`, apply that spec once it is up.
+pub fn run(data_dir: &Path, listen: SocketAddr, apply: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // Before any thread starts, so that only the signal thread receives them.
+    let signals = recast_runtime::signals::forward();
+    let rt = runtime()?;
+    let code = rt.block_on(async {
+        let started = recast_server::start(data_dir, listen)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        for n in &started.notes {
+            eprintln!("recovered: {n}");
+        }
+        eprintln!(
+            "recast server: API on http://{} (data directory {})",
+            started.addr,
+            data_dir.display()
+        );
+        let mut code = ExitCode::SUCCESS;
+        if let Some(spec) = apply {
+            let path = std::fs::canonicalize(spec)
+                .map_err(|e| anyhow!("cannot read spec {}: {e}", spec.display()))?;
+            let id = started
+                .ctl
+                .start_apply(&path)
+                .map_err(|(_, e)| anyhow!(e))?;
+            let mut seen = 0;
+            let status = loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let Some(s) = started.ctl.apply_status(id) else {
+                    continue;
+                };
+                for l in &s.log[seen..] {
+                    eprintln!("  {}", l.message);
+                }
+                seen = s.log.len();
+                if s.state != "running" {
+                    break s;
+                }
+            };
+            if let Some(e) = &status.error {
+                eprintln!("error: {e}");
+            }
+            if status.state != "succeeded" {
+                code = ExitCode::FAILURE;
+            }
+            for r in started.ctl.route_rows().await {
+                eprintln!(
+                    "serving: route {} on http://{} → service {}",
+                    r.name, r.listen, r.service
+                );
+            }
+            if std::io::stderr().is_terminal() {
+                eprintln!("Ctrl-C stops the server; instances keep running for the next one");
+            }
+        }
+        // Wait for a stop signal on a blocking thread.
+        let _ = tokio::task::spawn_blocking(move || signals.recv()).await;
+        eprintln!("recast server: stopping (instances keep running)");
+        recast_server::stopped(data_dir);
+        drop(started);
+        Ok::<_, anyhow::Error>(code)
+    })?;
+    // Do not wait for in-flight tasks: instances are independent of this process.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(code)
+}

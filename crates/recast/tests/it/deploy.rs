@@ -1,0 +1,541 @@
+//! The server, apply, rollouts and rollback, under continuous load (issue 5).
+
+use crate::{example, stderr, stdout};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A project directory whose spec we rewrite between applies.
+struct Project {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("proj")
+            .tempdir()
+            .expect("tmp");
+        std::fs::create_dir_all(dir.path().join("dist")).expect("mkdir");
+        std::fs::copy(example().join("dist/hello"), dir.path().join("dist/hello"))
+            .expect("copy hello");
+        Project {
+            dir,
+            port: free_port(),
+        }
+    }
+
+    /// Write the spec: service `web` with `env`, a rollout block and extra service settings.
+    fn write(&self, env: &str, rollout: &str, extra: &str) {
+        std::fs::write(
+            self.dir.path().join("recast.hcl"),
+            format!(
+                r#"
+image "web" {{
+  from = "scratch"
+  copy {{
+    src  = "dist/hello"
+    dest = "/bin/hello"
+    mode = "0555"
+  }}
+  user = "65534:65534"
+  cmd  = ["/bin/hello"]
+}}
+
+service "web" {{
+  image     = image.web
+  instances = 3
+  port      = 8080
+  env       = {{ {env} }}
+  health {{
+    http                = "/healthz"
+    interval            = "200ms"
+    timeout             = "500ms"
+    unhealthy_threshold = 2
+  }}
+  {extra}
+  rollout {{
+    {rollout}
+  }}
+}}
+
+route "web" {{
+  listen  = "127.0.0.1:{}"
+  service = service.web
+}}
+"#,
+                self.port
+            ),
+        )
+        .expect("spec");
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `recast server` on a data directory; destroys what it deployed and stops on drop.
+struct Server {
+    child: Option<Child>,
+    data: PathBuf,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = Server {
+            child: None,
+            data: d.path().to_path_buf(),
+            _data_dir: Some(d),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data.join("server.json"));
+        let child = Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .env("RECAST_DATA_DIR", &self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("recast server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.data.join("server.json").exists() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("wait");
+        }
+    }
+
+    fn rc(&self, cwd: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RECAST_DATA_DIR", &self.data)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run recast")
+    }
+
+    fn instances(&self) -> usize {
+        std::fs::read_dir(self.data.join("instances"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.rc(Path::new("/"), &["destroy", "--yes", "--volumes"]);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Continuous keep-alive GETs from 4 clients; records every failure and every body seen.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let l = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(Mutex::new(Vec::new())),
+            bodies: Arc::new(Mutex::new(Default::default())),
+            threads: Vec::new(),
+        };
+        let mut l = l;
+        for _ in 0..4 {
+            let (stop, ok, failures, bodies) = (
+                l.stop.clone(),
+                l.ok.clone(),
+                l.failures.clone(),
+                l.bodies.clone(),
+            );
+            l.threads.push(std::thread::spawn(move || {
+                let mut conn: Option<TcpStream> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let s = match conn.take() {
+                        Some(s) => s,
+                        None => match TcpStream::connect(("127.0.0.1", port)) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                failures.lock().expect("lock").push(format!("connect: {e}"));
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            }
+                        },
+                    };
+                    match get(s) {
+                        Ok((200, body, s)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            *bodies.lock().expect("lock").entry(body).or_default() += 1;
+                            conn = Some(s);
+                        }
+                        Ok((status, body, _)) => failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{status}: {body}")),
+                        Err(e) => failures.lock().expect("lock").push(format!("request: {e}")),
+                    }
+                }
+            }));
+        }
+        l
+    }
+
+    /// Stop and return (successful requests, failures, bodies).
+    fn finish(mut self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.lock().expect("lock").clone(),
+            self.bodies.lock().expect("lock").clone(),
+        )
+    }
+}
+
+/// One keep-alive GET /: (status, body, the connection for reuse).
+fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed mid-response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Ok((status, body[..len].to_string(), s));
+            }
+        }
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "recast failed:\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn body_now(port: u16) -> String {
+    TcpStream::connect(("127.0.0.1", port))
+        .ok()
+        .and_then(|s| get(s).ok())
+        .map(|(_, b, _)| b)
+        .unwrap_or_default()
+}
+
+#[test]
+fn rolling_update_under_load_has_no_failed_request() {
+    let server = Server::start();
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+
+    let load = Load::start(p.port);
+    std::thread::sleep(Duration::from_millis(300));
+    p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
+    let out = server.rc(p.path(), &["apply", "--yes", "--json"]);
+    ok(&out);
+    std::thread::sleep(Duration::from_millis(300));
+    let (n, failures, bodies) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during the rollout: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(n > 100, "too little load to mean anything: {n}");
+    let seen: Vec<&String> = bodies.keys().collect();
+    assert_eq!(
+        seen,
+        ["v1 from hello 0.1.0\n", "v2 from hello 0.1.0\n"],
+        "every response comes from v1 or v2"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["state"], "succeeded");
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+    assert_eq!(server.instances(), 3, "old instances are gone");
+
+    // History and plan agree.
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    let outcomes: Vec<&str> = hv["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "succeeded"]);
+    let plan = server.rc(p.path(), &["plan"]);
+    assert!(
+        stdout(&plan).contains("= service web: unchanged (release 2)"),
+        "{}",
+        stdout(&plan)
+    );
+}
+
+#[test]
+fn blue_green_then_rollback_under_load() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "blue_green"
+    auto_promote_after = "500ms"
+    scale_down_delay = "1m""#;
+    p.write(r#"MESSAGE = "v1""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(r#"MESSAGE = "v2""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+    assert_eq!(server.instances(), 6, "blue stays warm");
+
+    let out = server.rc(p.path(), &["rollback", "web", "--json"]);
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["from"].as_i64(), v["to"].as_i64(), v["warm"].as_bool()),
+        (Some(2), Some(1), Some(true))
+    );
+    assert!(
+        v["switched_ms"].as_f64().expect("ms") < 50.0,
+        "a warm rollback is a routing switch: {v}"
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let (n, failures, bodies) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(n > 100);
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    wait_for("the rolled-back release's instances to go", 30, || {
+        server.instances() == 3
+    });
+}
+
+#[test]
+fn a_release_that_fails_its_health_check_never_gets_traffic() {
+    let server = Server::start();
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(
+        r#"MESSAGE = "v2", HEALTHY = "false""#,
+        r#"strategy = "rolling""#,
+        "",
+    );
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("web: release 2 rolled_back: instance web-r2-"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("GET /healthz answered 503"),
+        "{}",
+        stdout(&out)
+    );
+    let (_, failures, bodies) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        bodies.keys().collect::<Vec<_>>(),
+        ["v1 from hello 0.1.0\n"],
+        "v2 got traffic"
+    );
+    assert_eq!(server.instances(), 3);
+}
+
+#[test]
+fn a_release_that_crashes_after_start_is_rolled_back() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "rolling"
+    min_healthy_time = "3s""#;
+    p.write(r#"MESSAGE = "v1""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2", EXIT_AFTER_MS = "800""#, rollout, "");
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("exited with status 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    wait_for("v2 instances to go", 20, || server.instances() == 3);
+}
+
+#[test]
+fn a_stalled_rollout_is_rolled_back_at_its_deadline() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "rolling"
+    progress_deadline = "2s""#;
+    p.write(r#"MESSAGE = "v1""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    // Never healthy, never judged unhealthy (failures inside start_period do not count).
+    p.write(r#"MESSAGE = "v2", HEALTHY = "false""#, rollout, "");
+    let spec = std::fs::read_to_string(p.path().join("recast.hcl"))
+        .expect("read")
+        .replace(
+            "unhealthy_threshold = 2",
+            "unhealthy_threshold = 2\n    start_period = \"10m\"",
+        );
+    std::fs::write(p.path().join("recast.hcl"), spec).expect("write");
+    let t = Instant::now();
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the rollout hung: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stdout(&out).contains("progress_deadline") || stdout(&out).contains("not healthy in time"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+}
+
+#[test]
+fn a_concurrent_apply_is_refused_and_a_killed_server_converges() {
+    let mut server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "blue_green""#;
+    p.write(r#"MESSAGE = "v1""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    // A blue/green rollout that waits for `recast promote`.
+    p.write(r#"MESSAGE = "v2""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    let second = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("an apply of project \"proj"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains("is already running"),
+        "{}",
+        stderr(&second)
+    );
+    wait_for("the green instances", 20, || server.instances() == 6);
+
+    // SIGKILL mid-rollout, then a new server.
+    server.kill9();
+    assert_eq!(body_now(p.port), "", "the proxy died with the server");
+    server.spawn();
+    wait_for("convergence", 30, || {
+        server.instances() == 3 && body_now(p.port) == "v1 from hello 0.1.0\n"
+    });
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    let r2 = &hv["releases"][1];
+    assert_eq!(r2["outcome"], "rolled_back");
+    assert_eq!(
+        r2["reason"],
+        "interrupted: the server stopped during the rollout"
+    );
+    let st = server.rc(p.path(), &["status", "web", "--json"]);
+    let sv: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
+    assert_eq!(sv["services"][0]["current_release"], 1);
+    // And the same release can be applied again.
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    ok(&server.rc(p.path(), &["promote", "web"]));
+    wait_for("release 3 to go live", 30, || {
+        body_now(p.port) == "v2 from hello 0.1.0\n"
+    });
+}
+
+#[test]
+fn no_server_is_a_clear_error() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_recast"))
+        .args(["status"])
+        .env("RECAST_DATA_DIR", d.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no recast server is running for data directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: start one with `recast server`"),
+        "{err}"
+    );
+}
