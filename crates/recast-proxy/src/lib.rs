@@ -176,12 +176,13 @@ impl Service {
     /// Pick a backend: the group by weight (exact proportions over every 100 requests, spread
     /// evenly), then round-robin inside it; `avoid` is skipped when there is another choice.
     fn pick(&self, table: &Table, avoid: Option<&str>) -> Option<Arc<Backend>> {
-        let groups: Vec<&Group> = table
+        let usable = |g: &&Group| !g.backends.is_empty() && g.weight > 0;
+        let total: u64 = table
             .groups
             .iter()
-            .filter(|g| !g.backends.is_empty() && g.weight > 0)
-            .collect();
-        let total: u64 = groups.iter().map(|g| u64::from(g.weight)).sum();
+            .filter(usable)
+            .map(|g| u64::from(g.weight))
+            .sum();
         if total == 0 {
             return None;
         }
@@ -189,14 +190,10 @@ impl Service {
         // Scatter the sequence over the cycle (37 is coprime with 100) so groups interleave.
         let slot = (n.wrapping_mul(37)) % total;
         let mut acc = 0;
-        let group = groups
-            .iter()
-            .find(|g| {
-                acc += u64::from(g.weight);
-                slot < acc
-            })
-            .copied()
-            .unwrap_or(groups[0]);
+        let group = table.groups.iter().filter(usable).find(|g| {
+            acc += u64::from(g.weight);
+            slot < acc
+        })?;
         let len = group.backends.len();
         let start = (n / total.max(1)) as usize + n as usize;
         (0..len)

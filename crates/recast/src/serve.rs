@@ -7,9 +7,18 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Half the cores run the proxy and engine (at least one): on small machines a single worker
+/// avoids cross-thread wake-ups, which cost the proxy its tail latency (see bench/README.md);
+/// blocking work (containers, builds) runs on tokio's separate blocking pool.
+/// `RECAST_WORKERS` overrides it.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = std::env::var("RECAST_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or((cores / 2).max(1));
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?)
 }

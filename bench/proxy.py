@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Benchmark: requests/s and p99 through a recast route vs nginx, same backend, same run (issue 5).
+
+Backend: nginx (1 worker) serving a 1 KiB static file on 127.0.0.1. Anchor: nginx with 2 workers
+as a reverse proxy with upstream keep-alive (the ANCHORS.md recipe). recast: the proxy crate's
+`route` example (the same code a recast route runs, 2 tokio workers). Load: wrk -t1 -c32 -d10s.
+Also measures a 10/90 canary split against a single-release route (issue 6's goal: >= 0.95x).
+
+Usage: bench/proxy.py [SECONDS]   (needs nginx and wrk from Debian;
+cargo build --release -p recast-proxy --example route)
+"""
+import os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUTE = os.path.join(ROOT, "target/release/examples/route")
+SECS = sys.argv[1] if len(sys.argv) > 1 else "10"
+
+
+def port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait(p):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    sys.exit(f"nothing listens on {p}")
+
+
+def nginx(d, name, conf):
+    os.makedirs(f"{d}/{name}", exist_ok=True)
+    path = f"{d}/{name}/nginx.conf"
+    with open(path, "w") as f:
+        f.write(f"pid {d}/{name}/nginx.pid;\nerror_log {d}/{name}/error.log;\n" + conf)
+    return subprocess.Popen(["nginx", "-p", f"{d}/{name}", "-c", path, "-g", "daemon off;"])
+
+
+def temp_paths(d, name):
+    return " ".join(f"{k}_temp_path {d}/{name}/{k};" for k in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
+
+
+def wrk(p):
+    out = subprocess.run(["wrk", "-t1", "-c32", f"-d{SECS}s", "--latency", f"http://127.0.0.1:{p}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return rps, p99, (int(errors.group(1)) if errors else 0), (sock.group(1) if sock else "none")
+
+
+def main():
+    if not os.path.exists(ROUTE):
+        sys.exit("build it first: cargo build --release -p recast-proxy --example route")
+    d = tempfile.mkdtemp(prefix="recast-bench-proxy-")
+    procs = []
+    try:
+        backend, via_nginx, via_recast, via_canary = port(), port(), port(), port()
+        os.chmod(d, 0o755)  # nginx workers run as nobody
+        os.makedirs(f"{d}/www", mode=0o755)
+        with open(f"{d}/www/index.html", "wb") as f:
+            f.write(b"x" * 1024)
+        procs.append(nginx(d, "backend", f"""worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "backend")}
+  server {{ listen 127.0.0.1:{backend}; location / {{ root {d}/www; }} }} }}"""))
+        procs.append(nginx(d, "proxy", f"""worker_processes 2;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "proxy")}
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{via_nginx};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}"""))
+        procs.append(subprocess.Popen([ROUTE, f"127.0.0.1:{via_recast}", f"127.0.0.1:{backend}"], stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([ROUTE, f"127.0.0.1:{via_canary}", f"127.0.0.1:{backend}=10", f"127.0.0.1:{backend}=90"], stderr=subprocess.DEVNULL))
+        for p in (backend, via_nginx, via_recast, via_canary):
+            wait(p)
+        wrk(via_recast)  # warm up
+        results = {}
+        for name, p in [("direct backend", backend), ("nginx proxy", via_nginx), ("recast route", via_recast), ("recast 10/90 canary", via_canary)]:
+            results[name] = wrk(p)
+        print(f"proxy benchmark: wrk -t1 -c32 -d{SECS}s, 1 KiB static backend (nginx, 1 worker)")
+        for name, (rps, p99, non2xx, sock) in results.items():
+            print(f"  {name:<22} {rps:>10.0f} req/s   p99 {p99:6.2f} ms   non-2xx {non2xx}   socket errors {sock}")
+        n, r, c = results["nginx proxy"], results["recast route"], results["recast 10/90 canary"]
+        print(f"  recast / nginx requests/s  {r[0]/n[0]:.3f}x   (goal >= 1.0x)")
+        print(f"  recast / nginx p99         {r[1]/n[1]:.3f}x   (goal <= 1.0x)")
+        print(f"  canary / single route      {c[0]/r[0]:.3f}x   (goal >= 0.95x)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
