@@ -111,12 +111,13 @@ pub fn plan(
     state: &State,
 ) -> Result<Plan, recast_state::Error> {
     let mut services = Vec::new();
+    let currents = state.current_releases(name)?;
+    let last_numbers = state.last_release_numbers(name)?;
     for (sname, svc) in &project.services {
         let digest = digests.get(&svc.image).cloned().unwrap_or_default();
         let next = ReleaseSpec::new(svc, &digest);
-        let current = state.current(name, sname)?;
-        let history = state.releases(name, sname)?;
-        let next_number = history.last().map_or(1, |r| r.number + 1);
+        let current = currents.get(sname).cloned();
+        let next_number = last_numbers.get(sname).map_or(1, |n| n + 1);
         let (action, reasons, created, retired, cur) = match &current {
             None => (
                 Action::Create,
@@ -166,9 +167,9 @@ pub fn plan(
             },
         });
     }
-    for sname in state.services(name)? {
+    for (sname, cur) in currents {
         if !project.services.contains_key(&sname) {
-            let cur = state.current(name, &sname)?;
+            let cur = Some(cur);
             let n = cur
                 .as_ref()
                 .and_then(|r| serde_json::from_str::<ReleaseSpec>(&r.spec).ok())

@@ -303,6 +303,35 @@ impl State {
         })
     }
 
+    /// The current release of every service of a project, in one query.
+    pub fn current_releases(
+        &self,
+        project: &str,
+    ) -> Result<std::collections::BTreeMap<String, Release>> {
+        let cols: Vec<String> = RELEASE_COLS.split(", ").map(|c| format!("r.{c}")).collect();
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM services s JOIN releases r ON r.project = s.project AND r.service = s.service AND r.number = s.current WHERE s.project = ?1",
+                cols.join(", ")
+            ))?;
+            st.query_map(params![project], release_row)?.map(|r| r.map(|r| (r.service.clone(), r))).collect()
+        })
+    }
+
+    /// The highest release number of every service of a project, in one query.
+    pub fn last_release_numbers(
+        &self,
+        project: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT service, MAX(number) FROM releases WHERE project = ?1 GROUP BY service",
+            )?;
+            st.query_map(params![project], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     /// Services of a project that have a current release.
     pub fn services(&self, project: &str) -> Result<Vec<String>> {
         self.with(|c| {

@@ -125,7 +125,7 @@ fn a_killed_recast_run_leaves_nothing_once_recast_runs_again() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut run = Command::new(env!("CARGO_BIN_EXE_recast"))
+    let run = Command::new(env!("CARGO_BIN_EXE_recast"))
         .args(["run", "web", "--port", &port.to_string()])
         .current_dir(p.path())
         .env("RECAST_DATA_DIR", d.path())
@@ -133,6 +133,15 @@ fn a_killed_recast_run_leaves_nothing_once_recast_runs_again() {
         .stderr(Stdio::null())
         .spawn()
         .expect("recast run");
+    // Killed on every path, even when an assertion fails first.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut run = KillOnDrop(run);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the instance never listened");
@@ -151,8 +160,8 @@ fn a_killed_recast_run_leaves_nothing_once_recast_runs_again() {
         .parse()
         .expect("pid");
 
-    run.kill().expect("SIGKILL recast");
-    run.wait().expect("wait");
+    run.0.kill().expect("SIGKILL recast");
+    run.0.wait().expect("wait");
     // The instance does not depend on the process that started it.
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),

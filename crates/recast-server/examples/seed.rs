@@ -1,0 +1,49 @@
+//! Benchmark helper: record every service of a spec as deployed (a current release per service,
+//! as `recast apply` would leave it) without starting instances, so `recast plan` can be timed
+//! as a no-change plan on a large spec. `seed SPEC DATA_DIR`.
+
+use recast_image::build::{self, Options};
+use recast_server::plan::{ReleaseSpec, project_name};
+use recast_state::{NewRelease, State};
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [spec, data] = args.as_slice() else {
+        return Err("usage: seed SPEC DATA_DIR".into());
+    };
+    let project = recast_spec::load(Path::new(spec)).map_err(|d| d.to_string())?;
+    let data = Path::new(data);
+    let store = recast_image::Store::open(&data.join("store"))?;
+    let built = build::build(
+        &store,
+        Some(&data.join("cache")),
+        &project,
+        &[],
+        &Options::from_env()?,
+        &mut |_| {},
+    )?;
+    let state = State::open(&data.join("state.db"))?;
+    let name = project_name(&project);
+    for (s, svc) in &project.services {
+        let digest = built
+            .iter()
+            .find(|b| b.image == svc.image)
+            .map(|b| b.digest.to_string())
+            .unwrap_or_default();
+        let rs = ReleaseSpec::new(svc, &digest);
+        let json = serde_json::to_string(&rs)?;
+        let r = state.new_release(&NewRelease {
+            project: &name,
+            service: s,
+            digest: &digest,
+            image: &svc.image,
+            spec: &json,
+            spec_hash: &rs.hash(),
+            by: "seed",
+        })?;
+        state.set_outcome(&name, s, r.number, "succeeded", None)?;
+        state.set_current(&name, s, Some(r.number))?;
+    }
+    Ok(())
+}
