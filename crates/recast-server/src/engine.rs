@@ -728,14 +728,19 @@ impl Ctl {
                 }
             }
             Err(reason) => {
+                let outcome = if reason.contains("auto_rollback is off") {
+                    "failed"
+                } else {
+                    "rolled_back"
+                };
                 self.log(
                     apply,
-                    format!("{}: release {} rolled back: {reason}", svc.name, run.number),
+                    format!("{}: release {} {outcome}: {reason}", svc.name, run.number),
                 );
                 ServiceOutcome {
                     service: svc.name.clone(),
                     release: Some(run.number),
-                    outcome: "rolled_back".into(),
+                    outcome: outcome.into(),
                     reason: Some(reason),
                 }
             }
@@ -816,6 +821,32 @@ impl Ctl {
                     &format!("release {} is live", new.number),
                 );
                 Ok(())
+            }
+            Err(reason) if !new.service.rollout.auto_rollback && old.is_some() => {
+                // auto_rollback = false: stop where it failed; healthy new instances keep serving
+                // beside the old ones until someone runs `recast rollback` or applies again.
+                let broken =
+                    svc.ids(|l| l.release == new.number && (l.exited.is_some() || !l.healthy));
+                self.retire(svc, broken).await;
+                step(-1, format!("stopped (auto_rollback is off): {reason}"));
+                let _ = self.state.set_outcome(
+                    &svc.project,
+                    &svc.name,
+                    new.number,
+                    "failed",
+                    Some(&reason),
+                );
+                let _ = self.state.finish_rollout(rid, "failed", &reason);
+                self.event(
+                    svc,
+                    "rollout.failed",
+                    &format!("release {}: {reason} (auto_rollback is off)", new.number),
+                );
+                *lock(&svc.rollout) = None;
+                Err(format!(
+                    "{reason} (auto_rollback is off: left as it is; `recast rollback {}` goes back)",
+                    svc.name
+                ))
             }
             Err(reason) => {
                 step(-1, format!("rolling back: {reason}"));

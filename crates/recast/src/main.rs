@@ -22,16 +22,6 @@ use std::process::ExitCode;
     propagate_version = true
 )]
 struct Cli {
-    /// The spec: a recast.hcl file, or a directory whose *.hcl files form one project
-    #[arg(
-        short = 'f',
-        long = "file",
-        global = true,
-        default_value = "recast.hcl",
-        value_name = "PATH"
-    )]
-    file: PathBuf,
-
     /// Where recast keeps its image store, caches and state [default: $XDG_DATA_HOME/recast]
     #[arg(long, global = true, env = "RECAST_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,

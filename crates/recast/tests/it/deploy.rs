@@ -539,3 +539,51 @@ fn no_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn with_auto_rollback_off_a_failed_rollout_stops_where_it_failed() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "rolling"
+    auto_rollback = false"#;
+    p.write(r#"MESSAGE = "v1""#, rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2", HEALTHY = "false""#, rollout, "");
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("web: release 2 failed:"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("auto_rollback is off"),
+        "{}",
+        stdout(&out)
+    );
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    assert_eq!(hv["releases"][1]["outcome"], "failed");
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    // Logs of the live instances are there for a person to read.
+    let logs = server.rc(p.path(), &["logs", "web"]);
+    ok(&logs);
+    assert_eq!(
+        stdout(&logs).matches("listening on :8080").count(),
+        3,
+        "{}",
+        stdout(&logs)
+    );
+    let status = server.rc(p.path(), &["status", "web"]);
+    assert!(
+        stdout(&status).starts_with("service web (project proj"),
+        "{}",
+        stdout(&status)
+    );
+    assert_eq!(
+        stdout(&status).matches("healthy in rotation").count(),
+        3,
+        "{}",
+        stdout(&status)
+    );
+}

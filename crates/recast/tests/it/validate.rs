@@ -107,3 +107,19 @@ fn only_working_commands_exist() {
         "a command that does nothing yet is listed:\n{help}"
     );
 }
+
+#[test]
+fn every_command_parses_its_arguments() {
+    // clap checks argument definitions (unique short flags, …) when a command is used.
+    for cmd in [
+        "validate", "build", "test", "run", "image", "server", "up", "plan", "apply", "status",
+        "history", "rollback", "promote", "logs", "destroy",
+    ] {
+        let out = recast(&example(), &[cmd, "--help"]);
+        assert!(
+            out.status.success(),
+            "recast {cmd} --help failed: {}",
+            stderr(&out)
+        );
+    }
+}
