@@ -142,6 +142,8 @@ pub struct Service {
     table: RwLock<Arc<Table>>,
     next: AtomicU64,
     metrics: Mutex<HashMap<i64, Arc<Metrics>>>,
+    /// Keep each client on one release (cookie `recast-release`).
+    sticky: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -151,6 +153,7 @@ impl Service {
             table: RwLock::new(Arc::new(Table::default())),
             next: AtomicU64::new(0),
             metrics: Mutex::new(HashMap::new()),
+            sticky: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -161,6 +164,11 @@ impl Service {
     /// Switch to a new table atomically; requests in flight keep the old one.
     pub fn set_table(&self, t: Table) {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+    }
+
+    /// Keep each client on the release it first got (a `recast-release` cookie).
+    pub fn set_sticky(&self, on: bool) {
+        self.sticky.store(on, Ordering::Relaxed);
     }
 
     /// The metrics of a release (created on first use).
@@ -175,8 +183,19 @@ impl Service {
 
     /// Pick a backend: the group by weight (exact proportions over every 100 requests, spread
     /// evenly), then round-robin inside it; `avoid` is skipped when there is another choice.
-    fn pick(&self, table: &Table, avoid: Option<&str>) -> Option<Arc<Backend>> {
+    fn pick(
+        &self,
+        table: &Table,
+        avoid: Option<&str>,
+        prefer: Option<i64>,
+    ) -> Option<Arc<Backend>> {
         let usable = |g: &&Group| !g.backends.is_empty() && g.weight > 0;
+        if let Some(g) =
+            prefer.and_then(|r| table.groups.iter().filter(usable).find(|g| g.release == r))
+        {
+            let n = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+            return Some(g.backends[n % g.backends.len()].clone());
+        }
         let total: u64 = table
             .groups
             .iter()
@@ -341,9 +360,21 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert("x-forwarded-for", v);
     }
+    let sticky = svc.sticky.load(Ordering::Relaxed);
+    let pinned: Option<i64> = sticky
+        .then(|| {
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| c.trim().strip_prefix("recast-release=")?.parse().ok())
+        })
+        .flatten();
     let mut tried: Option<String> = None;
     for _attempt in 0..3 {
-        let Some(backend) = svc.pick(&table, tried.as_deref()) else {
+        let Some(backend) = svc.pick(&table, tried.as_deref(), pinned) else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("service {} has no healthy instance", svc.name),
@@ -398,6 +429,15 @@ async fn forward(
                     return Response::from_parts(p, b.boxed());
                 }
                 in_use.sender = Some(sender);
+                if sticky
+                    && pinned != Some(backend.release)
+                    && let Ok(v) = HeaderValue::from_str(&format!(
+                        "recast-release={}; Path=/; HttpOnly",
+                        backend.release
+                    ))
+                {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
                 let (p, b) = resp.into_parts();
                 return Response::from_parts(
                     p,

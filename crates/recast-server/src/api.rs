@@ -2,18 +2,19 @@
 
 use crate::engine::Ctl;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, Infallible>>;
 
 fn reply(status: StatusCode, v: Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -132,7 +133,7 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                 Ok(svc) => match ctl.state.releases(&svc.project, &svc.name) {
                     Ok(r) => reply(
                         StatusCode::OK,
-                        json!({ "project": svc.project, "service": svc.name, "releases": r, "rollouts": ctl.state.rollouts(&svc.project, &svc.name).unwrap_or_default() }),
+                        json!({ "project": svc.project, "service": svc.name, "releases": r, "rollouts": ctl.state.rollouts(&svc.project, &svc.name).unwrap_or_default(), "verdicts": verdicts(&ctl, &svc.project, &svc.name) }),
                     ),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 },
@@ -153,20 +154,33 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                 Err(e) => error(StatusCode::NOT_FOUND, e),
             }
         }
-        (Method::POST, "/v1/promote") => {
+        (Method::POST, action @ ("/v1/promote" | "/v1/abort" | "/v1/pause" | "/v1/resume")) => {
             let Some(service) = str_field("service") else {
                 return error(StatusCode::BAD_REQUEST, "missing \"service\"");
             };
-            match ctl.find_svc(str_field("project").as_deref(), &service) {
-                Ok(svc) => {
-                    ctl.promote(&svc);
-                    reply(
-                        StatusCode::OK,
-                        json!({ "service": svc.name, "promoted": true }),
-                    )
-                }
-                Err(e) => error(StatusCode::NOT_FOUND, e),
+            let svc = match ctl.find_svc(str_field("project").as_deref(), &service) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::NOT_FOUND, e),
+            };
+            let verb = action.trim_start_matches("/v1/");
+            let r = match verb {
+                "promote" => ctl.promote(&svc),
+                "abort" => ctl.abort(&svc),
+                "pause" => ctl.pause(&svc, true),
+                _ => ctl.pause(&svc, false),
+            };
+            match r {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    json!({ "service": svc.name, "action": verb }),
+                ),
+                Err(e) => error(StatusCode::CONFLICT, e),
             }
+        }
+        (Method::GET, "/metrics") => metrics(&ctl).await,
+        (Method::GET, "/v1/events") => {
+            let since: i64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+            events(ctl, since)
         }
         (Method::POST, "/v1/destroy") => {
             let services: Vec<String> = body
@@ -259,6 +273,8 @@ async fn status(ctl: &Ctl, only: Option<&str>) -> Value {
             "image": current.as_ref().map(|r| r.image.clone()),
             "digest": current.as_ref().map(|r| r.digest.clone()),
             "rollout": svc.rollout.lock().ok().and_then(|r| r.clone()),
+            "paused": svc.paused.load(std::sync::atomic::Ordering::SeqCst) && svc.rollout.lock().map(|r| r.is_some()).unwrap_or(false),
+            "verdicts": svc.verdicts.lock().map(|v| v.clone()).unwrap_or_default(),
             "instances": instances,
             "traffic": traffic,
         }));
@@ -269,4 +285,178 @@ async fn status(ctl: &Ctl, only: Option<&str>) -> Value {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Prometheus text exposition: per route and release request counts, errors and latency
+/// histograms; rollout state; instance health.
+async fn metrics(ctl: &Ctl) -> Resp {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let routes = ctl.route_rows().await;
+    let _ = writeln!(
+        out,
+        "# HELP recast_requests_total Requests proxied, per route and release.\n# TYPE recast_requests_total counter"
+    );
+    let mut lines = Vec::new();
+    for svc in ctl.all_svcs() {
+        let route = routes
+            .iter()
+            .find(|r| r.project == svc.project && r.service == svc.name)
+            .map_or(String::new(), |r| r.name.clone());
+        let mut releases: Vec<i64> = svc
+            .live
+            .lock()
+            .map(|l| l.iter().map(|x| x.release).collect())
+            .unwrap_or_default();
+        if let Ok(Some(cur)) = ctl.state.current(&svc.project, &svc.name) {
+            releases.push(cur.number);
+        }
+        releases.sort_unstable();
+        releases.dedup();
+        for r in releases {
+            let m = svc.proxy.metrics(r).snapshot();
+            let l = format!(
+                "route=\"{route}\",service=\"{}\",project=\"{}\",release=\"{r}\"",
+                svc.name, svc.project
+            );
+            lines.push((l, m));
+        }
+    }
+    for (l, m) in &lines {
+        let _ = writeln!(out, "recast_requests_total{{{l}}} {}", m.requests);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recast_errors_total Responses with status 5xx.\n# TYPE recast_errors_total counter"
+    );
+    for (l, m) in &lines {
+        let _ = writeln!(out, "recast_errors_total{{{l}}} {}", m.errors_5xx);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recast_connect_failures_total Failed connections to instances.\n# TYPE recast_connect_failures_total counter"
+    );
+    for (l, m) in &lines {
+        let _ = writeln!(
+            out,
+            "recast_connect_failures_total{{{l}}} {}",
+            m.connect_failures
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recast_request_duration_seconds Time to response headers.\n# TYPE recast_request_duration_seconds histogram"
+    );
+    for (l, m) in &lines {
+        let mut acc = 0;
+        for (i, n) in m.latency.iter().enumerate() {
+            acc += n;
+            let le = (50u64 << i) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "recast_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {acc}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "recast_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {acc}"
+        );
+        let _ = writeln!(out, "recast_request_duration_seconds_count{{{l}}} {acc}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recast_rollout_in_progress 1 while a rollout runs.\n# TYPE recast_rollout_in_progress gauge"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP recast_instance_healthy 1 when an instance passes its health checks.\n# TYPE recast_instance_healthy gauge"
+    );
+    for svc in ctl.all_svcs() {
+        let running = svc.rollout.lock().map(|r| r.is_some()).unwrap_or(false);
+        let _ = writeln!(
+            out,
+            "recast_rollout_in_progress{{service=\"{}\",project=\"{}\"}} {}",
+            svc.name,
+            svc.project,
+            u8::from(running)
+        );
+        if let Ok(live) = svc.live.lock() {
+            for l in live.iter() {
+                let _ = writeln!(
+                    out,
+                    "recast_instance_healthy{{service=\"{}\",instance=\"{}\",release=\"{}\"}} {}",
+                    svc.name,
+                    l.inst.id,
+                    l.release,
+                    u8::from(l.healthy)
+                );
+            }
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(out)).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Server-sent events: every recorded event after `since`, then new ones as they happen.
+fn events(ctl: Arc<Ctl>, since: i64) -> Resp {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let mut since = since;
+        loop {
+            let batch = ctl.state.events(since, 200).unwrap_or_default();
+            for e in batch {
+                since = e.id;
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let frame = format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, e.kind);
+                if tx.send(Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// A response body fed by a channel (for the event stream).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Every analysis verdict recorded for a service, with its numbers.
+fn verdicts(ctl: &Ctl, project: &str, service: &str) -> Vec<Value> {
+    ctl.state
+        .events(0, i64::MAX)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind == "analysis.verdict" && e.project == project && e.service == service)
+        .filter_map(|e| serde_json::from_str(&e.message).ok())
+        .collect()
 }

@@ -5,6 +5,7 @@
 //! by the engine) and *healthy* (per its health checks). Removing an instance from the table
 //! always comes before draining it, and draining before stopping it.
 
+use crate::analysis::{Analyzer, Verdict};
 use crate::plan::{self, Action, ReleaseSpec};
 use recast_image::build::{self, Options};
 use recast_image::{Digest, Store};
@@ -17,7 +18,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,11 +91,16 @@ pub struct Svc {
     pub live: Mutex<Vec<Live>>,
     /// One rollout or rollback at a time.
     busy: tokio::sync::Mutex<()>,
-    promote: tokio::sync::Notify,
+    /// Requests to the running rollout (`recast promote | abort | pause | resume`).
+    promote: AtomicBool,
+    abort: AtomicBool,
+    pub paused: AtomicBool,
     /// What a running rollout is doing, for `status`.
     pub rollout: Mutex<Option<String>>,
     /// Per-release weights while a rollout splits traffic explicitly.
     weights: Mutex<Option<BTreeMap<i64, u32>>>,
+    /// The analysis verdicts of the running (or last) rollout.
+    pub verdicts: Mutex<Vec<Verdict>>,
 }
 
 impl Svc {
@@ -191,6 +197,8 @@ pub struct Ctl {
     applying: Mutex<HashMap<String, u64>>,
     applies: Mutex<HashMap<u64, ApplyStatus>>,
     next_apply: AtomicU64,
+    /// Each project's webhooks, from its last apply.
+    hooks: Mutex<HashMap<String, Vec<recast_spec::Webhook>>>,
 }
 
 fn key(project: &str, service: &str) -> String {
@@ -210,6 +218,7 @@ impl Ctl {
             applying: Mutex::new(HashMap::new()),
             applies: Mutex::new(HashMap::new()),
             next_apply: AtomicU64::new(1),
+            hooks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -223,9 +232,12 @@ impl Ctl {
                     proxy: recast_proxy::Service::new(service),
                     live: Mutex::new(Vec::new()),
                     busy: tokio::sync::Mutex::new(()),
-                    promote: tokio::sync::Notify::new(),
+                    promote: AtomicBool::new(false),
+                    abort: AtomicBool::new(false),
+                    paused: AtomicBool::new(false),
                     rollout: Mutex::new(None),
                     weights: Mutex::new(None),
+                    verdicts: Mutex::new(Vec::new()),
                 })
             })
             .clone()
@@ -513,6 +525,10 @@ impl Ctl {
         project: Project,
         name: &str,
     ) -> Result<(), String> {
+        lock(&self.hooks).insert(
+            name.to_string(),
+            project.webhooks.values().cloned().collect(),
+        );
         self.log(apply, format!("building images of project {name}"));
         let (store, cache, p2) = (
             self.store.clone(),
@@ -766,6 +782,16 @@ impl Ctl {
                 strategy,
             )
             .map_err(|e| e.to_string())?;
+        svc.promote.store(false, Ordering::SeqCst);
+        svc.abort.store(false, Ordering::SeqCst);
+        svc.paused.store(false, Ordering::SeqCst);
+        lock(&svc.verdicts).clear();
+        self.hook(
+            svc,
+            "rollout.started",
+            new,
+            &format!("release {} ({strategy})", new.number),
+        );
         let _ = self
             .state
             .set_outcome(&svc.project, &svc.name, new.number, "rolling_out", None);
@@ -802,8 +828,12 @@ impl Ctl {
                 )
                 .await
             }
-            (Some(o), _) => self.rolling(svc, new, o, &step).await,
+            (Some(o), Strategy::Canary { steps, sticky }) => {
+                self.canary(svc, new, o, steps, *sticky, &step).await
+            }
+            (Some(o), Strategy::Rolling { .. }) => self.rolling(svc, new, o, &step).await,
         };
+        svc.proxy.set_sticky(false);
         *lock(&svc.rollout) = None;
         *lock(&svc.weights) = None;
         match result {
@@ -818,6 +848,12 @@ impl Ctl {
                 self.event(
                     svc,
                     "rollout.finished",
+                    &format!("release {} is live", new.number),
+                );
+                self.hook(
+                    svc,
+                    "rollout.finished",
+                    new,
                     &format!("release {} is live", new.number),
                 );
                 Ok(())
@@ -864,6 +900,7 @@ impl Ctl {
                     "rollout.rolled_back",
                     &format!("release {}: {reason}", new.number),
                 );
+                self.hook(svc, "rollout.rolled_back", new, &reason);
                 *lock(&svc.rollout) = None;
                 Err(reason)
             }
@@ -945,10 +982,7 @@ impl Ctl {
             min_healthy_time,
         } = new.service.rollout.strategy.clone()
         else {
-            // Canary without analysis support yet: ship it like a one-at-a-time rolling update.
-            return self
-                .rolling_with(svc, new, old, step, 1, 0, Duration::ZERO)
-                .await;
+            return Err("not a rolling rollout".into());
         };
         let n = new.service.instances;
         self.rolling_with(
@@ -1028,6 +1062,19 @@ impl Ctl {
                 self.watch(svc, new.number, min_healthy).await?;
             }
             svc.set_active(&ids, true);
+            // With an analysis block, each batch is judged before the next one starts.
+            let mut analyzer = self.analyzer(svc, new, Some(old));
+            if let Some(settle) = analyzer.as_ref().map(Analyzer::settle_time) {
+                step(
+                    k,
+                    format!(
+                        "judging the batch for {}",
+                        recast_spec::values::format_duration(settle)
+                    ),
+                );
+                self.hold(svc, new, Some(old), Some(settle), &mut analyzer, step)
+                    .await?;
+            }
             deadline = Instant::now() + progress;
         }
     }
@@ -1082,19 +1129,11 @@ impl Ctl {
                 None => "green healthy; waiting for `recast promote`".into(),
             },
         );
-        let wait = async {
-            match auto_promote {
-                Some(d) => tokio::time::sleep(d).await,
-                None => svc.promote.notified().await,
-            }
-        };
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                _ = &mut wait => break,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => self.check_new(svc, new.number)?,
-            }
-        }
+        // Judged on preview traffic while it waits, if there is an analysis block.
+        let mut analyzer = self.analyzer(svc, new, Some(old));
+        self.hold(svc, new, Some(old), auto_promote, &mut analyzer, step)
+            .await?;
+        self.pre_promote(svc, new).await?;
         self.previews
             .lock()
             .await
@@ -1117,6 +1156,13 @@ impl Ctl {
                 recast_spec::values::format_duration(scale_down)
             ),
         );
+        // With an analysis block, the first minutes after the switch are judged too; blue is
+        // still warm, so a failure switches straight back.
+        let mut after = self.analyzer(svc, new, None);
+        if let Some(settle) = after.as_ref().map(Analyzer::settle_time) {
+            self.hold(svc, new, None, Some(settle), &mut after, step)
+                .await?;
+        }
         // Blue stays warm for an instant rollback, then goes.
         let ctl = self.clone();
         let svc2 = svc.clone();
@@ -1129,6 +1175,214 @@ impl Ctl {
             ctl.retire(&svc2, still_blue).await;
         });
         Ok(())
+    }
+
+    /// Hold the rollout where it is until `pause` has passed (not counting time paused by
+    /// `recast pause`) or, without a pause, until `recast promote`. Meanwhile: any new instance
+    /// that exits or turns unhealthy fails it, `recast abort` fails it at once, and the analysis
+    /// (if any) judges every interval.
+    async fn hold(
+        &self,
+        svc: &Svc,
+        new: &Run,
+        old: Option<&Run>,
+        pause: Option<Duration>,
+        analyzer: &mut Option<Analyzer>,
+        step: &(dyn Fn(i64, String) + Sync),
+    ) -> Result<(), String> {
+        let mut remaining = pause;
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if svc.abort.swap(false, Ordering::SeqCst) {
+                return Err("aborted by `recast abort`".into());
+            }
+            self.check_new(svc, new.number)?;
+            let paused = svc.paused.load(Ordering::SeqCst);
+            let now = Instant::now();
+            if !paused {
+                if svc.promote.swap(false, Ordering::SeqCst) {
+                    self.event(
+                        svc,
+                        "rollout.promoted",
+                        &format!("release {} promoted by `recast promote`", new.number),
+                    );
+                    return Ok(());
+                }
+                if let Some(r) = remaining.as_mut() {
+                    *r = r.saturating_sub(now - last);
+                    if r.is_zero() {
+                        return Ok(());
+                    }
+                }
+            }
+            last = now;
+            if let Some(a) = analyzer.as_mut()
+                && !paused
+                && a.due()
+            {
+                let canary = svc.proxy.metrics(new.number).snapshot();
+                let stable = old
+                    .map(|o| svc.proxy.metrics(o.number).snapshot())
+                    .unwrap_or_default();
+                let (v, outcome) = a.verdict(new.number, canary, stable, now_ms());
+                step(-2, format!("analysis {}: {}", v.result, v.reason));
+                let _ = self.state.event(
+                    &svc.project,
+                    &svc.name,
+                    "analysis.verdict",
+                    &serde_json::to_string(&v).unwrap_or_default(),
+                );
+                lock(&svc.verdicts).push(v);
+                outcome?;
+            }
+        }
+    }
+
+    fn analyzer(&self, svc: &Svc, new: &Run, old: Option<&Run>) -> Option<Analyzer> {
+        let a = new.service.rollout.analysis.clone()?;
+        let canary = svc.proxy.metrics(new.number).snapshot();
+        let stable = old
+            .map(|o| svc.proxy.metrics(o.number).snapshot())
+            .unwrap_or_default();
+        Some(Analyzer::new(a, canary, stable))
+    }
+
+    /// Canary: each step moves that share of requests to the new release (with enough instances
+    /// to carry it), holds it for `pause` (or until `recast promote`) under analysis, then the
+    /// new release takes everything and the old one is retired.
+    async fn canary(
+        self: &Arc<Self>,
+        svc: &Arc<Svc>,
+        new: &Run,
+        old: &Run,
+        steps: &[recast_spec::Step],
+        sticky: bool,
+        step: &(dyn Fn(i64, String) + Sync),
+    ) -> Result<(), String> {
+        let n = new.service.instances as usize;
+        svc.proxy.set_sticky(sticky);
+        let mut analyzer = self.analyzer(svc, new, Some(old));
+        for (i, s) in steps.iter().enumerate() {
+            let want = (n * usize::from(s.weight)).div_ceil(100).max(1);
+            let have = svc.count(new.number, |l| l.active);
+            if want > have {
+                let deadline = Instant::now() + new.service.rollout.progress_deadline;
+                let ids = self.start_healthy(svc, new, want - have, deadline).await?;
+                for l in lock(&svc.live)
+                    .iter_mut()
+                    .filter(|l| ids.contains(&l.inst.id))
+                {
+                    l.active = true;
+                }
+            }
+            *lock(&svc.weights) = Some(BTreeMap::from([
+                (old.number, 100 - u32::from(s.weight)),
+                (new.number, u32::from(s.weight)),
+            ]));
+            svc.publish();
+            if let Some(a) = analyzer.as_mut() {
+                a.reset(
+                    svc.proxy.metrics(new.number).snapshot(),
+                    svc.proxy.metrics(old.number).snapshot(),
+                );
+            }
+            let hold = match s.pause {
+                Some(p) => format!("for {}", recast_spec::values::format_duration(p)),
+                None => "until `recast promote`".into(),
+            };
+            step(
+                i as i64 + 1,
+                format!(
+                    "step {}/{}: {}% of requests to release {} on {want} instance(s), {hold}",
+                    i + 1,
+                    steps.len(),
+                    s.weight,
+                    new.number
+                ),
+            );
+            self.hook(
+                svc,
+                "rollout.step",
+                new,
+                &format!("step {} at {}%", i + 1, s.weight),
+            );
+            self.hold(svc, new, Some(old), s.pause, &mut analyzer, step)
+                .await?;
+        }
+        self.pre_promote(svc, new).await?;
+        // Full strength, then everything to the new release.
+        let have = svc.count(new.number, |l| l.active);
+        if n > have {
+            let deadline = Instant::now() + new.service.rollout.progress_deadline;
+            let ids = self.start_healthy(svc, new, n - have, deadline).await?;
+            for l in lock(&svc.live)
+                .iter_mut()
+                .filter(|l| ids.contains(&l.inst.id))
+            {
+                l.active = true;
+            }
+        }
+        *lock(&svc.weights) = Some(BTreeMap::from([(old.number, 0), (new.number, 100)]));
+        svc.publish();
+        step(
+            steps.len() as i64 + 1,
+            format!(
+                "100% of requests to release {}; retiring release {}",
+                new.number, old.number
+            ),
+        );
+        self.event(
+            svc,
+            "rollout.promoted",
+            &format!("release {} takes all traffic", new.number),
+        );
+        let old_ids = svc.ids(|l| l.release == old.number);
+        *lock(&svc.weights) = None;
+        self.retire(svc, old_ids).await;
+        Ok(())
+    }
+
+    /// Call the project's `rollout.pre_promote` webhooks; any failure blocks the promotion.
+    async fn pre_promote(&self, svc: &Svc, new: &Run) -> Result<(), String> {
+        let hooks: Vec<recast_spec::Webhook> = lock(&self.hooks)
+            .get(&svc.project)
+            .cloned()
+            .unwrap_or_default();
+        for h in hooks
+            .into_iter()
+            .filter(|h| h.events.iter().any(|e| e == "rollout.pre_promote"))
+        {
+            let body = hook_body(
+                "rollout.pre_promote",
+                svc,
+                new.number,
+                "promotion requested",
+            );
+            let name = h.name.clone();
+            let r = tokio::task::spawn_blocking(move || call_hook(&h, &body))
+                .await
+                .map_err(|e| e.to_string())?;
+            r.map_err(|e| format!("pre_promote webhook {name} blocked the promotion: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Fire-and-forget webhooks for `event` (never waited on, so they cannot block a rollback).
+    fn hook(&self, svc: &Svc, event: &str, new: &Run, message: &str) {
+        let hooks: Vec<recast_spec::Webhook> = lock(&self.hooks)
+            .get(&svc.project)
+            .cloned()
+            .unwrap_or_default();
+        for h in hooks
+            .into_iter()
+            .filter(|h| h.events.iter().any(|e| e == event))
+        {
+            let body = hook_body(event, svc, new.number, message);
+            tokio::task::spawn_blocking(move || {
+                let _ = call_hook(&h, &body);
+            });
+        }
     }
 
     /// After a failed rollout: the old release back at full strength, the new one gone.
@@ -1156,8 +1410,41 @@ impl Ctl {
 
     // ---- commands -------------------------------------------------------------------------------
 
-    pub fn promote(&self, svc: &Svc) {
-        svc.promote.notify_one();
+    /// Ask the running rollout of `svc` to move on; an error when there is none.
+    pub fn promote(&self, svc: &Svc) -> Result<(), String> {
+        Self::rolling_out(svc)?;
+        svc.promote.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Roll the running rollout back at once.
+    pub fn abort(&self, svc: &Svc) -> Result<(), String> {
+        Self::rolling_out(svc)?;
+        svc.abort.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Freeze (or continue) the running rollout where it is.
+    pub fn pause(&self, svc: &Svc, paused: bool) -> Result<(), String> {
+        Self::rolling_out(svc)?;
+        svc.paused.store(paused, Ordering::SeqCst);
+        self.event(
+            svc,
+            if paused {
+                "rollout.paused"
+            } else {
+                "rollout.resumed"
+            },
+            "by request",
+        );
+        Ok(())
+    }
+
+    fn rolling_out(svc: &Svc) -> Result<(), String> {
+        if lock(&svc.rollout).is_none() {
+            return Err(format!("service {} has no rollout in progress", svc.name));
+        }
+        Ok(())
     }
 
     /// Back to the previous good release (or `to`). A warm release is a routing switch;
@@ -1501,4 +1788,31 @@ pub struct RollbackResult {
     pub warm: bool,
     /// From the command to all traffic on the release.
     pub switched_ms: f64,
+}
+
+fn hook_body(event: &str, svc: &Svc, release: i64, message: &str) -> String {
+    serde_json::json!({
+        "event": event, "project": svc.project, "service": svc.name, "release": release,
+        "message": message, "at_ms": now_ms(),
+    })
+    .to_string()
+}
+
+/// POST the event to a webhook; non-2xx or no answer within its timeout is an error.
+fn call_hook(h: &recast_spec::Webhook, body: &str) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(h.timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(&h.url)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{} answered {}", h.url, resp.status()))
+    }
 }

@@ -5,6 +5,7 @@
 //! takes over what an earlier server left, and leaves its API address in `server.json` and its
 //! token in `token` (mode 0600) for the CLI to find.
 
+pub mod analysis;
 pub mod api;
 pub mod engine;
 pub mod plan;

@@ -207,7 +207,26 @@ pub fn apply(
     }
 }
 
-pub fn status(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(
+    data_dir: &Path,
+    service: Option<&str>,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    if !watch {
+        return status_once(data_dir, service, json);
+    }
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        if tty {
+            print!("\x1b[2J\x1b[H");
+        }
+        status_once(data_dir, service, json)?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
     let path = match service {
         Some(s) => format!("/v1/status?service={s}"),
@@ -235,7 +254,16 @@ pub fn status(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Res
             s["digest"].as_str().map_or("", |d| &d[..d.len().min(19)]),
         ))?;
         if let Some(r) = s["rollout"].as_str() {
-            output::line(&format!("  rollout: {r}"))?;
+            let paused = if s["paused"] == true { " (paused)" } else { "" };
+            output::line(&format!("  rollout: {r}{paused}"))?;
+        }
+        for v in s["verdicts"].as_array().into_iter().flatten() {
+            output::line(&format!(
+                "  analysis of release {}: {} — {}",
+                v["release"],
+                v["result"].as_str().unwrap_or(""),
+                v["reason"].as_str().unwrap_or("")
+            ))?;
         }
         for t in s["traffic"].as_array().into_iter().flatten() {
             output::line(&format!(
@@ -332,12 +360,19 @@ pub fn rollback(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn promote(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v = Client::find(data_dir)?.post("/v1/promote", &json!({ "service": service }))?;
+/// `promote`, `abort`, `pause`, `resume`: a request to the service's running rollout.
+pub fn control(data_dir: &Path, verb: &str, service: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v = Client::find(data_dir)?.post(&format!("/v1/{verb}"), &json!({ "service": service }))?;
     if json {
         output::json(&v)?;
     } else {
-        output::line(&format!("{service}: promoted"))?;
+        let done = match verb {
+            "promote" => "promoted",
+            "abort" => "aborted: rolling back",
+            "pause" => "paused",
+            _ => "resumed",
+        };
+        output::line(&format!("{service}: {done}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -125,6 +125,9 @@ enum Command {
         service: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Refresh every half second: live split, instances, verdicts
+        #[arg(long)]
+        watch: bool,
     },
     /// Every release of a service with digest, time, outcome
     History {
@@ -141,8 +144,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Let a paused rollout continue (blue/green switch)
+    /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll a running rollout back at once
+    Abort {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze a running rollout where it is
+    Pause {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a paused rollout
+    Resume {
         service: String,
         #[arg(long)]
         json: bool,
@@ -198,9 +219,11 @@ fn main() -> ExitCode {
             detach,
             yes,
         } => data_dir().and_then(|d| deploy::apply(&spec.file, &d, json, detach, yes)),
-        Command::Status { service, json } => {
-            data_dir().and_then(|d| deploy::status(&d, service.as_deref(), json))
-        }
+        Command::Status {
+            service,
+            json,
+            watch,
+        } => data_dir().and_then(|d| deploy::status(&d, service.as_deref(), json, watch)),
         Command::History { service, json } => {
             data_dir().and_then(|d| deploy::history(&d, &service, json))
         }
@@ -208,7 +231,16 @@ fn main() -> ExitCode {
             data_dir().and_then(|d| deploy::rollback(&d, &service, to, json))
         }
         Command::Promote { service, json } => {
-            data_dir().and_then(|d| deploy::promote(&d, &service, json))
+            data_dir().and_then(|d| deploy::control(&d, "promote", &service, json))
+        }
+        Command::Abort { service, json } => {
+            data_dir().and_then(|d| deploy::control(&d, "abort", &service, json))
+        }
+        Command::Pause { service, json } => {
+            data_dir().and_then(|d| deploy::control(&d, "pause", &service, json))
+        }
+        Command::Resume { service, json } => {
+            data_dir().and_then(|d| deploy::control(&d, "resume", &service, json))
         }
         Command::Logs { service, follow } => {
             data_dir().and_then(|d| deploy::logs(&d, &service, follow))

@@ -514,6 +514,9 @@ fn a_concurrent_apply_is_refused_and_a_killed_server_converges() {
     assert_eq!(sv["services"][0]["current_release"], 1);
     // And the same release can be applied again.
     ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    wait_for("the rollout to wait for promotion", 30, || {
+        stdout(&server.rc(p.path(), &["status", "web"])).contains("waiting for `recast promote`")
+    });
     ok(&server.rc(p.path(), &["promote", "web"]));
     wait_for("release 3 to go live", 30, || {
         body_now(p.port) == "v2 from hello 0.1.0\n"
