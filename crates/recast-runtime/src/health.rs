@@ -152,7 +152,8 @@ pub fn http_get(
 }
 
 /// Probe until the instance is healthy, it exits, or `deadline` passes. Probes fast while the
-/// instance starts (every 5 ms), so a ready instance is seen at once.
+/// instance starts (every 5 ms), so a ready instance is seen at once; but a failure counts
+/// toward `unhealthy_threshold` at most once per `interval`, as if probed at that cadence.
 pub fn wait_healthy(
     rt: &Runtime,
     inst: &Instance,
@@ -160,6 +161,7 @@ pub fn wait_healthy(
     deadline: Instant,
 ) -> Result<Tracker, String> {
     let mut t = Tracker::new();
+    let mut counted: Option<Instant> = None;
     loop {
         if let State::Exited { status } = rt.state(inst) {
             return Err(format!(
@@ -170,7 +172,13 @@ pub fn wait_healthy(
         }
         let r = probe(rt, inst, &cfg.check, cfg.timeout);
         let last = r.clone().err();
-        t.record(&r, cfg);
+        let due = counted.is_none_or(|c| c.elapsed() >= cfg.interval);
+        if r.is_ok() || due {
+            t.record(&r, cfg);
+            if r.is_err() {
+                counted = Some(Instant::now());
+            }
+        }
         match t.status {
             Status::Healthy => return Ok(t),
             Status::Unhealthy => {

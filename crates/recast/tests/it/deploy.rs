@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -18,13 +18,13 @@ fn free_port() -> u16 {
 }
 
 /// A project directory whose spec we rewrite between applies.
-struct Project {
+pub struct Project {
     dir: tempfile::TempDir,
-    port: u16,
+    pub port: u16,
 }
 
 impl Project {
-    fn new() -> Project {
+    pub fn new() -> Project {
         let dir = tempfile::Builder::new()
             .prefix("proj")
             .tempdir()
@@ -39,7 +39,7 @@ impl Project {
     }
 
     /// Write the spec: service `web` with `env`, a rollout block and extra service settings.
-    fn write(&self, env: &str, rollout: &str, extra: &str) {
+    pub fn write(&self, env: &str, rollout: &str, extra: &str) {
         std::fs::write(
             self.dir.path().join("recast.hcl"),
             format!(
@@ -83,20 +83,20 @@ route "web" {{
         .expect("spec");
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 }
 
 /// `recast server` on a data directory; destroys what it deployed and stops on drop.
-struct Server {
+pub struct Server {
     child: Option<Child>,
     data: PathBuf,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
-    fn start() -> Server {
+    pub fn start() -> Server {
         let d = tempfile::tempdir().expect("tmp");
         let mut s = Server {
             child: None,
@@ -131,7 +131,7 @@ impl Server {
         }
     }
 
-    fn rc(&self, cwd: &Path, args: &[&str]) -> Output {
+    pub fn rc(&self, cwd: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_recast"))
             .args(args)
             .current_dir(cwd)
@@ -141,7 +141,7 @@ impl Server {
             .expect("run recast")
     }
 
-    fn instances(&self) -> usize {
+    pub fn instances(&self) -> usize {
         std::fs::read_dir(self.data.join("instances"))
             .map(|d| d.count())
             .unwrap_or(0)
@@ -161,7 +161,7 @@ impl Drop for Server {
 }
 
 /// Continuous keep-alive GETs from 4 clients; records every failure and every body seen.
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -170,7 +170,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16) -> Load {
+    pub fn start(port: u16) -> Load {
         let l = Load {
             stop: Arc::new(AtomicBool::new(false)),
             ok: Arc::new(AtomicU64::new(0)),
@@ -219,7 +219,7 @@ impl Load {
     }
 
     /// Stop and return (successful requests, failures, bodies).
-    fn finish(mut self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
+    pub fn finish(mut self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -233,7 +233,7 @@ impl Load {
 }
 
 /// One keep-alive GET /: (status, body, the connection for reuse).
-fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
+pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let mut buf = Vec::new();
@@ -265,7 +265,7 @@ fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
     }
 }
 
-fn ok(o: &Output) {
+pub fn ok(o: &Output) {
     assert!(
         o.status.success(),
         "recast failed:\nstdout: {}\nstderr: {}",
@@ -274,7 +274,7 @@ fn ok(o: &Output) {
     );
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -282,7 +282,7 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn body_now(port: u16) -> String {
+pub fn body_now(port: u16) -> String {
     TcpStream::connect(("127.0.0.1", port))
         .ok()
         .and_then(|s| get(s).ok())

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `recast` binary, driven the way a user drives it.
 
+mod canary;
 mod deploy;
 mod images;
 mod instances;

@@ -1,0 +1,252 @@
+//! Canary releases with automated analysis (issue 6), under load from real clients.
+
+use crate::deploy::{Load, Project, Server, body_now, get, ok, wait_for};
+use crate::stdout;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn canary(steps: &str, analysis: &str) -> String {
+    format!("strategy = \"canary\"\n    {steps}\n    {analysis}")
+}
+
+const ANALYSIS: &str = r#"analysis {
+      interval        = "300ms"
+      min_requests    = 10
+      max_error_rate  = 0.05
+      max_p99_latency = "200ms"
+    }"#;
+
+fn status(server: &Server, p: &Project) -> serde_json::Value {
+    let out = server.rc(p.path(), &["status", "web", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn at_step(server: &Server, p: &Project, text: &str) -> bool {
+    status(server, p)["services"][0]["rollout"]
+        .as_str()
+        .is_some_and(|r| r.contains(text))
+}
+
+#[test]
+fn a_healthy_canary_walks_its_steps_and_completes() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary(
+        "step {\n      weight = 20\n      pause  = \"1s\"\n    }\n    step {\n      weight = 50\n      pause  = \"1s\"\n    }",
+        ANALYSIS,
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    let t = Instant::now();
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the pauses were skipped"
+    );
+    let (n, failures, bodies) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(n > 100 && bodies.len() == 2, "{n} {bodies:?}");
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    let verdicts = hv["verdicts"].as_array().expect("verdicts");
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| v["result"] == "pass" && v["canary"]["requests"].as_u64() >= Some(10)),
+        "{verdicts:?}"
+    );
+    wait_for("the old release to go", 20, || server.instances() == 3);
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_at_the_first_step() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary(
+        "step {\n      weight = 10\n      pause  = \"20s\"\n    }",
+        ANALYSIS,
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    std::thread::sleep(Duration::from_millis(200));
+    p.write(r#"MESSAGE = "v2", FAIL_RATE = "0.3""#, &rollout, "");
+    let t = Instant::now();
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "waited for the pause instead of the verdict"
+    );
+    assert!(
+        stdout(&out).contains("analysis failed: error rate"),
+        "{}",
+        stdout(&out)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (n, failures, _) = load.finish();
+    // Clients only ever saw the canary's share of its failures: 30% of at most 10% of requests.
+    let share = failures.len() as f64 / (n as f64 + failures.len() as f64);
+    assert!(!failures.is_empty(), "the canary got no traffic");
+    assert!(
+        share < 0.10 * 0.30 * 1.5,
+        "{} of {} requests failed ({share:.3})",
+        failures.len(),
+        n
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back() {
+    let server = Server::start();
+    let p = Project::new();
+    // Slow answers mean few of them: a longer window and a lower floor.
+    let analysis = r#"analysis {
+      interval           = "1s"
+      min_requests       = 3
+      max_p99_latency    = "200ms"
+      inconclusive_limit = 10
+    }"#;
+    let rollout = canary(
+        "step {\n      weight = 50\n      pause  = \"20s\"\n    }",
+        analysis,
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(r#"MESSAGE = "v2", LATENCY_MS = "400""#, &rollout, "");
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("above max_p99_latency 200 ms"),
+        "{}",
+        stdout(&out)
+    );
+    let (_, failures, _) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn without_traffic_the_verdict_is_inconclusive_never_a_pass() {
+    let server = Server::start();
+    let p = Project::new();
+    let analysis = r#"analysis {
+      interval           = "300ms"
+      min_requests       = 50
+      max_error_rate     = 0.05
+      inconclusive_limit = 2
+    }"#;
+    let rollout = canary(
+        "step {\n      weight = 50\n      pause  = \"20s\"\n    }",
+        analysis,
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("analysis inconclusive 3 times in a row"),
+        "{}",
+        stdout(&out)
+    );
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    let results: Vec<&str> = hv["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .map(|v| v["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(results, ["inconclusive"; 3]);
+}
+
+#[test]
+fn abort_during_a_pause_rolls_back_at_once_without_failures() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary("step {\n      weight = 20\n    }", "");
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    wait_for("the canary step", 30, || {
+        at_step(&server, &p, "step 1/1: 20%")
+    });
+    ok(&server.rc(p.path(), &["abort", "web"]));
+    wait_for("the rollback", 10, || {
+        status(&server, &p)["services"][0]["rollout"].is_null()
+    });
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let (n, failures, bodies) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(n > 50 && bodies.len() == 2, "{n} {bodies:?}");
+    let h = server.rc(p.path(), &["history", "web", "--json"]);
+    let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
+    assert_eq!(hv["releases"][1]["reason"], "aborted by `recast abort`");
+}
+
+#[test]
+fn pause_holds_and_resume_continues() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary(
+        "step {\n      weight = 50\n      pause  = \"1s\"\n    }",
+        "",
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    wait_for("the canary step", 30, || {
+        at_step(&server, &p, "step 1/1: 50%")
+    });
+    ok(&server.rc(p.path(), &["pause", "web"]));
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = status(&server, &p);
+    assert!(
+        st["services"][0]["rollout"]
+            .as_str()
+            .is_some_and(|r| r.contains("step 1/1")),
+        "{st}"
+    );
+    assert_eq!(st["services"][0]["paused"], true);
+    ok(&server.rc(p.path(), &["resume", "web"]));
+    wait_for("release 2 to go live", 20, || {
+        status(&server, &p)["services"][0]["current_release"] == 2
+    });
+}
+
+#[test]
+fn the_measured_split_matches_the_weight() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary("step {\n      weight = 30\n    }", "");
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    wait_for("the canary step", 30, || {
+        at_step(&server, &p, "step 1/1: 30%")
+    });
+    let mut conn = TcpStream::connect(("127.0.0.1", p.port)).expect("connect");
+    let mut v2 = 0;
+    for _ in 0..2000 {
+        let (status, body, c) = get(conn).expect("get");
+        assert_eq!(status, 200);
+        v2 += usize::from(body.starts_with("v2 "));
+        conn = c;
+    }
+    let pct = v2 as f64 / 20.0;
+    assert!(
+        (27.0..=33.0).contains(&pct),
+        "{pct}% of 2,000 requests went to the canary, weight 30"
+    );
+    ok(&server.rc(p.path(), &["abort", "web"]));
+}
