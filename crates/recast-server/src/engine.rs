@@ -834,10 +834,10 @@ impl Ctl {
             (Some(o), Strategy::Rolling { .. }) => self.rolling(svc, new, o, &step).await,
         };
         svc.proxy.set_sticky(false);
-        *lock(&svc.rollout) = None;
-        *lock(&svc.weights) = None;
         match result {
             Ok(()) => {
+                *lock(&svc.rollout) = None;
+                *lock(&svc.weights) = None;
                 let _ = self
                     .state
                     .set_current(&svc.project, &svc.name, Some(new.number));
@@ -886,7 +886,19 @@ impl Ctl {
             }
             Err(reason) => {
                 step(-1, format!("rolling back: {reason}"));
-                self.restore(svc, old, new.number).await;
+                let took = self.restore(svc, old, new.number).await;
+                *lock(&svc.weights) = None;
+                svc.publish();
+                if let Some(o) = old {
+                    step(
+                        -1,
+                        format!(
+                            "all traffic back on release {} {:.2} ms after the failure",
+                            o.number,
+                            took.as_secs_f64() * 1000.0
+                        ),
+                    );
+                }
                 let _ = self.state.set_outcome(
                     &svc.project,
                     &svc.name,
@@ -1386,26 +1398,53 @@ impl Ctl {
     }
 
     /// After a failed rollout: the old release back at full strength, the new one gone.
-    async fn restore(self: &Arc<Self>, svc: &Arc<Svc>, old: Option<&Run>, new_number: i64) {
+    /// Returns how long it took until no request went to the new release any more.
+    async fn restore(
+        self: &Arc<Self>,
+        svc: &Arc<Svc>,
+        old: Option<&Run>,
+        new_number: i64,
+    ) -> Duration {
+        let t0 = Instant::now();
+        let doomed = svc.ids(|l| l.release == new_number);
+        // Take the new release out and the warm old instances in, in one table swap.
+        let switch = |with: &[String]| {
+            for l in lock(&svc.live).iter_mut() {
+                if with.contains(&l.inst.id) {
+                    l.active = true;
+                }
+                if doomed.contains(&l.inst.id) {
+                    l.active = false;
+                }
+            }
+            svc.publish();
+            t0.elapsed()
+        };
+        let mut switched = None;
+        if let Some(old) = old {
+            let warm = svc.ids(|l| l.release == old.number && l.exited.is_none());
+            if !warm.is_empty() {
+                switched = Some(switch(&warm));
+            }
+            let want = old.service.instances as usize;
+            if warm.len() < want {
+                let deadline = Instant::now() + old.service.rollout.progress_deadline;
+                if let Ok(ids) = self
+                    .start_healthy(svc, old, want - warm.len(), deadline)
+                    .await
+                {
+                    let at = switch(&ids);
+                    switched.get_or_insert(at);
+                }
+            }
+        }
+        let switched = switched.unwrap_or_else(|| switch(&[]));
         self.previews
             .lock()
             .await
             .remove(&key(&svc.project, &svc.name));
-        if let Some(old) = old {
-            // Warm old instances come back into rotation at once.
-            let warm = svc.ids(|l| l.release == old.number && l.exited.is_none());
-            svc.set_active(&warm, true);
-            let have = warm.len();
-            let want = old.service.instances as usize;
-            if have < want {
-                let deadline = Instant::now() + old.service.rollout.progress_deadline;
-                if let Ok(ids) = self.start_healthy(svc, old, want - have, deadline).await {
-                    svc.set_active(&ids, true);
-                }
-            }
-        }
-        let doomed = svc.ids(|l| l.release == new_number);
         self.retire(svc, doomed).await;
+        switched
     }
 
     // ---- commands -------------------------------------------------------------------------------

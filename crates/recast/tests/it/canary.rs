@@ -250,3 +250,211 @@ fn the_measured_split_matches_the_weight() {
     );
     ok(&server.rc(p.path(), &["abort", "web"]));
 }
+
+/// A webhook receiver on loopback: records every JSON body; answers `status`.
+fn hook_server(
+    status: u16,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = c.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        if let Ok(v) = serde_json::from_str(&body[..len]) {
+                            s2.lock().expect("lock").push(v);
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, seen)
+}
+
+fn with_hook(p: &Project, port: u16, events: &str) {
+    let path = p.path().join("recast.hcl");
+    let mut spec = std::fs::read_to_string(&path).expect("spec");
+    spec.push_str(&format!("\nwebhook \"chat\" {{\n  url    = \"http://127.0.0.1:{port}/hook\"\n  events = [{events}]\n  timeout = \"2s\"\n}}\n"));
+    std::fs::write(path, spec).expect("write");
+}
+
+#[test]
+fn webhooks_hear_rollout_events_and_a_failing_pre_promote_hook_blocks_promotion() {
+    let server = Server::start();
+    let p = Project::new();
+    let (port, seen) = hook_server(200);
+    let rollout = canary(
+        "step {\n      weight = 50\n      pause  = \"200ms\"\n    }",
+        "",
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    with_hook(
+        &p,
+        port,
+        r#""rollout.started", "rollout.step", "rollout.finished""#,
+    );
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    with_hook(
+        &p,
+        port,
+        r#""rollout.started", "rollout.step", "rollout.finished""#,
+    );
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    wait_for("the webhook calls", 10, || {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .any(|v| v["event"] == "rollout.finished" && v["release"] == 2)
+    });
+    let events: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|v| v["release"] == 2)
+        .map(|v| v["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        events.contains(&"rollout.started".to_string())
+            && events.contains(&"rollout.step".to_string()),
+        "{events:?}"
+    );
+
+    // A pre_promote hook answering 500 blocks the promotion: the rollout goes back.
+    let (bad, _) = hook_server(500);
+    p.write(r#"MESSAGE = "v3""#, &rollout, "");
+    with_hook(&p, bad, r#""rollout.pre_promote""#);
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("pre_promote webhook chat blocked the promotion"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+}
+
+#[test]
+fn blue_green_is_judged_after_the_switch_and_switched_back_on_failure() {
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = format!(
+        "strategy = \"blue_green\"\n    auto_promote_after = \"0s\"\n    scale_down_delay = \"1m\"\n    {ANALYSIS}"
+    );
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    p.write(r#"MESSAGE = "v2", FAIL_RATE = "0.5""#, &rollout, "");
+    let out = server.rc(p.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("analysis failed: error rate"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    let (_, failures, _) = load.finish();
+    assert!(!failures.is_empty(), "v2 never served");
+}
+
+#[test]
+fn metrics_and_the_event_stream() {
+    use std::io::{BufRead, BufReader, Write};
+    let server = Server::start();
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    for _ in 0..5 {
+        assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    }
+    let data = server.data.clone();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("server.json")).expect("server.json"))
+            .expect("json");
+    let addr = info["addr"].as_str().expect("addr").to_string();
+    let token = std::fs::read_to_string(data.join("token")).expect("token");
+    let request = |path: &str| {
+        let mut s = TcpStream::connect(&addr).expect("api");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").expect("send");
+        s
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut request("/metrics"), &mut text).expect("read");
+    assert!(
+        text.contains(r#"recast_requests_total{route="web",service="web",project="proj"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("recast_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("recast_instance_healthy{service=\"web\""),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("recast_requests_total{"))
+        .expect("a requests line");
+    assert!(line.ends_with(" 5"), "{line}");
+
+    let mut r = BufReader::new(request("/v1/events?since=0"));
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut l = String::new();
+    while Instant::now() < deadline && !got.iter().any(|e: &String| e.contains("rollout.finished"))
+    {
+        l.clear();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        if l.starts_with("event: ") {
+            got.push(l.trim().to_string());
+        }
+    }
+    assert!(
+        got.contains(&"event: rollout.started".to_string())
+            && got.contains(&"event: rollout.finished".to_string()),
+        "{got:?}"
+    );
+    // Without the token, nothing.
+    let mut s = TcpStream::connect(&addr).expect("api");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+}

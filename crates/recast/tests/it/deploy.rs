@@ -91,7 +91,7 @@ route "web" {{
 /// `recast server` on a data directory; destroys what it deployed and stops on drop.
 pub struct Server {
     child: Option<Child>,
-    data: PathBuf,
+    pub data: PathBuf,
     _data_dir: Option<tempfile::TempDir>,
 }
 
