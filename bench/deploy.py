@@ -155,9 +155,21 @@ def main():
         apply("v1", rolling)
         apply("v2", rolling)
         cold = rollback()
+        # A failing canary verdict: from the verdict to all traffic back on the stable release.
+        analysis = 'analysis {\n      interval = "300ms"\n      min_requests = 10\n      max_error_rate = 0.05\n    }'
+        canary = 'strategy = "canary"\n    step {\n      weight = 10\n      pause = "30s"\n    }\n    ' + analysis
+        load = Load(port)
+        apply("v1", canary)
+        with open(os.path.join(proj, "recast.hcl"), "w") as f:
+            f.write(SPEC.format(hello=hello, msg="v2", rollout=canary, port=port).replace('MESSAGE = "v2"', 'MESSAGE = "v2", FAIL_RATE = "0.5"'))
+        r = subprocess.run([RECAST, "apply", "--yes", "--json", "-f", proj], env=env, capture_output=True, text=True)
+        load.finish()
+        back = [l["message"] for l in json.loads(r.stdout)["log"] if "all traffic back on release" in l["message"]]
+        verdict_ms = float(back[0].split(" ms after")[0].split()[-1]) if back else float("nan")
         print("rollback: from `recast rollback` to all traffic on the previous release")
         print(f"  warm (blue/green, previous colour running)  server {warm[0]:7.2f} ms   end to end {warm[1]:7.1f} ms   (goal < 50 ms)")
         print(f"  cold (3 instances started from the digest)  server {cold[0]:7.2f} ms   end to end {cold[1]:7.1f} ms   (goal < 1000 ms)")
+        print(f"  failing canary verdict -> 100% on stable    server {verdict_ms:7.2f} ms   (goal < 50 ms)")
     finally:
         subprocess.run([RECAST, "destroy", "--yes", "--volumes", "-f", proj], env=env, capture_output=True)
         server.terminate()
