@@ -1349,6 +1349,7 @@ impl Ctl {
             "rollout.promoted",
             &format!("release {} takes all traffic", new.number),
         );
+        self.hook(svc, "rollout.promoted", new, "takes all traffic");
         let old_ids = svc.ids(|l| l.release == old.number);
         *lock(&svc.weights) = None;
         self.retire(svc, old_ids).await;

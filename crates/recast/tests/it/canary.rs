@@ -458,3 +458,55 @@ fn metrics_and_the_event_stream() {
     std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
 }
+
+#[test]
+fn sticky_keeps_a_client_on_one_release() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let p = Project::new();
+    let rollout = canary("sticky = true\n    step {\n      weight = 50\n    }", "");
+    p.write(r#"MESSAGE = "v1""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    p.write(r#"MESSAGE = "v2""#, &rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+    wait_for("the canary step", 30, || {
+        at_step(&server, &p, "step 1/1: 50%")
+    });
+    let ask = |cookie: Option<&str>| -> (String, Option<String>) {
+        let mut s = TcpStream::connect(("127.0.0.1", p.port)).expect("connect");
+        let c = cookie
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: x\r\n{c}Connection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        let set = resp.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie:")
+                .then(|| l[11..].trim().split(';').next().unwrap_or("").to_string())
+        });
+        (
+            resp.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+            set,
+        )
+    };
+    let (first, cookie) = ask(None);
+    let cookie = cookie.expect("a sticky answer sets the recast-release cookie");
+    for _ in 0..20 {
+        assert_eq!(
+            ask(Some(&cookie)).0,
+            first,
+            "the client moved to another release"
+        );
+    }
+    // Without the cookie, requests still split.
+    let bodies: std::collections::BTreeSet<String> = (0..20).map(|_| ask(None).0).collect();
+    assert_eq!(bodies.len(), 2);
+    ok(&server.rc(p.path(), &["abort", "web"]));
+}
