@@ -1,0 +1,412 @@
+//! Drift detection: does the root filesystem an instance sees still match its image?
+//!
+//! `scan` walks a directory (an instance's root as mounted) and compares every entry with the
+//! image's file index: entries added, removed, or changed in content, mode, owner, type or
+//! symlink target. Excluded paths (declared volumes, `/tmp`, the runtime's mount points) are
+//! not looked at.
+//!
+//! Cost: every entry is `lstat`ed; a regular file's content is hashed (BLAKE3) only when its
+//! metadata cannot vouch for it — its size differs, or it changed after `trusted_before` (ctime:
+//! content and metadata changes both move it, and no user-space call can set it back) — unless
+//! `Mode::Full` asks for every file. Hashing runs on all cores. This crate does no I/O beyond
+//! reading the tree it is given.
+
+use recast_image::fileindex::{Entry, FileIndex, Kind};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Metadata first; content only where metadata cannot vouch for it.
+    Metadata,
+    /// Hash every regular file.
+    Full,
+}
+
+/// One difference between what runs and what was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+pub struct Finding {
+    /// Absolute path inside the instance (or the mount point, or the config field).
+    pub path: String,
+    /// added | removed | changed | unexpected_mount | config
+    pub kind: String,
+    /// What changed: "content", "mode 0644 -> 0666", …
+    pub detail: String,
+}
+
+/// What a scan looked at.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub entries: u64,
+    pub hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+/// Compare the tree at `root` with `index`. `exclude` are absolute paths inside the tree whose
+/// subtrees are not examined (volumes, `/tmp`, mount points).
+pub fn scan(
+    root: &Path,
+    index: &FileIndex,
+    exclude: &[String],
+    mode: Mode,
+    trusted_before: Option<SystemTime>,
+) -> std::io::Result<(Vec<Finding>, Stats)> {
+    let expected: BTreeMap<&str, &Entry> =
+        index.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let excluded = |p: &str| {
+        exclude.iter().any(|x| {
+            p == x
+                || p.strip_prefix(x.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    };
+    let mut findings = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut to_hash: Vec<(PathBuf, String, String, u64)> = Vec::new();
+    let mut stats = Stats::default();
+    let trusted_ns = trusted_before
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128);
+    // Iterative walk: (directory on disk, its path in the image).
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, ipath)) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = format!("{ipath}/{name}");
+            if excluded(&path) {
+                continue;
+            }
+            let m = match std::fs::symlink_metadata(e.path()) {
+                Ok(m) => m,
+                Err(_) => continue, // vanished while scanning
+            };
+            stats.entries += 1;
+            seen.insert(path.clone());
+            let ft = m.file_type();
+            let Some(want) = expected.get(path.as_str()) else {
+                findings.push(Finding {
+                    path: path.clone(),
+                    kind: "added".into(),
+                    detail: kind_name(&m).into(),
+                });
+                if ft.is_dir() {
+                    // Everything below an added directory is added too; report the top only.
+                    mark_all(&e.path(), &path, &mut seen);
+                }
+                continue;
+            };
+            let kind_now = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_file() {
+                Kind::File
+            } else {
+                Kind::Other
+            };
+            if kind_now != want.kind {
+                findings.push(Finding {
+                    path: path.clone(),
+                    kind: "changed".into(),
+                    detail: format!("type {:?} -> {}", want.kind, kind_name(&m)).to_lowercase(),
+                });
+                continue;
+            }
+            let mut what = Vec::new();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(e.path())
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if Some(&target) != want.target.as_ref() {
+                    what.push(format!(
+                        "target {} -> {target}",
+                        want.target.as_deref().unwrap_or("")
+                    ));
+                }
+            } else if m.mode() & 0o7777 != want.mode {
+                what.push(format!(
+                    "mode {:04o} -> {:04o}",
+                    want.mode,
+                    m.mode() & 0o7777
+                ));
+            }
+            if (m.uid(), m.gid()) != (want.uid, want.gid) && !ft.is_symlink() {
+                what.push(format!(
+                    "owner {}:{} -> {}:{}",
+                    want.uid,
+                    want.gid,
+                    m.uid(),
+                    m.gid()
+                ));
+            }
+            if ft.is_file() {
+                if m.len() != want.size {
+                    what.push("content".into());
+                } else {
+                    let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+                    let vouched = mode == Mode::Metadata && trusted_ns.is_some_and(|t| ctime < t);
+                    if !vouched {
+                        to_hash.push((
+                            e.path(),
+                            path.clone(),
+                            want.blake3.clone().unwrap_or_default(),
+                            m.len(),
+                        ));
+                    }
+                }
+            }
+            if !what.is_empty() {
+                findings.push(Finding {
+                    path: path.clone(),
+                    kind: "changed".into(),
+                    detail: what.join(", "),
+                });
+            }
+            if ft.is_dir() {
+                stack.push((e.path(), path));
+            }
+        }
+    }
+    // Content, on every core.
+    stats.hashed = to_hash.len() as u64;
+    stats.bytes_hashed = to_hash.iter().map(|t| t.3).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Largest first, handed out one at a time, so threads finish together.
+    to_hash.sort_by(|a, b| b.3.cmp(&a.3));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let changed: Vec<Finding> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; 256 << 10];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((disk, path, want, _)) = to_hash.get(i) else {
+                            break;
+                        };
+                        match hash(disk, &mut buf) {
+                            Ok(h) if &h == want => {}
+                            Ok(_) => out.push(Finding {
+                                path: path.clone(),
+                                kind: "changed".into(),
+                                detail: "content".into(),
+                            }),
+                            Err(_) => out.push(Finding {
+                                path: path.clone(),
+                                kind: "changed".into(),
+                                detail: "content (unreadable)".into(),
+                            }),
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    findings.extend(changed);
+    for e in &index.entries {
+        if !seen.contains(&e.path) && !excluded(&e.path) && e.path != "/" {
+            // Report the top of a removed subtree only.
+            let parent_removed = e.path.rsplit_once('/').is_some_and(|(p, _)| {
+                !p.is_empty() && !seen.contains(p) && expected.contains_key(p)
+            });
+            if !parent_removed {
+                findings.push(Finding {
+                    path: e.path.clone(),
+                    kind: "removed".into(),
+                    detail: format!("{:?}", e.kind).to_lowercase(),
+                });
+            }
+        }
+    }
+    findings.sort();
+    Ok((findings, stats))
+}
+
+fn mark_all(dir: &Path, ipath: &str, seen: &mut BTreeSet<String>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = format!("{ipath}/{}", e.file_name().to_string_lossy());
+            seen.insert(p.clone());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                mark_all(&e.path(), &p, seen);
+            }
+        }
+    }
+}
+
+fn kind_name(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "dir"
+    } else if t.is_symlink() {
+        "symlink"
+    } else if t.is_file() {
+        "file"
+    } else {
+        "other"
+    }
+}
+
+fn hash(p: &Path, buf: &mut [u8]) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = blake3::Hasher::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Index a directory as it is now (for tests and benchmarks): every entry with its BLAKE3.
+pub fn index_of(root: &Path) -> std::io::Result<FileIndex> {
+    let mut entries = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    let mut buf = vec![0u8; 256 << 10];
+    while let Some((dir, ipath)) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let path = format!("{ipath}/{}", e.file_name().to_string_lossy());
+            let m = std::fs::symlink_metadata(e.path())?;
+            let t = m.file_type();
+            let (kind, size, blake3, target) = if t.is_dir() {
+                stack.push((e.path(), path.clone()));
+                (Kind::Dir, 0, None, None)
+            } else if t.is_symlink() {
+                (
+                    Kind::Symlink,
+                    0,
+                    None,
+                    Some(std::fs::read_link(e.path())?.to_string_lossy().into_owned()),
+                )
+            } else if t.is_file() {
+                (Kind::File, m.len(), Some(hash(&e.path(), &mut buf)?), None)
+            } else {
+                (Kind::Other, 0, None, None)
+            };
+            entries.push(Entry {
+                path,
+                kind,
+                mode: if t.is_symlink() {
+                    0o777
+                } else {
+                    m.mode() & 0o7777
+                },
+                uid: m.uid(),
+                gid: m.gid(),
+                size,
+                blake3,
+                target,
+            });
+        }
+    }
+    Ok(FileIndex::new(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(d.path().join("etc/app")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("data")).expect("mkdir");
+        std::fs::write(d.path().join("etc/app/conf"), "a=1").expect("write");
+        std::fs::write(d.path().join("etc/motd"), "hi").expect("write");
+        std::os::unix::fs::symlink("motd", d.path().join("etc/link")).expect("symlink");
+        d
+    }
+
+    fn kinds(f: &[Finding]) -> Vec<(String, String, String)> {
+        f.iter()
+            .map(|f| (f.path.clone(), f.kind.clone(), f.detail.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_tree_has_no_findings_in_either_mode() {
+        let d = tree();
+        let idx = index_of(d.path()).expect("index");
+        for mode in [Mode::Metadata, Mode::Full] {
+            let (f, s) = scan(d.path(), &idx, &[], mode, Some(SystemTime::now())).expect("scan");
+            assert!(f.is_empty(), "{f:?}");
+            assert_eq!(s.entries, 6);
+        }
+        let (_, s) = scan(
+            d.path(),
+            &idx,
+            &[],
+            Mode::Metadata,
+            Some(SystemTime::now() + std::time::Duration::from_secs(1)),
+        )
+        .expect("scan");
+        assert_eq!(s.hashed, 0, "metadata vouches for untouched files");
+    }
+
+    #[test]
+    fn every_kind_of_drift_is_named() {
+        let d = tree();
+        let idx = index_of(d.path()).expect("index");
+        let trusted = SystemTime::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.path().join("etc/app/conf"), "a=2").expect("same size, new content");
+        std::fs::set_permissions(
+            d.path().join("etc/motd"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .expect("chmod");
+        std::fs::write(d.path().join("etc/evil"), "x").expect("add");
+        std::fs::remove_file(d.path().join("etc/link")).expect("rm");
+        std::fs::write(d.path().join("data/ok"), "volume write").expect("volume");
+        let (f, _) = scan(
+            d.path(),
+            &idx,
+            &["/data".into()],
+            Mode::Metadata,
+            Some(trusted),
+        )
+        .expect("scan");
+        let m = std::fs::metadata(d.path().join("etc/motd")).expect("stat");
+        let want_mode = format!(
+            "mode {:04o} -> 0666",
+            idx.entries
+                .iter()
+                .find(|e| e.path == "/etc/motd")
+                .expect("motd")
+                .mode
+        );
+        let _ = m;
+        assert_eq!(
+            kinds(&f),
+            [
+                (
+                    "/etc/app/conf".to_string(),
+                    "changed".to_string(),
+                    "content".to_string()
+                ),
+                ("/etc/evil".into(), "added".into(), "file".into()),
+                ("/etc/link".into(), "removed".into(), "symlink".into()),
+                ("/etc/motd".into(), "changed".into(), want_mode),
+            ]
+        );
+    }
+}
