@@ -182,7 +182,7 @@ pub fn scan(
     stats.bytes_hashed = to_hash.iter().map(|t| t.3).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Largest first, handed out one at a time, so threads finish together.
-    to_hash.sort_by(|a, b| b.3.cmp(&a.3));
+    to_hash.sort_by_key(|t| std::cmp::Reverse(t.3));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let changed: Vec<Finding> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
