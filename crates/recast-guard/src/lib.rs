@@ -235,6 +235,15 @@ pub fn scan(
         }
     }
     findings.sort();
+    // One finding per path and kind: "mode 0555 -> 0644, content".
+    findings.dedup_by(|b, a| {
+        if a.path == b.path && a.kind == b.kind {
+            a.detail = format!("{}, {}", a.detail, b.detail);
+            true
+        } else {
+            false
+        }
+    });
     Ok((findings, stats))
 }
 

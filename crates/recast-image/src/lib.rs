@@ -95,3 +95,31 @@ fn display_name(name: &str, tag: Option<&str>, desc: &Descriptor) -> String {
         None => format!("{name}@{}", desc.digest),
     }
 }
+
+/// The file index of the image `digest`: the blob its manifest names, or (for images built
+/// elsewhere) computed from its layers, each read through the verifying reader.
+pub fn file_index(store: &Store, digest: &Digest, name: &str) -> Result<fileindex::FileIndex> {
+    let of = format!("image {name}");
+    let manifest = store.manifest(digest, &of)?;
+    if let Some(d) = manifest.file_index()
+        && store.has_blob(&d)
+    {
+        let bytes = store.read_blob(&d, &of)?;
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| Error::msg(format!("the file index of {of} is not valid: {e}")));
+    }
+    let mut layers = Vec::new();
+    for l in &manifest.layers {
+        let r = store.open_blob(&l.digest, &of)?;
+        let r: Box<dyn std::io::Read> = if oci::is_gzip_layer(&l.media_type) {
+            Box::new(flate2::read::GzDecoder::new(r))
+        } else {
+            Box::new(r)
+        };
+        layers.push(fileindex::FileIndex::of_tar(
+            r,
+            &format!("layer {} of {of}", l.digest),
+        )?);
+    }
+    Ok(fileindex::FileIndex::merge(&layers))
+}

@@ -111,6 +111,10 @@ impl Instance {
     fn merged(&self) -> PathBuf {
         self.dir.join("rootfs")
     }
+    /// The root filesystem as the instance sees it (its overlay), from the host.
+    pub fn rootfs(&self) -> PathBuf {
+        self.merged()
+    }
     /// Age since creation.
     pub fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.created_ms))
@@ -620,4 +624,72 @@ pub fn new_id(prefix: &str) -> String {
         "{clean}-{}",
         buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
+}
+
+/// What the kernel says an instance runs: its process and its mounts.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub cmdline: Vec<String>,
+    pub env: Vec<String>,
+    /// Mount points (inside the instance) mounted read-write.
+    pub writable: Vec<String>,
+}
+
+impl Runtime {
+    /// Read the instance's process and mounts from /proc.
+    pub fn facts(&self, inst: &Instance) -> Result<Facts> {
+        let pid = inst
+            .pid
+            .ok_or_else(|| Error::msg(format!("instance {} has no process", inst.id)))?;
+        let read = |f: &str| {
+            fs::read(format!("/proc/{pid}/{f}")).map_err(|e| {
+                Error::io(
+                    format!("reading /proc/{pid}/{f} of instance {}", inst.id),
+                    e,
+                )
+            })
+        };
+        let split = |b: Vec<u8>| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let mountinfo = String::from_utf8_lossy(&read("mountinfo")?).into_owned();
+        let writable = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let (point, opts) = (f.get(4)?, f.get(5)?);
+                opts.split(',')
+                    .any(|o| o == "rw")
+                    .then(|| point.to_string())
+            })
+            .collect();
+        Ok(Facts {
+            cmdline: split(read("cmdline")?),
+            env: split(read("environ")?),
+            writable,
+        })
+    }
+
+    /// The process recast asked runc to start for this instance (its `config.json`).
+    pub fn expected_process(&self, inst: &Instance) -> Result<(Vec<String>, Vec<String>)> {
+        let p = inst.dir.join("config.json");
+        let v: serde_json::Value = serde_json::from_slice(
+            &fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?,
+        )
+        .map_err(|e| Error::msg(format!("{} is not valid JSON: {e}", p.display())))?;
+        let list = |k: &str| {
+            v["process"][k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok((list("args"), list("env")))
+    }
 }

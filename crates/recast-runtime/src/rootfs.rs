@@ -20,14 +20,37 @@ const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 /// The unpacked root filesystem of the image `digest`, unpacking it if needed.
 pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Result<PathBuf> {
     let dir = data_dir.join("rootfs").join(digest.hex());
-    if dir.join(".recast-unpacked").exists() {
-        return Ok(dir.join("fs"));
-    }
-    // One unpack at a time in this process: instances of one release start in parallel.
+    // One unpack (or check) at a time in this process: instances of a release start in parallel.
     static UNPACK: Mutex<()> = Mutex::new(());
     let _one = UNPACK.lock().unwrap_or_else(|p| p.into_inner());
     if dir.join(".recast-unpacked").exists() {
-        return Ok(dir.join("fs"));
+        // Never start from a tampered copy: check it against the image's file index (metadata
+        // first; anything touched since the unpack is hashed) and unpack again if it drifted.
+        let index = recast_image::file_index(store, digest, name)?;
+        let trusted = fs::metadata(dir.join(".recast-unpacked"))
+            .and_then(|m| m.modified())
+            .ok();
+        let exclude: Vec<String> = MOUNT_POINTS.iter().map(|m| format!("/{m}")).collect();
+        match recast_guard::scan(
+            &dir.join("fs"),
+            &index,
+            &exclude,
+            recast_guard::Mode::Metadata,
+            trusted,
+        ) {
+            Ok((findings, _)) if findings.is_empty() => return Ok(dir.join("fs")),
+            _ => {
+                let stale = data_dir.join("rootfs").join(format!(
+                    ".{}.stale{}",
+                    digest.hex(),
+                    std::process::id()
+                ));
+                fs::rename(&dir, &stale).map_err(|e| {
+                    Error::io(format!("setting aside the drifted copy of image {name}"), e)
+                })?;
+                let _ = fs::remove_dir_all(&stale);
+            }
+        }
     }
     let of = format!("image {name}");
     let manifest: Manifest = store.manifest(digest, &of)?;

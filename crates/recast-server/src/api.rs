@@ -177,6 +177,30 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                 Err(e) => error(StatusCode::CONFLICT, e),
             }
         }
+        (Method::POST, "/v1/drift") => {
+            let fix = body.get("fix").and_then(Value::as_bool).unwrap_or(false);
+            let mode = if body.get("full").and_then(Value::as_bool).unwrap_or(false) {
+                recast_guard::Mode::Full
+            } else {
+                recast_guard::Mode::Metadata
+            };
+            let service = str_field("service");
+            if let Some(s) = &service
+                && let Err(e) = ctl.find_svc(str_field("project").as_deref(), s)
+            {
+                return error(StatusCode::NOT_FOUND, e);
+            }
+            match ctl.drift(service.as_deref(), mode, fix).await {
+                Ok((instances, replaced)) => {
+                    let drifted = instances.iter().filter(|d| !d.findings.is_empty()).count();
+                    reply(
+                        StatusCode::OK,
+                        json!({ "instances": instances, "drifted": drifted, "replaced": replaced }),
+                    )
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
         (Method::GET, "/metrics") => metrics(&ctl).await,
         (Method::GET, "/v1/events") => {
             let since: i64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -275,6 +299,7 @@ async fn status(ctl: &Ctl, only: Option<&str>) -> Value {
             "rollout": svc.rollout.lock().ok().and_then(|r| r.clone()),
             "paused": svc.paused.load(std::sync::atomic::Ordering::SeqCst) && svc.rollout.lock().map(|r| r.is_some()).unwrap_or(false),
             "verdicts": svc.verdicts.lock().map(|v| v.clone()).unwrap_or_default(),
+            "drift": svc.guard.lock().map(|g| g.drift.iter().filter(|d| !d.findings.is_empty()).cloned().collect::<Vec<_>>()).unwrap_or_default(),
             "instances": instances,
             "traffic": traffic,
         }));

@@ -48,7 +48,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from_row(r: &recast_state::Release) -> Result<Run, String> {
+    pub(crate) fn from_row(r: &recast_state::Release) -> Result<Run, String> {
         let spec: ReleaseSpec = serde_json::from_str(&r.spec)
             .map_err(|e| format!("release {} of {} is unreadable: {e}", r.number, r.service))?;
         let service: Service = serde_json::from_value(spec.service)
@@ -81,6 +81,15 @@ pub struct Live {
     tracker: Tracker,
     health: recast_spec::Health,
     next_probe: Instant,
+    /// When a replacement (crash, health, drift, age) was last started for it.
+    pub(crate) replacing: bool,
+}
+
+impl Live {
+    /// Judged unhealthy by its checks (after its thresholds).
+    pub fn unhealthy(&self) -> bool {
+        self.tracker.status == Status::Unhealthy
+    }
 }
 
 /// A service under the engine's control.
@@ -90,7 +99,7 @@ pub struct Svc {
     pub proxy: Arc<recast_proxy::Service>,
     pub live: Mutex<Vec<Live>>,
     /// One rollout or rollback at a time.
-    busy: tokio::sync::Mutex<()>,
+    pub(crate) busy: tokio::sync::Mutex<()>,
     /// Requests to the running rollout (`recast promote | abort | pause | resume`).
     promote: AtomicBool,
     abort: AtomicBool,
@@ -101,6 +110,8 @@ pub struct Svc {
     weights: Mutex<Option<BTreeMap<i64, u32>>>,
     /// The analysis verdicts of the running (or last) rollout.
     pub verdicts: Mutex<Vec<Verdict>>,
+    /// Guard bookkeeping: scans, crashes, last findings.
+    pub guard: Mutex<crate::guard::GuardState>,
 }
 
 impl Svc {
@@ -147,7 +158,7 @@ impl Svc {
             .collect()
     }
 
-    fn set_active(&self, ids: &[String], active: bool) {
+    pub(crate) fn set_active(&self, ids: &[String], active: bool) {
         for l in lock(&self.live).iter_mut() {
             if ids.contains(&l.inst.id) {
                 l.active = active;
@@ -199,6 +210,8 @@ pub struct Ctl {
     next_apply: AtomicU64,
     /// Each project's webhooks, from its last apply.
     hooks: Mutex<HashMap<String, Vec<recast_spec::Webhook>>>,
+    /// Each project's guard settings, from its last apply.
+    pub(crate) guards: Mutex<HashMap<String, recast_spec::Guard>>,
 }
 
 fn key(project: &str, service: &str) -> String {
@@ -219,6 +232,7 @@ impl Ctl {
             applies: Mutex::new(HashMap::new()),
             next_apply: AtomicU64::new(1),
             hooks: Mutex::new(HashMap::new()),
+            guards: Mutex::new(HashMap::new()),
         })
     }
 
@@ -238,6 +252,7 @@ impl Ctl {
                     rollout: Mutex::new(None),
                     weights: Mutex::new(None),
                     verdicts: Mutex::new(Vec::new()),
+                    guard: Mutex::new(Default::default()),
                 })
             })
             .clone()
@@ -264,13 +279,13 @@ impl Ctl {
         v
     }
 
-    fn event(&self, svc: &Svc, kind: &str, msg: &str) {
+    pub(crate) fn event(&self, svc: &Svc, kind: &str, msg: &str) {
         let _ = self.state.event(&svc.project, &svc.name, kind, msg);
     }
 
     // ---- instances ------------------------------------------------------------------------------
 
-    async fn start_instance(&self, svc: &Arc<Svc>, run: &Run) -> Result<String, String> {
+    pub(crate) async fn start_instance(&self, svc: &Arc<Svc>, run: &Run) -> Result<String, String> {
         let s = &run.service;
         let spec = InstanceSpec {
             id: new_id(&format!("{}-r{}", svc.name, run.number)),
@@ -336,11 +351,12 @@ impl Ctl {
             tracker: Tracker::new(),
             health,
             next_probe: Instant::now(),
+            replacing: false,
         });
     }
 
     /// Wait until the instance is healthy (probing fast while it starts).
-    async fn wait_healthy(
+    pub(crate) async fn wait_healthy(
         &self,
         svc: &Arc<Svc>,
         id: &str,
@@ -369,7 +385,7 @@ impl Ctl {
     }
 
     /// Take instances out of rotation, drain them, stop and delete them.
-    async fn retire(&self, svc: &Arc<Svc>, ids: Vec<String>) {
+    pub(crate) async fn retire(&self, svc: &Arc<Svc>, ids: Vec<String>) {
         if ids.is_empty() {
             return;
         }
@@ -529,6 +545,7 @@ impl Ctl {
             name.to_string(),
             project.webhooks.values().cloned().collect(),
         );
+        lock(&self.guards).insert(name.to_string(), project.guard.clone());
         self.log(apply, format!("building images of project {name}"));
         let (store, cache, p2) = (
             self.store.clone(),

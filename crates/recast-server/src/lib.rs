@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod api;
 pub mod engine;
+pub mod guard;
 pub mod plan;
 
 use engine::Ctl;
@@ -86,6 +87,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Strin
     let ctl = Ctl::new(data_dir, state, rt, store);
     let notes = ctl.recover().await?;
     tokio::spawn(ctl.clone().supervise());
+    tokio::spawn(ctl.clone().guard());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("the API cannot listen on {listen}: {e}"))?;

@@ -257,6 +257,17 @@ fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Re
             let paused = if s["paused"] == true { " (paused)" } else { "" };
             output::line(&format!("  rollout: {r}{paused}"))?;
         }
+        for d in s["drift"].as_array().into_iter().flatten() {
+            for f in d["findings"].as_array().into_iter().flatten() {
+                output::line(&format!(
+                    "  drift in {}: {} {} ({})",
+                    d["instance"].as_str().unwrap_or(""),
+                    f["kind"].as_str().unwrap_or(""),
+                    f["path"].as_str().unwrap_or(""),
+                    f["detail"].as_str().unwrap_or("")
+                ))?;
+            }
+        }
         for v in s["verdicts"].as_array().into_iter().flatten() {
             output::line(&format!(
                 "  analysis of release {}: {} — {}",
@@ -452,4 +463,47 @@ pub fn destroy(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn drift(
+    data_dir: &Path,
+    service: Option<&str>,
+    fix: bool,
+    full: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let v = Client::find(data_dir)?.post(
+        "/v1/drift",
+        &json!({ "service": service, "fix": fix, "full": full }),
+    )?;
+    let drifted = v["drifted"].as_u64().unwrap_or(0);
+    if json {
+        output::json(&v)?;
+    } else {
+        let n = v["instances"].as_array().map_or(0, Vec::len);
+        for d in v["instances"].as_array().into_iter().flatten() {
+            for f in d["findings"].as_array().into_iter().flatten() {
+                output::line(&format!(
+                    "{} {}: {} {} ({})",
+                    d["service"].as_str().unwrap_or(""),
+                    d["instance"].as_str().unwrap_or(""),
+                    f["kind"].as_str().unwrap_or(""),
+                    f["path"].as_str().unwrap_or(""),
+                    f["detail"].as_str().unwrap_or("")
+                ))?;
+            }
+        }
+        for r in v["replaced"].as_array().into_iter().flatten() {
+            output::line(&format!(
+                "replaced by new instance {}",
+                r.as_str().unwrap_or("")
+            ))?;
+        }
+        eprintln!("{n} instance(s) checked, {drifted} drifted");
+    }
+    Ok(if drifted > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

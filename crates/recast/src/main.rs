@@ -168,6 +168,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify running instances against their images; exit 1 on drift
+    Drift {
+        service: Option<String>,
+        /// Replace the drifted instances
+        #[arg(long)]
+        fix: bool,
+        /// Hash every file, not only those metadata cannot vouch for
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the logs of a service's instances
     Logs {
         service: String,
@@ -233,6 +245,12 @@ fn main() -> ExitCode {
         Command::Promote { service, json } => {
             data_dir().and_then(|d| deploy::control(&d, "promote", &service, json))
         }
+        Command::Drift {
+            service,
+            fix,
+            full,
+            json,
+        } => data_dir().and_then(|d| deploy::drift(&d, service.as_deref(), fix, full, json)),
         Command::Abort { service, json } => {
             data_dir().and_then(|d| deploy::control(&d, "abort", &service, json))
         }

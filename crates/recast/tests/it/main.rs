@@ -2,6 +2,7 @@
 
 mod canary;
 mod deploy;
+mod guard;
 mod images;
 mod instances;
 mod validate;
