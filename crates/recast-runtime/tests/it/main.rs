@@ -473,11 +473,20 @@ fn a_tampered_unpacked_image_is_unpacked_again_before_use() {
     let first = f.start(&f.spec(&[]));
     f.delete_and_check_gone(&first);
     // Someone edits the shared unpacked copy on the host.
-    let lower = f.dir.path().join("rootfs").join(f.image.hex()).join("fs/bin/hello");
+    let lower = f
+        .dir
+        .path()
+        .join("rootfs")
+        .join(f.image.hex())
+        .join("fs/bin/hello");
     let good = std::fs::read(&lower).expect("read");
     std::fs::write(&lower, b"#!/bin/sh\necho owned\n").expect("tamper");
     let inst = f.start(&f.spec(&[("MESSAGE", "clean")]));
-    assert_eq!(std::fs::read(&lower).expect("read"), good, "the tampered copy was used");
+    assert_eq!(
+        std::fs::read(&lower).expect("read"),
+        good,
+        "the tampered copy was used"
+    );
     let (status, body) = http_get(&f.rt, &inst, "/", Duration::from_secs(2)).expect("get");
     assert_eq!((status, body.as_str()), (200, "clean from hello 0.1.0\n"));
     f.delete_and_check_gone(&inst);
