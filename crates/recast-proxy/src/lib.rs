@@ -13,7 +13,7 @@ mod metrics;
 pub use metrics::{Metrics, Snapshot};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
@@ -349,17 +349,7 @@ async fn forward(
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let retryable = !has_body(&req) && !upgrade;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut body = Some(body.boxed());
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers, upgrade);
-    let fwd = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert("x-forwarded-for", v);
-    }
+    let (mut parts, body) = req.into_parts();
     let sticky = svc.sticky.load(Ordering::Relaxed);
     let pinned: Option<i64> = sticky
         .then(|| {
@@ -372,6 +362,21 @@ async fn forward(
                 .find_map(|c| c.trim().strip_prefix("recast-release=")?.parse().ok())
         })
         .flatten();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let fwd = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts.version = hyper::Version::HTTP_11;
+    // The request goes out as it came in; a failed send hands it back for the retry.
+    let mut out = Some(Request::from_parts(parts, body.boxed()));
     let mut tried: Option<String> = None;
     for _attempt in 0..3 {
         let Some(backend) = svc.pick(&table, tried.as_deref(), pinned) else {
@@ -401,14 +406,8 @@ async fn forward(
                 );
             }
         };
-        let mut out = Request::new(
-            body.take()
-                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
-        );
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = parts.uri.clone();
-        *out.headers_mut() = headers.clone();
-        match sender.send_request(out).await {
+        let Some(request) = out.take() else { break };
+        match sender.try_send_request(request).await {
             Ok(mut resp) => {
                 m.record(resp.status().as_u16(), started.elapsed());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -448,16 +447,17 @@ async fn forward(
                     .boxed(),
                 );
             }
-            Err(e) => {
+            Err(mut e) => {
                 m.connect_failed();
                 tried = Some(backend.id.clone());
                 // Nothing was answered; a request without a body can go elsewhere.
-                if retryable {
+                out = e.take_message();
+                if retryable && out.is_some() {
                     continue;
                 }
                 return error_response(
                     StatusCode::BAD_GATEWAY,
-                    &format!("instance {} failed: {e}", backend.id),
+                    &format!("instance {} failed: {}", backend.id, e.into_error()),
                 );
             }
         }
