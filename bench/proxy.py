@@ -6,14 +6,18 @@ as a reverse proxy with upstream keep-alive (the ANCHORS.md recipe). recast: the
 `route` example (the same code a recast route runs, 2 tokio workers). Load: wrk -t1 -c32 -d10s.
 Also measures a 10/90 canary split against a single-release route (issue 6's goal: >= 0.95x).
 
-Usage: bench/proxy.py [SECONDS]   (needs nginx and wrk from Debian;
+The targets are measured in turn, ROUNDS times (default 5), and medians are compared, because on a shared
+2-core machine one run of one target against one run of another is mostly noise.
+
+Usage: bench/proxy.py [SECONDS] [ROUNDS]   (needs nginx and wrk from Debian;
 cargo build --release -p recast-proxy --example route)
 """
 import os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTE = os.path.join(ROOT, "target/release/examples/route")
-SECS = sys.argv[1] if len(sys.argv) > 1 else "10"
+SECS = sys.argv[1] if len(sys.argv) > 1 else "5"
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 
 
 def port():
@@ -82,10 +86,14 @@ http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "proxy")}
         for p in (backend, via_nginx, via_recast, via_canary):
             wait(p)
         wrk(via_recast)  # warm up
-        results = {}
-        for name, p in [("direct backend", backend), ("nginx proxy", via_nginx), ("recast route", via_recast), ("recast 10/90 canary", via_canary)]:
-            results[name] = wrk(p)
-        print(f"proxy benchmark: wrk -t1 -c32 -d{SECS}s, 1 KiB static backend (nginx, 1 worker)")
+        targets = [("direct backend", backend), ("nginx proxy", via_nginx), ("recast route", via_recast), ("recast 10/90 canary", via_canary)]
+        runs = {name: [] for name, _ in targets}
+        for _ in range(ROUNDS):
+            for name, p in targets:
+                runs[name].append(wrk(p))
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        results = {name: (med([r[0] for r in rs]), med([r[1] for r in rs]), sum(r[2] for r in rs), rs[-1][3]) for name, rs in runs.items()}
+        print(f"proxy benchmark: wrk -t1 -c32 -d{SECS}s x {ROUNDS} rounds (medians), 1 KiB static backend (nginx, 1 worker)")
         for name, (rps, p99, non2xx, sock) in results.items():
             print(f"  {name:<22} {rps:>10.0f} req/s   p99 {p99:6.2f} ms   non-2xx {non2xx}   socket errors {sock}")
         n, r, c = results["nginx proxy"], results["recast route"], results["recast 10/90 canary"]

@@ -31,6 +31,18 @@ use tokio::net::TcpListener;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Most route threads (and upstream pools per backend).
+const POOL_SLOTS: usize = 8;
+
+thread_local! {
+    /// Which pool this thread uses (set by route threads; 0 elsewhere).
+    static POOL_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn pool_slot() -> usize {
+    POOL_SLOT.with(std::cell::Cell::get) % POOL_SLOTS
+}
+
 /// Opens a connection to an instance (blocking: it may enter a network namespace).
 pub type Connector = Arc<dyn Fn() -> io::Result<std::net::TcpStream> + Send + Sync>;
 
@@ -39,7 +51,9 @@ pub struct Backend {
     pub id: String,
     pub release: i64,
     connector: Connector,
-    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Idle upstream connections, one pool per route thread: a connection is only ever used by
+    /// the thread (event loop) that made it.
+    idle: [Mutex<Vec<SendRequest<ProxyBody>>>; POOL_SLOTS],
     inflight: AtomicUsize,
     metrics: Arc<Metrics>,
 }
@@ -55,7 +69,7 @@ impl Backend {
             id,
             release,
             connector,
-            idle: Mutex::new(Vec::new()),
+            idle: Default::default(),
             inflight: AtomicUsize::new(0),
             metrics,
         })
@@ -72,13 +86,18 @@ impl Backend {
         while self.inflight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for pool in &self.idle {
+            pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         self.inflight() == 0
     }
 
     async fn sender(self: &Arc<Self>) -> io::Result<SendRequest<ProxyBody>> {
         loop {
-            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let pooled = self.idle[pool_slot()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
             let Some(mut s) = pooled else { break };
             if s.is_closed() {
                 continue;
@@ -107,7 +126,9 @@ impl Backend {
         if s.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[pool_slot()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < 512 {
             idle.push(s);
         }
@@ -226,40 +247,91 @@ impl Service {
 pub struct Route {
     pub addr: SocketAddr,
     service: Arc<RwLock<Arc<Service>>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// How many threads serve each route: one per core (`RECAST_PROXY_THREADS` overrides).
+fn route_threads() -> usize {
+    std::env::var("RECAST_PROXY_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, POOL_SLOTS)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 impl Route {
-    /// Listen on `addr` and forward to `service`.
+    /// Listen on `addr` and forward to `service`: one listener (`SO_REUSEPORT`) per thread, each
+    /// thread with its own event loop and its own upstream connections, as nginx runs workers,
+    /// so that no request wakes another thread. Must be called inside a tokio runtime.
     pub async fn bind(addr: SocketAddr, service: Arc<Service>) -> io::Result<Route> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
+        // An exclusive bind first: another process on this address is an error ("address in
+        // use"), never a silent share of its traffic through SO_REUSEPORT.
+        let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+        let first = reuseport_listener(addr)?;
+        let mut listeners = vec![first];
+        for _ in 1..route_threads() {
+            listeners.push(reuseport_listener(addr)?);
+        }
         let service = Arc::new(RwLock::new(service));
-        let svc = service.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = svc.read().unwrap_or_else(|p| p.into_inner()).clone();
-                tokio::spawn(async move {
-                    let handler = hyper::service::service_fn(move |req| {
-                        let svc = svc.clone();
-                        async move { Ok::<_, std::convert::Infallible>(forward(svc, req, peer).await) }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        for (slot, listener) in listeners.into_iter().enumerate() {
+            let (svc, mut stopped) = (service.clone(), stopped.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("route-{addr}-{slot}"))
+                .spawn(move || {
+                    POOL_SLOT.with(|s| s.set(slot));
+                    rt.block_on(async move {
+                        let Ok(listener) = TcpListener::from_std(listener) else {
+                            return;
+                        };
+                        loop {
+                            let accepted = tokio::select! {
+                                a = listener.accept() => a,
+                                _ = stopped.changed() => return,
+                            };
+                            let Ok((stream, peer)) = accepted else {
+                                continue;
+                            };
+                            let _ = stream.set_nodelay(true);
+                            let svc = svc.read().unwrap_or_else(|p| p.into_inner()).clone();
+                            tokio::spawn(async move {
+                                let handler = hyper::service::service_fn(move |req| {
+                                    let svc = svc.clone();
+                                    async move {
+                                        Ok::<_, std::convert::Infallible>(
+                                            forward(svc, req, peer).await,
+                                        )
+                                    }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .keep_alive(true)
+                                    .serve_connection(TokioIo::new(stream), handler)
+                                    .with_upgrades()
+                                    .await;
+                            });
+                        }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), handler)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
+                })?;
+        }
         Ok(Route {
             addr,
             service,
-            task,
+            stop,
         })
     }
 
@@ -271,7 +343,8 @@ impl Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        self.task.abort();
+        // Every route thread stops accepting and closes its listener.
+        let _ = self.stop.send(true);
     }
 }
 
@@ -487,5 +560,30 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_route_address_in_use_is_an_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = Route::bind(addr, Service::new("x"))
+            .await
+            .err()
+            .expect("must fail");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // And a route frees its address when dropped.
+        drop(taken);
+        let r = Route::bind(addr, Service::new("x")).await.expect("bind");
+        drop(r);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "the route kept its address");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
