@@ -5,7 +5,7 @@
 use recast_proxy::{Backend, Group, Route, Service, Table};
 use std::sync::Arc;
 
-// One worker, as `recast server` uses on a 2-core machine (half the cores).
+// The route runs its own thread per core; this runtime only waits for Ctrl-C.
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

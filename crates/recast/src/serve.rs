@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Half the cores run the proxy and engine (at least one): on small machines a single worker
-/// avoids cross-thread wake-ups, which cost the proxy its tail latency (see bench/README.md);
-/// blocking work (containers, builds) runs on tokio's separate blocking pool.
+/// Half the cores (at least one) run the engine and API; routes run their own thread per core
+/// (see `recast-proxy`), and blocking work (containers, builds) tokio's blocking pool.
 /// `RECAST_WORKERS` overrides it.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
