@@ -567,6 +567,139 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap, keep_upgrade: bool) {
 mod tests {
     use super::*;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend on loopback: answers `GET` with its name; `Upgrade: echo` switches protocols
+    /// and echoes bytes.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(b[0]);
+                        }
+                        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                        if text.contains("upgrade: echo") {
+                            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").await;
+                            let (mut r, mut w) = s.split();
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            return;
+                        }
+                        let body = format!("{name}\n");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn route_to(svc: &Arc<Service>, targets: &[(SocketAddr, i64)]) {
+        let groups = targets
+            .iter()
+            .map(|&(addr, release)| {
+                let connector: Connector = Arc::new(move || std::net::TcpStream::connect(addr));
+                Group {
+                    release,
+                    weight: 1,
+                    backends: vec![Backend::new(
+                        format!("b{release}"),
+                        release,
+                        connector,
+                        svc.metrics(release),
+                    )],
+                }
+            })
+            .collect();
+        svc.set_table(Table { groups });
+    }
+
+    async fn get(addr: SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn upgrades_pass_through() {
+        let svc = Service::new("ws");
+        route_to(&svc, &[(backend("a").await, 1)]);
+        let route = Route::bind("127.0.0.1:0".parse().expect("addr"), svc)
+            .await
+            .expect("bind");
+        let mut s = tokio::net::TcpStream::connect(route.addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("send");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut b).await.expect("read"),
+                1,
+                "closed before the 101"
+            );
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping over the upgraded connection")
+            .await
+            .expect("write");
+        let mut echo = [0u8; 33];
+        s.read_exact(&mut echo).await.expect("echo");
+        assert_eq!(&echo, b"ping over the upgraded connection");
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_instance_is_gone_is_retried_on_another() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let svc = Service::new("web");
+        route_to(&svc, &[(dead, 1), (backend("alive").await, 2)]);
+        let route = Route::bind("127.0.0.1:0".parse().expect("addr"), svc.clone())
+            .await
+            .expect("bind");
+        for _ in 0..20 {
+            let resp = get(route.addr).await;
+            assert!(
+                resp.starts_with("HTTP/1.1 200") && resp.ends_with("alive\n"),
+                "{resp}"
+            );
+        }
+        assert!(
+            svc.metrics(1).snapshot().connect_failures > 0,
+            "the dead instance was never tried"
+        );
+    }
+
     #[tokio::test]
     async fn a_route_address_in_use_is_an_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
