@@ -70,15 +70,14 @@ fn drift_is_found_with_its_path_and_kind_and_volumes_are_not_drift() {
     );
 
     // Writes to a volume and to /tmp are not drift.
-    std::fs::write(
-        server
-            .data
-            .join("volumes/proj")
-            .join(p.path().file_name().expect("name"))
-            .join("web/data/state"),
-        "x",
-    )
-    .ok();
+    let project = p
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_ascii_lowercase();
+    let volume = server.data.join("volumes").join(&project).join("web/data");
+    std::fs::write(volume.join("state"), "x").expect("write into the volume");
     let ids = instance_ids(&server, &p);
     std::fs::write(rootfs(&server, &ids[1]).join("tmp/scratch"), "x").expect("tmp");
     assert_eq!(server.rc(p.path(), &["drift"]).status.code(), Some(0));
@@ -247,5 +246,57 @@ fn max_age_recycles_the_fleet_under_load_without_failures() {
         seen.len() >= 3 + 6,
         "only {} instances over 30 s with max_age 3s",
         seen.len()
+    );
+}
+
+#[test]
+fn an_unexpected_writable_mount_is_drift() {
+    let server = Server::start();
+    let p = Project::new();
+    // A volume carries a static busybox into the instance, to mount something with.
+    p.write(
+        r#"MESSAGE = "v1""#,
+        r#"strategy = "rolling""#,
+        r#"volume "tools" { mount = "/tools" }"#,
+    );
+    with_guard(&p, "scan_interval = \"1h\"\n  on_drift = \"report\"");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let project = p
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_ascii_lowercase();
+    let tools = server.data.join("volumes").join(&project).join("web/tools");
+    std::fs::copy("/bin/busybox", tools.join("busybox")).expect("busybox-static is not installed");
+    let ids = instance_ids(&server, &p);
+    let pid = std::fs::read_to_string(server.data.join("instances").join(&ids[0]).join("pid"))
+        .expect("pid");
+    // Someone mounts a writable filesystem over /bin inside the instance.
+    let st = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            pid.trim(),
+            "-m",
+            "--",
+            "/tools/busybox",
+            "mount",
+            "-t",
+            "tmpfs",
+            "tmpfs",
+            "/bin",
+        ])
+        .status()
+        .expect("nsenter");
+    assert!(st.success());
+    let out = server.rc(p.path(), &["drift", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains(&format!(
+            "web {}: unexpected_mount /bin (mounted read-write)",
+            ids[0]
+        )),
+        "{}",
+        stdout(&out)
     );
 }
