@@ -142,31 +142,45 @@ fn a_killed_recast_run_leaves_nothing_once_recast_runs_again() {
         }
     }
     let mut run = KillOnDrop(run);
+    // Wait for our instance to run (its record says so and runc wrote its pid) and to answer.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the instance never listened");
+    let (id, pid) = loop {
+        assert!(Instant::now() < deadline, "the instance never ran");
+        let found = std::fs::read_dir(d.path().join("instances"))
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(Result::ok);
+        if let Some(e) = found {
+            let dir = e.path();
+            let running = std::fs::read_to_string(dir.join("instance.json"))
+                .is_ok_and(|j| j.contains("\"phase\":\"running\""));
+            let pid = std::fs::read_to_string(dir.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let (true, Some(pid)) = (running, pid) {
+                break (e.file_name().to_string_lossy().into_owned(), pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let answers = || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r.ends_with("hello from hello 0.1.0\n")
+        })
+    };
+    while !answers() {
+        assert!(Instant::now() < deadline, "the instance never answered");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let id = std::fs::read_dir(d.path().join("instances"))
-        .expect("dir")
-        .flatten()
-        .next()
-        .expect("an instance")
-        .file_name();
-    let id = id.to_string_lossy().into_owned();
-    let pid: i32 = std::fs::read_to_string(d.path().join("instances").join(&id).join("pid"))
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
 
     run.0.kill().expect("SIGKILL recast");
     run.0.wait().expect("wait");
     // The instance does not depend on the process that started it.
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "the instance died with recast"
-    );
+    assert!(answers(), "the instance died with recast");
 
     // The next recast in this data directory finds it and, its owner being dead, removes it.
     let out = rc(p.path(), d.path(), &["test"]);
