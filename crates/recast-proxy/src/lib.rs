@@ -55,6 +55,8 @@ pub struct Backend {
     /// the thread (event loop) that made it.
     idle: [Mutex<Vec<SendRequest<ProxyBody>>>; POOL_SLOTS],
     inflight: AtomicUsize,
+    /// Set when draining starts: a request that registers after it must go elsewhere.
+    retired: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +73,7 @@ impl Backend {
             connector,
             idle: Default::default(),
             inflight: AtomicUsize::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -82,6 +85,10 @@ impl Backend {
     /// Wait until no request uses this backend (it must already be out of every table), up to
     /// `timeout`; then close its idle connections. Returns whether it drained.
     pub async fn drain(&self, timeout: Duration) -> bool {
+        // Paired with `forward`: it registers (inflight) then checks `retired`; we set `retired`
+        // then check inflight. With sequential consistency one of us sees the other, so no
+        // request slips in after the count was seen at zero.
+        self.retired.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
         while self.inflight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -418,7 +425,7 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    let table = svc.table();
+    let mut table = svc.table();
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let retryable = !has_body(&req) && !upgrade;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -463,6 +470,12 @@ async fn forward(
             backend: backend.clone(),
             sender: None,
         };
+        if backend.retired.load(Ordering::SeqCst) {
+            // It left the table while we picked it: pick again from the table as it is now.
+            drop(in_use);
+            table = svc.table();
+            continue;
+        }
         let started = Instant::now();
         let m = backend.metrics.clone();
         let mut sender = match backend.sender().await {
@@ -471,6 +484,7 @@ async fn forward(
                 m.connect_failed();
                 tried = Some(backend.id.clone());
                 if retryable {
+                    table = svc.table();
                     continue;
                 }
                 return error_response(
@@ -526,6 +540,7 @@ async fn forward(
                 // Nothing was answered; a request without a body can go elsewhere.
                 out = e.take_message();
                 if retryable && out.is_some() {
+                    table = svc.table();
                     continue;
                 }
                 return error_response(
