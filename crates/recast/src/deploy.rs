@@ -334,7 +334,7 @@ pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<Exi
         let created = recast_image::oci::rfc3339(r["created_ms"].as_u64().unwrap_or(0) / 1000);
         output::line(&format!(
             "{:<4} {:<12} {:<19} {:<25} {}",
-            r["number"],
+            r["number"].as_i64().unwrap_or(0),
             r["outcome"].as_str().unwrap_or(""),
             &digest[..digest.len().min(19)],
             created,
