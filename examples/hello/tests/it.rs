@@ -134,7 +134,20 @@ fn sigterm_finishes_in_flight_requests() {
     let mut h = start(&[("LATENCY_MS", "400")]);
     let port = h.port;
     let inflight = std::thread::spawn(move || get(port, "/"));
-    std::thread::sleep(Duration::from_millis(100));
+    // Until a thread serves our connection (main + signal thread + one per connection).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = format!("/proc/{}/status", h.child.id());
+    while std::fs::read_to_string(&status)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "hello never served the request");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let pid = h.child.id().to_string();
     assert!(
         Command::new("kill")

@@ -119,6 +119,28 @@ impl Fixture {
     }
 }
 
+/// Wait (with a deadline) until process `pid` runs at least `n` threads. hello runs a main and a
+/// signal thread, and one more per connection it is serving.
+fn wait_for_threads(pid: i32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let threads: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if threads >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} never served the request ({threads} threads)"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn tcp_ready() -> Health {
     Health {
         check: HealthCheck::Tcp,
@@ -318,7 +340,8 @@ fn sigterm_lets_in_flight_requests_finish() {
         s.read_to_string(&mut resp).expect("read");
         resp
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // Until hello has a thread serving our connection: the request is in flight.
+    wait_for_threads(inst.pid.expect("pid"), 3);
     let state = f.rt.stop(&inst, Duration::from_secs(5));
     assert_eq!(
         state,
@@ -399,7 +422,14 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
         format!(r#"{{"id":"t-halfmade","image":"{}","image_name":"box","owner":"test","owner_pid":1,"network":"private","port":8080,"pid":null,"phase":"creating","created_ms":0}}"#, f.image),
     )
     .expect("write");
-    std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.rt.state(&dead) == State::Running {
+        assert!(
+            Instant::now() < deadline,
+            "the EXIT_AFTER_MS instance did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let store = Store::open(&f.dir.path().join("store")).expect("store");
     let rt2 = Runtime::new(f.dir.path(), store).expect("runtime");

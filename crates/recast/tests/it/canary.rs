@@ -72,7 +72,7 @@ fn a_failing_canary_is_rolled_back_at_the_first_step() {
     p.write(r#"MESSAGE = "v1""#, &rollout, "");
     ok(&server.rc(p.path(), &["apply", "--yes"]));
     let load = Load::start(p.port);
-    std::thread::sleep(Duration::from_millis(200));
+    load.flowing(50);
     p.write(r#"MESSAGE = "v2", FAIL_RATE = "0.3""#, &rollout, "");
     let t = Instant::now();
     let out = server.rc(p.path(), &["apply", "--yes"]);
@@ -86,7 +86,7 @@ fn a_failing_canary_is_rolled_back_at_the_first_step() {
         "{}",
         stdout(&out)
     );
-    std::thread::sleep(Duration::from_millis(200));
+    load.flowing(50);
     let (n, failures, _) = load.finish();
     // Clients only ever saw the canary's share of its failures: 30% of at most 10% of requests.
     let share = failures.len() as f64 / (n as f64 + failures.len() as f64);
@@ -183,7 +183,7 @@ fn abort_during_a_pause_rolls_back_at_once_without_failures() {
         status(&server, &p)["services"][0]["rollout"].is_null()
     });
     assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
-    std::thread::sleep(Duration::from_millis(200));
+    load.flowing(50);
     let (n, failures, bodies) = load.finish();
     assert!(failures.is_empty(), "{failures:?}");
     assert!(n > 50 && bodies.len() == 2, "{n} {bodies:?}");
@@ -208,6 +208,8 @@ fn pause_holds_and_resume_continues() {
         at_step(&server, &p, "step 1/1: 50%")
     });
     ok(&server.rc(p.path(), &["pause", "web"]));
+    // Deliberately time, not a condition: the test proves nothing moves while paused (the step
+    // pause is 1 s, so 2.5 s is well past it).
     std::thread::sleep(Duration::from_millis(2500));
     let st = status(&server, &p);
     assert!(

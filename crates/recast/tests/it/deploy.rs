@@ -218,6 +218,14 @@ impl Load {
         l
     }
 
+    /// Wait (with a deadline) until `n` more requests have succeeded: traffic is flowing.
+    pub fn flowing(&self, n: u64) {
+        let start = self.ok.load(Ordering::Relaxed);
+        wait_for("traffic through the route", 20, || {
+            self.ok.load(Ordering::Relaxed) >= start + n
+        });
+    }
+
     /// Stop and return (successful requests, failures, bodies).
     pub fn finish(mut self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -299,11 +307,11 @@ fn rolling_update_under_load_has_no_failed_request() {
     assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
 
     let load = Load::start(p.port);
-    std::thread::sleep(Duration::from_millis(300));
+    load.flowing(50);
     p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
     let out = server.rc(p.path(), &["apply", "--yes", "--json"]);
     ok(&out);
-    std::thread::sleep(Duration::from_millis(300));
+    load.flowing(50);
     let (n, failures, bodies) = load.finish();
     assert!(
         failures.is_empty(),
@@ -368,7 +376,7 @@ fn blue_green_then_rollback_under_load() {
         "a warm rollback is a routing switch: {v}"
     );
     assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
-    std::thread::sleep(Duration::from_millis(300));
+    load.flowing(50);
     let (n, failures, bodies) = load.finish();
     assert!(
         failures.is_empty(),

@@ -173,7 +173,7 @@ fn drift_is_replaced_under_load_without_failed_requests() {
         let now = instance_ids(&server, &p);
         !now.contains(&ids[0]) && now.len() == 3
     });
-    std::thread::sleep(Duration::from_millis(300));
+    load.flowing(50);
     let (n, failures, _) = load.finish();
     assert!(failures.is_empty(), "{failures:?}");
     assert!(n > 100);
