@@ -168,6 +168,13 @@ impl Svc {
     }
 }
 
+/// How a rollout ended when it did not succeed: `rolled_back` (to the previous release) or
+/// `failed` (stopped where it was, `auto_rollback = false`), and why.
+struct Failed {
+    outcome: &'static str,
+    reason: String,
+}
+
 /// Progress of one apply, for `recast apply` to follow.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyStatus {
@@ -760,12 +767,7 @@ impl Ctl {
                     reason: None,
                 }
             }
-            Err(reason) => {
-                let outcome = if reason.contains("auto_rollback is off") {
-                    "failed"
-                } else {
-                    "rolled_back"
-                };
+            Err(Failed { outcome, reason }) => {
                 self.log(
                     apply,
                     format!("{}: release {} {outcome}: {reason}", svc.name, run.number),
@@ -787,7 +789,7 @@ impl Ctl {
         new: &Run,
         old: Option<&Run>,
         apply: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failed> {
         let strategy = new.service.rollout.strategy.name();
         let rid = self
             .state
@@ -798,7 +800,10 @@ impl Ctl {
                 new.number,
                 strategy,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failed {
+                outcome: "failed",
+                reason: e.to_string(),
+            })?;
         svc.promote.store(false, Ordering::SeqCst);
         svc.abort.store(false, Ordering::SeqCst);
         svc.paused.store(false, Ordering::SeqCst);
@@ -896,10 +901,13 @@ impl Ctl {
                     &format!("release {}: {reason} (auto_rollback is off)", new.number),
                 );
                 *lock(&svc.rollout) = None;
-                Err(format!(
-                    "{reason} (auto_rollback is off: left as it is; `recast rollback {}` goes back)",
-                    svc.name
-                ))
+                Err(Failed {
+                    outcome: "failed",
+                    reason: format!(
+                        "{reason} (auto_rollback is off: left as it is; `recast rollback {}` goes back)",
+                        svc.name
+                    ),
+                })
             }
             Err(reason) => {
                 step(-1, format!("rolling back: {reason}"));
@@ -931,7 +939,10 @@ impl Ctl {
                 );
                 self.hook(svc, "rollout.rolled_back", new, &reason);
                 *lock(&svc.rollout) = None;
-                Err(reason)
+                Err(Failed {
+                    outcome: "rolled_back",
+                    reason,
+                })
             }
         }
     }
