@@ -195,6 +195,18 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// The home directory of `uid` in the image's /etc/passwd, or "/".
+fn home_of(rootfs: &Path, uid: u32) -> String {
+    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f.get(5).map(|h| h.to_string()))?
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into())
+}
+
 fn lookup_by_uid(rootfs: &Path, uid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
     text.lines().find_map(|l| {
@@ -253,6 +265,11 @@ pub fn process_of(
         .unwrap_or("/")
         .to_string();
     let (uid, gid) = resolve_user(c["User"].as_str().unwrap_or(""), rootfs)?;
+    // HOME as runc would add it (the user's passwd home, else "/"), but written in the spec, so
+    // that the spec is the whole environment the process gets.
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home_of(rootfs, uid)));
+    }
     Ok(Process {
         args,
         env,

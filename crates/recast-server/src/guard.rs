@@ -103,10 +103,6 @@ impl Ctl {
                         });
                     }
                     let (mut want, mut have) = (env, facts.env);
-                    // runc adds HOME (from the user's passwd entry, or "/") when the spec has none.
-                    if !want.iter().any(|e| e.starts_with("HOME=")) {
-                        have.retain(|e| !e.starts_with("HOME="));
-                    }
                     want.sort();
                     have.sort();
                     if want != have {
