@@ -478,10 +478,9 @@ impl hyper::body::Body for ChannelBody {
 /// Every analysis verdict recorded for a service, with its numbers.
 fn verdicts(ctl: &Ctl, project: &str, service: &str) -> Vec<Value> {
     ctl.state
-        .events(0, i64::MAX)
+        .events_of(project, service, "analysis.verdict")
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.kind == "analysis.verdict" && e.project == project && e.service == service)
         .filter_map(|e| serde_json::from_str(&e.message).ok())
         .collect()
 }

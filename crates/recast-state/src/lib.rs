@@ -130,6 +130,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE routes (
         project TEXT NOT NULL, name TEXT NOT NULL, listen TEXT NOT NULL, service TEXT NOT NULL,
         PRIMARY KEY (project, name));",
+    // 2: a service's events by kind (analysis verdicts in `history`).
+    "CREATE INDEX events_by_kind ON events (project, service, kind, id);",
 ];
 
 pub fn now_ms() -> i64 {
@@ -171,6 +173,17 @@ fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
         detail: r.get(8)?,
         started_ms: r.get(9)?,
         updated_ms: r.get(10)?,
+    })
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        project: r.get(2)?,
+        service: r.get(3)?,
+        kind: r.get(4)?,
+        message: r.get(5)?,
     })
 }
 
@@ -492,13 +505,23 @@ impl State {
         })
     }
 
+    /// Every event of one kind for a service, oldest first.
+    pub fn events_of(&self, project: &str, service: &str, kind: &str) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, at_ms, project, service, kind, message FROM events
+                 WHERE project = ?1 AND service = ?2 AND kind = ?3 ORDER BY id",
+            )?;
+            st.query_map(params![project, service, kind], event_row)?
+                .collect()
+        })
+    }
+
     /// Events after `since` (an event id), oldest first.
     pub fn events(&self, since: i64, limit: i64) -> Result<Vec<Event>> {
         self.with(|c| {
             let mut st = c.prepare("SELECT id, at_ms, project, service, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-            st.query_map(params![since, limit], |r| {
-                Ok(Event { id: r.get(0)?, at_ms: r.get(1)?, project: r.get(2)?, service: r.get(3)?, kind: r.get(4)?, message: r.get(5)? })
-            })?
+            st.query_map(params![since, limit], event_row)?
             .collect()
         })
     }
