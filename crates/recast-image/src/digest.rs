@@ -18,7 +18,8 @@ impl Digest {
         Digest::from_sha(Sha256::digest(bytes).as_slice())
     }
 
-    fn from_sha(bytes: &[u8]) -> Digest {
+    /// From a finished SHA-256 hash.
+    pub(crate) fn from_sha(bytes: &[u8]) -> Digest {
         let mut s = String::with_capacity(71);
         s.push_str("sha256:");
         for b in bytes {

@@ -394,11 +394,7 @@ fn layer_key(items: &[Item], epoch: u64) -> Digest {
             item.path, item.mode, item.uid, item.gid
         ));
     }
-    Digest::parse(&format!("sha256:{}", hex(&h.finalize()))).unwrap_or_else(|| Digest::of(b""))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Digest::from_sha(h.finalize().as_slice())
 }
 
 fn index_entry(item: &Item) -> Entry {

@@ -27,7 +27,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM grace before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Lock, recovering from a poisoned mutex (the data stays usable: every update is whole).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

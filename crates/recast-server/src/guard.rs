@@ -1,7 +1,7 @@
 //! Guard: prove every running instance still matches its image and release, and replace — never
 //! repair — what drifted, crashed, turned unhealthy, or grew older than `max_age`.
 
-use crate::engine::{Ctl, Run, Svc};
+use crate::engine::{Ctl, Run, Svc, lock};
 use recast_guard::{Finding, Mode};
 use recast_spec::OnDrift;
 use serde::Serialize;
@@ -25,10 +25,6 @@ pub struct InstanceDrift {
     pub instance: String,
     pub release: i64,
     pub findings: Vec<Finding>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Ctl {

@@ -6,7 +6,6 @@
 use recast_spec::{Count, Project, Service, Strategy};
 use recast_state::State;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 
 /// What a release is made of; its hash identifies it.
@@ -28,10 +27,7 @@ impl ReleaseSpec {
 
     pub fn hash(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        recast_image::Digest::of(&bytes).hex().to_string()
     }
 }
 
