@@ -129,25 +129,53 @@ fn exit_after_exits_with_status_1() {
     }
 }
 
+/// Wait (with a deadline) until the listener on `port`, in the network namespace of `pid`, has no
+/// connection waiting to be accepted: a connection made before the call has been accepted.
+/// (For a LISTEN socket, /proc/net/tcp's rx_queue is the accept queue.)
+fn wait_accepted(pid: i32, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let local = format!(":{port:04X}");
+    loop {
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        let waiting = tcp.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1)?.ends_with(&local) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(4)?.split(':').nth(1).map(|q| q != "00000000"))?
+        });
+        if waiting == Some(false) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[test]
 fn sigterm_finishes_in_flight_requests() {
     let mut h = start(&[("LATENCY_MS", "400")]);
     let port = h.port;
-    let inflight = std::thread::spawn(move || get(port, "/"));
-    // Until a thread serves our connection (main + signal thread + one per connection).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = format!("/proc/{}/status", h.child.id());
-    while std::fs::read_to_string(&status)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|t| t.trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(Instant::now() < deadline, "hello never served the request");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // The request is sent, and hello has accepted the connection: it is in flight.
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        conn,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let inflight = std::thread::spawn(move || {
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).expect("read");
+        let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0u16);
+        (
+            status,
+            resp.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    });
+    wait_accepted(h.child.id() as i32, port);
     let pid = h.child.id().to_string();
     assert!(
         Command::new("kill")

@@ -119,23 +119,25 @@ impl Fixture {
     }
 }
 
-/// Wait (with a deadline) until process `pid` runs at least `n` threads. hello runs a main and a
-/// signal thread, and one more per connection it is serving.
-fn wait_for_threads(pid: i32, n: usize) {
+/// Wait (with a deadline) until the listener on `port`, in the network namespace of `pid`, has no
+/// connection waiting to be accepted: a connection made before the call has been accepted.
+/// (For a LISTEN socket, /proc/net/tcp's rx_queue is the accept queue.)
+fn wait_accepted(pid: i32, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let local = format!(":{port:04X}");
     loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let threads: usize = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        if threads >= n {
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        let waiting = tcp.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1)?.ends_with(&local) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(4)?.split(':').nth(1).map(|q| q != "00000000"))?
+        });
+        if waiting == Some(false) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "process {pid} never served the request ({threads} threads)"
+            "the connection was never accepted"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -319,20 +321,22 @@ fn the_memory_limit_is_enforced() {
 fn sigterm_lets_in_flight_requests_finish() {
     let f = fixture();
     let inst = f.start(&f.spec(&[("LATENCY_MS", "600")]));
-    let conn =
+    // The request is sent, and hello has accepted the connection: it is in flight.
+    let mut conn =
         f.rt.connect(&inst, Duration::from_secs(1))
             .expect("connect");
-    let inflight = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let mut s = conn;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    {
+        use std::io::Write;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .expect("send");
+    }
+    let inflight = std::thread::spawn(move || {
+        use std::io::Read;
         let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("read");
+        conn.read_to_string(&mut resp).expect("read");
         resp
     });
-    // Until hello has a thread serving our connection: the request is in flight.
-    wait_for_threads(inst.pid.expect("pid"), 3);
+    wait_accepted(inst.pid.expect("pid"), inst.port);
     let state = f.rt.stop(&inst, Duration::from_secs(5));
     assert_eq!(
         state,
