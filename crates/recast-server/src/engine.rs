@@ -1306,17 +1306,7 @@ impl Ctl {
         let mut analyzer = self.analyzer(svc, new, Some(old));
         for (i, s) in steps.iter().enumerate() {
             let want = (n * usize::from(s.weight)).div_ceil(100).max(1);
-            let have = svc.count(new.number, |l| l.active);
-            if want > have {
-                let deadline = Instant::now() + new.service.rollout.progress_deadline;
-                let ids = self.start_healthy(svc, new, want - have, deadline).await?;
-                for l in lock(&svc.live)
-                    .iter_mut()
-                    .filter(|l| ids.contains(&l.inst.id))
-                {
-                    l.active = true;
-                }
-            }
+            self.grow(svc, new, want).await?;
             *lock(&svc.weights) = Some(BTreeMap::from([
                 (old.number, 100 - u32::from(s.weight)),
                 (new.number, u32::from(s.weight)),
@@ -1353,17 +1343,7 @@ impl Ctl {
         }
         self.pre_promote(svc, new).await?;
         // Full strength, then everything to the new release.
-        let have = svc.count(new.number, |l| l.active);
-        if n > have {
-            let deadline = Instant::now() + new.service.rollout.progress_deadline;
-            let ids = self.start_healthy(svc, new, n - have, deadline).await?;
-            for l in lock(&svc.live)
-                .iter_mut()
-                .filter(|l| ids.contains(&l.inst.id))
-            {
-                l.active = true;
-            }
-        }
+        self.grow(svc, new, n).await?;
         *lock(&svc.weights) = Some(BTreeMap::from([(old.number, 0), (new.number, 100)]));
         svc.publish();
         step(
@@ -1382,6 +1362,23 @@ impl Ctl {
         let old_ids = svc.ids(|l| l.release == old.number);
         *lock(&svc.weights) = None;
         self.retire(svc, old_ids).await;
+        Ok(())
+    }
+
+    /// Bring the release to `want` active instances, starting healthy ones as needed. The table
+    /// is not published here: the caller sets the weights first.
+    async fn grow(self: &Arc<Self>, svc: &Arc<Svc>, run: &Run, want: usize) -> Result<(), String> {
+        let have = svc.count(run.number, |l| l.active);
+        if want > have {
+            let deadline = Instant::now() + run.service.rollout.progress_deadline;
+            let ids = self.start_healthy(svc, run, want - have, deadline).await?;
+            for l in lock(&svc.live)
+                .iter_mut()
+                .filter(|l| ids.contains(&l.inst.id))
+            {
+                l.active = true;
+            }
+        }
         Ok(())
     }
 
