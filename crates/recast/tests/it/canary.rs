@@ -1,6 +1,6 @@
 //! Canary releases with automated analysis (issue 6), under load from real clients.
 
-use crate::deploy::{Load, Project, Server, body_now, get, ok, wait_for};
+use crate::deploy::{Load, Project, Server, body_now, get, ok, read_message, wait_for};
 use crate::stdout;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -260,7 +260,7 @@ fn hook_server(
     u16,
     std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 ) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -269,30 +269,10 @@ fn hook_server(
         for c in l.incoming().flatten() {
             let mut c = c;
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = c.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        if let Ok(v) = serde_json::from_str(&body[..len]) {
-                            s2.lock().expect("lock").push(v);
-                        }
-                        break;
-                    }
-                }
+            if let Ok((_, body)) = read_message(&mut c)
+                && let Ok(v) = serde_json::from_str(&body)
+            {
+                s2.lock().expect("lock").push(v);
             }
             let _ = write!(
                 c,

@@ -244,6 +244,13 @@ impl Load {
 pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let (head, body) = read_message(&mut s)?;
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body, s))
+}
+
+/// Read one HTTP/1.1 message (request or response, sized by content-length): (head, body).
+pub fn read_message(s: &mut TcpStream) -> std::io::Result<(String, String)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -251,7 +258,7 @@ pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "closed mid-response",
+                "closed mid-message",
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -266,8 +273,7 @@ pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
                 })
                 .unwrap_or(0);
             if body.len() >= len {
-                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-                return Ok((status, body[..len].to_string(), s));
+                return Ok((head.to_string(), body[..len].to_string()));
             }
         }
     }
