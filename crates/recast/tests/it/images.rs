@@ -81,6 +81,24 @@ image "hello" {
     dir
 }
 
+/// `recast image export hello -o TO --format FORMAT --json`, which must succeed.
+fn export(cwd: &Path, data: &Path, to: &Path, format: &str) -> Value {
+    ok(&rc(
+        cwd,
+        data,
+        &[
+            "image",
+            "export",
+            "hello",
+            "-o",
+            to.to_str().expect("utf8"),
+            "--format",
+            format,
+            "--json",
+        ],
+    ))
+}
+
 fn digest_of(v: &Value) -> String {
     v[0]["digest"].as_str().expect("digest").to_string()
 }
@@ -264,18 +282,7 @@ fn skopeo_umoci_and_podman_read_what_recast_writes() {
 
     // An exported OCI archive: skopeo inspects it and copies it to a directory.
     let archive = d.path().join("hello.tar");
-    let e = ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            archive.to_str().expect("utf8"),
-            "--json",
-        ],
-    ));
+    let e = export(p.path(), d.path(), &archive, "oci");
     assert_eq!(e["digest"], digest.as_str());
     let o = tool(
         "skopeo",
@@ -294,20 +301,7 @@ fn skopeo_umoci_and_podman_read_what_recast_writes() {
 
     // A docker archive: skopeo reads it, and podman loads both kinds.
     let docker = d.path().join("hello-docker.tar");
-    ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            docker.to_str().expect("utf8"),
-            "--format",
-            "docker",
-            "--json",
-        ],
-    ));
+    export(p.path(), d.path(), &docker, "docker");
     tool(
         "skopeo",
         &["inspect", &format!("docker-archive:{}", docker.display())],
@@ -355,33 +349,9 @@ fn builds_on_local_bases() {
     let d = tempfile::tempdir().expect("tmp");
     ok(&rc(p.path(), d.path(), &["build", "--json"]));
     let base = p.path().join("base.tar");
-    ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            base.to_str().expect("utf8"),
-            "--json",
-        ],
-    ));
+    export(p.path(), d.path(), &base, "oci");
     let docker = p.path().join("base-docker.tar");
-    ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            docker.to_str().expect("utf8"),
-            "--format",
-            "docker",
-            "--json",
-        ],
-    ));
+    export(p.path(), d.path(), &docker, "docker");
     tool(
         "skopeo",
         &[
@@ -576,18 +546,7 @@ fn push_and_pull_through_a_real_registry() {
 
     // recast pulls what skopeo pushed (skopeo recompresses, so that is a new digest).
     let archive = d.path().join("h.tar");
-    ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            archive.to_str().expect("utf8"),
-            "--json",
-        ],
-    ));
+    export(p.path(), d.path(), &archive, "oci");
     let other = format!("{}/other:v2", reg.addr);
     tool(
         "skopeo",
@@ -647,18 +606,7 @@ fn a_truncated_archive_is_a_clear_error_and_leaves_nothing() {
     let d = tempfile::tempdir().expect("tmp");
     ok(&rc(p.path(), d.path(), &["build", "--json"]));
     let archive = d.path().join("h.tar");
-    ok(&rc(
-        p.path(),
-        d.path(),
-        &[
-            "image",
-            "export",
-            "hello",
-            "-o",
-            archive.to_str().expect("utf8"),
-            "--json",
-        ],
-    ));
+    export(p.path(), d.path(), &archive, "oci");
     let bytes = std::fs::read(&archive).expect("read");
     let cut = p.path().join("cut.tar");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
