@@ -9,15 +9,11 @@ Usage: bench/build.py [RUNS]   (needs a release build: cargo build --release -p 
 """
 import os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, timed
+
 RECAST = os.path.join(ROOT, "target/release/recast")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-
-
-def timed(cmd, **kw):
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    return time.perf_counter() - t
 
 
 def make_context(d):

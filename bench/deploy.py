@@ -12,17 +12,11 @@ Usage: bench/deploy.py [APPLIES]   (needs: cargo build --release -p recast; scri
 """
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port
+
 RECAST = os.path.join(ROOT, "target/release/recast")
 APPLIES = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 SPEC = """

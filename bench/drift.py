@@ -7,7 +7,9 @@ Usage: bench/drift.py [RUNS]   (needs aide; cargo build --release -p recast-guar
 """
 import os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT
+
 SCAN = os.path.join(ROOT, "target/release/examples/scan")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 

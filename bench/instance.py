@@ -11,17 +11,11 @@ apt-get install podman runc)
 """
 import os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port
+
 RECAST = os.path.join(ROOT, "target/release/recast")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_200(port, t0, deadline=10.0):

@@ -8,17 +8,13 @@ cargo build --release -p recast-server --example seed; scripts/build-hello)
 """
 import os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, timed
+
 RECAST = os.path.join(ROOT, "target/release/recast")
 SEED = os.path.join(ROOT, "target/release/examples/seed")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 N = 1000
-
-
-def timed(cmd, **kw):
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-    return time.perf_counter() - t
 
 
 def main():

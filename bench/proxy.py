@@ -14,18 +14,12 @@ cargo build --release -p recast-proxy --example route)
 """
 import os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port
+
 ROUTE = os.path.join(ROOT, "target/release/examples/route")
 SECS = sys.argv[1] if len(sys.argv) > 1 else "5"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-
-
-def port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait(p):
@@ -66,7 +60,7 @@ def main():
     d = tempfile.mkdtemp(prefix="recast-bench-proxy-")
     procs = []
     try:
-        backend, via_nginx, via_recast, via_canary = port(), port(), port(), port()
+        backend, via_nginx, via_recast, via_canary = free_port(), free_port(), free_port(), free_port()
         os.chmod(d, 0o755)  # nginx workers run as nobody
         os.makedirs(f"{d}/www", mode=0o755)
         with open(f"{d}/www/index.html", "wb") as f:
