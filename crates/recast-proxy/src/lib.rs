@@ -157,13 +157,6 @@ pub struct Table {
     pub groups: Vec<Group>,
 }
 
-impl Table {
-    /// All backends of all groups.
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
-        self.groups.iter().flat_map(|g| g.backends.iter())
-    }
-}
-
 /// What a route forwards to: a service's current table and its metrics per release.
 pub struct Service {
     pub name: String,
@@ -253,7 +246,6 @@ impl Service {
 /// A route's listener; serving stops when it is dropped.
 pub struct Route {
     pub addr: SocketAddr,
-    service: Arc<RwLock<Arc<Service>>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -291,7 +283,6 @@ impl Route {
         for _ in 1..route_threads() {
             listeners.push(reuseport_listener(addr)?);
         }
-        let service = Arc::new(RwLock::new(service));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         for (slot, listener) in listeners.into_iter().enumerate() {
             let (svc, mut stopped) = (service.clone(), stopped.clone());
@@ -315,7 +306,7 @@ impl Route {
                                 continue;
                             };
                             let _ = stream.set_nodelay(true);
-                            let svc = svc.read().unwrap_or_else(|p| p.into_inner()).clone();
+                            let svc = svc.clone();
                             tokio::spawn(async move {
                                 let handler = hyper::service::service_fn(move |req| {
                                     let svc = svc.clone();
@@ -335,16 +326,7 @@ impl Route {
                     });
                 })?;
         }
-        Ok(Route {
-            addr,
-            service,
-            stop,
-        })
-    }
-
-    /// Point the route at another service (new connections only).
-    pub fn set_service(&self, s: Arc<Service>) {
-        *self.service.write().unwrap_or_else(|p| p.into_inner()) = s;
+        Ok(Route { addr, stop })
     }
 }
 

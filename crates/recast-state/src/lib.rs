@@ -84,15 +84,6 @@ pub struct Event {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceRow {
-    pub id: String,
-    pub project: String,
-    pub service: String,
-    pub release: i64,
-    pub created_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
     pub project: String,
     pub name: String,
@@ -345,14 +336,6 @@ impl State {
         })
     }
 
-    /// Services of a project that have a current release.
-    pub fn services(&self, project: &str) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT service FROM services WHERE project = ?1 AND current IS NOT NULL ORDER BY service")?;
-            st.query_map(params![project], |r| r.get(0))?.collect()
-        })
-    }
-
     /// Every (project, service) with a current release.
     pub fn all_services(&self) -> Result<Vec<(String, String)>> {
         self.with(|c| {
@@ -374,35 +357,6 @@ impl State {
         self.with(|c| {
             c.execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map(drop)
-        })
-    }
-
-    pub fn instances(&self, project: &str, service: &str) -> Result<Vec<InstanceRow>> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT id, project, service, release, created_ms FROM instances WHERE project = ?1 AND service = ?2 ORDER BY created_ms, id")?;
-            st.query_map(params![project, service], |r| {
-                Ok(InstanceRow { id: r.get(0)?, project: r.get(1)?, service: r.get(2)?, release: r.get(3)?, created_ms: r.get(4)? })
-            })?
-            .collect()
-        })
-    }
-
-    pub fn instance(&self, id: &str) -> Result<Option<InstanceRow>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT id, project, service, release, created_ms FROM instances WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(InstanceRow {
-                        id: r.get(0)?,
-                        project: r.get(1)?,
-                        service: r.get(2)?,
-                        release: r.get(3)?,
-                        created_ms: r.get(4)?,
-                    })
-                },
-            )
-            .optional()
         })
     }
 
