@@ -15,7 +15,7 @@ use recast_image::fileindex::{Entry, FileIndex, Kind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -273,7 +273,14 @@ fn kind_name(m: &std::fs::Metadata) -> &'static str {
 }
 
 fn hash(p: &Path, buf: &mut [u8]) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(p)?;
+    // Never follow a link swapped in after the walk's lstat, nor block on a FIFO.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
     let mut h = blake3::Hasher::new();
     loop {
         let n = f.read(buf)?;

@@ -22,27 +22,33 @@ pub struct Found {
 /// Stage every blob of an OCI layout directory that `index.json` reaches; return its images.
 pub fn read_oci_dir(dir: &Path, staging: &mut Staging<'_>) -> Result<Vec<Found>> {
     let what = format!("OCI layout {}", dir.display());
-    let index_bytes = fs::read(dir.join("index.json")).map_err(|e| {
+    let index_file = File::open(dir.join("index.json")).map_err(|e| {
         Error::msg(format!("{what} has no readable index.json: {e}\n  hint: an OCI layout holds oci-layout, index.json and blobs/"))
     })?;
-    let index: Index = serde_json::from_slice(&index_bytes).map_err(|e| {
-        Error::msg(format!(
-            "index.json of {what} is not a valid OCI index: {e}"
-        ))
-    })?;
-    let mut fetch = |d: &Digest, staging: &mut Staging<'_>| -> Result<()> {
+    let index_bytes = oci::read_capped(
+        index_file,
+        oci::MAX_ARCHIVE_INDEX,
+        &format!("index.json of {what}"),
+    )?;
+    let index: Index =
+        oci::parse_json(&index_bytes, &format!("index.json of {what}"), "OCI index")?;
+    let mut fetch = |d: &Digest, size: Option<u64>, staging: &mut Staging<'_>| -> Result<()> {
         if staging.has(d) {
-            return Ok(());
+            return check_size(staging, d, size, &what);
         }
         let p = dir.join("blobs/sha256").join(d.hex());
         let mut f =
             File::open(&p).map_err(|e| Error::msg(format!("{what} is missing blob {d}: {e}")))?;
-        staging.put_reader(&mut f, Some(d), &format!("blob {d} of {what}"))?;
+        let blob = format!("blob {d} of {what}");
+        match size {
+            Some(n) => staging.put_sized(&mut f, d, n, &blob)?,
+            None => staging.put_reader(&mut f, Some(d), &blob)?,
+        };
         Ok(())
     };
     let mut out = Vec::new();
     for desc in &index.manifests {
-        stage_image_blobs(desc, staging, &mut fetch, &what)?;
+        stage_image_blobs(desc, staging, &mut fetch, &what, &mut Visited::default())?;
         out.push(Found {
             descriptor: desc.clone(),
             names: ref_names(desc),
@@ -59,15 +65,9 @@ pub fn read_oci_archive(path: &Path, staging: &mut Staging<'_>) -> Result<Vec<Fo
     for_each_file(path, &what, |name, entry| {
         let name = name.trim_start_matches("./");
         if name == "index.json" {
-            let mut buf = Vec::new();
-            entry
-                .read_to_end(&mut buf)
-                .doing(|| format!("reading index.json in {what}"))?;
-            index = Some(serde_json::from_slice(&buf).map_err(|e| {
-                Error::msg(format!(
-                    "index.json in {what} is not a valid OCI index: {e}"
-                ))
-            })?);
+            let of = format!("index.json in {what}");
+            let buf = oci::read_capped(entry, oci::MAX_ARCHIVE_INDEX, &of)?;
+            index = Some(oci::parse_json(&buf, &of, "OCI index")?);
         } else if name == "oci-layout" {
             seen_layout = true;
         } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
@@ -88,16 +88,17 @@ pub fn read_oci_archive(path: &Path, staging: &mut Staging<'_>) -> Result<Vec<Fo
     })?;
     let mut out = Vec::new();
     for desc in &index.manifests {
-        let mut present = |d: &Digest, staging: &mut Staging<'_>| -> Result<()> {
-            if staging.has(d) {
-                Ok(())
-            } else {
-                Err(Error::msg(format!(
-                    "{what} is missing blob {d} (truncated or incomplete archive?)"
-                )))
-            }
-        };
-        stage_image_blobs(desc, staging, &mut present, &what)?;
+        let mut present =
+            |d: &Digest, size: Option<u64>, staging: &mut Staging<'_>| -> Result<()> {
+                if staging.has(d) {
+                    check_size(staging, d, size, &what)
+                } else {
+                    Err(Error::msg(format!(
+                        "{what} is missing blob {d} (truncated or incomplete archive?)"
+                    )))
+                }
+            };
+        stage_image_blobs(desc, staging, &mut present, &what, &mut Visited::default())?;
         out.push(Found {
             descriptor: desc.clone(),
             names: ref_names(desc),
@@ -114,11 +115,8 @@ pub fn read_docker_archive(path: &Path, staging: &mut Staging<'_>) -> Result<Vec
     for_each_file(path, &what, |name, entry| {
         let name = name.trim_start_matches("./").to_string();
         if name == "manifest.json" {
-            let mut buf = Vec::new();
-            entry
-                .read_to_end(&mut buf)
-                .doing(|| format!("reading manifest.json in {what}"))?;
-            manifest_json = Some(buf);
+            let of = format!("manifest.json in {what}");
+            manifest_json = Some(oci::read_capped(entry, oci::MAX_ARCHIVE_INDEX, &of)?);
         } else if name.ends_with(".tar") || name.ends_with(".json") || name.starts_with("blobs/") {
             let ds = staging.put_reader(entry, None, &format!("{name} in {what}"))?;
             files.insert(name, ds);
@@ -182,40 +180,86 @@ pub fn read_docker_archive(path: &Path, staging: &mut Staging<'_>) -> Result<Vec
     Ok(out)
 }
 
-/// Stage a manifest (or index) and what it references through `fetch`.
+/// How deep image indexes may nest in a layout or archive.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// The manifests and indexes already staged, and the current index depth.
+#[derive(Default)]
+struct Visited {
+    seen: std::collections::BTreeSet<Digest>,
+    depth: usize,
+}
+
+/// A staged blob must have the size its descriptor states (when it states one).
+fn check_size(staging: &Staging<'_>, d: &Digest, size: Option<u64>, what: &str) -> Result<()> {
+    match (size, staging.size_of(d)) {
+        (Some(want), Some(got)) if want != got => Err(Error::msg(format!(
+            "blob {d} in {what} is {got} bytes, but its descriptor says {want}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Stage a manifest (or index) and what it references through `fetch` (given each blob's
+/// digest and the size its descriptor states).
 fn stage_image_blobs(
     desc: &Descriptor,
     staging: &mut Staging<'_>,
-    fetch: &mut impl FnMut(&Digest, &mut Staging<'_>) -> Result<()>,
+    fetch: &mut impl FnMut(&Digest, Option<u64>, &mut Staging<'_>) -> Result<()>,
     what: &str,
+    visited: &mut Visited,
 ) -> Result<()> {
-    fetch(&desc.digest, staging)?;
-    let bytes = staging.read(&desc.digest, what)?;
-    if desc.media_type == oci::INDEX || desc.media_type == oci::DOCKER_MANIFEST_LIST {
-        let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::msg(format!(
-                "image index {} in {what} is not valid: {e}",
-                desc.digest
-            ))
-        })?;
-        for m in &index.manifests {
-            stage_image_blobs(m, staging, fetch, what)?;
-        }
+    // Each manifest is read once, however often indexes list it, and indexes nest only so deep:
+    // a small crafted archive can otherwise demand exponential work or overflow the stack.
+    if !visited.seen.insert(desc.digest.clone()) {
         return Ok(());
     }
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::msg(format!(
-            "manifest {} in {what} is not valid: {e}",
+    if visited.depth >= MAX_INDEX_DEPTH {
+        return Err(Error::msg(format!(
+            "{what} nests image indexes more than {MAX_INDEX_DEPTH} deep (at {})",
             desc.digest
-        ))
-    })?;
-    fetch(&m.config.digest, staging)?;
+        )));
+    }
+    if desc.size > oci::MAX_MANIFEST {
+        return Err(oci::too_large(
+            &format!("manifest {} in {what}", desc.digest),
+            oci::MAX_MANIFEST,
+        ));
+    }
+    fetch(&desc.digest, Some(desc.size), staging)?;
+    if desc.media_type == oci::INDEX || desc.media_type == oci::DOCKER_MANIFEST_LIST {
+        let bytes = staging.read(&desc.digest, "image index", what, oci::MAX_MANIFEST)?;
+        let index: Index = oci::parse_json(
+            &bytes,
+            &format!("image index {} in {what}", desc.digest),
+            "OCI index",
+        )?;
+        visited.depth += 1;
+        for m in &index.manifests {
+            stage_image_blobs(m, staging, fetch, what, visited)?;
+        }
+        visited.depth -= 1;
+        return Ok(());
+    }
+    let bytes = staging.read(&desc.digest, "manifest", what, oci::MAX_MANIFEST)?;
+    let m: Manifest = oci::parse_json(
+        &bytes,
+        &format!("manifest {} in {what}", desc.digest),
+        "OCI manifest",
+    )?;
+    if m.config.size > oci::MAX_CONFIG {
+        return Err(oci::too_large(
+            &format!("config {} in {what}", m.config.digest),
+            oci::MAX_CONFIG,
+        ));
+    }
+    fetch(&m.config.digest, Some(m.config.size), staging)?;
     for l in &m.layers {
-        fetch(&l.digest, staging)?;
+        fetch(&l.digest, Some(l.size), staging)?;
     }
     if let Some(fi) = m.file_index() {
         // The file index can always be recomputed; a layout without it is still complete.
-        let _ = fetch(&fi, staging);
+        let _ = fetch(&fi, None, staging);
     }
     Ok(())
 }
@@ -235,16 +279,19 @@ fn for_each_file(
     mut f: impl FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::msg(format!("cannot open {what}: {e}")))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut r = BufReader::new(file);
     let gz = {
         let head = io::BufRead::fill_buf(&mut r).doing(|| format!("reading {what}"))?;
         head.starts_with(&[0x1f, 0x8b])
     };
-    let r: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(r))
+    // A compressed archive is held to the same bomb limits as a compressed layer.
+    let media = if gz {
+        oci::LAYER_TAR_GZIP
     } else {
-        Box::new(r)
+        oci::LAYER_TAR
     };
+    let r = oci::layer_reader(r, media, len, what);
     let mut archive = tar::Archive::new(r);
     let entries = archive.entries().doing(|| format!("reading {what}"))?;
     let mut any = false;
@@ -341,6 +388,72 @@ pub fn select(
     platform_manifest(desc, staging, what)
 }
 
+/// Check that every layer of the staged image `desc` is what its config says: an uncompressed
+/// layer's digest is its `rootfs.diff_ids` entry; a compressed one decompresses (within the bomb
+/// limits of [`oci::layer_reader`]) to content with that digest. `what` names the source.
+pub fn verify_layers(staging: &Staging<'_>, desc: &Descriptor, what: &str) -> Result<()> {
+    let bytes = staging.read(&desc.digest, "manifest", what, oci::MAX_MANIFEST)?;
+    let m: Manifest = oci::parse_json(
+        &bytes,
+        &format!("manifest {} of {what}", desc.digest),
+        "OCI manifest",
+    )?;
+    let bytes = staging.read(&m.config.digest, "config", what, oci::MAX_CONFIG)?;
+    let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::msg(format!(
+            "config {} of {what} is not valid JSON: {e}",
+            m.config.digest
+        ))
+    })?;
+    let diff_ids = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if diff_ids.len() != m.layers.len() {
+        return Err(Error::msg(format!(
+            "{what} is inconsistent: its manifest has {} layers but its config {} diff_ids",
+            m.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    // A layer listed many times is decompressed once.
+    let mut checked: BTreeMap<Digest, Digest> = BTreeMap::new();
+    for (i, (l, id)) in m.layers.iter().zip(&diff_ids).enumerate() {
+        let diff_id = id.as_str().and_then(Digest::parse).ok_or_else(|| {
+            let shown: String = id.to_string().chars().take(100).collect();
+            Error::msg(format!(
+                "config {} of {what} is not valid: field rootfs.diff_ids[{i}] is {shown}, not a digest (sha256: followed by 64 lowercase hex digits)",
+                m.config.digest
+            ))
+        })?;
+        let layer = format!("layer {} of {what}", l.digest);
+        let actual = if let Some(a) = checked.get(&l.digest) {
+            a.clone()
+        } else if oci::is_gzip_layer(&l.media_type) {
+            let r = oci::layer_reader(
+                staging.open(&l.digest, what)?,
+                &l.media_type,
+                l.size,
+                &layer,
+            );
+            let mut h = crate::digest::HashingReader::new(r);
+            io::copy(&mut h, &mut io::sink()).doing(|| format!("decompressing {layer}"))?;
+            h.finish().0
+        } else {
+            l.digest.clone()
+        };
+        checked.insert(l.digest.clone(), actual.clone());
+        if actual != diff_id {
+            return Err(Error::msg(format!(
+                "{layer} ({}) does not match its config: its content is {actual}, but rootfs.diff_ids[{i}] says {diff_id}",
+                l.media_type
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// If `desc` is an image index, the entry for this machine's platform.
 pub fn platform_manifest(
     desc: Descriptor,
@@ -350,9 +463,12 @@ pub fn platform_manifest(
     if desc.media_type != oci::INDEX && desc.media_type != oci::DOCKER_MANIFEST_LIST {
         return Ok(desc);
     }
-    let bytes = staging.read(&desc.digest, what)?;
-    let index: Index = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::msg(format!("image index in {what} is not valid: {e}")))?;
+    let bytes = staging.read(&desc.digest, "image index", what, oci::MAX_MANIFEST)?;
+    let index: Index = oci::parse_json(
+        &bytes,
+        &format!("image index {} of {what}", desc.digest),
+        "OCI index",
+    )?;
     let host = oci::host_platform();
     index
         .manifests
@@ -535,12 +651,23 @@ fn write_docker(
         let path = format!("{dir}/layer.tar");
         add_dir(b, &format!("{dir}/"))?;
         if oci::is_gzip_layer(&l.media_type) {
-            // docker load wants the uncompressed tar, whose digest is the config's diff_id.
-            let mut data = Vec::new();
-            flate2::read::GzDecoder::new(store.open_blob(&l.digest, name)?)
-                .read_to_end(&mut data)
-                .doing(|| format!("decompressing layer {} of {name}", l.digest))?;
-            add_bytes(b, &path, &data)?;
+            // docker load wants the uncompressed tar, whose digest is the config's diff_id. It is
+            // streamed twice (once to learn its size for the tar header, once into the archive),
+            // so no layer is ever held in memory.
+            let layer = format!("layer {} of {name}", l.digest);
+            let open = || -> Result<Box<dyn Read + '_>> {
+                let blob = store.open_blob(&l.digest, name)?;
+                Ok(oci::layer_reader(blob, &l.media_type, l.size, &layer))
+            };
+            let size = io::copy(&mut open()?, &mut io::sink())
+                .doing(|| format!("decompressing {layer}"))?;
+            let r = ExactReader {
+                inner: open()?,
+                left: size,
+                what: &layer,
+            };
+            b.append_data(&mut header(size), &path, r)
+                .doing(|| format!("writing {layer} into the archive"))?;
         } else {
             add_blob(store, b, &path, &l.digest, l.size, name)?;
         }
@@ -554,4 +681,39 @@ fn write_docker(
     let manifest =
         serde_json::json!([{ "Config": config_path, "RepoTags": [tag], "Layers": layer_paths }]);
     add_bytes(b, "manifest.json", &oci::canonical_json(&manifest))
+}
+
+/// Yields exactly `left` bytes of `inner`, or fails: a tar entry's content must match the size its
+/// header announced.
+struct ExactReader<'a, R> {
+    inner: R,
+    left: u64,
+    what: &'a str,
+}
+
+impl<R: Read> Read for ExactReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? != 0 {
+                return Err(io::Error::other(format!(
+                    "{} changed while it was being exported",
+                    self.what
+                )));
+            }
+            return Ok(0);
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        if n == 0 {
+            return Err(io::Error::other(format!(
+                "{} changed while it was being exported",
+                self.what
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }

@@ -7,12 +7,12 @@ use crate::fileindex::FileIndex;
 use crate::layer::{self, StatCache};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::registry::{self, Remote};
+use crate::step::{self, RunRequest, StepRunner};
 use crate::store::{Staging, Store};
-use recast_spec::{Base, Image, Project};
+use recast_spec::{Base, BuildStep, Image, Project};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// How to build.
@@ -65,6 +65,7 @@ pub fn build(
     project: &Project,
     names: &[String],
     opts: &Options,
+    runner: Option<&dyn StepRunner>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Built>> {
     let images = select(project, names)?;
@@ -72,7 +73,7 @@ pub fn build(
     let mut out = Vec::new();
     for image in images {
         progress(&format!("building image {}", image.name));
-        let built = build_one(store, cache_dir, &mut stats, image, opts, progress)?;
+        let built = build_one(store, cache_dir, &mut stats, image, opts, runner, progress)?;
         out.push(built);
     }
     stats.save()?;
@@ -104,6 +105,7 @@ fn build_one(
     stats: &mut StatCache,
     image: &Image,
     opts: &Options,
+    runner: Option<&dyn StepRunner>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built> {
     let of = format!("image {}", image.name);
@@ -114,20 +116,65 @@ fn build_one(
         None => (Vec::new(), Vec::new(), Vec::new(), None),
     };
     let mut history = Vec::new();
-    for (i, copy) in image.copies.iter().enumerate() {
-        progress(&format!(
-            "{}: layer {}/{} ({})",
-            image.name,
-            i + 1,
-            image.copies.len(),
-            copy.dest
-        ));
-        let l = layer::build(copy, opts.epoch, stats, cache_dir, &mut staging)
-            .map_err(|e| Error::msg(format!("building {of}, copy to {}: {e}", copy.dest)))?;
+    // What run steps see: the image's env and workdir (the base's, then the image block's),
+    // but the base's user: the image block's `user` is whom the image runs as, not whom it is
+    // built by (as a Dockerfile's final USER, and Packer's provisioners, which run as root).
+    // A step may set its own workdir and user.
+    let seen = make_config(base_config.clone(), image, Vec::new(), Vec::new(), opts);
+    let seen = &seen["config"];
+    let base_user = base_config
+        .as_ref()
+        .and_then(|c| c["config"]["User"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let total = image.steps.len();
+    for (i, step) in image.steps.iter().enumerate() {
+        let l = match step {
+            BuildStep::Copy(copy) => {
+                progress(&format!(
+                    "{}: step {}/{total}: copy to {}",
+                    image.name,
+                    i + 1,
+                    copy.dest
+                ));
+                let l = layer::build(copy, opts.epoch, stats, cache_dir, &mut staging).map_err(
+                    |e| Error::msg(format!("building {of}, copy to {}: {e}", copy.dest)),
+                )?;
+                history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: copy to {}", copy.dest) }));
+                l
+            }
+            BuildStep::Run(run) => {
+                let what = format!("{of}, step {}/{total} (run at {})", i + 1, run.at);
+                let mut env = str_list(&seen["Env"]);
+                merge_env(&mut env, &run.env);
+                let req = RunRequest {
+                    what: what.clone(),
+                    parents: &layers,
+                    argv: step::argv(run),
+                    env,
+                    workdir: run
+                        .workdir
+                        .clone()
+                        .or_else(|| seen["WorkingDir"].as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    user: run.user.clone().unwrap_or_else(|| base_user.clone()),
+                    network: run.network,
+                    epoch: opts.epoch,
+                };
+                progress(&format!(
+                    "{}: step {}/{total}: run {}",
+                    image.name,
+                    i + 1,
+                    req.argv.join(" ")
+                ));
+                let l = run_step(&req, runner, cache_dir, &mut staging)?;
+                history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: run {}", req.argv.join(" ")) }));
+                l
+            }
+        };
         diff_ids.push(Value::String(l.descriptor.digest.to_string()));
         layers.push(l.descriptor);
         indexes.push(l.index);
-        history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: copy to {}", copy.dest) }));
     }
     let config = make_config(base_config, image, diff_ids, history, opts);
     let config_bytes = oci::canonical_json(&config);
@@ -226,9 +273,14 @@ fn base(
         }
     };
     let what = format!("the base of {of}");
-    let manifest: Manifest = serde_json::from_slice(&staging.read(&desc.digest, &what)?)
-        .map_err(|e| Error::msg(format!("{what} has an invalid manifest: {e}")))?;
-    let config: Value = serde_json::from_slice(&staging.read(&manifest.config.digest, &what)?)
+    let bytes = staging.read(&desc.digest, "manifest", &what, oci::MAX_MANIFEST)?;
+    let manifest: Manifest = oci::parse_json(
+        &bytes,
+        &format!("manifest {} of {what}", desc.digest),
+        "OCI manifest",
+    )?;
+    let bytes = staging.read(&manifest.config.digest, "config", &what, oci::MAX_CONFIG)?;
+    let config: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::msg(format!("{what} has an invalid config: {e}")))?;
     let diff_ids: Vec<Value> = config
         .pointer("/rootfs/diff_ids")
@@ -268,13 +320,14 @@ fn layer_index(
     {
         return Ok(fi);
     }
-    let r = staging.open(&l.digest, what)?;
-    let r: Box<dyn Read> = if oci::is_gzip_layer(&l.media_type) {
-        Box::new(flate2::read::GzDecoder::new(r))
-    } else {
-        Box::new(r)
-    };
-    let fi = FileIndex::of_tar(r, &format!("layer {} of {what}", l.digest))?;
+    let layer = format!("layer {} of {what}", l.digest);
+    let r = oci::layer_reader(
+        staging.open(&l.digest, what)?,
+        &l.media_type,
+        l.size,
+        &layer,
+    );
+    let fi = FileIndex::of_tar(r, &layer)?;
     if let Some(p) = cached {
         if let Some(dir) = p.parent() {
             fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
@@ -284,6 +337,85 @@ fn layer_index(
         fs::rename(&tmp, &p).doing(|| format!("writing {}", p.display()))?;
     }
     Ok(fi)
+}
+
+/// `KEY=VALUE` entries of `extra` replace same-named ones in place, or are appended.
+fn merge_env(env: &mut Vec<String>, extra: &BTreeMap<String, String>) {
+    for (k, v) in extra {
+        let kv = format!("{k}={v}");
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').is_some_and(|(ek, _)| ek == k))
+        {
+            Some(e) => *e = kv,
+            None => env.push(kv),
+        }
+    }
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `run` step's layer: from the step cache when its key is known and the blob is at hand,
+/// else run by `runner` and staged.
+fn run_step(
+    req: &RunRequest<'_>,
+    runner: Option<&dyn StepRunner>,
+    cache_dir: Option<&Path>,
+    staging: &mut Staging<'_>,
+) -> Result<layer::Layer> {
+    let key = step::key(req);
+    let entry = cache_dir.map(|d| d.join("steps").join(key.hex()));
+    if let Some(entry) = &entry
+        && let Ok(text) = fs::read_to_string(entry)
+        && let Some((d, size)) = text.trim().split_once(' ')
+        && let (Some(d), Ok(size)) = (Digest::parse(d), size.parse())
+        && staging.has(&d)
+    {
+        let desc = Descriptor::new(oci::LAYER_TAR, d, size);
+        let index = FileIndex::of_tar(staging.open(&desc.digest, &req.what)?, &req.what)?;
+        return Ok(layer::Layer {
+            descriptor: desc,
+            index,
+        });
+    }
+    let runner = runner.ok_or_else(|| {
+        Error::msg(format!(
+            "{}: run steps need the container runtime, which this command does not use",
+            req.what
+        ))
+    })?;
+    let out = {
+        let staged: &Staging<'_> = staging;
+        let open = |d: &Descriptor| -> Result<Box<dyn std::io::Read + '_>> {
+            Ok(Box::new(staged.open(&d.digest, &req.what)?))
+        };
+        runner.run(req, &open).map_err(Error::msg)?
+    };
+    let mut file = fs::File::open(&out.tar).doing(|| format!("reading {}", out.tar.display()))?;
+    let (digest, size) = staging.put_reader(&mut file, None, &req.what)?;
+    let desc = Descriptor::new(oci::LAYER_TAR, digest, size);
+    let index = FileIndex::of_tar(staging.open(&desc.digest, &req.what)?, &req.what)?;
+    if let Some(entry) = entry {
+        let dir = entry.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!("{}.tmp{}", key.hex(), std::process::id()));
+        fs::write(&tmp, format!("{} {size}\n", desc.digest))
+            .doing(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &entry)
+            .doing(|| format!("writing the step cache in {}", dir.display()))?;
+    }
+    Ok(layer::Layer {
+        descriptor: desc,
+        index,
+    })
 }
 
 fn make_config(
@@ -330,16 +462,7 @@ fn make_config(
                 .collect()
         })
         .unwrap_or_default();
-    for (k, v) in &image.env {
-        let kv = format!("{k}={v}");
-        match env
-            .iter_mut()
-            .find(|e| e.split_once('=').is_some_and(|(ek, _)| ek == k))
-        {
-            Some(e) => *e = kv,
-            None => env.push(kv),
-        }
-    }
+    merge_env(&mut env, &image.env);
     if !env.is_empty() {
         cfg.insert("Env".into(), json!(env));
     }
@@ -401,6 +524,7 @@ pub fn check(
     project: &Project,
     built: &[Built],
     opts: &Options,
+    runner: Option<&dyn StepRunner>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Mismatch>> {
     let tmp = std::env::temp_dir().join(format!(
@@ -415,7 +539,7 @@ pub fn check(
         let fresh = Store::open(&tmp.join("store"))?;
         let names: Vec<String> = built.iter().map(|b| b.image.clone()).collect();
         progress("rebuilding from nothing in a fresh store");
-        let again = build(&fresh, None, project, &names, opts, progress)?;
+        let again = build(&fresh, None, project, &names, opts, runner, progress)?;
         let mut out = Vec::new();
         for (a, b) in built.iter().zip(&again) {
             if a.digest != b.digest {
@@ -443,8 +567,10 @@ fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result
         return Ok(format!("config field {d}"));
     }
     if let (Some(fa), Some(fb)) = (ma.file_index(), mb.file_index()) {
-        let ia: FileIndex = serde_json::from_slice(&sa.read_blob(&fa, &of)?).unwrap_or_default();
-        let ib: FileIndex = serde_json::from_slice(&sb.read_blob(&fb, &of)?).unwrap_or_default();
+        let read =
+            |s: &Store, d: &Digest| s.read_blob_capped(d, "file index", &of, oci::MAX_FILE_INDEX);
+        let ia: FileIndex = serde_json::from_slice(&read(sa, &fa)?).unwrap_or_default();
+        let ib: FileIndex = serde_json::from_slice(&read(sb, &fb)?).unwrap_or_default();
         let by_path = |i: &FileIndex| {
             i.entries
                 .iter()

@@ -67,6 +67,19 @@ impl FileIndex {
             let mut e = e.doing(|| format!("reading {what}"))?;
             let h = e.header();
             let raw = e.path_bytes();
+            // The same rules as the unpacker: no `..`, no whiteout naming nothing.
+            let checked =
+                recast_root::entry_path(std::path::Path::new(&*String::from_utf8_lossy(&raw)))
+                    .and_then(|p| match p.file_name() {
+                        Some(n) => recast_root::whiteout(n).map(|_| ()),
+                        None => Ok(()),
+                    });
+            if let Err(m) = checked {
+                return Err(crate::Error::msg(format!(
+                    "{what}: entry {:?}: {m}",
+                    String::from_utf8_lossy(&raw)
+                )));
+            }
             let path = normalize(&String::from_utf8_lossy(&raw));
             if path == "/" {
                 continue;

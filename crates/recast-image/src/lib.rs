@@ -12,10 +12,12 @@ pub mod fileindex;
 mod layer;
 pub mod oci;
 pub mod registry;
+pub mod step;
 pub mod store;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use oci::layer_reader;
 pub use store::{ImageRef, Store, StoredImage};
 
 use oci::Descriptor;
@@ -33,6 +35,7 @@ pub fn pull(store: &Store, reference: &str, insecure: bool) -> Result<Added> {
     let remote = registry::Remote::parse(reference)?;
     let mut staging = store.stage()?;
     let desc = registry::pull(&mut staging, &remote, insecure)?;
+    archive::verify_layers(&staging, &desc, &remote.to_string())?;
     staging.commit()?;
     let name = format!("{}/{}", remote.host, remote.repo);
     let tag = if remote.reference.starts_with("sha256:") {
@@ -59,26 +62,46 @@ pub fn import(store: &Store, file: &Path) -> Result<Vec<Added>> {
         || "imported".to_string(),
         |s| s.to_string_lossy().into_owned(),
     );
+    let what = format!("{}", file.display());
     let mut resolved = Vec::new();
+    let mut verified = std::collections::BTreeSet::new();
     for f in found {
-        let what = format!("{}", file.display());
         let desc = archive::platform_manifest(f.descriptor, &staging, &what)?;
-        resolved.push((desc, f.names));
+        if verified.insert(desc.digest.clone()) {
+            archive::verify_layers(&staging, &desc, &what)?;
+        }
+        let mut names = Vec::new();
+        for n in &f.names {
+            // A bare tag (as `skopeo copy … oci-archive:F:TAG` writes) is named after the file.
+            let parsed = ImageRef::parse(n).ok();
+            let (name, tag) = match parsed {
+                Some(ImageRef::Tag { name, tag }) if n.contains(':') || n.contains('/') => {
+                    (name, tag)
+                }
+                _ => (stem.clone(), n.clone()),
+            };
+            if !store::valid_name(&name) || !store::valid_tag(&tag) {
+                let shown: String = n.chars().take(200).collect();
+                return Err(Error::msg(format!(
+                    "{what} names an image {shown:?} (in {}), which is not a valid image name\n  hint: names are [HOST[:PORT]/]PATH:TAG of letters, digits, '.', '_', '-'",
+                    if kind == archive::Kind::Docker {
+                        "RepoTags of manifest.json"
+                    } else {
+                        "the org.opencontainers.image.ref.name annotation of index.json"
+                    }
+                )));
+            }
+            names.push((name, tag));
+        }
+        if names.is_empty() {
+            names.push((stem.clone(), "latest".to_string()));
+        }
+        resolved.push((desc, names));
     }
     staging.commit()?;
     let mut out = Vec::new();
     for (desc, names) in resolved {
-        let names = if names.is_empty() {
-            vec![format!("{stem}:latest")]
-        } else {
-            names
-        };
-        for n in names {
-            // A bare tag (as `skopeo copy … oci-archive:F:TAG` writes) is named after the file.
-            let (name, tag) = match ImageRef::parse(&n)? {
-                ImageRef::Tag { name, tag } if n.contains(':') || n.contains('/') => (name, tag),
-                _ => (stem.clone(), n.clone()),
-            };
+        for (name, tag) in names {
             store.name(&name, Some(&tag), &desc)?;
             out.push(Added {
                 name: format!("{name}:{tag}"),
@@ -104,22 +127,20 @@ pub fn file_index(store: &Store, digest: &Digest, name: &str) -> Result<fileinde
     if let Some(d) = manifest.file_index()
         && store.has_blob(&d)
     {
-        let bytes = store.read_blob(&d, &of)?;
+        let bytes = store.read_blob_capped(&d, "file index", &of, oci::MAX_FILE_INDEX)?;
         return serde_json::from_slice(&bytes)
             .map_err(|e| Error::msg(format!("the file index of {of} is not valid: {e}")));
     }
     let mut layers = Vec::new();
     for l in &manifest.layers {
-        let r = store.open_blob(&l.digest, &of)?;
-        let r: Box<dyn std::io::Read> = if oci::is_gzip_layer(&l.media_type) {
-            Box::new(flate2::read::GzDecoder::new(r))
-        } else {
-            Box::new(r)
-        };
-        layers.push(fileindex::FileIndex::of_tar(
-            r,
-            &format!("layer {} of {of}", l.digest),
-        )?);
+        let layer = format!("layer {} of {of}", l.digest);
+        let r = layer_reader(
+            store.open_blob(&l.digest, &of)?,
+            &l.media_type,
+            l.size,
+            &layer,
+        );
+        layers.push(fileindex::FileIndex::of_tar(r, &layer)?);
     }
     Ok(fileindex::FileIndex::merge(&layers))
 }

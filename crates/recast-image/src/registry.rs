@@ -5,7 +5,7 @@
 //! come from `RECAST_REGISTRY_USER` / `RECAST_REGISTRY_PASSWORD` when a registry wants them.
 
 use crate::digest::Digest;
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::store::{Staging, Store};
 use std::time::Duration;
@@ -52,6 +52,22 @@ impl Remote {
                 .any(|c| c.is_ascii_uppercase() || c.is_whitespace())
         {
             return Err(bad("the repository must be lowercase and not empty"));
+        }
+        if !crate::store::valid_name(repo) || repo.contains(':') {
+            return Err(bad(
+                "the repository may hold only lowercase letters, digits, '.', '_', '-' and '/' between non-empty parts",
+            ));
+        }
+        if !reference.starts_with("sha256:") && !crate::store::valid_tag(&reference) {
+            return Err(bad(
+                "a tag is 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+            ));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        {
+            return Err(bad("the registry host is not a valid host name"));
         }
         Ok(Remote {
             host: host.to_string(),
@@ -101,7 +117,10 @@ impl Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_global(Some(Duration::from_secs(600)))
+            // A redirect (blob storage) keeps `Authorization` only on the registry's own host.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .build()
             .into();
         let scheme = if insecure || remote.is_loopback() {
@@ -177,6 +196,9 @@ impl Client {
         };
         let realm = param("realm")
             .ok_or_else(|| Error::msg(format!("{doing}: registry auth challenge has no realm")))?;
+        // Credentials go only to the registry's own host (over a scheme at least as safe): a
+        // token service elsewhere is asked anonymously.
+        let creds = creds.filter(|_| same_host(&self.base, &realm));
         let mut url = realm.clone();
         let mut sep = if url.contains('?') { '&' } else { '?' };
         for k in ["service", "scope"] {
@@ -198,12 +220,16 @@ impl Client {
                 resp.status()
             )));
         }
-        let body: serde_json::Value = serde_json::from_reader(resp.into_body().into_reader())
-            .map_err(|e| {
-                Error::msg(format!(
-                    "{doing}: the token service {realm} sent invalid JSON: {e}"
-                ))
-            })?;
+        let bytes = oci::read_capped(
+            resp.into_body().into_reader(),
+            oci::MAX_TOKEN_BODY,
+            &format!("{doing}: the answer of the token service {realm}"),
+        )?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::msg(format!(
+                "{doing}: the token service {realm} sent invalid JSON: {e}"
+            ))
+        })?;
         let token = body
             .get("token")
             .or_else(|| body.get("access_token"))
@@ -216,13 +242,7 @@ impl Client {
 
     fn status_err(&self, doing: &str, resp: ureq::http::Response<ureq::Body>) -> Error {
         let status = resp.status();
-        let body = resp.into_body().read_to_string().unwrap_or_default();
-        let detail = body.trim();
-        let detail = if detail.len() > 300 {
-            &detail[..300]
-        } else {
-            detail
-        };
+        let detail = error_detail(resp.into_body().into_reader());
         Error::msg(format!(
             "{doing}: registry {} answered {status}{}{detail}",
             self.remote.host,
@@ -241,7 +261,12 @@ impl Client {
         }
     }
 
-    fn upload_blob(&mut self, d: &Digest, bytes: &[u8]) -> Result<()> {
+    fn upload_blob(
+        &mut self,
+        d: &Digest,
+        size: u64,
+        open: &dyn Fn() -> std::io::Result<crate::store::VerifyingReader<std::fs::File>>,
+    ) -> Result<()> {
         let doing = format!("uploading blob {d}");
         let start = self.url("blobs/uploads/");
         let resp = self.send(&doing, &|a, auth| {
@@ -262,10 +287,14 @@ impl Client {
         };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={d}"));
+        // An upload location on another host gets no credentials.
+        let own = same_host(&self.base, &url);
         let resp = self.send(&doing, &|a, auth| {
-            with_auth(a.put(&url), auth)
+            let mut r = open().map_err(ureq::Error::Io)?;
+            with_auth(a.put(&url), auth.filter(|_| own))
                 .header("Content-Type", "application/octet-stream")
-                .send(bytes)
+                .header("Content-Length", &size.to_string())
+                .send(ureq::SendBody::from_reader(&mut r))
         })?;
         if resp.status() != StatusCode::CREATED {
             return Err(self.status_err(&doing, resp));
@@ -298,9 +327,13 @@ pub fn push(
     dest: &Remote,
     insecure: bool,
 ) -> Result<Pushed> {
-    let manifest_bytes = store.read_blob(&desc.digest, name)?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| Error::msg(format!("manifest of {name} is not valid: {e}")))?;
+    let manifest_bytes =
+        store.read_blob_capped(&desc.digest, "manifest", name, oci::MAX_MANIFEST)?;
+    let manifest: Manifest = oci::parse_json(
+        &manifest_bytes,
+        &format!("manifest of {name}"),
+        "OCI manifest",
+    )?;
     let mut client = Client::new(dest, insecure);
     let mut blobs: Vec<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
     blobs.push(manifest.config.digest.clone());
@@ -315,8 +348,17 @@ pub fn push(
             skipped += 1;
             continue;
         }
-        let bytes = store.read_blob(d, name)?;
-        client.upload_blob(d, &bytes)?;
+        // Streamed from the store (verified on the way), never held in memory.
+        let size = std::fs::metadata(store.blob_path(d))
+            .map(|m| m.len())
+            .map_err(|e| {
+                Error::msg(format!("blob {d} of {name} is missing from the store: {e}"))
+            })?;
+        client.upload_blob(d, size, &|| {
+            store
+                .open_blob(d, name)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })?;
         uploaded += 1;
     }
     let media = if manifest.media_type.is_empty() {
@@ -379,18 +421,35 @@ pub fn pull(staging: &mut Staging<'_>, src: &Remote, insecure: bool) -> Result<D
         staging.put(&bytes)?;
         desc.media_type = media;
     }
-    let manifest: Manifest = serde_json::from_slice(&staging.read(&desc.digest, &src.to_string())?)
-        .map_err(|e| Error::msg(format!("the manifest of {src} is not valid: {e}")))?;
-    let mut blobs: Vec<(Digest, bool)> = manifest
+    let bytes = staging.read(
+        &desc.digest,
+        "manifest",
+        &src.to_string(),
+        oci::MAX_MANIFEST,
+    )?;
+    let manifest: Manifest =
+        oci::parse_json(&bytes, &format!("the manifest of {src}"), "OCI manifest")?;
+    if manifest.config.size > oci::MAX_CONFIG {
+        return Err(oci::too_large(
+            &format!("config {} of {src}", manifest.config.digest),
+            oci::MAX_CONFIG,
+        ));
+    }
+    // (digest, size the descriptor states, required)
+    let mut blobs: Vec<(Digest, Option<u64>, bool)> = manifest
         .layers
         .iter()
-        .map(|l| (l.digest.clone(), true))
+        .map(|l| (l.digest.clone(), Some(l.size), true))
         .collect();
-    blobs.push((manifest.config.digest.clone(), true));
+    blobs.push((
+        manifest.config.digest.clone(),
+        Some(manifest.config.size),
+        true,
+    ));
     if let Some(fi) = manifest.file_index() {
-        blobs.push((fi, false));
+        blobs.push((fi, None, false));
     }
-    for (d, required) in blobs {
+    for (d, size, required) in blobs {
         if staging.has(&d) {
             continue;
         }
@@ -403,10 +462,57 @@ pub fn pull(staging: &mut Staging<'_>, src: &Remote, insecure: bool) -> Result<D
         if resp.status() != StatusCode::OK {
             return Err(client.status_err(&doing, resp));
         }
+        let what = format!("blob {d} of {src}");
         let mut r = resp.into_body().into_reader();
-        staging.put_reader(&mut r, Some(&d), &format!("blob {d} of {src}"))?;
+        match size {
+            Some(size) => {
+                staging.put_sized(&mut r, &d, size, &what)?;
+            }
+            None => {
+                // The file index: no descriptor states its size.
+                let mut r = std::io::Read::take(r, oci::MAX_FILE_INDEX + 1);
+                let (_, n) = staging.put_reader(&mut r, Some(&d), &what)?;
+                if n > oci::MAX_FILE_INDEX {
+                    return Err(oci::too_large(&what, oci::MAX_FILE_INDEX));
+                }
+            }
+        }
     }
     Ok(desc)
+}
+
+/// A registry's error body for people: at most [`oci::MAX_ERROR_BODY`] bytes are read, and at
+/// most 300 characters shown (cut on a character boundary).
+fn error_detail(r: impl std::io::Read) -> String {
+    let mut bytes = Vec::new();
+    let _ =
+        std::io::Read::read_to_end(&mut std::io::Read::take(r, oci::MAX_ERROR_BODY), &mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// Whether `url` is on the same host as `base` (`scheme://host[:port]`), with a scheme at least
+/// as safe (no credentials from HTTPS to plain HTTP).
+fn same_host(base: &str, url: &str) -> bool {
+    fn split(u: &str) -> Option<(String, String)> {
+        let (scheme, rest) = u.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split_once(']')?.0
+        } else {
+            authority.split(':').next()?
+        };
+        Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+    }
+    match (split(base), split(url)) {
+        (Some((bs, bh)), Some((us, uh))) => bh == uh && (bs == us || us == "https"),
+        _ => false,
+    }
 }
 
 fn fetch_manifest(client: &mut Client, reference: &str) -> Result<(Vec<u8>, String)> {
@@ -430,9 +536,19 @@ fn fetch_manifest(client: &mut Client, reference: &str) -> Result<(Vec<u8>, Stri
         .and_then(|v| v.to_str().ok())
         .unwrap_or(oci::MANIFEST)
         .to_string();
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut resp.into_body().into_reader(), &mut bytes)
-        .doing(|| doing.clone())?;
+    let what = format!(
+        "the manifest of {}/{}:{reference}",
+        client.remote.host, client.remote.repo
+    );
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > oci::MAX_MANIFEST) {
+        return Err(oci::too_large(&what, oci::MAX_MANIFEST));
+    }
+    let bytes = oci::read_capped(resp.into_body().into_reader(), oci::MAX_MANIFEST, &what)?;
     Ok((bytes, media))
 }
 
@@ -476,7 +592,41 @@ mod tests {
         );
         assert!(Remote::parse("hello:v1").is_err());
         assert!(Remote::parse("r.io/hello@sha256:12").is_err());
+        assert!(Remote::parse("r.io/hello:../../x").is_err());
+        assert!(Remote::parse("r.io/../hello:v1").is_err());
+        assert!(Remote::parse("r.io/hello:v1?x=1").is_err());
+        assert!(Remote::parse("[::1]:5000/hello:v1").is_ok());
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn error_bodies_are_cut_on_a_character_boundary() {
+        // 299 ASCII bytes, then multi-byte characters across the 300-character cut and beyond.
+        let body = format!("{}{}", "x".repeat(299), "é€😀".repeat(40_000));
+        let detail = error_detail(body.as_bytes());
+        assert_eq!(detail.chars().count(), 301);
+        assert!(detail.starts_with(&"x".repeat(299)) && detail.ends_with("é…"));
+        // Only the first 64 KiB are read; a body cut inside a character reads as U+FFFD.
+        let detail = error_detail(std::io::repeat(0xe2));
+        assert!(detail.chars().all(|c| c == '\u{fffd}' || c == '…'));
+    }
+
+    #[test]
+    fn credentials_stay_on_the_registry_host() {
+        assert!(same_host(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.1:5001/token"
+        ));
+        assert!(same_host("https://R.io", "https://r.io/token?x=1"));
+        assert!(same_host("http://r.io", "https://r.io/token"));
+        assert!(!same_host(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.2:5000/token"
+        ));
+        assert!(!same_host("https://r.io", "http://r.io/token"));
+        assert!(!same_host("https://r.io", "https://r.io.evil.com/token"));
+        assert!(!same_host("https://r.io", "https://r.io@evil.com/token"));
+        assert!(!same_host("https://r.io", "token"));
     }
 }

@@ -91,6 +91,42 @@ impl std::fmt::Display for ImageRef {
     }
 }
 
+/// Whether `name` is a valid image name: `/`-separated components of ASCII letters, digits, '.',
+/// '_' and '-' (the first may carry a `:PORT`), none empty, `.` or `..`; at most 255 bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').enumerate().all(|(i, c)| {
+            let c = if i == 0 {
+                match c.split_once(':') {
+                    Some((h, port))
+                        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        h
+                    }
+                    Some(_) => return false,
+                    None => c,
+                }
+            } else {
+                c
+            };
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+/// Whether `tag` is a valid tag (as the OCI distribution spec defines it).
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    (1..=128).contains(&b.len())
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
 /// One image in the store, as `image ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StoredImage {
@@ -159,6 +195,13 @@ impl Store {
         Ok(buf)
     }
 
+    /// Check a blob against its digest by streaming it (never held in memory).
+    pub fn verify_blob(&self, d: &Digest, of: &str) -> Result<()> {
+        io::copy(&mut self.open_blob(d, of)?, &mut io::sink())
+            .map(|_| ())
+            .doing(|| format!("reading blob {d} of {of}"))
+    }
+
     /// Stream a blob; the reader fails with a clear error at the end if the content does not
     /// match the digest.
     pub fn open_blob(&self, d: &Digest, of: &str) -> Result<VerifyingReader<File>> {
@@ -181,19 +224,28 @@ impl Store {
         })
     }
 
-    /// The manifest with digest `d`, verified.
-    pub fn manifest(&self, d: &Digest, of: &str) -> Result<Manifest> {
-        let bytes = self.read_blob(d, of)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::msg(format!(
-                "manifest {d} of {of} is not a valid OCI manifest: {e}"
-            ))
-        })
+    /// Read a whole blob of at most `limit` bytes, verifying its digest; `kind` names what it is
+    /// ("manifest", "config"), for errors.
+    pub fn read_blob_capped(
+        &self,
+        d: &Digest,
+        kind: &str,
+        of: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
+        let r = self.open_blob(d, of)?;
+        oci::read_capped(r, limit, &format!("{kind} {d} of {of}"))
     }
 
-    /// The config of a manifest, verified, as JSON.
+    /// The manifest with digest `d`, verified (at most [`oci::MAX_MANIFEST`] bytes).
+    pub fn manifest(&self, d: &Digest, of: &str) -> Result<Manifest> {
+        let bytes = self.read_blob_capped(d, "manifest", of, oci::MAX_MANIFEST)?;
+        oci::parse_json(&bytes, &format!("manifest {d} of {of}"), "OCI manifest")
+    }
+
+    /// The config of a manifest, verified, as JSON (at most [`oci::MAX_CONFIG`] bytes).
     pub fn config(&self, m: &Manifest, of: &str) -> Result<serde_json::Value> {
-        let bytes = self.read_blob(&m.config.digest, of)?;
+        let bytes = self.read_blob_capped(&m.config.digest, "config", of, oci::MAX_CONFIG)?;
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::msg(format!(
                 "config {} of {of} is not valid JSON: {e}",
@@ -204,9 +256,10 @@ impl Store {
 
     pub fn index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
-        let bytes = fs::read(&path).doing(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::msg(format!("{} is not a valid OCI index: {e}", path.display())))
+        let what = path.display().to_string();
+        let file = File::open(&path).doing(|| format!("reading {what}"))?;
+        let bytes = oci::read_capped(file, oci::MAX_STORE_INDEX, &what)?;
+        oci::parse_json(&bytes, &what, "OCI index")
     }
 
     /// Change `index.json` under an exclusive lock, atomically.
@@ -436,6 +489,45 @@ impl<'s> Staging<'s> {
         Ok(Descriptor::new("", d, size))
     }
 
+    /// Stage the blob a descriptor names from a reader: reading stops after `size` bytes, and
+    /// the content must be exactly `size` bytes that hash to `d`.
+    pub fn put_sized(
+        &mut self,
+        r: &mut (impl Read + ?Sized),
+        d: &Digest,
+        size: u64,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
+        let mut limited = r.take(size.saturating_add(1));
+        let got = self.put_reader(&mut limited, None, what);
+        let (actual, n) = got?;
+        if n > size {
+            return Err(Error::msg(format!(
+                "{what} is larger than its descriptor says ({size} bytes)"
+            )));
+        }
+        if n < size {
+            return Err(Error::msg(format!(
+                "{what} is {n} bytes, but its descriptor says {size}"
+            )));
+        }
+        if actual != *d {
+            return Err(Error::msg(format!(
+                "{what} does not match its digest: expected {d}, content is {actual}"
+            )));
+        }
+        Ok((actual, n))
+    }
+
+    /// The size of a staged (or stored) blob.
+    pub fn size_of(&self, d: &Digest) -> Option<u64> {
+        let staged = self.dir.join(d.hex());
+        fs::metadata(&staged)
+            .or_else(|_| fs::metadata(self.store.blob_path(d)))
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// Stage a blob from a reader; when `expected` is given, the content must hash to it.
     pub fn put_reader(
         &mut self,
@@ -488,17 +580,10 @@ impl<'s> Staging<'s> {
         Ok(())
     }
 
-    /// Read back a staged (or stored) blob, verified.
-    pub fn read(&self, d: &Digest, of: &str) -> Result<Vec<u8>> {
-        let staged = self.dir.join(d.hex());
-        if staged.exists() {
-            let bytes = fs::read(&staged).doing(|| format!("reading staged blob {d}"))?;
-            if Digest::of(&bytes) != *d {
-                return Err(Error::msg(format!("staged blob {d} of {of} is corrupted")));
-            }
-            return Ok(bytes);
-        }
-        self.store.read_blob(d, of)
+    /// Read back a staged (or stored) blob of at most `limit` bytes, verified; `kind` names what
+    /// it is ("manifest", "config"), for errors.
+    pub fn read(&self, d: &Digest, kind: &str, of: &str, limit: u64) -> Result<Vec<u8>> {
+        oci::read_capped(self.open(d, of)?, limit, &format!("{kind} {d} of {of}"))
     }
 
     /// Open a staged (or stored) blob for streaming, verified at the end.
@@ -578,5 +663,40 @@ impl<R: Read> Read for VerifyingReader<R> {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tags_used_as_names_are_checked() {
+        for ok in [
+            "hello",
+            "team/app",
+            "127.0.0.1:5000/team/app",
+            "r.io/a_b-c.d",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/",
+            "a b",
+            "a\u{1b}[31m",
+            "h:x/a",
+            "a/b:1",
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_tag("v1.2_3-x") && valid_tag("_x") && valid_tag(&"a".repeat(128)));
+        for bad in ["", ".x", "-x", "a/b", "a:b", "..", &"a".repeat(129)] {
+            assert!(!valid_tag(bad), "{bad:?}");
+        }
     }
 }

@@ -8,6 +8,9 @@
 //! without a body whose connection fails before anything was sent is retried on another instance.
 //! Per release it counts requests, 5xx, failed connections and a latency histogram.
 
+pub mod conn;
+#[cfg(test)]
+mod limits_tests;
 mod metrics;
 
 pub use metrics::{Metrics, Snapshot};
@@ -247,7 +250,13 @@ impl Service {
 pub struct Route {
     pub addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
+    gate: conn::Gate,
+    /// The upstream timeout in milliseconds (changeable while serving).
+    timeout_ms: Arc<AtomicU64>,
 }
+
+/// How long an instance may take to answer (to its response headers) unless the route says.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many threads serve each route: one per core (`RECAST_PROXY_THREADS` overrides).
 fn route_threads() -> usize {
@@ -271,10 +280,22 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 impl Route {
+    /// Listen on `addr` and forward to `service` with the default limits and upstream timeout.
+    pub async fn bind(addr: SocketAddr, service: Arc<Service>) -> io::Result<Route> {
+        let limits = conn::Limits::route(format!("route to service {}", service.name));
+        Route::bind_with(addr, service, UPSTREAM_TIMEOUT, limits).await
+    }
+
     /// Listen on `addr` and forward to `service`: one listener (`SO_REUSEPORT`) per thread, each
     /// thread with its own event loop and its own upstream connections, as nginx runs workers,
-    /// so that no request wakes another thread. Must be called inside a tokio runtime.
-    pub async fn bind(addr: SocketAddr, service: Arc<Service>) -> io::Result<Route> {
+    /// so that no request wakes another thread. An instance that has not answered (response
+    /// headers) within `timeout` gets the client a `504`. Must be called inside a tokio runtime.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        service: Arc<Service>,
+        timeout: Duration,
+        limits: conn::Limits,
+    ) -> io::Result<Route> {
         // An exclusive bind first: another process on this address is an error ("address in
         // use"), never a silent share of its traffic through SO_REUSEPORT.
         let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
@@ -284,8 +305,12 @@ impl Route {
             listeners.push(reuseport_listener(addr)?);
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let gate = conn::Gate::default();
+        let limits = Arc::new(limits);
+        let timeout_ms = Arc::new(AtomicU64::new(timeout.as_millis().max(1) as u64));
         for (slot, listener) in listeners.into_iter().enumerate() {
             let (svc, mut stopped) = (service.clone(), stopped.clone());
+            let (gate, limits, timeout_ms) = (gate.clone(), limits.clone(), timeout_ms.clone());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -297,36 +322,48 @@ impl Route {
                         let Ok(listener) = TcpListener::from_std(listener) else {
                             return;
                         };
+                        let mut acceptor =
+                            conn::Acceptor::new(listener, format!("{} on {addr}", limits.what));
                         loop {
-                            let accepted = tokio::select! {
-                                a = listener.accept() => a,
+                            let (stream, peer) = tokio::select! {
+                                a = acceptor.accept() => a,
                                 _ = stopped.changed() => return,
                             };
-                            let Ok((stream, peer)) = accepted else {
+                            let Some((stream, permit)) = conn::admit(&gate, &limits, stream) else {
                                 continue;
                             };
                             let _ = stream.set_nodelay(true);
-                            let svc = svc.clone();
+                            let (svc, limits) = (svc.clone(), limits.clone());
+                            let timeout_ms = timeout_ms.clone();
                             tokio::spawn(async move {
-                                let handler = hyper::service::service_fn(move |req| {
-                                    let svc = svc.clone();
-                                    async move {
-                                        Ok::<_, std::convert::Infallible>(
-                                            forward(svc, req, peer).await,
-                                        )
-                                    }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .keep_alive(true)
-                                    .serve_connection(TokioIo::new(stream), handler)
-                                    .with_upgrades()
-                                    .await;
+                                let _permit = permit;
+                                let handler = move |req| {
+                                    let t = timeout_ms.load(Ordering::Relaxed);
+                                    forward(svc.clone(), req, peer, Duration::from_millis(t))
+                                };
+                                conn::serve(stream, &limits, handler).await;
                             });
                         }
                     });
                 })?;
         }
-        Ok(Route { addr, stop })
+        Ok(Route {
+            addr,
+            stop,
+            gate,
+            timeout_ms,
+        })
+    }
+
+    /// Change the upstream timeout of requests that start from now on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Client connections open on this route now.
+    pub fn connections(&self) -> usize {
+        self.gate.open()
     }
 }
 
@@ -402,11 +439,29 @@ fn has_body(req: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+fn timed_out(
+    backend: &Backend,
+    m: &Metrics,
+    started: Instant,
+    timeout: Duration,
+) -> Response<ProxyBody> {
+    m.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed());
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "instance {} did not answer within the route's timeout of {timeout:?}",
+            backend.id
+        ),
+    )
+}
+
 async fn forward(
     svc: Arc<Service>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    timeout: Duration,
 ) -> Response<ProxyBody> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut table = svc.table();
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let retryable = !has_body(&req) && !upgrade;
@@ -425,6 +480,8 @@ async fn forward(
         })
         .flatten();
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Credentials for a proxy are for recast, never for the instance.
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
     let fwd = match parts
         .headers
         .get("x-forwarded-for")
@@ -460,9 +517,10 @@ async fn forward(
         }
         let started = Instant::now();
         let m = backend.metrics.clone();
-        let mut sender = match backend.sender().await {
-            Ok(s) => s,
-            Err(e) => {
+        let mut sender = match tokio::time::timeout_at(deadline, backend.sender()).await {
+            Err(_) => return timed_out(&backend, &m, started, timeout),
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 m.connect_failed();
                 tried = Some(backend.id.clone());
                 if retryable {
@@ -476,10 +534,17 @@ async fn forward(
             }
         };
         let Some(request) = out.take() else { break };
-        match sender.try_send_request(request).await {
+        let sent = match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
+            Ok(sent) => sent,
+            // The connection is dropped, never pooled: it may still deliver the late answer.
+            Err(_) => return timed_out(&backend, &m, started, timeout),
+        };
+        match sent {
             Ok(mut resp) => {
                 m.record(resp.status().as_u16(), started.elapsed());
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
+                if switching {
                     if let Some(client) = client_upgrade {
                         let server = hyper::upgrade::on(&mut resp);
                         tokio::spawn(async move {
@@ -538,6 +603,10 @@ async fn forward(
     )
 }
 
+/// Remove the headers that concern one connection only (RFC 9110 §7.6.1), from a request or a
+/// response: `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+/// `Trailer`, and `Upgrade` unless this is the upgrade being passed through
+/// (`Transfer-Encoding` is hyper's to set from the body it sends).
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap, keep_upgrade: bool) {
     if let Some(list) = h
         .get(header::CONNECTION)

@@ -5,7 +5,31 @@ use crate::{Instance, Runtime, State};
 use recast_spec::{Health, HealthCheck};
 use serde::Serialize;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How a probe that failed on recast's side (no free file descriptor to open the socket or
+/// start the command) begins: it says nothing about the instance, so it counts neither way.
+pub const NOT_PROBED: &str = "not probed: recast has no free file descriptor";
+
+/// Whether `e` means this process (or the system) ran out of descriptors.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The probe result for a local failure; logged once until a probe runs again.
+fn not_probed(inst: &Instance, e: &dyn std::fmt::Display) -> String {
+    if !SHORT_OF_DESCRIPTORS.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "recast: health probes are not running ({e}, probing instance {}); their results are unknown, not failures, until descriptors are free",
+            inst.id
+        );
+    }
+    format!("{NOT_PROBED} ({e})")
+}
+
+/// Set while probes fail for lack of descriptors (so that it is logged once).
+static SHORT_OF_DESCRIPTORS: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,8 +76,14 @@ impl Tracker {
         }
     }
 
-    /// Record one probe; returns the event if the health changed.
+    /// Record one probe; returns the event if the health changed. A probe that recast could
+    /// not run (`NOT_PROBED`) is unknown: it counts toward neither threshold.
     pub fn record(&mut self, result: &Result<(), String>, cfg: &Health) -> Option<&Event> {
+        if let Err(e) = result
+            && e.starts_with(NOT_PROBED)
+        {
+            return None;
+        }
         let next = match result {
             Ok(()) => {
                 self.failures = 0;
@@ -100,14 +130,16 @@ pub fn probe(
     check: &HealthCheck,
     timeout: Duration,
 ) -> Result<(), String> {
-    match check {
-        HealthCheck::Tcp => rt
-            .connect(inst, timeout)
-            .map(drop)
-            .map_err(|e| format!("tcp connect to port {}: {e}", inst.port)),
+    let r = match check {
+        HealthCheck::Tcp => match rt.connect(inst, timeout) {
+            Ok(_) => Ok(()),
+            Err(e) if out_of_descriptors(&e) => return Err(not_probed(inst, &e)),
+            Err(e) => Err(format!("tcp connect to port {}: {e}", inst.port)),
+        },
         HealthCheck::Http { path } => match http_get(rt, inst, path, timeout) {
             Ok((status, _)) if (200..300).contains(&status) => Ok(()),
             Ok((status, _)) => Err(format!("GET {path} answered {status}")),
+            Err(e) if out_of_descriptors(&e) => return Err(not_probed(inst, &e)),
             Err(e) => Err(format!("GET {path}: {e}")),
         },
         HealthCheck::Exec { command } => match rt.exec(inst, command, timeout) {
@@ -116,9 +148,15 @@ pub fn probe(
                 "{command:?} exited with status {code}: {}",
                 out.trim()
             )),
+            Err(crate::Error::Io { source, .. }) if out_of_descriptors(&source) => {
+                return Err(not_probed(inst, &source));
+            }
             Err(e) => Err(e.to_string()),
         },
-    }
+    };
+    // The probe ran: a later shortage is logged again.
+    SHORT_OF_DESCRIPTORS.store(false, Ordering::Relaxed);
+    r
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).

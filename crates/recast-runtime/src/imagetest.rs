@@ -29,7 +29,9 @@ pub struct Check {
 }
 
 /// Run `image`'s test block (built as `digest`) in a throwaway instance, then remove it.
-pub fn test_image(rt: &Runtime, image: &Image, digest: &Digest) -> Outcome {
+/// `tmpfs`: the scratch directories the services running this image get (see
+/// [`recast_spec::Project::tmpfs_of_image`]).
+pub fn test_image(rt: &Runtime, image: &Image, digest: &Digest, tmpfs: &[String]) -> Outcome {
     let t0 = Instant::now();
     let mut o = Outcome {
         image: image.name.clone(),
@@ -41,7 +43,7 @@ pub fn test_image(rt: &Runtime, image: &Image, digest: &Digest) -> Outcome {
         duration_ms: 0,
     };
     if let Some(test) = &image.test
-        && let Err(reason) = run_checks(rt, image, digest, test, &mut o.checks)
+        && let Err(reason) = run_checks(rt, image, digest, test, tmpfs, &mut o.checks)
     {
         o.passed = false;
         o.reason = Some(reason);
@@ -55,6 +57,7 @@ fn run_checks(
     image: &Image,
     digest: &Digest,
     test: &ImageTest,
+    tmpfs: &[String],
     checks: &mut Vec<Check>,
 ) -> Result<(), String> {
     let spec = InstanceSpec {
@@ -68,6 +71,8 @@ fn run_checks(
         volume_scope: String::new(),
         memory: None,
         cpus: None,
+        user_namespace: false,
+        tmpfs: tmpfs.to_vec(),
         owner: "test".into(),
     };
     let deadline = Instant::now() + test.timeout;

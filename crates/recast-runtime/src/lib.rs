@@ -3,14 +3,16 @@
 //! An instance is created from an image digest: the image is unpacked once (verified) into a
 //! shared lower directory; the instance gets an overlay on it (mounted read-only inside the
 //! container), its own network namespace with loopback only (or the host's, with a free port),
-//! a private `/tmp`, its declared volumes, a cgroup under `recast/`, a seccomp profile and a
-//! minimal capability set. Nothing about a running instance is ever changed: it is created,
+//! a private `/tmp`, its declared volumes, a cgroup under `recast-<data dir hash>/` with memory
+//! and pids limits, an allowlist seccomp profile, a minimal capability set and, if asked, a user
+//! namespace. Nothing about a running instance is ever changed: it is created,
 //! started, checked, stopped and deleted.
 //!
 //! Everything an instance owns lives under `<data-dir>/instances/<id>/`, and `instance.json`
 //! there is written before anything else is created, so a new process can always find, take
 //! over or clean up what an earlier one left (`Runtime::recover`).
 
+mod buildstep;
 pub mod health;
 pub mod imagetest;
 mod rootfs;
@@ -24,6 +26,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +54,15 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Memory limit of an instance whose spec sets none (the cgroup's `memory` and `memory+swap`).
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// Most processes and threads an instance may have (the cgroup's `pids.max`).
+pub const DEFAULT_PIDS: i64 = 1024;
+/// With `user_namespace`, container ids `0..USERNS_SIZE` are host ids `USERNS_HOST_ID..`: root in
+/// the instance is host uid 100000, an unprivileged user that owns nothing on the host.
+pub const USERNS_HOST_ID: u32 = 100_000;
+pub const USERNS_SIZE: u32 = 65_536;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
@@ -68,8 +80,13 @@ pub struct InstanceSpec {
     /// Volume name → mount path; stored under `<data-dir>/volumes/<volume_scope>/<name>`.
     pub volumes: Vec<(String, String)>,
     pub volume_scope: String,
+    /// Memory limit in bytes; [`DEFAULT_MEMORY`] when unset.
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
+    /// Run in a user namespace: container root is host uid [`USERNS_HOST_ID`].
+    pub user_namespace: bool,
+    /// Empty private tmpfs directories mounted in the read-only root.
+    pub tmpfs: Vec<String>,
     /// Who started it: "service:NAME", "run" or "test" — recovery decides by it.
     pub owner: String,
 }
@@ -138,6 +155,8 @@ pub struct Runtime {
     data_dir: PathBuf,
     store: Store,
     runc: PathBuf,
+    /// The cgroup parent of this data directory's instances: `recast-<12 hex>`.
+    cgroup_parent: String,
     /// Most bytes a log file grows to before it is rotated (one older copy is kept).
     pub log_limit: u64,
 }
@@ -157,21 +176,40 @@ impl Runtime {
         let runc = find_runc()?;
         for d in ["instances", "rootfs", "volumes", "runc"] {
             let p = data_dir.join(d);
-            fs::create_dir_all(&p)
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
                 .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
         }
+        for d in ["instances", "rootfs", "volumes", "runc"] {
+            let p = data_dir.join(d);
+            private_dir(&p)
+                .map_err(|e| Error::io(format!("setting the mode of {}", p.display()), e))?;
+        }
+        let canonical = fs::canonicalize(data_dir)
+            .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
+        let cgroup_parent = cgroup_parent_of(&canonical);
         sys::become_subreaper()
             .map_err(|e| Error::io("becoming the reaper of instances".into(), e))?;
         Ok(Runtime {
             data_dir: data_dir.to_path_buf(),
             store,
             runc,
+            cgroup_parent,
             log_limit: 10 << 20,
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The cgroup (in every hierarchy) under which this data directory's instances live, as
+    /// `recast-<first 12 hex digits of the SHA-256 of the canonical data directory path>`, so
+    /// that two installations on one machine never share one.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     fn runc(&self) -> Command {
@@ -184,7 +222,11 @@ impl Runtime {
     /// Create and start an instance. On any failure everything created so far is removed.
     pub fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
         let dir = self.data_dir.join("instances").join(&spec.id);
-        fs::create_dir(&dir).map_err(|e| Error::io(format!("creating instance {}", spec.id), e))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::io(format!("creating instance {}", spec.id), e))?;
         let port = match (spec.network, spec.port) {
             (Network::Host, 0) => {
                 free_port().map_err(|e| Error::io("finding a free port".into(), e))?
@@ -216,18 +258,53 @@ impl Runtime {
 
     fn create(&self, spec: &InstanceSpec, inst: &mut Instance) -> Result<()> {
         let dir = inst.dir.clone();
+        if spec.user_namespace {
+            // runc sets up the root filesystem as the instance's root (host uid and gid
+            // USERNS_HOST_ID), which must reach it: the directories on the way let that group
+            // (and only it) through.
+            for d in [&self.data_dir, &self.data_dir.join("instances"), &dir] {
+                userns_traversable(d).map_err(|e| {
+                    Error::io(
+                        format!(
+                            "letting the user namespace of instance {} through {}",
+                            spec.id,
+                            d.display()
+                        ),
+                        e,
+                    )
+                })?;
+            }
+        }
         let lower = rootfs::ensure(&self.store, &self.data_dir, &spec.image, &spec.image_name)?;
         let of = format!("image {}", spec.image_name);
         let manifest = self.store.manifest(&spec.image, &of)?;
         let config = self.store.config(&manifest, &of)?;
         let process = spec::process_of(&config, spec, inst.port, &lower)
             .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
-        for d in ["upper", "work", "rootfs"] {
-            fs::create_dir(dir.join(d))
-                .map_err(|e| Error::io(format!("creating {}", dir.join(d).display()), e))?;
+        // The upper directory is `/` inside the instance (overlayfs takes the root's owner and
+        // mode from it): 0755 whatever the umask, owned by the instance's root. `work` is only
+        // used by the kernel; `rootfs` is covered by the overlay.
+        let root_owner = if spec.user_namespace {
+            USERNS_HOST_ID
+        } else {
+            0
+        };
+        for (d, mode) in [("upper", 0o755), ("work", 0o700), ("rootfs", 0o755)] {
+            let p = dir.join(d);
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(&p)
+                .and_then(|()| fs::set_permissions(&p, fs::Permissions::from_mode(mode)))
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        }
+        if spec.user_namespace {
+            let p = dir.join("upper");
+            std::os::unix::fs::chown(&p, Some(root_owner), Some(root_owner)).map_err(|e| {
+                Error::io(format!("giving {} to the instance's root", p.display()), e)
+            })?;
         }
         sys::mount_overlay(
-            &lower,
+            std::slice::from_ref(&lower),
             &dir.join("upper"),
             &dir.join("work"),
             &inst.merged(),
@@ -238,7 +315,12 @@ impl Runtime {
                 e,
             )
         })?;
-        let netns = if spec.network == Network::Private {
+        let netns = if spec.network == Network::Private && spec.user_namespace {
+            // runc makes this one inside the user namespace; it is pinned once started.
+            create_private(&inst.netns())?;
+            None
+        } else if spec.network == Network::Private {
+            create_private(&inst.netns())?;
             sys::create_netns(&inst.netns()).map_err(|e| {
                 Error::io(
                     format!("creating the network namespace of instance {}", inst.id),
@@ -250,6 +332,16 @@ impl Runtime {
             None
         };
         let mut volumes = Vec::new();
+        // A volume belongs to the instance's user (as the host sees it) and is 0755, whatever
+        // the umask; its parents stay private to root (runc opens bind sources on the host).
+        let (vol_uid, vol_gid) = if spec.user_namespace {
+            (
+                USERNS_HOST_ID.saturating_add(process.uid),
+                USERNS_HOST_ID.saturating_add(process.gid),
+            )
+        } else {
+            (process.uid, process.gid)
+        };
         for (name, mount) in &spec.volumes {
             let host = self
                 .data_dir
@@ -257,18 +349,50 @@ impl Runtime {
                 .join(&spec.volume_scope)
                 .join(name);
             if !host.exists() {
-                fs::create_dir_all(&host)
+                if let Some(parent) = host.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| Error::io(format!("creating volume {name}"), e))?;
+                }
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&host)
+                    .and_then(|()| fs::set_permissions(&host, fs::Permissions::from_mode(0o755)))
                     .map_err(|e| Error::io(format!("creating volume {name}"), e))?;
-                std::os::unix::fs::chown(&host, Some(process.uid), Some(process.gid)).map_err(
-                    |e| Error::io(format!("giving volume {name} to the instance's user"), e),
-                )?;
+                std::os::unix::fs::chown(&host, Some(vol_uid), Some(vol_gid)).map_err(|e| {
+                    Error::io(format!("giving volume {name} to the instance's user"), e)
+                })?;
+            }
+            if spec.user_namespace {
+                // runc creates missing mount points as the instance's root, who may not write
+                // the image's directories: create them now, never through a symlink.
+                mount_point(&inst.merged(), mount).map_err(|e| {
+                    Error::msg(format!(
+                        "cannot mount volume {name} at {mount} in instance {}: {e}",
+                        inst.id
+                    ))
+                })?;
             }
             volumes.push((host, mount.clone()));
         }
-        let config = spec::runtime_spec(spec, &process, &inst.merged(), netns.as_deref(), &volumes);
-        fs::write(
-            dir.join("config.json"),
-            serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        let tmpfs = tmpfs_mounts(&lower, &spec.tmpfs, spec.memory.unwrap_or(DEFAULT_MEMORY))?;
+        let mut config = spec::runtime_spec(
+            spec,
+            &process,
+            &inst.merged(),
+            netns.as_deref(),
+            &volumes,
+            &self.cgroup_parent,
+        );
+        if let Some(mounts) = config["mounts"].as_array_mut() {
+            mounts.extend(tmpfs);
+        }
+        // The spec holds the service's environment: private (0600).
+        write_private(
+            &dir.join("config.json"),
+            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
         )
         .map_err(|e| {
             Error::io(
@@ -280,6 +404,7 @@ impl Runtime {
             fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&p)
                 .map_err(|e| Error::io(format!("opening {}", p.display()), e))
         };
@@ -308,6 +433,14 @@ impl Runtime {
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| Error::msg(format!("runc left no pid for instance {}", inst.id)))?;
         inst.pid = Some(pid);
+        if spec.network == Network::Private && spec.user_namespace {
+            sys::pin_netns(pid, &inst.netns()).map_err(|e| {
+                Error::io(
+                    format!("pinning the network namespace of instance {}", inst.id),
+                    e,
+                )
+            })?;
+        }
         inst.phase = "running".into();
         save(inst)
     }
@@ -329,9 +462,11 @@ impl Runtime {
             sys::Child::NotOurs if sys::alive(pid) => return State::Running,
             sys::Child::NotOurs => None,
         };
-        let _ = fs::write(
+        let _ = write_private(
             &status_file,
-            status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+            status
+                .map_or_else(|| "unknown".to_string(), |s| s.to_string())
+                .as_bytes(),
         );
         State::Exited { status }
     }
@@ -385,7 +520,7 @@ impl Runtime {
                 )));
             }
         }
-        remove_cgroups(&inst.id);
+        self.remove_cgroups(&inst.id);
         for m in [inst.merged(), inst.netns()] {
             sys::unmount(&m).map_err(|e| Error::io(format!("unmounting {}", m.display()), e))?;
         }
@@ -515,7 +650,7 @@ impl Runtime {
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status();
-                    remove_cgroups(&id);
+                    self.remove_cgroups(&id);
                     r.cleaned
                         .push((id, "container without an instance record".into()));
                 }
@@ -542,7 +677,7 @@ impl Runtime {
 fn save(inst: &Instance) -> Result<()> {
     let p = inst.dir.join("instance.json");
     let tmp = inst.dir.join("instance.json.tmp");
-    fs::write(&tmp, serde_json::to_vec(inst).unwrap_or_default())
+    write_private(&tmp, &serde_json::to_vec(inst).unwrap_or_default())
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     fs::rename(&tmp, &p).map_err(|e| Error::io(format!("writing {}", p.display()), e))
 }
@@ -558,20 +693,144 @@ fn signal(pid: i32, sig: i32) {
     let _ = sys::kill(pid, sig);
 }
 
-/// Remove the instance's cgroup in every hierarchy (runc normally does; this covers crashes).
-fn remove_cgroups(id: &str) {
-    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-        for h in hierarchies.flatten() {
-            let p = h.path().join("recast").join(id);
+impl Runtime {
+    /// Remove the instance's cgroup in every hierarchy (runc normally does; this covers crashes).
+    fn remove_cgroups(&self, id: &str) {
+        let mut dirs = vec![Path::new("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+            dirs.extend(
+                hierarchies
+                    .flatten()
+                    .map(|h| h.path().join(&self.cgroup_parent)),
+            );
+        }
+        for d in dirs {
+            let p = d.join(id);
             if p.exists() {
                 let _ = fs::remove_dir(&p);
             }
         }
     }
-    let v2 = Path::new("/sys/fs/cgroup/recast").join(id);
-    if v2.exists() {
-        let _ = fs::remove_dir(&v2);
+}
+
+/// The `tmpfs` mounts of an instance: each keeps the owner and mode of the image's directory
+/// there (so a daemon's own runtime directory stays its own), or is 1777 where the image has
+/// none; each is bounded like `/tmp`.
+fn tmpfs_mounts(lower: &Path, paths: &[String], memory: u64) -> Result<Vec<serde_json::Value>> {
+    let size = format!("size={}", (memory / 4).max(4 << 20));
+    let root = recast_root::Root::open(lower)
+        .map_err(|e| Error::io(format!("opening {}", lower.display()), e))?;
+    let mut out = Vec::new();
+    for p in paths {
+        let st = root
+            .stat(p)
+            .map_err(|e| Error::io(format!("looking at tmpfs path {p} in the image"), e))?;
+        let owner = match st {
+            Some(st)
+                if recast_root::FileType::from_raw_mode(st.st_mode)
+                    == recast_root::FileType::Directory =>
+            {
+                format!(
+                    "mode={:o},uid={},gid={}",
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid
+                )
+            }
+            Some(_) => {
+                return Err(Error::msg(format!(
+                    "tmpfs path {p} is not a directory in the image"
+                )));
+            }
+            None => "mode=1777".to_string(),
+        };
+        out.push(
+            serde_json::json!({"destination": p, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", owner, size]}),
+        );
     }
+    Ok(out)
+}
+
+/// `recast-` and the first 12 hex digits of the SHA-256 of the (canonical) data directory path.
+fn cgroup_parent_of(canonical: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hex = Digest::of(canonical.as_os_str().as_bytes())
+        .hex()
+        .to_string();
+    format!("recast-{}", &hex[..12])
+}
+
+/// Let group USERNS_HOST_ID (a user-namespaced instance's root) through the directory `dir`
+/// when others may not: chgrp and g+x, nothing else (no listing, no reading).
+fn userns_traversable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir)?;
+    let mode = m.mode() & 0o7777;
+    if mode & 0o001 != 0 || (m.gid() == USERNS_HOST_ID && mode & 0o010 != 0) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(dir, None, Some(USERNS_HOST_ID))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o010))
+}
+
+/// Make `dir` root's only (0700), or 0710 if its group is USERNS_HOST_ID (`userns_traversable`).
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = if fs::metadata(dir)?.gid() == USERNS_HOST_ID {
+        0o710
+    } else {
+        0o700
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Write `bytes` to a new (or truncated) file readable by root only, whatever the umask.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
+/// Create an empty file readable by root only (a namespace pin's mount point).
+fn create_private(path: &Path) -> Result<()> {
+    write_private(path, b"").map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
+/// Make sure `mount` (an absolute path inside the instance) exists as a directory in the root
+/// filesystem `root`, creating missing components; a component that is a symlink or not a
+/// directory is refused, so nothing is ever created outside `root`. Nothing else writes to the
+/// tree meanwhile (the image is read-only, the instance has not started).
+fn mount_point(root: &Path, mount: &str) -> Result<(), String> {
+    let mut p = root.to_path_buf();
+    let mut inside = String::new();
+    for c in mount.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if c == ".." {
+            return Err("the path has a \"..\" component".into());
+        }
+        p.push(c);
+        inside.push('/');
+        inside.push_str(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{inside} is a symlink in the image"));
+            }
+            Ok(_) => return Err(format!("{inside} is not a directory in the image")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&p)
+                .map_err(|e| format!("creating {inside}: {e}"))?,
+            Err(e) => return Err(format!("{inside}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn find_runc() -> Result<PathBuf> {
@@ -609,7 +868,27 @@ fn now_ms() -> u64 {
 /// A new instance id: `prefix-` and 8 random hex digits.
 pub fn new_id(prefix: &str) -> String {
     let mut buf = [0u8; 4];
-    let _ = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut buf));
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        // No random source (no descriptor left, no /dev): never a fixed id. The time, the
+        // process and a counter make it unique within this process and unlikely to repeat.
+        use std::hash::{Hash, Hasher};
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = std::hash::DefaultHasher::new();
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .hash(&mut h);
+        std::process::id().hash(&mut h);
+        COUNTER
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .hash(&mut h);
+        std::thread::current().id().hash(&mut h);
+        buf = (h.finish() as u32).to_be_bytes();
+    }
     let clean: String = prefix
         .chars()
         .map(|c| {

@@ -9,8 +9,6 @@ use crate::{Error, Result};
 use recast_image::oci::{self, Manifest};
 use recast_image::{Digest, Store};
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -62,33 +60,28 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
         let root = tmp.join("fs");
         fs::create_dir_all(&root)
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let image_root = recast_root::Root::open(&root)
+            .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
         for (i, l) in manifest.layers.iter().enumerate() {
+            let what = format!("layer {} ({}) of {of}", i + 1, l.digest);
             let r = store.open_blob(&l.digest, &of)?;
-            let r: Box<dyn Read> = if oci::is_gzip_layer(&l.media_type) {
-                Box::new(flate2::read::GzDecoder::new(r))
-            } else {
-                Box::new(r)
-            };
-            if let Err(e) = apply_layer(r, &root) {
+            let r = oci::layer_reader(r, &l.media_type, l.size, &what);
+            if let Err(e) = recast_root::unpack_layer(&image_root, r) {
                 // A corrupted blob can break the tar before its digest is checked: say which.
-                store.read_blob(&l.digest, &of)?;
-                return Err(Error::msg(format!(
-                    "unpacking layer {} ({}) of {of}: {e}",
-                    i + 1,
-                    l.digest
-                )));
+                store.verify_blob(&l.digest, &of)?;
+                return Err(Error::msg(format!("unpacking {what}: {e}")));
             }
         }
         for m in MOUNT_POINTS {
-            let p = root.join(m);
-            if !p.exists() {
-                fs::create_dir(&p)
-                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
-                // runc gives a tmpfs the mode of the directory it covers: /tmp must be 1777.
-                let mode = if *m == "tmp" { 0o1777 } else { 0o755 };
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                    .map_err(|e| Error::io(format!("setting the mode of {}", p.display()), e))?;
-            }
+            // runc gives a tmpfs the mode of the directory it covers: /tmp must be 1777.
+            let mode = if *m == "tmp" { 0o1777 } else { 0o755 };
+            let made = match image_root.kind(m) {
+                Ok(None) => image_root.create_dir(m, mode),
+                Ok(Some(recast_root::FileType::Directory)) => Ok(()),
+                Ok(Some(_)) => Err(std::io::Error::other("it is not a directory")),
+                Err(e) => Err(e),
+            };
+            made.map_err(|e| Error::msg(format!("{of}: /{m}, where instances mount, {e}")))?;
         }
         fs::write(tmp.join(".recast-unpacked"), digest.as_str())
             .map_err(|e| Error::io("marking the unpacked image".into(), e))?;
@@ -114,47 +107,50 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
     Ok(dir.join("fs"))
 }
 
-/// Apply one layer tar to `root`, with OCI whiteouts; owners and modes as the tar says.
-fn apply_layer(r: impl Read, root: &Path) -> std::io::Result<()> {
-    let mut archive = tar::Archive::new(r);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parent = root.join(path.parent().unwrap_or(Path::new("")));
-        if name == ".wh..wh..opq" {
-            if let Ok(children) = fs::read_dir(&parent) {
-                for c in children.flatten() {
-                    remove(&c.path())?;
-                }
-            }
-            continue;
-        }
-        if let Some(victim) = name.strip_prefix(".wh.") {
-            remove(&parent.join(victim))?;
-            continue;
-        }
-        // `unpack_in` refuses paths that escape `root`.
-        entry.unpack_in(root)?;
-    }
-    // Drain the stream so the verifying reader checks the digest.
-    let mut rest = archive.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink())?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use crate::spec::resolve_user;
+    use std::fs;
 
-fn remove(p: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(_) => Ok(()),
+    /// The image's account files are read inside its root: a link to a host file or a device
+    /// resolves inside the image, and an oversized file is refused, not read (finding 2).
+    #[test]
+    fn account_files_are_read_inside_the_root_and_bounded() {
+        let host = tempfile::tempdir().expect("tmp");
+        let leak = host.path().join("passwd");
+        fs::write(&leak, "nobody:x:65534:65534::/leaked-home:/bin/sh\n").expect("write");
+        let root = tempfile::tempdir().expect("tmp");
+        fs::create_dir(root.path().join("etc")).expect("mkdir");
+        std::os::unix::fs::symlink(&leak, root.path().join("etc/passwd")).expect("link");
+        assert_eq!(
+            resolve_user("65534", root.path()),
+            Ok((65534, 65534, "/".into())),
+            "the host file is not the image's"
+        );
+        assert!(resolve_user("nobody", root.path()).is_err());
+
+        fs::remove_file(root.path().join("etc/passwd")).expect("rm");
+        std::os::unix::fs::symlink("/dev/zero", root.path().join("etc/passwd")).expect("link");
+        assert_eq!(resolve_user("0", root.path()), Ok((0, 0, "/".into())));
+
+        fs::remove_file(root.path().join("etc/passwd")).expect("rm");
+        fs::write(root.path().join("etc/passwd"), vec![b'#'; 5 << 20]).expect("big");
+        let e = resolve_user("0", root.path()).expect_err("oversized");
+        assert!(e.contains("/etc/passwd is larger than"), "{e}");
+
+        fs::write(
+            root.path().join("etc/passwd"),
+            "app:x:100:101::/home/app:/bin/sh\n",
+        )
+        .expect("write");
+        fs::write(root.path().join("etc/group"), "staff:x:50:\n").expect("write");
+        assert_eq!(
+            resolve_user("app:staff", root.path()),
+            Ok((100, 50, "/home/app".into()))
+        );
+        assert_eq!(
+            resolve_user("app", root.path()),
+            Ok((100, 101, "/home/app".into()))
+        );
     }
 }

@@ -51,6 +51,23 @@ pub fn create_netns(path: &Path) -> io::Result<()> {
     .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
+/// Pin the network namespace of process `pid` at `path` (an existing file), as `create_netns`
+/// pins a new one: for namespaces runc created (inside an instance's user namespace).
+pub fn pin_netns(pid: i32, path: &Path) -> io::Result<()> {
+    let src = CString::new(format!("/proc/{pid}/ns/net")).unwrap_or_default();
+    let target = cstr(path)?;
+    // SAFETY: both paths are valid NUL-terminated strings; no data argument.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+}
+
 fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket(2); the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -87,14 +104,29 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 }
 
 /// Mount an overlay of `lower` (read-only, shared) and `upper`/`work` (this instance's) at `merged`.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> io::Result<()> {
-    let opts = CString::new(format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+pub fn mount_overlay(
+    lowers: &[std::path::PathBuf],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> io::Result<()> {
+    let lowers: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    // No redirects or metadata-only copies: the upper directory must hold whole files and
+    // whole renamed directories, so that it can be read as a layer.
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+        lowers.join(":"),
         upper.display(),
         work.display()
-    ))
-    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    );
+    if opts.len() >= 4096 {
+        return Err(io::Error::other(format!(
+            "{} layers are more than one overlay mount can take",
+            lowers.len()
+        )));
+    }
+    let opts = CString::new(opts)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     let (src, fstype, target) = (
         CString::new("overlay").unwrap_or_default(),
         CString::new("overlay").unwrap_or_default(),

@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &project,
         &[],
         &Options::from_env()?,
+        None,
         &mut |_| {},
     )?;
     let state = State::open(&data.join("state.db"))?;

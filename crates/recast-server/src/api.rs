@@ -2,7 +2,7 @@
 
 use crate::engine::Ctl;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
+
+/// The largest request body the API reads.
+const MAX_BODY: usize = 1 << 20;
 
 fn reply(status: StatusCode, v: Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
@@ -55,12 +58,24 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let body: Value = if method == Method::POST {
-        match req.into_body().collect().await {
+        let too_large = || {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over the API's limit of {MAX_BODY} bytes (1 MiB)"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return too_large();
+        }
+        // Counted while it is read: a body without a length is cut at the limit too.
+        match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => {
                 let bytes = b.to_bytes();
-                if bytes.len() > 1 << 20 {
-                    return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB");
-                }
                 if bytes.is_empty() {
                     json!({})
                 } else {
@@ -75,6 +90,7 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                     }
                 }
             }
+            Err(e) if e.is::<LengthLimitError>() => return too_large(),
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -103,7 +119,12 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                     "missing \"path\": the spec file or directory to apply",
                 );
             };
-            match ctl.start_apply(std::path::Path::new(&p)) {
+            // Only spec files: never make the server read (and echo) some other file.
+            let p = match crate::project::api_spec_path(std::path::Path::new(&p)) {
+                Ok(p) => p,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            match ctl.start_apply(&p) {
                 Ok(id) => reply(StatusCode::ACCEPTED, json!({ "apply": id })),
                 Err((code, msg)) => error(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),

@@ -314,6 +314,8 @@ impl Ctl {
             volume_scope: format!("{}/{}", svc.project, svc.name),
             memory: s.memory,
             cpus: s.cpus,
+            user_namespace: s.user_namespace,
+            tmpfs: s.tmpfs.clone(),
             owner: format!("service:{}/{}/{}", svc.project, svc.name, run.number),
         };
         let rt = self.rt.clone();
@@ -465,10 +467,13 @@ impl Ctl {
     /// Start applying the spec at `path`. Fails at once if the spec is invalid or another apply
     /// of the same project is running.
     pub fn start_apply(self: &Arc<Self>, path: &Path) -> Result<u64, (u16, String)> {
-        let project =
-            recast_spec::load(path).map_err(|d| (400, format!("the spec is invalid:\n{d}")))?;
-        let name = plan::project_name(&project);
+        // Location, message and hint only: the API never echoes a spec file's content.
+        let project = recast_spec::load(path)
+            .map_err(|d| (400, format!("the spec is invalid:\n{}", d.without_source())))?;
+        let identity = crate::project::Identity::of(&project);
+        let name = identity.name.clone();
         let id = self.next_apply.fetch_add(1, Ordering::Relaxed);
+        let moved;
         {
             let mut applying = lock(&self.applying);
             if let Some(other) = applying.get(&name) {
@@ -484,7 +489,16 @@ impl Ctl {
                     ),
                 ));
             }
+            // Under the lock, so two directories cannot claim one name at once.
+            let ownership = crate::project::claim(&self.state, &identity).map_err(|e| (409, e))?;
             applying.insert(name.clone(), id);
+            moved = match ownership {
+                crate::project::Ownership::Moved { from } => Some(format!(
+                    "project {name} moved from {from} to {}",
+                    identity.dir.display()
+                )),
+                _ => None,
+            };
         }
         lock(&self.applies).insert(
             id,
@@ -498,6 +512,9 @@ impl Ctl {
                 error: None,
             },
         );
+        if let Some(m) = moved {
+            self.log(id, m);
+        }
         let ctl = self.clone();
         tokio::spawn(async move {
             let result = ctl.apply(id, project, &name).await;
@@ -555,10 +572,11 @@ impl Ctl {
         );
         lock(&self.guards).insert(name.to_string(), project.guard.clone());
         self.log(apply, format!("building images of project {name}"));
-        let (store, cache, p2) = (
+        let (store, cache, p2, rt) = (
             self.store.clone(),
             self.data_dir.join("cache"),
             project.clone(),
+            self.rt.clone(),
         );
         let built = tokio::task::spawn_blocking(move || {
             build::build(
@@ -567,6 +585,7 @@ impl Ctl {
                 &p2,
                 &[],
                 &Options::from_env()?,
+                Some(&*rt),
                 &mut |_| {},
             )
         })
@@ -610,8 +629,9 @@ impl Ctl {
             };
             self.log(apply, format!("testing image {img}"));
             let (rt, digest) = (self.rt.clone(), b.digest.clone());
+            let tmpfs = project.tmpfs_of_image(img);
             let outcome = tokio::task::spawn_blocking(move || {
-                recast_runtime::imagetest::test_image(&rt, &image, &digest)
+                recast_runtime::imagetest::test_image(&rt, &image, &digest, &tmpfs)
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -681,11 +701,28 @@ impl Ctl {
                 name: r.name.clone(),
                 listen: r.listen.to_string(),
                 service: r.service.clone(),
+                timeout_ms: r.timeout.as_millis().max(1) as u64,
             })
             .collect();
-        // Keep other projects' routes and this project's unchanged ones; drop the rest.
-        routes.retain(|k, (row, _)| {
-            row.project != project || rows.iter().any(|r| &key(project, &r.name) == k && r == row)
+        // Keep other projects' routes and this project's unchanged ones (a new timeout applies
+        // in place); drop the rest.
+        routes.retain(|k, (row, route)| {
+            if row.project != project {
+                return true;
+            }
+            let Some(r) = rows.iter().find(|r| &key(project, &r.name) == k) else {
+                return false;
+            };
+            let same = RouteRow {
+                timeout_ms: r.timeout_ms,
+                ..row.clone()
+            };
+            if &same != r {
+                return false;
+            }
+            route.set_timeout(Duration::from_millis(r.timeout_ms.max(1)));
+            *row = same;
+            true
         });
         for row in &rows {
             let k = key(project, &row.name);
@@ -697,7 +734,7 @@ impl Ctl {
                 .parse()
                 .map_err(|_| format!("route {}: bad address {}", row.name, row.listen))?;
             let svc = self.svc(project, &row.service);
-            let route = Route::bind(addr, svc.proxy.clone())
+            let route = bind_route(row, addr, &svc)
                 .await
                 .map_err(|e| format!("route {}: cannot listen on {addr}: {e}", row.name))?;
             routes.insert(k, (row.clone(), route));
@@ -1834,7 +1871,7 @@ impl Ctl {
                 continue;
             };
             let svc = self.svc(&row.project, &row.service);
-            match Route::bind(addr, svc.proxy.clone()).await {
+            match bind_route(&row, addr, &svc).await {
                 Ok(route) => {
                     routes.insert(key(&row.project, &row.name), (row, route));
                 }
@@ -1856,6 +1893,13 @@ pub struct RollbackResult {
     pub switched_ms: f64,
 }
 
+/// Listen for a route with its upstream timeout and the proxy's connection limits.
+async fn bind_route(row: &RouteRow, addr: SocketAddr, svc: &Svc) -> std::io::Result<Route> {
+    let limits = recast_proxy::conn::Limits::route(format!("route {}", row.name));
+    let timeout = Duration::from_millis(row.timeout_ms.max(1));
+    Route::bind_with(addr, svc.proxy.clone(), timeout, limits).await
+}
+
 fn hook_body(event: &str, svc: &Svc, release: i64, message: &str) -> String {
     serde_json::json!({
         "event": event, "project": svc.project, "service": svc.name, "release": release,
@@ -1871,14 +1915,22 @@ fn call_hook(h: &recast_spec::Webhook, body: &str) -> Result<(), String> {
         .http_status_as_error(false)
         .build()
         .into();
+    // Errors name the hook by its redacted URL and never carry its credentials: they end up in
+    // release reasons, events, logs and other webhooks' payloads.
     let resp = agent
         .post(&h.url)
         .header("Content-Type", "application/json")
         .send(body.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            recast_spec::redact_in(&format!("{}: {e}", recast_spec::redact_url(&h.url)), &h.url)
+        })?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("{} answered {}", h.url, resp.status()))
+        Err(format!(
+            "{} answered {}",
+            recast_spec::redact_url(&h.url),
+            resp.status()
+        ))
     }
 }

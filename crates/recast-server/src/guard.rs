@@ -68,6 +68,7 @@ impl Ctl {
             let mut exclude: Vec<String> =
                 ["/proc", "/dev", "/sys", "/tmp"].map(String::from).to_vec();
             exclude.extend(run.service.volumes.iter().map(|v| v.mount.clone()));
+            exclude.extend(run.service.tmpfs.iter().cloned());
             let marker = data
                 .join("rootfs")
                 .join(inst.image.hex())

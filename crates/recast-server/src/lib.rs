@@ -10,9 +10,9 @@ pub mod api;
 pub mod engine;
 pub mod guard;
 pub mod plan;
+pub mod project;
 
 use engine::Ctl;
-use hyper_util::rt::TokioIo;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -34,12 +34,53 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("token")
 }
 
-/// The API token of a data directory, created (0600) on first use.
-pub fn token(data_dir: &Path) -> std::io::Result<String> {
-    let p = token_path(data_dir);
-    if let Ok(t) = std::fs::read_to_string(&p) {
-        return Ok(t.trim().to_string());
+/// Read an existing token file: it must be private to its owner (no group or other permission
+/// bits) and not empty, else it is refused with the file named and what to do.
+/// `Ok(None)` when there is no such file.
+pub fn read_token(p: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading the API token {}: {e}", p.display())),
+    };
+    if !meta.is_file() {
+        return Err(format!(
+            "the API token {} is not a regular file\n  hint: delete it; the server generates a new one when it starts",
+            p.display()
+        ));
     }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the API token {} is readable or writable by other users (mode {mode:04o})\n  hint: run `chmod 600 {}`, or delete it and the server generates a new one when it starts",
+            p.display(),
+            p.display()
+        ));
+    }
+    let t = std::fs::read_to_string(p)
+        .map_err(|e| format!("reading the API token {}: {e}", p.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!(
+            "the API token {} is empty\n  hint: delete it; the server generates a new one when it starts",
+            p.display()
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// The API token of a data directory, created (0600) on first use; an existing token file
+/// that is not private or is empty is refused ([`read_token`]).
+pub fn token(data_dir: &Path) -> Result<String, String> {
+    let p = token_path(data_dir);
+    if let Some(t) = read_token(&p)? {
+        return Ok(t);
+    }
+    new_token(&p).map_err(|e| format!("creating the API token {}: {e}", p.display()))
+}
+
+fn new_token(p: &Path) -> std::io::Result<String> {
     let mut buf = [0u8; 24];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
     let t: String = buf.iter().map(|b| format!("{b:02x}")).collect();
@@ -47,7 +88,7 @@ pub fn token(data_dir: &Path) -> std::io::Result<String> {
         .create_new(true)
         .write(true)
         .mode(0o600)
-        .open(&p)?;
+        .open(p)?;
     f.write_all(t.as_bytes())?;
     Ok(t)
 }
@@ -80,7 +121,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Strin
                 .unwrap_or_default()
         ));
     }
-    let token = Arc::new(token(data_dir).map_err(|e| format!("creating the API token: {e}"))?);
+    let token = Arc::new(token(data_dir)?);
     let store = recast_image::Store::open(&data_dir.join("store")).map_err(|e| e.to_string())?;
     let rt = recast_runtime::Runtime::new(data_dir, store.clone()).map_err(|e| e.to_string())?;
     let state = recast_state::State::open(&data_dir.join("state.db")).map_err(|e| e.to_string())?;
@@ -103,19 +144,22 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Strin
         .map_err(|e| format!("writing server.json: {e}"))?;
     let api_ctl = ctl.clone();
     tokio::spawn(async move {
+        // Header-read and idle timeouts, a cap on open connections (503 beyond), and a backoff
+        // when the process is out of descriptors: the proxy's rules (`recast_proxy::conn`).
+        let limits = Arc::new(recast_proxy::conn::Limits::api());
+        let gate = recast_proxy::conn::Gate::default();
+        let mut acceptor =
+            recast_proxy::conn::Acceptor::new(listener, format!("the API on {addr}"));
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let (stream, _) = acceptor.accept().await;
+            let Some((stream, permit)) = recast_proxy::conn::admit(&gate, &limits, stream) else {
                 continue;
             };
-            let (ctl, token) = (api_ctl.clone(), token.clone());
+            let (ctl, token, limits) = (api_ctl.clone(), token.clone(), limits.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let (ctl, token) = (ctl.clone(), token.clone());
-                    async move { Ok::<_, std::convert::Infallible>(api::handle(ctl, token, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _permit = permit;
+                let handler = move |req| api::handle(ctl.clone(), token.clone(), req);
+                recast_proxy::conn::serve(stream, &limits, handler).await;
             });
         }
     });

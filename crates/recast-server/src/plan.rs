@@ -75,8 +75,12 @@ impl Plan {
     }
 }
 
-/// The project name of a spec: its directory's name.
+/// The project name of a spec: its `project = "…"`, else its directory's name (see
+/// `crate::project` for who may use a name).
 pub fn project_name(project: &Project) -> String {
+    if let Some(n) = &project.name {
+        return n.clone();
+    }
     let dir = std::fs::canonicalize(&project.dir).unwrap_or_else(|_| project.dir.clone());
     let base = dir
         .file_name()

@@ -40,6 +40,8 @@ pub(crate) struct Decoded {
     pub routes: Vec<Named<Route>>,
     pub guards: Vec<Named<Guard>>,
     pub webhooks: Vec<Named<Webhook>>,
+    /// Every top-level `project = "NAME"`.
+    pub projects: Vec<Named<String>>,
     pub refs: Vec<Ref>,
     /// Every image and service name declared, even where the block has errors, so that a
     /// broken block does not also make every reference to it an error.
@@ -126,11 +128,12 @@ impl<'a> Cx<'a> {
     pub fn file(&mut self, body: &Body) {
         for s in body.iter() {
             match s {
+                Structure::Attribute(a) if a.key.as_str() == "project" => self.project_name(a),
                 Structure::Attribute(a) => self.err_hint(
                     span_of(&a.key),
                     format!("unexpected attribute `{}` at the top level", a.key.as_str()),
                     Some(
-                        "top-level entries are blocks: image, service, route, guard, webhook"
+                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook"
                             .into(),
                     ),
                 ),
@@ -163,6 +166,24 @@ impl<'a> Cx<'a> {
                 },
             }
         }
+    }
+
+    /// `project = "NAME"`: the project's name, checked like every other name.
+    fn project_name(&mut self, a: &Attribute) {
+        let Some(name) = self.string(a) else {
+            return;
+        };
+        let span = span_of(&a.value);
+        if !values::is_name(&name) {
+            self.err_hint(
+                span,
+                format!("invalid project name \"{name}\""),
+                Some("names use lowercase letters, digits, '-', '_' and '.', start with a letter or digit, and have at most 63 characters".into()),
+            );
+            return;
+        }
+        let n = self.named(name, span_of(&a.key));
+        self.out.projects.push(n);
     }
 
     /// The single label of `kind "NAME" { … }`, checked as a name.
@@ -661,43 +682,17 @@ impl<'a> Cx<'a> {
             .required(&mut r, "from")
             .and_then(|a| self.string(a).map(|s| (s, span_of(&a.value))))
             .and_then(|(s, span)| self.base(&s, span));
-        let mut copies = Vec::new();
-        for cb in r.blocks("copy") {
-            if !self.no_labels(cb) {
+        let mut steps = Vec::new();
+        for sb in r.blocks_of(&["copy", "run"]) {
+            if !self.no_labels(sb) {
                 continue;
             }
-            let mut cr = self.reader(cb, "copy".into());
-            let src = self.required(&mut cr, "src").and_then(|a| {
-                let s = self.nonempty(a)?;
-                self.local_path(span_of(&a.value), &s, "copy source")
-            });
-            let dest = self
-                .required(&mut cr, "dest")
-                .and_then(|a| self.abs_path(a, "copy destination"));
-            let mode = cr.attr("mode").and_then(|a| {
-                if let Expression::Number(_) = a.value {
-                    self.err_hint(
-                        span_of(&a.value),
-                        "`mode` must be a string of octal digits, found a number",
-                        Some("quote it so it stays octal: mode = \"0755\"".into()),
-                    );
-                    return None;
-                }
-                self.parsed(a, values::mode)
-            });
-            let owner = cr
-                .attr("owner")
-                .and_then(|a| self.parsed(a, values::owner))
-                .map(|(uid, gid)| Owner { uid, gid });
-            self.finish(cr);
-            if let (Some(src), Some(dest)) = (src, dest) {
-                copies.push(CopyStep {
-                    src,
-                    dest,
-                    mode,
-                    owner,
-                });
-            }
+            let step = if sb.ident.as_str() == "run" {
+                self.run_step(sb).map(BuildStep::Run)
+            } else {
+                self.copy_step(sb).map(BuildStep::Copy)
+            };
+            steps.extend(step);
         }
         let env = r.attr("env").and_then(|a| self.string_map(a, true));
         let workdir = r.attr("workdir").and_then(|a| self.abs_path(a, "workdir"));
@@ -728,7 +723,7 @@ impl<'a> Cx<'a> {
             let image = Image {
                 name,
                 from,
-                copies,
+                steps,
                 env: env.unwrap_or_default(),
                 workdir,
                 user,
@@ -740,6 +735,92 @@ impl<'a> Cx<'a> {
             let n = self.named(image, span);
             self.out.images.push(n);
         }
+    }
+
+    fn copy_step(&mut self, cb: &Block) -> Option<CopyStep> {
+        let mut cr = self.reader(cb, "copy".into());
+        let src = self.required(&mut cr, "src").and_then(|a| {
+            let s = self.nonempty(a)?;
+            self.local_path(span_of(&a.value), &s, "copy source")
+        });
+        let dest = self
+            .required(&mut cr, "dest")
+            .and_then(|a| self.abs_path(a, "copy destination"));
+        let mode = cr.attr("mode").and_then(|a| {
+            if let Expression::Number(_) = a.value {
+                self.err_hint(
+                    span_of(&a.value),
+                    "`mode` must be a string of octal digits, found a number",
+                    Some("quote it so it stays octal: mode = \"0755\"".into()),
+                );
+                return None;
+            }
+            self.parsed(a, values::mode)
+        });
+        let owner = cr
+            .attr("owner")
+            .and_then(|a| self.parsed(a, values::owner))
+            .map(|(uid, gid)| Owner { uid, gid });
+        self.finish(cr);
+        Some(CopyStep {
+            src: src?,
+            dest: dest?,
+            mode,
+            owner,
+        })
+    }
+
+    fn run_step(&mut self, b: &Block) -> Option<RunStep> {
+        let d = self.file.diag(span_of(&b.ident), String::new(), None);
+        let at = format!("{}:{}:{}", d.file.display(), d.line, d.column);
+        let mut r = self.reader(b, "run".into());
+        let shell = r.attr("shell");
+        let command = r.attr("command");
+        let cmd = match (shell, command) {
+            (Some(_), Some(c)) => {
+                self.err_hint(
+                    span_of(&c.key),
+                    "a run step takes one of `shell` and `command`, not both",
+                    Some("`shell = \"…\"` runs through /bin/sh -c; `command = [\"/bin/x\", \"arg\"]` runs directly".into()),
+                );
+                None
+            }
+            (Some(a), None) => self.nonempty(a).map(RunCommand::Shell),
+            (None, Some(a)) => match self.strings(a) {
+                Some(v) if v.is_empty() => {
+                    self.err(span_of(&a.value), "`command` must not be empty");
+                    None
+                }
+                v => v.map(RunCommand::Exec),
+            },
+            (None, None) => {
+                self.err_hint(
+                    r.span.clone(),
+                    "a run step needs `shell` or `command`",
+                    Some("run { shell = \"apt-get update\" } or run { command = [\"/usr/sbin/useradd\", \"app\"] }".into()),
+                );
+                None
+            }
+        };
+        let env = r.attr("env").and_then(|a| self.string_map(a, true));
+        let workdir = r.attr("workdir").and_then(|a| self.abs_path(a, "workdir"));
+        let user = r.attr("user").and_then(|a| self.nonempty(a));
+        let network = match r.attr("network") {
+            Some(a) => self.choice(
+                a,
+                &[("host", StepNetwork::Host), ("none", StepNetwork::None)],
+            ),
+            None => Some(StepNetwork::Host),
+        };
+        self.finish(r);
+        Some(RunStep {
+            at,
+            command: cmd?,
+            env: env.unwrap_or_default(),
+            workdir,
+            user,
+            network: network?,
+        })
     }
 
     fn base(&mut self, s: &str, span: Range<usize>) -> Option<Base> {
@@ -864,8 +945,20 @@ impl<'a> Cx<'a> {
 
     fn service(&mut self, b: &Block) {
         let label = self.label(b);
-        if let Some((name, _)) = &label {
+        if let Some((name, span)) = &label {
             self.out.declared.push(("service", name.clone()));
+            if name.len() > MAX_SERVICE_NAME {
+                self.err_hint(
+                    span.clone(),
+                    format!(
+                        "service name \"{name}\" is {} characters long, at most {MAX_SERVICE_NAME} are allowed",
+                        name.len()
+                    ),
+                    Some(format!(
+                        "instance ids and hostnames are NAME-rRELEASE-XXXXXXXX and must fit in 63 characters; shorten the name to {MAX_SERVICE_NAME} characters or fewer"
+                    )),
+                );
+            }
         }
         let what = label
             .as_ref()
@@ -967,6 +1060,47 @@ impl<'a> Cx<'a> {
             }
             Some(n)
         });
+        let user_namespace = r
+            .attr("user_namespace")
+            .and_then(|a| self.boolean(a))
+            .unwrap_or(false);
+        let tmpfs = r
+            .attr("tmpfs")
+            .and_then(|a| {
+                let list = self.strings(a)?;
+                let mut out: Vec<String> = Vec::new();
+                for p in list {
+                    let p = p.trim_end_matches('/').to_string();
+                    let problem = if !p.starts_with('/') {
+                        Some(format!("tmpfs path \"{p}\" must be absolute"))
+                    } else if p.split('/').any(|c| c == "..") {
+                        Some(format!("tmpfs path \"{p}\" must not contain \"..\""))
+                    } else if p.is_empty()
+                        || p == "/tmp"
+                        || p == "/proc"
+                        || p == "/dev"
+                        || p == "/sys"
+                    {
+                        Some(format!(
+                            "tmpfs path \"{}\" is not allowed: recast mounts / and {} itself",
+                            if p.is_empty() { "/" } else { &p },
+                            "/tmp, /proc, /dev and /sys"
+                        ))
+                    } else if out.contains(&p) {
+                        Some(format!("tmpfs path \"{p}\" is listed twice"))
+                    } else if volumes.iter().any(|v| v.mount.trim_end_matches('/') == p) {
+                        Some(format!("tmpfs path \"{p}\" is already a volume mount"))
+                    } else {
+                        None
+                    };
+                    match problem {
+                        Some(m) => self.err(span_of(&a.value), m),
+                        None => out.push(p),
+                    }
+                }
+                Some(out)
+            })
+            .unwrap_or_default();
         let rollouts = r.blocks("rollout");
         if let Some(extra) = rollouts.get(1) {
             self.err(
@@ -1022,6 +1156,8 @@ impl<'a> Cx<'a> {
                 network,
                 memory,
                 cpus,
+                user_namespace,
+                tmpfs,
                 rollout,
                 guard,
             };
@@ -1409,13 +1545,19 @@ impl<'a> Cx<'a> {
         let service = self
             .required(&mut r, "service")
             .and_then(|a| self.reference(a, "service"));
+        let timeout = r
+            .attr("timeout")
+            .map_or(Some(Duration::from_secs(30)), |a| self.positive_duration(a));
         self.finish(r);
-        if let (Some((name, span)), Some(listen), Some(service)) = (label, listen, service) {
+        if let (Some((name, span)), Some(listen), Some(service), Some(timeout)) =
+            (label, listen, service, timeout)
+        {
             let n = self.named(
                 Route {
                     name,
                     listen,
                     service,
+                    timeout,
                 },
                 span,
             );
@@ -1437,7 +1579,10 @@ impl<'a> Cx<'a> {
             if rest.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
                 self.err(
                     span_of(&a.value),
-                    format!("invalid webhook url \"{u}\": expected http:// or https:// and a host"),
+                    format!(
+                        "invalid webhook url \"{}\": expected http:// or https:// and a host",
+                        crate::redact_url(&u)
+                    ),
                 );
                 return None;
             }
@@ -1526,6 +1671,21 @@ impl<'b> Reader<'b> {
             }
         }
         found
+    }
+
+    /// Every block named one of `names`, in the order they appear.
+    fn blocks_of(&mut self, names: &[&'static str]) -> Vec<&'b Block> {
+        self.known_blocks.extend(names);
+        let mut out = Vec::new();
+        for (i, s) in self.body.iter().enumerate() {
+            if let Structure::Block(b) = s
+                && names.contains(&b.ident.as_str())
+            {
+                self.used[i] = true;
+                out.push(b);
+            }
+        }
+        out
     }
 
     /// Every block `name`, in order.

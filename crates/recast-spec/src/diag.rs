@@ -83,6 +83,17 @@ impl Diagnostics {
         self.0.iter()
     }
 
+    /// The same diagnostics without the source lines they point into: location, message and
+    /// hint only. For callers that must not see a file's content (the API: a file that fails to
+    /// parse may be anything).
+    pub fn without_source(mut self) -> Diagnostics {
+        for d in &mut self.0 {
+            d.source_line.clear();
+            d.width = 0;
+        }
+        self
+    }
+
     pub(crate) fn sort(&mut self) {
         self.0.sort_by(|a, b| a.key().cmp(&b.key()));
         self.0.dedup();

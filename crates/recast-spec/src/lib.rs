@@ -8,8 +8,10 @@ mod decode;
 mod diag;
 pub mod model;
 mod project;
+mod redact;
 pub mod values;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use model::*;
 pub use project::load;
+pub use redact::{redact_in, redact_url};

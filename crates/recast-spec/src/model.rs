@@ -12,6 +12,9 @@ use std::time::Duration;
 /// One project: every `*.hcl` file of a directory (or the one file named).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
+    /// The name given by `project = "NAME"`, if any (otherwise the directory names the project).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The directory relative paths in the spec are resolved against.
     pub dir: PathBuf,
     /// The spec files the project was read from, in load order.
@@ -24,11 +27,28 @@ pub struct Project {
     pub webhooks: BTreeMap<String, Webhook>,
 }
 
+impl Project {
+    /// The `tmpfs` paths of every service that runs `image`: its test instance gets them too,
+    /// since that is how the image runs.
+    pub fn tmpfs_of_image(&self, image: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in self.services.values().filter(|s| s.image == image) {
+            for t in &s.tmpfs {
+                if !out.contains(t) {
+                    out.push(t.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub name: String,
     pub from: Base,
-    pub copies: Vec<CopyStep>,
+    /// `copy` and `run` steps, in the order the spec gives them; one layer each.
+    pub steps: Vec<BuildStep>,
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
@@ -61,6 +81,46 @@ pub enum Base {
     Registry {
         reference: String,
     },
+}
+
+/// One build step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BuildStep {
+    Copy(CopyStep),
+    Run(RunStep),
+}
+
+/// A `run` step: a command in a throwaway build container over the layers so far; what it
+/// changes becomes one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStep {
+    /// Where the step is written, `FILE:LINE:COLUMN`, for errors of the build.
+    pub at: String,
+    pub command: RunCommand,
+    /// On top of the image's environment.
+    pub env: BTreeMap<String, String>,
+    /// Instead of the image's `workdir` / `user`.
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub network: StepNetwork,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunCommand {
+    /// `shell = "…"`: run by `/bin/sh -c`.
+    Shell(String),
+    /// `command = [...]`: exec form.
+    Exec(Vec<String>),
+}
+
+/// The network of a build step: the host's (package managers work) or none (hermetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepNetwork {
+    Host,
+    None,
 }
 
 /// A `copy` step: a file or directory from the build context into the image.
@@ -101,6 +161,11 @@ pub struct HttpTest {
     pub expect_body: Option<String>,
 }
 
+/// The longest service name: an instance id is `NAME-rRELEASE-XXXXXXXX` (release numbers up to
+/// ten digits, eight random hex digits) and is also the instance's hostname, which must fit in a
+/// 63-character DNS label (the kernel allows 64): 63 - 2 - 10 - 1 - 8.
+pub const MAX_SERVICE_NAME: usize = 42;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
@@ -116,6 +181,12 @@ pub struct Service {
     /// Memory limit in bytes.
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
+    /// Run each instance in a user namespace (root inside is an unprivileged host uid).
+    #[serde(default)]
+    pub user_namespace: bool,
+    /// Empty, private tmpfs directories in the read-only root (never persisted, not drift).
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
     pub rollout: Rollout,
     /// Service-level override of the project guard.
     pub guard: Option<Guard>,
@@ -244,6 +315,9 @@ pub struct Route {
     pub listen: SocketAddr,
     /// Name of the service (the reference `service.NAME` resolved).
     pub service: String,
+    /// How long an instance may take to answer a request (to its response headers) before the
+    /// client gets a 504.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

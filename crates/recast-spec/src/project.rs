@@ -15,7 +15,7 @@ pub fn load(path: &Path) -> Result<Project, Diagnostics> {
     let mut sources = Vec::new();
     let mut diags = Vec::new();
     for p in &paths {
-        match std::fs::read(p) {
+        match read_bounded(p) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => sources.push(SourceFile::new(p.clone(), text)),
                 Err(e) => diags.push(file_diag(
@@ -52,6 +52,33 @@ pub fn load(path: &Path) -> Result<Project, Diagnostics> {
     } else {
         Err(diags)
     }
+}
+
+/// The largest spec file read: specs are small, and nothing may make recast read a device or a
+/// huge file into memory.
+const MAX_SPEC_FILE: u64 = 4 << 20;
+
+/// A spec file's bytes: a regular file (symlinks followed) of at most [`MAX_SPEC_FILE`] bytes.
+fn read_bounded(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Checked before opening too: opening a FIFO would block.
+    if !std::fs::metadata(p)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let f = std::fs::File::open(p)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_SPEC_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SPEC_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_SPEC_FILE >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The files of the project at `path`, and the directory it lives in.
@@ -116,6 +143,21 @@ fn cross_check(
             ));
         }
     }
+    if let [first, rest @ ..] = d.projects.as_slice() {
+        for p in rest {
+            diags.push(at(
+                p.file,
+                &p.span,
+                "`project` is set more than once".into(),
+                Some(format!(
+                    "the project is already named \"{}\" at {}; set it in one file only",
+                    first.value,
+                    place(first.file, &first.span)
+                )),
+            ));
+        }
+    }
+    let name = d.projects.into_iter().next().map(|p| p.value);
     let guard = d
         .guards
         .into_iter()
@@ -171,6 +213,7 @@ fn cross_check(
     }
 
     Project {
+        name,
         dir,
         files,
         images,

@@ -18,6 +18,11 @@ pub enum Error {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("state database {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,6 +94,18 @@ pub struct RouteRow {
     pub name: String,
     pub listen: String,
     pub service: String,
+    /// The route's upstream timeout (`route { timeout }`), in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The spec directory a project name belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectOwner {
+    pub name: String,
+    /// Canonical path of the spec directory.
+    pub dir: String,
+    /// When this directory became the owner.
+    pub since_ms: i64,
 }
 
 pub struct State {
@@ -123,6 +140,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, name));",
     // 2: a service's events by kind (analysis verdicts in `history`).
     "CREATE INDEX events_by_kind ON events (project, service, kind, id);",
+    // 3: which spec directory owns each project name (projects deployed before have no owner
+    // until their next apply records one).
+    "CREATE TABLE projects (
+        name TEXT PRIMARY KEY, dir TEXT NOT NULL, since_ms INTEGER NOT NULL);",
+    // 4: a route's upstream timeout.
+    "ALTER TABLE routes ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 30000;",
 ];
 
 pub fn now_ms() -> i64 {
@@ -188,6 +211,20 @@ impl State {
             path: p.clone(),
             source,
         };
+        // Private from the first byte (SQLite gives the -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let created = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+            created.map_err(|e| Error::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+        }
         let conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -216,6 +253,39 @@ impl State {
         f(&conn).map_err(|source| Error::Db {
             path: self.path.clone(),
             source,
+        })
+    }
+
+    // ---- project ownership ----------------------------------------------------------------------
+
+    /// The directory that owns project `name`, if one was recorded.
+    pub fn project_owner(&self, name: &str) -> Result<Option<ProjectOwner>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT name, dir, since_ms FROM projects WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(ProjectOwner {
+                        name: r.get(0)?,
+                        dir: r.get(1)?,
+                        since_ms: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Record `dir` as the owner of project `name` (replacing any earlier owner).
+    pub fn set_project_owner(&self, name: &str, dir: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO projects (name, dir, since_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET dir = excluded.dir, since_ms = excluded.since_ms
+                 WHERE projects.dir <> excluded.dir",
+                params![name, dir, now_ms()],
+            )
+            .map(drop)
         })
     }
 
@@ -426,8 +496,8 @@ impl State {
             c.execute("DELETE FROM routes WHERE project = ?1", params![project])?;
             for r in routes {
                 c.execute(
-                    "INSERT INTO routes (project, name, listen, service) VALUES (?1, ?2, ?3, ?4)",
-                    params![project, r.name, r.listen, r.service],
+                    "INSERT INTO routes (project, name, listen, service, timeout_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![project, r.name, r.listen, r.service, r.timeout_ms as i64],
                 )?;
             }
             Ok(())
@@ -437,7 +507,7 @@ impl State {
     pub fn routes(&self) -> Result<Vec<RouteRow>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT project, name, listen, service FROM routes ORDER BY project, name",
+                "SELECT project, name, listen, service, timeout_ms FROM routes ORDER BY project, name",
             )?;
             st.query_map([], |r| {
                 Ok(RouteRow {
@@ -445,6 +515,7 @@ impl State {
                     name: r.get(1)?,
                     listen: r.get(2)?,
                     service: r.get(3)?,
+                    timeout_ms: r.get::<_, i64>(4)?.max(1) as u64,
                 })
             })?
             .collect()
@@ -529,6 +600,16 @@ mod tests {
             Some(1)
         );
         assert_eq!(s.releases("p", "web").expect("history").len(), 2);
+        assert_eq!(s.project_owner("p").expect("owner"), None);
+        s.set_project_owner("p", "/srv/a/svc").expect("own");
+        let first = s.project_owner("p").expect("owner").expect("recorded");
+        s.set_project_owner("p", "/srv/a/svc").expect("own again");
+        assert_eq!(s.project_owner("p").expect("owner"), Some(first));
+        s.set_project_owner("p", "/srv/b/svc").expect("move");
+        assert_eq!(
+            s.project_owner("p").expect("owner").map(|o| o.dir),
+            Some("/srv/b/svc".into())
+        );
         let open = s.unfinished_rollouts().expect("rollouts");
         assert_eq!(
             (open.len(), open[0].step, open[0].detail.as_str()),

@@ -3,6 +3,7 @@
 use crate::output;
 use anyhow::bail;
 use recast_image::build::{self, Options};
+use recast_image::step::StepRunner;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -20,12 +21,14 @@ pub fn run(
     let store = output::store(data_dir)?;
     let opts = Options::from_env()?;
     let mut progress = output::progress();
+    let runner = crate::run::step_runner(data_dir, &project)?;
     let built = build::build(
         &store,
         Some(&data_dir.join("cache")),
         &project,
         images,
         &opts,
+        runner.as_ref().map(|r| r as &dyn StepRunner),
         &mut progress,
     )?;
     if json {
@@ -42,7 +45,14 @@ pub fn run(
         }
     }
     if check {
-        let mismatches = build::check(&store, &project, &built, &opts, &mut progress)?;
+        let mismatches = build::check(
+            &store,
+            &project,
+            &built,
+            &opts,
+            runner.as_ref().map(|r| r as &dyn StepRunner),
+            &mut progress,
+        )?;
         if !mismatches.is_empty() {
             for m in &mismatches {
                 eprintln!(

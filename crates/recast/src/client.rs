@@ -1,7 +1,7 @@
 //! Talking to a running server: found through the data directory (or RECAST_SERVER and
 //! RECAST_TOKEN), spoken to over its JSON API.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -39,14 +39,17 @@ impl Client {
         };
         let token = match std::env::var("RECAST_TOKEN").ok().filter(|s| !s.is_empty()) {
             Some(t) => t,
-            None => std::fs::read_to_string(recast_server::token_path(data_dir))
-                .map(|t| t.trim().to_string())
-                .with_context(|| {
-                    format!(
-                        "reading the API token in {}\n  hint: set RECAST_TOKEN",
-                        data_dir.display()
-                    )
-                })?,
+            None => {
+                let p = recast_server::token_path(data_dir);
+                recast_server::read_token(&p)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "there is no API token {}\n  hint: set RECAST_TOKEN, or start the server (it creates the token)",
+                            p.display()
+                        )
+                    })?
+            }
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

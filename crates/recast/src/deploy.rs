@@ -4,6 +4,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::{Context as _, anyhow, bail};
 use recast_image::build::{self, Options};
+use recast_image::step::StepRunner;
 use recast_server::plan::{self, Action, Plan};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -20,12 +21,14 @@ fn load(spec: &Path) -> anyhow::Result<recast_spec::Project> {
 pub fn compute_plan(spec: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
     let project = load(spec)?;
     let store = output::store(data_dir)?;
+    let runner = crate::run::step_runner(data_dir, &project)?;
     let built = build::build(
         &store,
         Some(&data_dir.join("cache")),
         &project,
         &[],
         &Options::from_env()?,
+        runner.as_ref().map(|r| r as &dyn StepRunner),
         &mut output::progress(),
     )?;
     let digests: BTreeMap<String, String> = built
@@ -33,12 +36,17 @@ pub fn compute_plan(spec: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
         .map(|b| (b.image.clone(), b.digest.to_string()))
         .collect();
     let state = recast_state::State::open(&data_dir.join("state.db"))?;
-    Ok(plan::plan(
-        &project,
-        &plan::project_name(&project),
-        &digests,
-        &state,
-    )?)
+    let id = recast_server::project::Identity::of(&project);
+    if let recast_server::project::Ownership::Moved { from } =
+        recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?
+    {
+        eprintln!(
+            "note: project {} moves from {from} to {} on apply",
+            id.name,
+            id.dir.display()
+        );
+    }
+    Ok(plan::plan(&project, &id.name, &digests, &state)?)
 }
 
 pub fn render_plan(p: &Plan) -> String {
@@ -117,6 +125,8 @@ pub fn apply(
     let client = Client::find(data_dir)?;
     let path = std::fs::canonicalize(spec)
         .with_context(|| format!("cannot read spec {}", spec.display()))?;
+    // Checked here first, so that errors show the spec's lines (the server shows locations only).
+    load(&path)?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive && !yes && !json {
         let p = compute_plan(&path, data_dir)?;
@@ -429,7 +439,16 @@ pub fn destroy(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
-    let project = recast_spec::load(spec).ok().map(|p| plan::project_name(&p));
+    let project = match recast_spec::load(spec) {
+        Ok(p) => {
+            // Never destroy another directory's project of the same name.
+            let id = recast_server::project::Identity::of(&p);
+            let state = recast_state::State::open(&data_dir.join("state.db"))?;
+            recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?;
+            Some(id.name)
+        }
+        Err(_) => None,
+    };
     let what = if services.is_empty() {
         format!(
             "every service of project {}",

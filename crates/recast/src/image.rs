@@ -4,6 +4,7 @@ use crate::output;
 use clap::{Subcommand, ValueEnum};
 use recast_image::archive::{self, Format};
 use recast_image::fileindex::FileIndex;
+use recast_image::oci;
 use recast_image::registry::{self, Remote};
 use recast_image::{ImageRef, Store};
 use std::path::{Path, PathBuf};
@@ -197,7 +198,8 @@ fn inspect(store: &Store, reference: &str, json: bool) -> anyhow::Result<()> {
     let config = store.config(&manifest, &of)?;
     let files = match manifest.file_index() {
         Some(d) if store.has_blob(&d) => {
-            let fi: FileIndex = serde_json::from_slice(&store.read_blob(&d, &of)?)?;
+            let bytes = store.read_blob_capped(&d, "file index", &of, oci::MAX_FILE_INDEX)?;
+            let fi: FileIndex = serde_json::from_slice(&bytes)?;
             Some(fi.entries.len())
         }
         _ => None,

@@ -3,6 +3,7 @@
 use crate::{output, run};
 use anyhow::bail;
 use recast_image::build::{self, Options};
+use recast_image::step::StepRunner;
 use recast_runtime::imagetest;
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,20 +20,30 @@ pub fn run(
     };
     let store = output::store(data_dir)?;
     let mut progress = output::progress();
+    let runner = run::step_runner(data_dir, &project)?;
     let built = build::build(
         &store,
         Some(&data_dir.join("cache")),
         &project,
         images,
         &Options::from_env()?,
+        runner.as_ref().map(|r| r as &dyn StepRunner),
         &mut progress,
     )?;
-    let rt = run::runtime(data_dir, store)?;
+    let rt = match runner {
+        Some(rt) => rt,
+        None => run::runtime(data_dir, store)?,
+    };
     let mut outcomes = Vec::new();
     for b in &built {
         let image = &project.images[&b.image];
         progress(&format!("testing image {}", b.image));
-        outcomes.push(imagetest::test_image(&rt, image, &b.digest));
+        outcomes.push(imagetest::test_image(
+            &rt,
+            image,
+            &b.digest,
+            &project.tmpfs_of_image(&b.image),
+        ));
     }
     if json {
         output::json(&outcomes)?;

@@ -43,6 +43,18 @@ struct Spec {
     file: PathBuf,
 }
 
+/// Where the server's API listens.
+#[derive(Debug, clap::Args)]
+struct Api {
+    /// API address (loopback; the CLI finds it through the data directory)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Allow --listen on a non-loopback address: the API is plain HTTP, so its token and
+    /// everything it says cross the network readable by anyone on the path
+    #[arg(long)]
+    insecure_listen: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check the spec; exit 1 with file:line:column errors
@@ -89,16 +101,15 @@ enum Command {
     Image(image::Command),
     /// The control plane: supervisor, proxy, API
     Server {
-        /// API address (loopback; the CLI finds it through the data directory)
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        api: Api,
     },
     /// Server in the foreground, and apply the spec (development and demos)
     Up {
         #[command(flatten)]
         spec: Spec,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        api: Api,
     },
     /// What apply would do, rollout steps included
     Plan {
@@ -202,7 +213,24 @@ enum Command {
     },
 }
 
+/// Raise the soft limit on open files to the hard limit: recast holds a descriptor per client
+/// connection (and one upstream), and the default soft limit (often 1024) is far below what
+/// the kernel allows. Instances get their own limit from their runtime spec.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("warning: cannot raise the open-file limit to its maximum: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_file_limit();
+    // Everything recast creates is private unless it sets a mode itself (image files keep theirs).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let data_dir = || output::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
@@ -218,10 +246,11 @@ fn main() -> ExitCode {
         }
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
-        Command::Server { listen } => data_dir().and_then(|d| serve::run(&d, listen, None)),
-        Command::Up { spec, listen } => {
-            data_dir().and_then(|d| serve::run(&d, listen, Some(&spec.file)))
+        Command::Server { api } => {
+            data_dir().and_then(|d| serve::run(&d, api.listen, api.insecure_listen, None))
         }
+        Command::Up { spec, api } => data_dir()
+            .and_then(|d| serve::run(&d, api.listen, api.insecure_listen, Some(&spec.file))),
         Command::Plan { spec, json } => {
             data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, json))
         }

@@ -4,18 +4,67 @@ use anyhow::Context as _;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-/// `--data-dir`, `RECAST_DATA_DIR`, `$XDG_DATA_HOME/recast`, or `~/.local/share/recast`.
+/// `--data-dir`, `RECAST_DATA_DIR`, `$XDG_DATA_HOME/recast`, or `~/.local/share/recast`;
+/// made private ([`private_dir`]).
 pub fn data_dir(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(d) = flag {
-        return Ok(d.to_path_buf());
+    let dir = if let Some(d) = flag {
+        d.to_path_buf()
+    } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        PathBuf::from(x).join("recast")
+    } else {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .context("no data directory: set --data-dir, RECAST_DATA_DIR or HOME")?;
+        PathBuf::from(home).join(".local/share/recast")
+    };
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Create the data directory 0700, or make an existing one 0700: it holds the state, instance
+/// configurations (service environments) and the API token, so no other user may enter it. A
+/// shared directory (sticky, like `/tmp`) or one owned by another user is refused.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .with_context(|| format!("creating the data directory {}", dir.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the data directory {}", dir.display())),
+        Ok(m) if !m.is_dir() => anyhow::bail!(
+            "the data directory {} is not a directory\n  hint: pick another with --data-dir",
+            dir.display()
+        ),
+        Ok(m) if m.mode() & 0o1000 != 0 || m.uid() != rustix::process::geteuid().as_raw() => {
+            anyhow::bail!(
+                "the data directory {} is shared (mode {:o}, owner uid {})\n  hint: give recast a directory of its own with --data-dir or RECAST_DATA_DIR",
+                dir.display(),
+                m.mode() & 0o7777,
+                m.uid()
+            )
+        }
+        // 0710 with the user-namespace group: the mapped root of `user_namespace` instances
+        // must traverse it (the runtime sets that up); nobody else can.
+        Ok(m) if m.mode() & 0o077 == 0o010 && m.gid() == recast_runtime::USERNS_HOST_ID => Ok(()),
+        Ok(m) if m.mode() & 0o077 != 0 => {
+            std::fs::set_permissions(dir, PermissionsExt::from_mode(0o700)).with_context(|| {
+                format!("making the data directory {} private (0700)", dir.display())
+            })
+        }
+        Ok(_) => Ok(()),
     }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("recast"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("no data directory: set --data-dir, RECAST_DATA_DIR or HOME")?;
-    Ok(PathBuf::from(home).join(".local/share/recast"))
 }
 
 /// The image store of a data directory.

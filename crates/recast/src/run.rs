@@ -28,6 +28,8 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
         volume_scope: String::new(),
         memory: None,
         cpus: None,
+        user_namespace: false,
+        tmpfs: Vec::new(),
         owner: "run".into(),
     };
     let inst = rt.start(&spec)?;
@@ -66,6 +68,23 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
 }
 
 /// A runtime for this data directory, with what dead `run`/`test` processes left cleaned up.
+/// The runtime, when some image of `project` has `run` steps (they run in build containers);
+/// builds of `copy` steps alone need no container runtime.
+pub fn step_runner(
+    data_dir: &Path,
+    project: &recast_spec::Project,
+) -> anyhow::Result<Option<Runtime>> {
+    let runs = project.images.values().any(|i| {
+        i.steps
+            .iter()
+            .any(|s| matches!(s, recast_spec::BuildStep::Run(_)))
+    });
+    if !runs {
+        return Ok(None);
+    }
+    Ok(Some(runtime(data_dir, output::store(data_dir)?)?))
+}
+
 pub fn runtime(data_dir: &Path, store: recast_image::Store) -> anyhow::Result<Runtime> {
     let rt = Runtime::new(data_dir, store)?;
     let recovered = rt.recover()?;

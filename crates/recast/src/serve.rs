@@ -22,8 +22,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Run the server until SIGTERM/SIGINT; with `apply`, apply that spec once it is up.
-pub fn run(data_dir: &Path, listen: SocketAddr, apply: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// Run the server until SIGTERM/SIGINT; with `apply`, apply that spec once it is up. The API
+/// is plain HTTP: a non-loopback `listen` is refused unless `insecure_listen`.
+pub fn run(
+    data_dir: &Path,
+    listen: SocketAddr,
+    insecure_listen: bool,
+    apply: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    if !listen.ip().is_loopback() && !insecure_listen {
+        eprintln!(
+            "error: refusing to serve the API on {listen}: it is not a loopback address, and the API is plain HTTP (its bearer token and everything it answers would cross the network unencrypted)\n  hint: listen on 127.0.0.1 (the default) and reach it through an SSH tunnel, or pass --insecure-listen to accept the risk"
+        );
+        return Ok(ExitCode::from(2));
+    }
     // Before any thread starts, so that only the signal thread receives them.
     let signals = recast_runtime::signals::forward();
     let rt = runtime()?;

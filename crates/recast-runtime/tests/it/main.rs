@@ -27,30 +27,46 @@ fn example_binary() -> PathBuf {
 }
 
 fn fixture() -> Fixture {
+    fixture_as(Some("65534:65534"))
+}
+
+/// The test image, run as `user` (the image's default, root, when `None`).
+fn fixture_as(user: Option<&str>) -> Fixture {
     let dir = tempfile::tempdir().expect("tmp");
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).expect("mkdir");
     std::fs::copy(example_binary(), ctx.join("hello")).expect("copy hello");
+    let probe = example_binary().with_file_name("sysprobe");
+    std::fs::copy(&probe, ctx.join("sysprobe"))
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-hello)", probe.display()));
     std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static is not installed");
+    let user = user.map_or(String::new(), |u| format!("user = \"{u}\""));
     std::fs::write(
         ctx.join("recast.hcl"),
-        r#"
-image "box" {
+        format!(
+            r#"
+image "box" {{
   from = "scratch"
-  copy {
+  copy {{
     src  = "hello"
     dest = "/bin/hello"
     mode = "0555"
-  }
-  copy {
+  }}
+  copy {{
     src  = "busybox"
     dest = "/bin/busybox"
     mode = "0555"
-  }
-  user = "65534:65534"
+  }}
+  copy {{
+    src  = "sysprobe"
+    dest = "/bin/sysprobe"
+    mode = "0555"
+  }}
+  {user}
   cmd  = ["/bin/hello"]
-}
-"#,
+}}
+"#
+        ),
     )
     .expect("spec");
     let project = recast_spec::load(&ctx).unwrap_or_else(|d| panic!("{d}"));
@@ -61,6 +77,7 @@ image "box" {
         &project,
         &[],
         &Options::default(),
+        None,
         &mut |_| {},
     )
     .expect("build");
@@ -88,6 +105,8 @@ impl Fixture {
             volume_scope: "svc".into(),
             memory: None,
             cpus: None,
+            user_namespace: false,
+            tmpfs: Vec::new(),
             owner: "test".into(),
         }
     }
@@ -115,7 +134,22 @@ impl Fixture {
     /// Delete and check that nothing of the instance is left on the machine.
     fn delete_and_check_gone(&self, inst: &Instance) {
         self.rt.delete(inst).expect("delete");
-        assert_gone(self.dir.path(), inst);
+        assert_gone(&self.rt, self.dir.path(), inst);
+    }
+
+    /// The instance's cgroup directory in the hierarchy `controller` (cgroup v1) or the unified
+    /// hierarchy (v2).
+    fn cgroup(&self, inst: &Instance, controller: &str) -> PathBuf {
+        let v1 = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(self.rt.cgroup_parent())
+            .join(&inst.id);
+        if v1.exists() {
+            return v1;
+        }
+        Path::new("/sys/fs/cgroup")
+            .join(self.rt.cgroup_parent())
+            .join(&inst.id)
     }
 }
 
@@ -155,7 +189,7 @@ fn tcp_ready() -> Health {
 }
 
 /// No process, cgroup, mount, namespace or file of the instance remains.
-pub fn assert_gone(data_dir: &Path, inst: &Instance) {
+pub fn assert_gone(rt: &Runtime, data_dir: &Path, inst: &Instance) {
     if let Some(pid) = inst.pid {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(
@@ -168,12 +202,12 @@ pub fn assert_gone(data_dir: &Path, inst: &Instance) {
         .expect("cgroupfs")
         .flatten()
     {
-        let p = h.path().join("recast").join(&inst.id);
+        let p = h.path().join(rt.cgroup_parent()).join(&inst.id);
         assert!(!p.exists(), "cgroup {} left behind", p.display());
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
-        !mounts.contains(&inst.id),
+        !mounts.contains(&*inst.dir().to_string_lossy()),
         "a mount of {} is left:\n{mounts}",
         inst.id
     );
@@ -301,12 +335,7 @@ fn the_memory_limit_is_enforced() {
     let mut spec = f.spec(&[]);
     spec.memory = Some(32 << 20);
     let inst = f.start(&spec);
-    let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory/recast/{}/memory.limit_in_bytes",
-        inst.id
-    ))
-    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/recast/{}/memory.max", inst.id)))
-    .expect("the instance's memory cgroup");
+    let limit = memory_limit(&f, &inst);
     assert_eq!(limit.trim(), (32u64 << 20).to_string());
     // Holding 64 MiB in a shell variable must get the shell killed.
     let (code, _) = f.sh(
@@ -438,7 +467,7 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
     let mut want = vec![dead.id.as_str(), "t-halfmade"];
     want.sort();
     assert_eq!(cleaned, want);
-    assert_gone(f.dir.path(), &dead);
+    assert_gone(&rt2, f.dir.path(), &dead);
 
     // The new runtime checks, reads and stops what it took over.
     let taken = &r.running[0];
@@ -458,7 +487,7 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
         State::Exited { .. }
     ));
     rt2.delete(taken).expect("delete");
-    assert_gone(f.dir.path(), taken);
+    assert_gone(&rt2, f.dir.path(), taken);
 }
 
 #[test]
@@ -514,5 +543,289 @@ fn a_tampered_unpacked_image_is_unpacked_again_before_use() {
     );
     let (status, body) = http_get(&f.rt, &inst, "/", Duration::from_secs(2)).expect("get");
     assert_eq!((status, body.as_str()), (200, "clean from hello 0.1.0\n"));
+    f.delete_and_check_gone(&inst);
+}
+
+/// The memory limit in the instance's cgroup (v1 `memory.limit_in_bytes` or v2 `memory.max`).
+fn memory_limit(f: &Fixture, inst: &Instance) -> String {
+    let dir = f.cgroup(inst, "memory");
+    std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
+        .unwrap_or_else(|e| panic!("the memory cgroup of {} in {}: {e}", inst.id, dir.display()))
+        .trim()
+        .to_string()
+}
+
+fn pids_limit(f: &Fixture, inst: &Instance) -> String {
+    let p = f.cgroup(inst, "pids").join("pids.max");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// Run `/bin/sysprobe` in the instance: syscall name → "ok" or "errno N".
+fn probe(f: &Fixture, inst: &Instance) -> BTreeMap<String, String> {
+    let (code, out) =
+        f.rt.exec(
+            inst,
+            &["/bin/sysprobe".to_string()],
+            Duration::from_secs(10),
+        )
+        .expect("exec sysprobe");
+    assert_eq!(code, 0, "sysprobe failed: {out}");
+    out.lines()
+        .filter_map(|l| {
+            let (name, result) = l.split_once(' ')?;
+            Some((name.to_string(), result.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_seccomp_allowlist_refuses_namespaces_io_uring_and_kernel_calls() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[]));
+    let got = probe(&f, &inst);
+    let mut want = BTreeMap::new();
+    // Ordinary software: files, sockets, fork, threads and process creation (libc's clone3 is
+    // answered ENOSYS and it falls back to clone).
+    for ok in [
+        "getpid",
+        "openat",
+        "socket(AF_INET)",
+        "socket(AF_UNIX)",
+        "clone(fork)",
+        "thread",
+        "spawn",
+    ] {
+        want.insert(ok.to_string(), "ok".to_string());
+    }
+    for refused in [
+        "unshare(CLONE_NEWUSER)",
+        "unshare(CLONE_NEWNS)",
+        "clone(CLONE_NEWNET)",
+        "clone(CLONE_NEWUSER)",
+        "setns",
+        "io_uring_setup",
+        "mount",
+        "umount2",
+        "ptrace",
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+        "reboot",
+        "finit_module",
+        "socket(AF_VSOCK)",
+    ] {
+        want.insert(refused.to_string(), "errno 1".to_string());
+    }
+    want.insert("clone3".into(), "errno 38".into());
+    assert_eq!(
+        got, want,
+        "sysprobe's answers (errno 1 = EPERM, 38 = ENOSYS)"
+    );
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn stock_programs_still_work_under_the_allowlist() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[("MESSAGE", "stock")]));
+    // busybox's shell: pipelines (fork, pipe, exec), /proc, time, sleep, sockets (nc), files.
+    let (code, out) = f.sh(
+        &inst,
+        "echo abc | /bin/busybox tr a-c x-z && /bin/busybox ls / | /bin/busybox wc -l >/dev/null \
+         && /bin/busybox ps >/dev/null && /bin/busybox date +%s >/dev/null && /bin/busybox sleep 0.01 \
+         && echo data > /tmp/f && /bin/busybox sha256sum /tmp/f >/dev/null \
+         && /bin/busybox wget -q -O - http://127.0.0.1:8080/ && /bin/busybox id -u",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "xyz\nstock from hello 0.1.0\n65534\n");
+    // The example service itself (threads, sockets, signals) answers as before.
+    let (status, body) = http_get(&f.rt, &inst, "/", Duration::from_secs(2)).expect("get");
+    assert_eq!((status, body.as_str()), (200, "stock from hello 0.1.0\n"));
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn every_instance_gets_the_default_memory_and_pids_limits() {
+    let f = fixture();
+    let inst = f.start(&f.spec(&[]));
+    assert_eq!(
+        memory_limit(&f, &inst),
+        recast_runtime::DEFAULT_MEMORY.to_string()
+    );
+    assert_eq!(
+        pids_limit(&f, &inst),
+        recast_runtime::DEFAULT_PIDS.to_string()
+    );
+    // The cgroup is under this data directory's parent, not a shared `recast/`.
+    assert!(
+        f.rt.cgroup_parent().starts_with("recast-") && f.rt.cgroup_parent().len() == 19,
+        "{}",
+        f.rt.cgroup_parent()
+    );
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn two_data_directories_never_share_a_cgroup() {
+    let a = fixture();
+    let b = fixture();
+    assert_ne!(a.rt.cgroup_parent(), b.rt.cgroup_parent());
+    // The same instance id in both installations.
+    let id = new_id("same");
+    let mut spec_a = a.spec(&[("MESSAGE", "a")]);
+    spec_a.id = id.clone();
+    spec_a.memory = Some(64 << 20);
+    let mut spec_b = b.spec(&[("MESSAGE", "b")]);
+    spec_b.id = id.clone();
+    let ia = a.start(&spec_a);
+    let ib = b.start(&spec_b);
+    assert_eq!(memory_limit(&a, &ia), (64u64 << 20).to_string());
+    assert_eq!(
+        memory_limit(&b, &ib),
+        recast_runtime::DEFAULT_MEMORY.to_string()
+    );
+    // Recovery by a new runtime of A finds A's instance only and leaves B's alone.
+    let store = Store::open(&a.dir.path().join("store")).expect("store");
+    let ra = Runtime::new(a.dir.path(), store).expect("runtime");
+    assert_eq!(ra.cgroup_parent(), a.rt.cgroup_parent());
+    let r = ra.recover().expect("recover");
+    assert_eq!(r.running.len(), 1);
+    assert!(r.cleaned.is_empty(), "{:?}", r.cleaned);
+    // Deleting A's instance leaves B's running, in its cgroup.
+    a.delete_and_check_gone(&ia);
+    assert_eq!(b.rt.state(&ib), State::Running);
+    assert!(b.cgroup(&ib, "memory").exists());
+    let (status, body) = http_get(&b.rt, &ib, "/", Duration::from_secs(2)).expect("get b");
+    assert_eq!((status, body.as_str()), (200, "b from hello 0.1.0\n"));
+    b.delete_and_check_gone(&ib);
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn runtime_files_are_private_and_a_non_root_user_still_reads_its_root_and_writes_its_volume() {
+    // As the binary runs: nothing it creates is open by accident.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let f = fixture();
+    let mut spec = f.spec(&[("SECRET_TOKEN", "hunter2")]);
+    spec.volumes = vec![("data".into(), "/data".into())];
+    let inst = f.start(&spec);
+    // The instance (user 65534) reads its root and writes its volume.
+    let (code, out) = f.sh(
+        &inst,
+        "/bin/busybox stat -c %a / && /bin/busybox ls /bin >/dev/null && echo ok > /data/f && /bin/busybox cat /data/f && /bin/busybox id -u",
+    );
+    assert_eq!((code, out.as_str()), (0, "755\nok\n65534\n"));
+    let dir = inst.dir();
+    // (The namespace pin `netns` shows the namespace's own inode, 0444, usable only with
+    // CAP_SYS_ADMIN, inside the 0700 directory.)
+    for file in ["config.json", "instance.json", "stdout.log", "stderr.log"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("config.json"))
+            .expect("config")
+            .contains("hunter2")
+    );
+    assert_eq!(mode(dir), 0o700, "the instance directory");
+    assert_eq!(mode(&dir.join("upper")), 0o755, "/ inside the instance");
+    for d in ["instances", "rootfs", "volumes", "runc"] {
+        assert_eq!(mode(&f.dir.path().join(d)), 0o700, "{d}");
+    }
+    let volume = f.dir.path().join("volumes/svc/data");
+    assert_eq!(mode(&volume), 0o755);
+    assert_eq!(mode(&volume.with_file_name("")), 0o700);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&volume).expect("volume");
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+    // Stopped: the exit status is recorded privately too.
+    f.rt.stop(&inst, Duration::from_secs(5));
+    assert_eq!(mode(&dir.join("exit-status")), 0o600);
+    f.delete_and_check_gone(&inst);
+}
+
+#[test]
+fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
+    // A stock image that runs as root.
+    let f = fixture_as(None);
+    // A private data directory, as recast makes it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+    }
+    let mut spec = f.spec(&[("MESSAGE", "mapped")]);
+    spec.user_namespace = true;
+    spec.volumes = vec![
+        ("data".into(), "/data".into()),
+        ("deep".into(), "/srv/deep/state".into()),
+    ];
+    let inst = f.start(&spec);
+    let (status, body) = http_get(&f.rt, &inst, "/", Duration::from_secs(2)).expect("get");
+    assert_eq!((status, body.as_str()), (200, "mapped from hello 0.1.0\n"));
+    // Inside: root, with the mapping in place; the image is readable, the volumes writable.
+    let (code, out) = f.sh(
+        &inst,
+        "/bin/busybox id -u && /bin/busybox cat /proc/self/uid_map && /bin/busybox ls /bin >/dev/null \
+         && echo kept > /data/f && echo deep > /srv/deep/state/f && /bin/busybox cat /data/f",
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [vec!["0"], vec!["0", "100000", "65536"], vec!["kept"]],
+        "{out}"
+    );
+    // Root inside is still refused what the profile refuses.
+    let got = probe(&f, &inst);
+    assert_eq!(got["unshare(CLONE_NEWUSER)"], "errno 1");
+    assert_eq!(got["mount"], "errno 1");
+    assert_eq!(got["spawn"], "ok");
+    // The host sees the app as uid/gid 100000, and the volume files it wrote as 100000's.
+    let pid = inst.pid.expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), ["100000"; 4], "{status}");
+    assert_eq!(field("Gid:"), ["100000"; 4], "{status}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(f.dir.path().join("volumes/svc/data/f")).expect("volume file");
+        assert_eq!((m.uid(), m.gid()), (100_000, 100_000));
+        // The way to its root filesystem is open to the mapped root's group only; the runtime
+        // spec (with the environment) stays root's.
+        for d in [f.dir.path(), &f.dir.path().join("instances"), inst.dir()] {
+            let m = std::fs::metadata(d).expect("dir");
+            assert_eq!((m.gid(), mode(d)), (100_000, 0o710), "{}", d.display());
+        }
+        assert_eq!(mode(&inst.dir().join("config.json")), 0o600);
+    }
+    // Its own network namespace (runc made it inside the user namespace) and its own sysfs.
+    let (code, out) = f.sh(&inst, "/bin/busybox grep ' /sys ' /proc/mounts");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("sysfs /sys sysfs ro,"), "{out}");
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("netns");
+    assert_ne!(ns(pid.to_string()), ns("self".into()));
     f.delete_and_check_gone(&inst);
 }

@@ -81,7 +81,7 @@ case!(
     [
         1,
         1,
-        "unexpected attribute `port` at the top level | hint: top-level entries are blocks: image, service, route, guard, webhook"
+        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook"
     ]
 );
 
@@ -404,6 +404,16 @@ case!(
 );
 
 case!(
+    user_namespace_not_bool,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  user_namespace = \"yes\"\n}\n",
+    [
+        4,
+        20,
+        "`user_namespace` must be a bool (true or false), found a string"
+    ]
+);
+
+case!(
     bad_network,
     "service \"a\" {\n  image = image.app\n  port = 80\n  network = \"hots\"\n}\n",
     [
@@ -682,6 +692,12 @@ case!(
 );
 
 case!(
+    route_timeout_zero,
+    "service \"a\" {\n  image = image.app\n  port = 80\n}\nroute \"web\" {\n  listen = \"127.0.0.1:8080\"\n  service = service.a\n  timeout = \"0s\"\n}\n",
+    [8, 13, "`timeout` must be more than 0s"]
+);
+
+case!(
     volume_on_tmp,
     "service \"a\" {\n  image = image.app\n  port = 80\n  volume \"t\" { mount = \"/tmp\" }\n}\n",
     [
@@ -767,3 +783,138 @@ fn rendered_error_shows_the_line_and_a_caret() {
         )
     );
 }
+
+// ---- project identity, name limits, what an API caller may see (issue 10) ------------------
+
+case!(
+    project_name_invalid,
+    "project = \"My Shop\"\n",
+    [
+        1,
+        11,
+        "invalid project name \"My Shop\" | hint: names use lowercase letters, digits, '-', '_' and '.', start with a letter or digit, and have at most 63 characters"
+    ]
+);
+
+case!(
+    project_name_not_a_string,
+    "project = 42\n",
+    [1, 11, "`project` must be a string, found a number"]
+);
+
+case!(
+    project_name_too_long,
+    &format!("project = \"{}\"\n", "p".repeat(64)),
+    [
+        1,
+        11,
+        &format!(
+            "invalid project name \"{}\" | hint: names use lowercase letters, digits, '-', '_' and '.', start with a letter or digit, and have at most 63 characters",
+            "p".repeat(64)
+        )
+    ]
+);
+
+#[test]
+fn project_set_in_two_files_names_both_places() {
+    let dir = project(&[
+        ("a.hcl", &format!("project = \"shop\"\n{APP}")),
+        ("b.hcl", "\n\nproject = \"shop\"\n"),
+    ]);
+    assert_eq!(
+        render(dir.path()),
+        [format!(
+            "b.hcl:3:1: `project` is set more than once | hint: the project is already named \"shop\" at {}:1:1; set it in one file only",
+            dir.path().join("a.hcl").display()
+        )
+        .replace(&dir.path().display().to_string(), "DIR")]
+    );
+}
+
+case!(
+    service_name_longer_than_an_instance_hostname_allows,
+    &format!(
+        "service \"{}\" {{\n  image = image.app\n  port = 80\n}}\n",
+        "s".repeat(43)
+    ),
+    [
+        1,
+        9,
+        &format!(
+            "service name \"{}\" is 43 characters long, at most 42 are allowed | hint: instance ids and hostnames are NAME-rRELEASE-XXXXXXXX and must fit in 63 characters; shorten the name to 42 characters or fewer",
+            "s".repeat(43)
+        )
+    ]
+);
+
+#[test]
+fn service_name_of_the_longest_allowed_length_is_valid() {
+    let name = "s".repeat(recast_spec::MAX_SERVICE_NAME);
+    let dir = project(&[(
+        "recast.hcl",
+        &format!("{APP}service \"{name}\" {{\n  image = image.app\n  port = 80\n}}\n"),
+    )]);
+    assert_eq!(render(dir.path()), Vec::<String>::new());
+    // Its instance ids fit in a hostname (63 characters) up to release 9,999,999,999.
+    assert!(format!("{name}-r9999999999-0123abcd").len() <= 63);
+}
+
+case!(
+    webhook_url_error_shows_no_credentials,
+    "webhook \"w\" {\n  url = \"ftp://user:pass@host/x?token=SECRET\"\n  events = [\"rollout.started\"]\n}\n",
+    [
+        2,
+        9,
+        "invalid webhook url \"ftp://***@host/x?token=***\": expected http:// or https:// and a host"
+    ]
+);
+
+#[test]
+fn without_source_keeps_the_location_and_drops_the_content() {
+    let dir = project(&[("recast.hcl", "root:$6$salt$hash:19000:0:99999:7:::\n")]);
+    let diags = recast_spec::load(dir.path()).expect_err("not HCL");
+    let text = diags.without_source().to_string();
+    assert!(
+        text.starts_with(&format!("{}:1:", dir.path().join("recast.hcl").display())),
+        "{text}"
+    );
+    for secret in ["salt", "hash", "19000", "root"] {
+        assert!(!text.contains(secret), "content echoed: {text}");
+    }
+}
+
+#[test]
+fn a_spec_path_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let diags = recast_spec::load(std::path::Path::new("/dev/zero")).expect_err("a device");
+    let text = diags.to_string();
+    assert!(
+        text.contains("/dev/zero") && text.contains("not a regular file"),
+        "{text}"
+    );
+}
+
+case!(
+    run_with_shell_and_command,
+    "image \"a\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  run {\n    shell = \"true\"\n    command = [\"/bin/true\"]\n  }\n}\n",
+    [
+        6,
+        5,
+        "a run step takes one of `shell` and `command`, not both | hint: `shell = \"…\"` runs through /bin/sh -c; `command = [\"/bin/x\", \"arg\"]` runs directly"
+    ]
+);
+
+case!(
+    run_without_a_command,
+    "image \"a\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n  run {\n    user = \"0\"\n  }\n}\n",
+    [
+        4,
+        3,
+        "a run step needs `shell` or `command` | hint: run { shell = \"apt-get update\" } or run { command = [\"/usr/sbin/useradd\", \"app\"] }"
+    ]
+);
+
+case!(
+    tmpfs_relative,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  tmpfs = [\"run\"]\n}\n",
+    [4, 11, "tmpfs path \"run\" must be absolute"]
+);

@@ -14,9 +14,19 @@ image "web" {
     mode  = "0555"
     owner = "1000:100"
   }
+  run {
+    shell = "mkdir -p /srv/cache"
+  }
   copy {
     src  = "static"
     dest = "/srv/static"
+  }
+  run {
+    command = ["/usr/sbin/useradd", "--system", "app"]
+    env     = { DEBIAN_FRONTEND = "noninteractive" }
+    workdir = "/srv"
+    user    = "0"
+    network = "none"
   }
   env        = { GREETING = "hi", WORKERS = 4 }
   workdir    = "/srv"
@@ -62,6 +72,8 @@ service "web" {
   network = "host"
   memory  = "256MiB"
   cpus    = 0.5
+  user_namespace = true
+  tmpfs          = ["/run", "/var/lib/nginx/"]
   rollout {
     strategy = "canary"
     sticky   = true
@@ -120,6 +132,7 @@ service "admin" {
 route "web" {
   listen  = "127.0.0.1:8080"
   service = service.web
+  timeout = "5s"
 }
 
 route "api" {
@@ -161,8 +174,8 @@ fn every_block_and_knob() {
         Image {
             name: s("web"),
             from: Base::Scratch,
-            copies: vec![
-                CopyStep {
+            steps: vec![
+                BuildStep::Copy(CopyStep {
                     src: root.join("bin/app"),
                     dest: s("/bin/app"),
                     mode: Some(0o555),
@@ -170,13 +183,33 @@ fn every_block_and_knob() {
                         uid: 1000,
                         gid: 100
                     }),
-                },
-                CopyStep {
+                }),
+                BuildStep::Run(RunStep {
+                    at: format!("{}:10:3", root.join("recast.hcl").display()),
+                    command: RunCommand::Shell(s("mkdir -p /srv/cache")),
+                    env: BTreeMap::new(),
+                    workdir: None,
+                    user: None,
+                    network: StepNetwork::Host,
+                }),
+                BuildStep::Copy(CopyStep {
                     src: root.join("static"),
                     dest: s("/srv/static"),
                     mode: None,
                     owner: None
-                },
+                }),
+                BuildStep::Run(RunStep {
+                    at: format!("{}:17:3", root.join("recast.hcl").display()),
+                    command: RunCommand::Exec(vec![
+                        s("/usr/sbin/useradd"),
+                        s("--system"),
+                        s("app")
+                    ]),
+                    env: map(&[("DEBIAN_FRONTEND", "noninteractive")]),
+                    workdir: Some(s("/srv")),
+                    user: Some(s("0")),
+                    network: StepNetwork::None,
+                }),
             ],
             env: map(&[("GREETING", "hi"), ("WORKERS", "4")]),
             workdir: Some(s("/srv")),
@@ -244,6 +277,8 @@ fn every_block_and_knob() {
             network: Network::Host,
             memory: Some(256 << 20),
             cpus: Some(0.5),
+            user_namespace: true,
+            tmpfs: vec![s("/run"), s("/var/lib/nginx")],
             rollout: Rollout {
                 strategy: Strategy::Canary {
                     steps: vec![
@@ -322,9 +357,11 @@ fn every_block_and_knob() {
         Route {
             name: s("api"),
             listen: "[::1]:9090".parse().expect("addr"),
-            service: s("api")
+            service: s("api"),
+            timeout: Duration::from_secs(30)
         }
     );
+    assert_eq!(p.routes["web"].timeout, Duration::from_secs(5));
     assert_eq!(
         p.guard,
         Guard {
@@ -401,4 +438,22 @@ fn a_single_file_loads_only_that_file() {
     ]);
     assert!(load(&dir.path().join("one.hcl")).is_ok());
     assert_eq!(render(dir.path()).len(), 1);
+}
+
+#[test]
+fn project_name_is_read_from_the_top_level() {
+    let dir = project(&[
+        ("a.hcl", "project = \"shop\"\n"),
+        (
+            "b.hcl",
+            "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+        ),
+    ]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(p.name.as_deref(), Some("shop"));
+    let dir = project(&[(
+        "recast.hcl",
+        "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
+    )]);
+    assert_eq!(load(dir.path()).map(|p| p.name).ok(), Some(None));
 }

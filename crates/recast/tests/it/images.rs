@@ -426,14 +426,14 @@ image "c" {
 }
 
 /// Debian's docker-registry on a free loopback port, stopped on drop.
-struct Registry {
+pub struct Registry {
     child: Child,
-    addr: String,
+    pub addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start() -> Registry {
+    pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("tmp");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")

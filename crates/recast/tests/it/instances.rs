@@ -1,7 +1,7 @@
 //! `recast test` and `recast run` with real containers (issue 4).
 
 use crate::{example, stderr, stdout};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -197,15 +197,25 @@ fn a_killed_recast_run_leaves_nothing_once_recast_runs_again() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    for h in std::fs::read_dir("/sys/fs/cgroup")
+    // Each data directory's cgroups live under its own `recast-<hash>` parent, in every
+    // hierarchy (v1 controllers and the v2 root alike).
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
         .expect("cgroupfs")
-        .flatten()
+        .flatten();
+    for h in hierarchies
+        .map(|h| h.path())
+        .chain([PathBuf::from("/sys/fs/cgroup")])
     {
-        assert!(
-            !h.path().join("recast").join(&id).exists(),
-            "cgroup left in {}",
-            h.path().display()
-        );
+        for parent in std::fs::read_dir(&h).into_iter().flatten().flatten() {
+            let name = parent.file_name();
+            if name.to_string_lossy().starts_with("recast-") {
+                assert!(
+                    !parent.path().join(&id).exists(),
+                    "cgroup left in {}",
+                    parent.path().display()
+                );
+            }
+        }
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(

@@ -1,10 +1,17 @@
 //! End-to-end tests of the `recast` binary, driven the way a user drives it.
 
 mod canary;
+mod debian;
 mod deploy;
 mod guard;
+mod hostile_images;
+mod hostile_registry;
 mod images;
 mod instances;
+mod limits;
+mod private;
+mod project;
+mod runsteps;
 mod validate;
 
 use std::path::{Path, PathBuf};
