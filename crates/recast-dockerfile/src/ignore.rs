@@ -275,7 +275,7 @@ impl Ignore {
     }
 
     fn load_file(path: &Path) -> Result<Ignore, Diagnostics> {
-        match std::fs::read(path) {
+        match read_bounded(path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => Self::parse(path, &text),
                 Err(_) => Err(Diagnostics(vec![file_diag(
@@ -538,12 +538,13 @@ fn glob_in(
     Ok(out)
 }
 
-/// The directory holding `rel` must resolve inside the context (no symlinked way out).
+/// `rel` must resolve inside the context: no symlinked way out on the way to it, nor at its end
+/// (a source that is itself a link is followed when copied, so a link to a host file or
+/// directory would copy the host's files into the image).
 fn check_inside(context_dir: &Path, rel: &str, pattern: &str) -> Result<(), ContextError> {
-    let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
     let (Ok(root), Ok(dir)) = (
         context_dir.canonicalize(),
-        context_dir.join(parent).canonicalize(),
+        context_dir.join(rel).canonicalize(),
     ) else {
         return Ok(());
     };
@@ -554,6 +555,29 @@ fn check_inside(context_dir: &Path, rel: &str, pattern: &str) -> Result<(), Cont
             "`{pattern}` leaves the build context through a symbolic link"
         )))
     }
+}
+
+/// The most of an ignore file recast reads: it comes with the (untrusted) build context.
+const MAX_IGNORE_FILE: u64 = 1 << 20;
+
+/// An ignore file's bytes: a regular file (a link to `/dev/zero` or a FIFO is refused, not read
+/// without end or waited on) of at most [`MAX_IGNORE_FILE`] bytes.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_IGNORE_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_IGNORE_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_IGNORE_FILE >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -571,6 +595,23 @@ fn show(dir: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The context decides what its ignore file is: a device or an oversized file is refused
+    /// with the file named, never read without end.
+    #[test]
+    fn an_ignore_file_is_a_bounded_regular_file() {
+        let ctx = tempfile::tempdir().expect("tmp");
+        let file = ctx.path().join(".dockerignore");
+        std::fs::write(&file, "#".repeat((MAX_IGNORE_FILE + 1) as usize)).expect("write");
+        let e = Ignore::load(ctx.path()).expect_err("oversized");
+        assert!(format!("{e}").contains("larger than 1 MiB"), "{e}");
+        std::fs::remove_file(&file).expect("rm");
+        std::os::unix::fs::symlink("/dev/zero", &file).expect("symlink");
+        let e = Ignore::load(ctx.path()).expect_err("a device");
+        assert!(format!("{e}").contains("not a regular file"), "{e}");
+        std::fs::remove_file(&file).expect("rm");
+        assert_eq!(Ignore::load(ctx.path()), Ok(Ignore::default()));
+    }
 
     #[test]
     fn clean_is_go_filepath_clean() {

@@ -2,14 +2,15 @@
 
 use crate::archive;
 use crate::digest::Digest;
+use crate::dockerfile;
 use crate::error::{Context, Error, Result};
 use crate::fileindex::FileIndex;
 use crate::layer::{self, StatCache};
 use crate::oci::{self, Descriptor, Manifest};
-use crate::registry::{self, Remote};
+use crate::registry;
 use crate::step::{self, RunRequest, StepRunner};
 use crate::store::{Staging, Store};
-use recast_spec::{Base, BuildStep, Image, Project};
+use recast_spec::{Base, BuildStep, CopyStep, DockerfileSource, Image, Project};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,6 +25,9 @@ pub struct Options {
     pub vary_created: bool,
     /// Use plain HTTP for every registry, not only loopback ones.
     pub insecure: bool,
+    /// The digest of each base tag (normalised reference → manifest digest): the project's
+    /// `recast.lock` ([`crate::lock`]). A base tag not listed is an error, never pulled as is.
+    pub pins: BTreeMap<String, Digest>,
 }
 
 impl Options {
@@ -41,6 +45,7 @@ impl Options {
             epoch,
             vary_created: std::env::var_os("RECAST_TEST_VARY_BUILD").is_some(),
             insecure: false,
+            pins: BTreeMap::new(),
         })
     }
 }
@@ -68,16 +73,87 @@ pub fn build(
     runner: Option<&dyn StepRunner>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Built>> {
-    let images = select(project, names)?;
-    let mut stats = cache_dir.map_or_else(StatCache::empty, StatCache::load);
+    let images = build_order(project, &select(project, names)?)?;
+    let mut b = Builder {
+        store,
+        cache_dir,
+        project,
+        opts,
+        runner,
+        stats: cache_dir.map_or_else(StatCache::empty, StatCache::load),
+        built: BTreeMap::new(),
+    };
     let mut out = Vec::new();
     for image in images {
         progress(&format!("building image {}", image.name));
-        let built = build_one(store, cache_dir, &mut stats, image, opts, runner, progress)?;
-        out.push(built);
+        out.push(b.build_one(image, progress)?);
     }
-    stats.save()?;
+    b.stats.save()?;
     Ok(out)
+}
+
+/// `images` and the project images they build on, each after what it builds on; a cycle is
+/// an error naming it.
+fn build_order<'p>(project: &'p Project, images: &[&'p Image]) -> Result<Vec<&'p Image>> {
+    fn deps(image: &Image) -> Vec<&str> {
+        let mut d = Vec::new();
+        if let Base::Image { name } = &image.from {
+            d.push(name.as_str());
+        }
+        for s in &image.steps {
+            if let BuildStep::Copy(CopyStep { from: Some(f), .. }) = s {
+                d.push(f.as_str());
+            }
+        }
+        d
+    }
+    fn visit<'p>(
+        project: &'p Project,
+        image: &'p Image,
+        path: &mut Vec<String>,
+        out: &mut Vec<&'p Image>,
+    ) -> Result<()> {
+        if out.iter().any(|i| i.name == image.name) {
+            return Ok(());
+        }
+        if path.contains(&image.name) {
+            path.push(image.name.clone());
+            return Err(Error::msg(format!(
+                "images build on each other in a cycle: {}",
+                path.join(" → ")
+            )));
+        }
+        path.push(image.name.clone());
+        for d in deps(image) {
+            let dep = project.images.get(d).ok_or_else(|| {
+                Error::msg(format!(
+                    "image {} builds on image {d}, which the spec lacks",
+                    image.name
+                ))
+            })?;
+            visit(project, dep, path, out)?;
+        }
+        path.pop();
+        out.push(image);
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for image in images {
+        visit(project, image, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// One build: what stays the same from image to image, and what was built so far (by name,
+/// or by [`dockerfile::stage_key`] for stages).
+struct Builder<'a> {
+    store: &'a Store,
+    cache_dir: Option<&'a Path>,
+    project: &'a Project,
+    opts: &'a Options,
+    runner: Option<&'a dyn StepRunner>,
+    stats: StatCache,
+    built: BTreeMap<String, Digest>,
 }
 
 /// The images to build: those named, or all.
@@ -99,124 +175,501 @@ pub fn select<'p>(project: &'p Project, names: &[String]) -> Result<Vec<&'p Imag
         .collect()
 }
 
-fn build_one(
+impl Builder<'_> {
+    /// Build `image` (its Dockerfile's stages first, if it has one) and name it `NAME:latest`.
+    fn build_one(&mut self, image: &Image, progress: &mut dyn FnMut(&str)) -> Result<Built> {
+        let (digest, size, cached) = match &image.dockerfile {
+            Some(src) => self.dockerfile(image, src, progress)?,
+            None => self.assemble(image, &Map::new(), progress)?,
+        };
+        let store = self.store;
+        let desc_size = fs::metadata(store.blob_path(&digest))
+            .map(|m| m.len())
+            .doing(|| format!("reading the manifest of image {}", image.name))?;
+        let desc = Descriptor::new(oci::MANIFEST, digest.clone(), desc_size);
+        let already = store
+            .resolve(&crate::store::ImageRef::Tag {
+                name: image.name.clone(),
+                tag: "latest".into(),
+            })
+            .is_ok_and(|(d, _)| d.digest == digest);
+        if !already {
+            store.tag(&image.name, "latest", &desc)?;
+        }
+        self.built.insert(image.name.clone(), digest.clone());
+        Ok(Built {
+            image: image.name.clone(),
+            digest,
+            size,
+            cached: cached && already,
+        })
+    }
+
+    /// Build the stages of a Dockerfile image the target needs, in order; the target's digest.
+    fn dockerfile(
+        &mut self,
+        image: &Image,
+        src: &DockerfileSource,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Digest, u64, bool)> {
+        let of = format!("image {}", image.name);
+        // Parse once to learn the bases, then again with their environments (`ENV PATH=/x:$PATH`).
+        let first = dockerfile::parse(src, &BTreeMap::new())?;
+        let order = first
+            .stage_order(src.target.as_deref())
+            .map_err(|e| Error::msg(format!("{of}: {e}")))?;
+        let mut base_env = BTreeMap::new();
+        for &i in &order {
+            if let recast_dockerfile::Base::Image(r) = &first.stages[i].base {
+                let base = self.resolve_reference(r)?;
+                let mut staging = self.store.stage()?;
+                if let Some(b) = base_of(
+                    &base,
+                    &mut staging,
+                    self.cache_dir,
+                    self.opts,
+                    &of,
+                    &self.built,
+                )? {
+                    let env = str_list(&b.config["config"]["Env"])
+                        .into_iter()
+                        .filter_map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                        })
+                        .collect();
+                    base_env.insert(r.clone(), env);
+                }
+                staging.commit()?;
+            }
+        }
+        let df = dockerfile::parse(src, &base_env)?;
+        for w in &df.warnings {
+            progress(&format!("{of}: warning: {w}"));
+        }
+        let ignore = recast_dockerfile::Ignore::load_for(&src.context, &src.path)
+            .map_err(|d| Error::msg(d.to_string()))?;
+        let mut last = None;
+        for &i in &order {
+            let stage = &df.stages[i];
+            // Images a `COPY --from` names by reference are built as stages of their own.
+            for ins in &stage.instructions {
+                if let recast_dockerfile::Op::Copy(recast_dockerfile::Copy {
+                    from: Some(recast_dockerfile::CopyFrom::Image(r)),
+                    ..
+                }) = &ins.op
+                {
+                    let key = dockerfile::ref_key(r);
+                    if !self.built.contains_key(&key) {
+                        let from = self.resolve_reference(r)?;
+                        let img = Image {
+                            name: key.clone(),
+                            from,
+                            steps: Vec::new(),
+                            env: BTreeMap::new(),
+                            workdir: None,
+                            user: None,
+                            cmd: None,
+                            entrypoint: None,
+                            labels: BTreeMap::new(),
+                            test: None,
+                            dockerfile: None,
+                        };
+                        let (d, _, _) = self.assemble(&img, &Map::new(), progress)?;
+                        self.built.insert(key, d);
+                    }
+                }
+            }
+            let plan =
+                dockerfile::plan_stage(image, src, &ignore, stage, &|r| self.resolve_reference(r))?;
+            let mut target = plan.image;
+            let is_target = Some(&i) == order.last();
+            if is_target {
+                // The image block's own settings apply on top of the Dockerfile's.
+                target.env.extend(image.env.clone());
+                target.labels.extend(image.labels.clone());
+                for (mine, theirs) in [
+                    (&mut target.workdir, &image.workdir),
+                    (&mut target.user, &image.user),
+                ] {
+                    if theirs.is_some() {
+                        mine.clone_from(theirs);
+                    }
+                }
+                if image.cmd.is_some() {
+                    target.cmd.clone_from(&image.cmd);
+                }
+                if image.entrypoint.is_some() {
+                    target.entrypoint.clone_from(&image.entrypoint);
+                }
+            }
+            progress(&format!(
+                "{of}: stage {}",
+                stage.name.clone().unwrap_or_else(|| i.to_string())
+            ));
+            let built = self.assemble(&target, &plan.extra, progress)?;
+            self.built.insert(plan.key, built.0.clone());
+            last = Some(built);
+        }
+        last.ok_or_else(|| Error::msg(format!("{of}: the Dockerfile has no stage to build")))
+    }
+
+    /// A `FROM` or `COPY --from` reference of a Dockerfile as a base, the way `from` is read.
+    fn resolve_reference(&self, reference: &str) -> Result<Base> {
+        self.project.resolve_base(reference).map_err(Error::msg)
+    }
+
+    /// Build the layers, config and manifest of `image` into the store (not naming it); its
+    /// manifest digest, total size and whether the store held it already.
+    fn assemble(
+        &mut self,
+        image: &Image,
+        extra: &Map<String, Value>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Digest, u64, bool)> {
+        let (store, cache_dir, opts, runner) = (self.store, self.cache_dir, self.opts, self.runner);
+        let of = format!("image {}", image.name);
+        let mut staging = store.stage()?;
+        let base = base_of(&image.from, &mut staging, cache_dir, opts, &of, &self.built)?;
+        let (mut layers, mut diff_ids, mut indexes, base_config) = match base {
+            Some(b) => (b.manifest.layers, b.diff_ids, b.indexes, Some(b.config)),
+            None => (Vec::new(), Vec::new(), Vec::new(), None),
+        };
+        let mut history = Vec::new();
+        // What run steps see: the image's env and workdir (the base's, then the image block's),
+        // but the base's user: the image block's `user` is whom the image runs as, not whom it is
+        // built by (as a Dockerfile's final USER, and Packer's provisioners, which run as root).
+        // A step may set its own workdir and user.
+        let seen = make_config(base_config.clone(), image, Vec::new(), Vec::new(), opts);
+        let seen = &seen["config"];
+        let base_user = base_config
+            .as_ref()
+            .and_then(|c| c["config"]["User"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let total = image.steps.len();
+        for (i, step) in image.steps.iter().enumerate() {
+            let l = match step {
+                BuildStep::Copy(copy) => {
+                    progress(&format!(
+                        "{}: step {}/{total}: copy to {}",
+                        image.name,
+                        i + 1,
+                        copy.dest
+                    ));
+                    let resolved;
+                    let copy = if copy.from.is_some() || copy.chown.is_some() || copy.extract {
+                        resolved = self.resolve_copy(copy, &staging, &layers, &of)?;
+                        &resolved
+                    } else {
+                        copy
+                    };
+                    let l =
+                        layer::build(copy, opts.epoch, &mut self.stats, cache_dir, &mut staging)
+                            .map_err(|e| {
+                                Error::msg(format!("building {of}, copy to {}: {e}", copy.dest))
+                            })?;
+                    history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: copy to {}", copy.dest) }));
+                    l
+                }
+                BuildStep::Run(run) => {
+                    let what = format!("{of}, step {}/{total} (run at {})", i + 1, run.at);
+                    // A Dockerfile step says its whole environment, and without a WORKDIR it runs
+                    // in the base's (not in one a later instruction sets).
+                    let (mut env, workdir) = if run.env_is_complete {
+                        (
+                            Vec::new(),
+                            &base_config
+                                .as_ref()
+                                .map_or(Value::Null, |c| c["config"]["WorkingDir"].clone()),
+                        )
+                    } else {
+                        (str_list(&seen["Env"]), &seen["WorkingDir"])
+                    };
+                    merge_env(&mut env, &run.env);
+                    let req = RunRequest {
+                        what: what.clone(),
+                        parents: &layers,
+                        argv: step::argv(run),
+                        env,
+                        workdir: run
+                            .workdir
+                            .clone()
+                            .or_else(|| workdir.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        user: run.user.clone().unwrap_or_else(|| base_user.clone()),
+                        network: run.network,
+                        epoch: opts.epoch,
+                    };
+                    progress(&format!(
+                        "{}: step {}/{total}: run {}",
+                        image.name,
+                        i + 1,
+                        req.argv.join(" ")
+                    ));
+                    let l = run_step(&req, runner, cache_dir, &mut staging)?;
+                    history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: run {}", req.argv.join(" ")) }));
+                    l
+                }
+            };
+            diff_ids.push(Value::String(l.descriptor.digest.to_string()));
+            layers.push(l.descriptor);
+            indexes.push(l.index);
+        }
+        let mut config = make_config(base_config, image, diff_ids, history, opts);
+        for (k, v) in extra {
+            match k.strip_prefix('#') {
+                Some(root) => config[root] = v.clone(),
+                None => config["config"][k] = v.clone(),
+            }
+        }
+        let config_bytes = oci::canonical_json(&config);
+        let c = staging.put(&config_bytes)?;
+        let index = FileIndex::merge(&indexes);
+        let fi = staging.put(&index.to_json())?;
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            oci::ANNOTATION_FILE_INDEX.to_string(),
+            fi.digest.to_string(),
+        );
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: oci::MANIFEST.to_string(),
+            config: Descriptor::new(oci::CONFIG, c.digest, c.size),
+            layers,
+            annotations,
+        };
+        let bytes = oci::canonical_json(&manifest);
+        let digest = Digest::of(&bytes);
+        let cached = store.has_blob(&digest);
+        staging.put(&bytes)?;
+        staging.commit()?;
+        let size = bytes.len() as u64
+            + manifest.config.size
+            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        Ok((digest, size, cached))
+    }
+
+    /// `copy` made plain: its source found (inside another image, or a tar extracted) and its
+    /// owner's names resolved against the image built so far (`layers`).
+    fn resolve_copy(
+        &self,
+        copy: &CopyStep,
+        staging: &Staging<'_>,
+        layers: &[Descriptor],
+        of: &str,
+    ) -> Result<CopyStep> {
+        let mut c = match &copy.from {
+            Some(other) => self.copy_source(other, copy, of)?,
+            None => copy.clone(),
+        };
+        if let Some(names) = c.chown.take() {
+            c.owner = Some(owner_by_name(staging, layers, &names, of)?);
+        }
+        if c.extract {
+            c.src = extracted(self.store, self.cache_dir, &c.src)?;
+            c.extract = false;
+        }
+        Ok(c)
+    }
+
+    /// `copy` with its source inside the built image `other`: that image's root, unpacked once
+    /// per digest, with `src` resolved inside it (symlinks included, never out of it).
+    fn copy_source(&self, other: &str, copy: &CopyStep, of: &str) -> Result<CopyStep> {
+        let digest = self.built.get(other).ok_or_else(|| {
+            Error::msg(format!(
+                "{of} copies from image {other}, which was not built first"
+            ))
+        })?;
+        let root = image_root(self.store, self.cache_dir, digest, other)?;
+        let src = copy.src.to_string_lossy();
+        let host = recast_root::Root::open(&root)
+            .and_then(|r| r.resolve(&src))
+            .map_err(|e| Error::msg(format!("{of}: copy from image {other}: {src}: {e}")))?;
+        Ok(CopyStep {
+            src: host,
+            from: None,
+            ..copy.clone()
+        })
+    }
+}
+
+/// `USER[:GROUP]` names (or numbers) as ids, from the `/etc/passwd` and `/etc/group` of the
+/// image built so far; without a group, the user's primary group.
+fn owner_by_name(
+    staging: &Staging<'_>,
+    layers: &[Descriptor],
+    names: &str,
+    of: &str,
+) -> Result<recast_spec::Owner> {
+    let (u, g) = names
+        .split_once(':')
+        .map_or((names, None), |(u, g)| (u, Some(g)));
+    let lookup = |file: &str, name: &str| -> Result<Option<(u32, u32)>> {
+        let text = image_file(staging, layers, file, of)?.unwrap_or_default();
+        Ok(text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| {
+                Some((
+                    f.get(2)?.parse().ok()?,
+                    f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0),
+                ))
+            })?
+        }))
+    };
+    let missing = |what: &str, n: &str, file: &str| {
+        Error::msg(format!(
+            "{of}: --chown {what} \"{n}\" is not in the image's {file}"
+        ))
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => lookup("etc/passwd", u)?.ok_or_else(|| missing("user", u, "/etc/passwd"))?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                lookup("etc/group", g)?
+                    .ok_or_else(|| missing("group", g, "/etc/group"))?
+                    .0
+            }
+        },
+    };
+    Ok(recast_spec::Owner { uid, gid })
+}
+
+/// The content of the regular file `path` (relative) in the image made of `layers`: the top
+/// layer that has it (or deletes it) decides. Bounded to 4 MiB.
+fn image_file(
+    staging: &Staging<'_>,
+    layers: &[Descriptor],
+    path: &str,
+    of: &str,
+) -> Result<Option<String>> {
+    use std::io::Read;
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let whiteout = if dir.is_empty() {
+        format!(".wh.{name}")
+    } else {
+        format!("{dir}/.wh.{name}")
+    };
+    for l in layers.iter().rev() {
+        let what = format!("layer {} of {of}", l.digest);
+        let r = oci::layer_reader(staging.open(&l.digest, of)?, &l.media_type, l.size, &what);
+        let mut archive = tar::Archive::new(r);
+        for e in archive.entries().doing(|| format!("reading {what}"))? {
+            let mut e = e.doing(|| format!("reading {what}"))?;
+            let p = e.path().doing(|| format!("reading {what}"))?;
+            let p = p.to_string_lossy();
+            let p = p.trim_start_matches("./").trim_start_matches('/');
+            if p == whiteout {
+                return Ok(None);
+            }
+            if p == path && e.header().entry_type().is_file() {
+                let mut out = String::new();
+                (&mut e)
+                    .take(4 << 20)
+                    .read_to_string(&mut out)
+                    .doing(|| format!("reading /{path} in {what}"))?;
+                return Ok(Some(out));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The contents of the tar archive `tar` (plain or gzip), unpacked once per content under the
+/// cache (or the store's temporary directory); what `ADD archive.tar /dest` puts in the image.
+fn extracted(store: &Store, cache_dir: Option<&Path>, tar: &Path) -> Result<PathBuf> {
+    use std::io::Read;
+    let mut file = fs::File::open(tar).doing(|| format!("reading {}", tar.display()))?;
+    let mut h = crate::digest::HashingWriter::new(std::io::sink());
+    std::io::copy(&mut file, &mut h).doing(|| format!("reading {}", tar.display()))?;
+    let (digest, size, _) = h.finish();
+    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join("added"));
+    let dir = parent.join(digest.hex());
+    if dir.join(".complete").exists() {
+        return Ok(dir.join("fs"));
+    }
+    let tmp = parent.join(format!(".{}.tmp{}", digest.hex(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let fsdir = tmp.join("fs");
+    fs::create_dir_all(&fsdir).doing(|| format!("creating {}", fsdir.display()))?;
+    let result = (|| {
+        let mut magic = [0u8; 2];
+        let mut f = fs::File::open(tar).doing(|| format!("reading {}", tar.display()))?;
+        let gzip = f.read(&mut magic).unwrap_or(0) == 2 && magic == [0x1f, 0x8b];
+        let f = fs::File::open(tar).doing(|| format!("reading {}", tar.display()))?;
+        let media = if gzip {
+            oci::LAYER_TAR_GZIP
+        } else {
+            oci::LAYER_TAR
+        };
+        let what = format!("archive {}", tar.display());
+        let r = oci::layer_reader(f, media, size, &what);
+        let root =
+            recast_root::Root::open(&fsdir).doing(|| format!("opening {}", fsdir.display()))?;
+        recast_root::unpack_layer(&root, r)
+            .map_err(|e| Error::msg(format!("extracting {what}: {e}")))?;
+        fs::write(tmp.join(".complete"), digest.as_str())
+            .doing(|| "marking the extracted archive".to_string())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if fs::rename(&tmp, &dir).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(dir.join("fs"))
+}
+
+/// The root filesystem of the stored image `digest`, unpacked (whiteouts applied, inside the
+/// root only) under the cache (or the store's temporary directory) once per digest.
+fn image_root(
     store: &Store,
     cache_dir: Option<&Path>,
-    stats: &mut StatCache,
-    image: &Image,
-    opts: &Options,
-    runner: Option<&dyn StepRunner>,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Built> {
-    let of = format!("image {}", image.name);
-    let mut staging = store.stage()?;
-    let base = base(&image.from, &mut staging, cache_dir, opts, &of)?;
-    let (mut layers, mut diff_ids, mut indexes, base_config) = match base {
-        Some(b) => (b.manifest.layers, b.diff_ids, b.indexes, Some(b.config)),
-        None => (Vec::new(), Vec::new(), Vec::new(), None),
-    };
-    let mut history = Vec::new();
-    // What run steps see: the image's env and workdir (the base's, then the image block's),
-    // but the base's user: the image block's `user` is whom the image runs as, not whom it is
-    // built by (as a Dockerfile's final USER, and Packer's provisioners, which run as root).
-    // A step may set its own workdir and user.
-    let seen = make_config(base_config.clone(), image, Vec::new(), Vec::new(), opts);
-    let seen = &seen["config"];
-    let base_user = base_config
-        .as_ref()
-        .and_then(|c| c["config"]["User"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let total = image.steps.len();
-    for (i, step) in image.steps.iter().enumerate() {
-        let l = match step {
-            BuildStep::Copy(copy) => {
-                progress(&format!(
-                    "{}: step {}/{total}: copy to {}",
-                    image.name,
-                    i + 1,
-                    copy.dest
-                ));
-                let l = layer::build(copy, opts.epoch, stats, cache_dir, &mut staging).map_err(
-                    |e| Error::msg(format!("building {of}, copy to {}: {e}", copy.dest)),
-                )?;
-                history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: copy to {}", copy.dest) }));
-                l
-            }
-            BuildStep::Run(run) => {
-                let what = format!("{of}, step {}/{total} (run at {})", i + 1, run.at);
-                let mut env = str_list(&seen["Env"]);
-                merge_env(&mut env, &run.env);
-                let req = RunRequest {
-                    what: what.clone(),
-                    parents: &layers,
-                    argv: step::argv(run),
-                    env,
-                    workdir: run
-                        .workdir
-                        .clone()
-                        .or_else(|| seen["WorkingDir"].as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    user: run.user.clone().unwrap_or_else(|| base_user.clone()),
-                    network: run.network,
-                    epoch: opts.epoch,
-                };
-                progress(&format!(
-                    "{}: step {}/{total}: run {}",
-                    image.name,
-                    i + 1,
-                    req.argv.join(" ")
-                ));
-                let l = run_step(&req, runner, cache_dir, &mut staging)?;
-                history.push(json!({ "created": oci::rfc3339(opts.epoch), "created_by": format!("recast: run {}", req.argv.join(" ")) }));
-                l
-            }
-        };
-        diff_ids.push(Value::String(l.descriptor.digest.to_string()));
-        layers.push(l.descriptor);
-        indexes.push(l.index);
+    digest: &Digest,
+    name: &str,
+) -> Result<PathBuf> {
+    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join("roots"));
+    let dir = parent.join(digest.hex());
+    if dir.join(".complete").exists() {
+        return Ok(dir.join("fs"));
     }
-    let config = make_config(base_config, image, diff_ids, history, opts);
-    let config_bytes = oci::canonical_json(&config);
-    let c = staging.put(&config_bytes)?;
-    let index = FileIndex::merge(&indexes);
-    let fi = staging.put(&index.to_json())?;
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        oci::ANNOTATION_FILE_INDEX.to_string(),
-        fi.digest.to_string(),
-    );
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MANIFEST.to_string(),
-        config: Descriptor::new(oci::CONFIG, c.digest, c.size),
-        layers,
-        annotations,
-    };
-    let bytes = oci::canonical_json(&manifest);
-    let digest = Digest::of(&bytes);
-    let cached = store.has_blob(&digest);
-    staging.put(&bytes)?;
-    staging.commit()?;
-    let desc = Descriptor::new(oci::MANIFEST, digest.clone(), bytes.len() as u64);
-    let already = store
-        .resolve(&crate::store::ImageRef::Tag {
-            name: image.name.clone(),
-            tag: "latest".into(),
-        })
-        .is_ok_and(|(d, _)| d.digest == digest);
-    if !already {
-        store.tag(&image.name, "latest", &desc)?;
+    let of = format!("image {name}");
+    let tmp = parent.join(format!(".{}.tmp{}", digest.hex(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let fsdir = tmp.join("fs");
+    fs::create_dir_all(&fsdir).doing(|| format!("creating {}", fsdir.display()))?;
+    let result = (|| {
+        let root =
+            recast_root::Root::open(&fsdir).doing(|| format!("opening {}", fsdir.display()))?;
+        let manifest = store.manifest(digest, &of)?;
+        for l in &manifest.layers {
+            let what = format!("layer {} of {of}", l.digest);
+            let r = oci::layer_reader(
+                store.open_blob(&l.digest, &of)?,
+                &l.media_type,
+                l.size,
+                &what,
+            );
+            recast_root::unpack_layer(&root, r)
+                .map_err(|e| Error::msg(format!("unpacking {what}: {e}")))?;
+        }
+        fs::write(tmp.join(".complete"), digest.as_str())
+            .doing(|| "marking the unpacked image".to_string())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let size = bytes.len() as u64
-        + manifest.config.size
-        + manifest.layers.iter().map(|l| l.size).sum::<u64>();
-    Ok(Built {
-        image: image.name.clone(),
-        digest,
-        size,
-        cached: cached && already,
-    })
+    if fs::rename(&tmp, &dir).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(dir.join("fs"))
 }
 
 /// A base image staged for building on.
@@ -227,15 +680,24 @@ struct BaseImage {
     indexes: Vec<FileIndex>,
 }
 
-fn base(
+fn base_of(
     from: &Base,
     staging: &mut Staging<'_>,
     cache_dir: Option<&Path>,
     opts: &Options,
     of: &str,
+    built: &BTreeMap<String, Digest>,
 ) -> Result<Option<BaseImage>> {
     let desc = match from {
         Base::Scratch => return Ok(None),
+        Base::Image { name } => {
+            let d = built.get(name).ok_or_else(|| {
+                Error::msg(format!(
+                    "{of} builds on image {name}, which was not built first"
+                ))
+            })?;
+            Descriptor::new(oci::MANIFEST, d.clone(), 0)
+        }
         Base::Oci { path, tag } => {
             let found = archive::read_oci_dir(path, staging)?;
             archive::select(
@@ -264,10 +726,24 @@ fn base(
             )?
         }
         Base::Registry { reference } => {
-            let remote = Remote::parse(reference)?;
+            let remote = crate::lock::pinned_remote(reference, &opts.pins, of)?;
             let pinned = Digest::parse(&remote.reference);
-            match pinned.filter(|d| staging.has(d)) {
-                Some(d) => Descriptor::new(oci::MANIFEST, d, 0),
+            // Already in the store (pulled before): no network. A tag pins a multi-platform
+            // image by its index, whose platform manifest was stored with it.
+            let stored = match pinned.filter(|d| staging.has(d)) {
+                Some(d) => {
+                    let bytes = staging.read(&d, "manifest", of, oci::MAX_MANIFEST)?;
+                    let is_index = serde_json::from_slice::<Value>(&bytes)
+                        .is_ok_and(|v| v.get("manifests").is_some());
+                    let media = if is_index { oci::INDEX } else { oci::MANIFEST };
+                    let desc = Descriptor::new(media, d, bytes.len() as u64);
+                    let desc = archive::platform_manifest(desc, staging, of)?;
+                    staging.has(&desc.digest).then_some(desc)
+                }
+                None => None,
+            };
+            match stored {
+                Some(desc) => desc,
                 None => registry::pull(staging, &remote, opts.insecure)?,
             }
         }
@@ -563,6 +1039,67 @@ fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result
     let of = format!("image {name}");
     let (ma, mb) = (sa.manifest(a, &of)?, sb.manifest(b, &of)?);
     let (ca, cb) = (sa.config(&ma, &of)?, sb.config(&mb, &of)?);
+    // The config names the layers (`rootfs`): compare the rest first, then the layers.
+    let without_layers = |c: &Value| {
+        let mut c = c.clone();
+        if let Some(m) = c.as_object_mut() {
+            m.remove("rootfs");
+        }
+        c
+    };
+    if let Some(d) = first_json_difference(&without_layers(&ca), &without_layers(&cb), "") {
+        return Ok(format!("config field {d}"));
+    }
+    // The first layer that differs, the first file in it that differs, and the step that
+    // wrote it (the history entry of that layer).
+    if let Some((i, (la, lb))) = ma
+        .layers
+        .iter()
+        .zip(&mb.layers)
+        .enumerate()
+        .find(|(_, (la, lb))| la.digest != lb.digest)
+    {
+        // Bases without history for every layer: count from the last layer back.
+        let made: Vec<&Value> = ca["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["empty_layer"] != true)
+            .collect();
+        let offset = ma.layers.len().saturating_sub(made.len());
+        let step = i
+            .checked_sub(offset)
+            .and_then(|k| made.get(k))
+            .and_then(|h| h["created_by"].as_str())
+            .unwrap_or("the base image")
+            .to_string();
+        let index = |s: &Store,
+                     l: &Descriptor|
+         -> Result<BTreeMap<String, crate::fileindex::Entry>> {
+            let what = format!("layer {} of {of}", l.digest);
+            let r = oci::layer_reader(s.open_blob(&l.digest, &of)?, &l.media_type, l.size, &what);
+            Ok(FileIndex::of_tar(r, &what)?
+                .entries
+                .into_iter()
+                .map(|e| (e.path.clone(), e))
+                .collect())
+        };
+        let (pa, pb) = (index(sa, la)?, index(sb, lb)?);
+        let file = pa
+            .iter()
+            .find_map(|(p, e)| match pb.get(p) {
+                None => Some(format!("file {p} is missing from the rebuild")),
+                Some(f) if f != e => Some(format!("file {p} differs ({})", entry_difference(e, f))),
+                _ => None,
+            })
+            .or_else(|| {
+                pb.keys()
+                    .find(|p| !pa.contains_key(*p))
+                    .map(|p| format!("file {p} appears only in the rebuild"))
+            })
+            .unwrap_or_else(|| "the same files, but tar metadata varies".into());
+        return Ok(format!("{file}, in layer {} written by `{step}`", i + 1));
+    }
     if let Some(d) = first_json_difference(&ca, &cb, "") {
         return Ok(format!("config field {d}"));
     }

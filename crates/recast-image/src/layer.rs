@@ -228,86 +228,112 @@ fn plan(copy: &CopyStep) -> Result<Vec<Item>> {
             copy.src.display()
         )));
     }
-    walk(&copy.src, &meta, dest, copy.mode, uid, gid, &mut items)?;
+    let w = Walk {
+        mode: copy.mode,
+        uid,
+        gid,
+        exclude: &copy.exclude,
+    };
+    w.walk(&copy.src, &meta, dest, "", &mut items)?;
     items.sort_by(|a, b| a.path.cmp(&b.path));
     items.dedup_by(|a, b| a.path == b.path);
     Ok(items)
 }
 
-fn walk(
-    src: &Path,
-    meta: &fs::Metadata,
-    path: String,
+/// How a copy step's entries are made: its mode and owner, and what it leaves out.
+struct Walk<'a> {
     mode: Option<u32>,
     uid: u32,
     gid: u32,
-    out: &mut Vec<Item>,
-) -> Result<()> {
-    let ft = meta.file_type();
-    let normal = |exec: bool| if exec { 0o755 } else { 0o644 };
-    if ft.is_dir() {
-        if !path.is_empty() {
+    /// Paths relative to the copy source that are not copied (a `.dockerignore`).
+    exclude: &'a [String],
+}
+
+impl Walk<'_> {
+    fn walk(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        path: String,
+        rel: &str,
+        out: &mut Vec<Item>,
+    ) -> Result<()> {
+        let (mode, uid, gid) = (self.mode, self.uid, self.gid);
+        let ft = meta.file_type();
+        let normal = |exec: bool| if exec { 0o755 } else { 0o644 };
+        if ft.is_dir() {
+            if !path.is_empty() {
+                out.push(Item {
+                    path: path.clone(),
+                    kind: ItemKind::Dir,
+                    mode: mode.unwrap_or(0o755),
+                    uid,
+                    gid,
+                });
+            }
+            let mut children: Vec<(String, PathBuf)> = Vec::new();
+            for e in fs::read_dir(src).doing(|| format!("listing copy source {}", src.display()))? {
+                let e = e.doing(|| format!("listing copy source {}", src.display()))?;
+                let name = e.file_name().into_string().map_err(|n| {
+                    Error::msg(format!(
+                        "file name {:?} in {} is not valid UTF-8",
+                        n,
+                        src.display()
+                    ))
+                })?;
+                children.push((name, e.path()));
+            }
+            children.sort();
+            for (name, p) in children {
+                let m = fs::symlink_metadata(&p).doing(|| format!("reading {}", p.display()))?;
+                let child_rel = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if self.exclude.contains(&child_rel) {
+                    continue;
+                }
+                let child = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}/{name}")
+                };
+                self.walk(&p, &m, child, &child_rel, out)?;
+            }
+        } else if ft.is_file() {
             out.push(Item {
-                path: path.clone(),
-                kind: ItemKind::Dir,
-                mode: mode.unwrap_or(0o755),
+                path,
+                kind: ItemKind::File {
+                    src: src.to_path_buf(),
+                    stat: StatKey::of(meta),
+                    hash: None,
+                },
+                mode: mode.unwrap_or_else(|| normal(meta.mode() & 0o111 != 0)),
                 uid,
                 gid,
             });
-        }
-        let mut children: Vec<(String, PathBuf)> = Vec::new();
-        for e in fs::read_dir(src).doing(|| format!("listing copy source {}", src.display()))? {
-            let e = e.doing(|| format!("listing copy source {}", src.display()))?;
-            let name = e.file_name().into_string().map_err(|n| {
-                Error::msg(format!(
-                    "file name {:?} in {} is not valid UTF-8",
-                    n,
-                    src.display()
-                ))
+        } else if ft.is_symlink() {
+            let target =
+                fs::read_link(src).doing(|| format!("reading symlink {}", src.display()))?;
+            let target = target.to_str().ok_or_else(|| {
+                Error::msg(format!("symlink {} has a non-UTF-8 target", src.display()))
             })?;
-            children.push((name, e.path()));
+            out.push(Item {
+                path,
+                kind: ItemKind::Symlink(target.to_string()),
+                mode: 0o777,
+                uid,
+                gid,
+            });
+        } else {
+            return Err(Error::msg(format!(
+                "cannot copy {}: only files, directories and symlinks can go into an image",
+                src.display()
+            )));
         }
-        children.sort();
-        for (name, p) in children {
-            let m = fs::symlink_metadata(&p).doing(|| format!("reading {}", p.display()))?;
-            let child = if path.is_empty() {
-                name
-            } else {
-                format!("{path}/{name}")
-            };
-            walk(&p, &m, child, mode, uid, gid, out)?;
-        }
-    } else if ft.is_file() {
-        out.push(Item {
-            path,
-            kind: ItemKind::File {
-                src: src.to_path_buf(),
-                stat: StatKey::of(meta),
-                hash: None,
-            },
-            mode: mode.unwrap_or_else(|| normal(meta.mode() & 0o111 != 0)),
-            uid,
-            gid,
-        });
-    } else if ft.is_symlink() {
-        let target = fs::read_link(src).doing(|| format!("reading symlink {}", src.display()))?;
-        let target = target.to_str().ok_or_else(|| {
-            Error::msg(format!("symlink {} has a non-UTF-8 target", src.display()))
-        })?;
-        out.push(Item {
-            path,
-            kind: ItemKind::Symlink(target.to_string()),
-            mode: 0o777,
-            uid,
-            gid,
-        });
-    } else {
-        return Err(Error::msg(format!(
-            "cannot copy {}: only files, directories and symlinks can go into an image",
-            src.display()
-        )));
+        Ok(())
     }
-    Ok(())
 }
 
 /// Fill in every file's BLAKE3, from the stat cache or by reading it (on two threads).

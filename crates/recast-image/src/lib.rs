@@ -7,9 +7,11 @@
 pub mod archive;
 pub mod build;
 pub mod digest;
+mod dockerfile;
 mod error;
 pub mod fileindex;
 mod layer;
+pub mod lock;
 pub mod oci;
 pub mod registry;
 pub mod step;

@@ -2,7 +2,9 @@
 //!
 //! Plain HTTP is used for loopback registries (and when asked with `insecure`); everything else
 //! is HTTPS. Bearer-token auth follows the registry's `WWW-Authenticate` challenge; credentials
-//! come from `RECAST_REGISTRY_USER` / `RECAST_REGISTRY_PASSWORD` when a registry wants them.
+//! come from `RECAST_REGISTRY_USER` / `RECAST_REGISTRY_PASSWORD`, else from the Docker config
+//! file's `auths` entry for the registry's host, when a registry wants them; they are only ever
+//! sent to that host.
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -76,6 +78,28 @@ impl Remote {
         })
     }
 
+    /// The remote of a parsed reference: its digest when pinned, else its tag.
+    pub fn from_reference(r: &recast_spec::reference::Reference) -> Remote {
+        Remote {
+            host: r.host.clone(),
+            repo: r.repo.clone(),
+            reference: r
+                .digest
+                .clone()
+                .or_else(|| r.tag.clone())
+                .unwrap_or_else(|| "latest".into()),
+        }
+    }
+
+    /// Where the registry API of `host` answers: Docker Hub's API is not on `docker.io`.
+    fn api_host(&self) -> &str {
+        if self.host == recast_spec::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            &self.host
+        }
+    }
+
     fn is_loopback(&self) -> bool {
         let h = self
             .host
@@ -130,7 +154,7 @@ impl Client {
         };
         Client {
             agent,
-            base: format!("{scheme}://{}", remote.host),
+            base: format!("{scheme}://{}", remote.api_host()),
             remote: remote.clone(),
             token: None,
         }
@@ -169,17 +193,19 @@ impl Client {
 
     /// Turn a `WWW-Authenticate` challenge into an `Authorization` header value.
     fn authenticate(&self, challenge: &str, doing: &str) -> Result<String> {
-        let creds = match (
-            std::env::var("RECAST_REGISTRY_USER"),
-            std::env::var("RECAST_REGISTRY_PASSWORD"),
-        ) {
-            (Ok(u), Ok(p)) => Some(base64(format!("{u}:{p}").as_bytes())),
-            _ => None,
-        };
+        let creds =
+            credentials(&self.remote.host).map(|(u, p)| base64(format!("{u}:{p}").as_bytes()));
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             return creds.map(|c| format!("Basic {c}")).ok_or_else(|| {
-                Error::msg(format!("{doing}: registry {} wants a user name and password\n  hint: set RECAST_REGISTRY_USER and RECAST_REGISTRY_PASSWORD", self.remote.host))
+                let host = &self.remote.host;
+                let config = docker_config_path().map_or_else(
+                    || "~/.docker/config.json".into(),
+                    |p| p.display().to_string(),
+                );
+                Error::msg(format!(
+                    "{doing}: registry {host} wants a user name and password\n  hint: set RECAST_REGISTRY_USER and RECAST_REGISTRY_PASSWORD, or log in with `docker login {host}` (recast reads the auths of {config})"
+                ))
             });
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -198,7 +224,10 @@ impl Client {
             .ok_or_else(|| Error::msg(format!("{doing}: registry auth challenge has no realm")))?;
         // Credentials go only to the registry's own host (over a scheme at least as safe): a
         // token service elsewhere is asked anonymously.
-        let creds = creds.filter(|_| same_host(&self.base, &realm));
+        // Docker Hub's token service is its own, fixed, HTTPS host.
+        let hub_auth = self.remote.host == recast_spec::reference::DOCKER_HUB
+            && realm.starts_with("https://auth.docker.io/");
+        let creds = creds.filter(|_| hub_auth || same_host(&self.base, &realm));
         let mut url = realm.clone();
         let mut sep = if url.contains('?') { '&' } else { '?' };
         for k in ["service", "scope"] {
@@ -216,7 +245,7 @@ impl Client {
             .map_err(|e| Error::msg(format!("{doing}: fetching a token from {realm}: {e}")))?;
         if !resp.status().is_success() {
             return Err(Error::msg(format!(
-                "{doing}: the token service {realm} answered {}\n  hint: check RECAST_REGISTRY_USER and RECAST_REGISTRY_PASSWORD",
+                "{doing}: the token service {realm} answered {}\n  hint: check RECAST_REGISTRY_USER and RECAST_REGISTRY_PASSWORD, or the registry's entry in the Docker config file",
                 resp.status()
             )));
         }
@@ -515,6 +544,131 @@ fn same_host(base: &str, url: &str) -> bool {
     }
 }
 
+/// The manifest digest a tag (or digest) of `remote` names now: what the registry reports for
+/// a `HEAD` of the manifest (`Docker-Content-Digest`), else the digest of the manifest a `GET`
+/// returns. For a multi-platform image this is the digest of its index, as Docker records it.
+pub fn resolve(remote: &Remote, insecure: bool) -> Result<Digest> {
+    let mut client = Client::new(remote, insecure);
+    let doing = format!("resolving {remote}");
+    let url = client.url(&format!("manifests/{}", remote.reference));
+    let resp = client.send(&doing, &|a, auth| {
+        with_auth(a.head(&url), auth)
+            .header("Accept", ACCEPT)
+            .call()
+    })?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(Error::msg(format!(
+            "{doing}: registry {} has no manifest {}:{}",
+            remote.host, remote.repo, remote.reference
+        )));
+    }
+    let reported = (resp.status() == StatusCode::OK)
+        .then(|| {
+            resp.headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Digest::parse)
+        })
+        .flatten();
+    if let Some(d) = reported {
+        return Ok(d);
+    }
+    // No HEAD support, or no digest header: fetch the manifest and hash it.
+    let (bytes, _) = fetch_manifest(&mut client, &remote.reference)?;
+    Ok(Digest::of(&bytes))
+}
+
+/// The user name and password for `host`: `RECAST_REGISTRY_USER` / `RECAST_REGISTRY_PASSWORD`
+/// when both are set, else the Docker config file's `auths` entry for that host.
+fn credentials(host: &str) -> Option<(String, String)> {
+    if let (Ok(u), Ok(p)) = (
+        std::env::var("RECAST_REGISTRY_USER"),
+        std::env::var("RECAST_REGISTRY_PASSWORD"),
+    ) {
+        return Some((u, p));
+    }
+    let path = docker_config_path()?;
+    // A config file is small; never read a device or a huge file.
+    let f = std::fs::File::open(&path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut bytes).ok()?;
+    docker_config_auth(&bytes, host)
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
+fn docker_config_path() -> Option<std::path::PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) if !d.is_empty() => Some(std::path::PathBuf::from(d).join("config.json")),
+        _ => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| std::path::PathBuf::from(h).join(".docker/config.json")),
+    }
+}
+
+/// The credentials a Docker config file (`{"auths": {KEY: {"auth": base64(user:pass)} or
+/// {"username", "password"}}}`) holds for `host`. Keys are a host with or without port, scheme
+/// and path (`https://index.docker.io/v1/` is Docker Hub); only a key naming exactly `host`
+/// (Docker Hub's aliases counted as one) matches.
+fn docker_config_auth(config: &[u8], host: &str) -> Option<(String, String)> {
+    fn key_host(k: &str) -> String {
+        let k = k
+            .strip_prefix("https://")
+            .or_else(|| k.strip_prefix("http://"))
+            .unwrap_or(k);
+        let h = k.split('/').next().unwrap_or("").to_ascii_lowercase();
+        match h.as_str() {
+            "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+                recast_spec::reference::DOCKER_HUB.to_string()
+            }
+            _ => h,
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let want = key_host(host);
+    let auths = v.get("auths")?.as_object()?;
+    let entry = auths
+        .iter()
+        .find(|(k, _)| key_host(k) == want)
+        .map(|(_, e)| e)?;
+    if let Some(a) = entry.get("auth").and_then(|a| a.as_str())
+        && !a.is_empty()
+    {
+        let decoded = String::from_utf8(unbase64(a)?).ok()?;
+        let (u, p) = decoded.split_once(':')?;
+        return Some((u.to_string(), p.to_string()));
+    }
+    let u = entry.get("username")?.as_str()?;
+    let p = entry.get("password")?.as_str()?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Standard base64 (padding optional); `None` when it is not base64.
+fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.trim().trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 fn fetch_manifest(client: &mut Client, reference: &str) -> Result<(Vec<u8>, String)> {
     let doing = format!(
         "fetching the manifest of {}/{}:{reference}",
@@ -598,6 +752,41 @@ mod tests {
         assert!(Remote::parse("[::1]:5000/hello:v1").is_ok());
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
+        for s in [&b""[..], b"a", b"ab", b"abc", b"user:p@ss:w\xffrd"] {
+            assert_eq!(unbase64(&base64(s)).as_deref(), Some(s));
+        }
+        assert_eq!(unbase64("YWI").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(unbase64("a b"), None);
+    }
+
+    #[test]
+    fn docker_config_credentials_match_only_their_host() {
+        let config = br#"{
+            "auths": {
+                "https://index.docker.io/v1/": { "auth": "aHViOmh1YnBhc3M=" },
+                "127.0.0.1:5000": { "auth": "YWxpY2U6czNjcjN0OndpdGg6Y29sb25z" },
+                "http://registry.example.com/v2/": { "username": "bob", "password": "pw" },
+                "empty.example.com": {}
+            },
+            "credsStore": "desktop"
+        }"#;
+        let get = |h: &str| docker_config_auth(config, h);
+        let pair = |u: &str, p: &str| Some((u.to_string(), p.to_string()));
+        assert_eq!(get("docker.io"), pair("hub", "hubpass"));
+        assert_eq!(get("127.0.0.1:5000"), pair("alice", "s3cr3t:with:colons"));
+        assert_eq!(get("registry.example.com"), pair("bob", "pw"));
+        assert_eq!(get("REGISTRY.example.com"), pair("bob", "pw"));
+        for other in [
+            "127.0.0.1:5001",
+            "127.0.0.1",
+            "example.com",
+            "registry.example.com:443",
+            "empty.example.com",
+        ] {
+            assert_eq!(get(other), None, "{other}");
+        }
+        assert_eq!(docker_config_auth(b"not json", "docker.io"), None);
+        assert_eq!(docker_config_auth(b"{}", "docker.io"), None);
     }
 
     #[test]

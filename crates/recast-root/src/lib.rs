@@ -86,6 +86,34 @@ impl Root {
         Ok(out)
     }
 
+    /// The host path of `path` resolved inside the root, symlinks included (as a process
+    /// chrooted there would find it). Only for roots no one else writes while it is used: the
+    /// answer names real directories inside the root at the time of the call.
+    pub fn resolve(&self, path: &str) -> io::Result<PathBuf> {
+        let rel = relative(path);
+        let fd = openat2(
+            &self.fd,
+            rel_or_dot(&rel),
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        )?;
+        let host = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))?;
+        let root = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+        ))?;
+        if !host.starts_with(&root) {
+            return Err(io::Error::other(format!(
+                "{path} resolves outside the root"
+            )));
+        }
+        Ok(host)
+    }
+
     /// The kind of the entry at `path` without following its last component, or `None` if absent.
     pub fn kind(&self, path: &str) -> io::Result<Option<FileType>> {
         Ok(self
@@ -390,10 +418,11 @@ fn unpack(root: &Root, r: impl Read, overlay: bool) -> io::Result<()> {
         }
         let header = entry.header();
         let kind = header.entry_type();
-        let mode = header.mode()? & 0o7777;
-        let uid = header.uid()?;
-        let gid = header.gid()?;
-        let mtime = header.mtime()?;
+        // An empty numeric field is 0, as Go's archive/tar (Docker's) reads it.
+        let mode = header.mode().unwrap_or(0) & 0o7777;
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
+        let mtime = header.mtime().unwrap_or(0);
         let owner = (
             Some(Uid::from_raw(
                 u32::try_from(uid).map_err(|_| bad("uid too large".into()))?,
@@ -412,6 +441,14 @@ fn unpack(root: &Root, r: impl Read, overlay: bool) -> io::Result<()> {
                 tv_nsec: 0,
             },
         };
+        if kind == tar::EntryType::GNUSparse {
+            // A sparse entry's holes cost nothing in the archive but are written out as zeros:
+            // a few hundred bytes of layer could fill the disk. No image builder writes them.
+            return Err(bad(
+                "sparse files are not supported in image layers (a sparse entry can expand a tiny layer to any size)"
+                    .into(),
+            ));
+        }
         if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
             if path.starts_with("dev") {
                 continue;
@@ -441,7 +478,7 @@ fn unpack(root: &Root, r: impl Read, overlay: bool) -> io::Result<()> {
                 fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io)?;
                 futimens(&dir, &times).map_err(io)?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let fd = rustix::fs::openat(
                     &parent,
                     &name,
@@ -516,6 +553,44 @@ mod tests {
         assert_eq!(entry_path(Path::new("./a/./b")), Ok(PathBuf::from("a/b")));
         assert!(entry_path(Path::new("a/../../b")).is_err());
         assert!(entry_path(Path::new("..")).is_err());
+    }
+
+    /// A GNU sparse entry of `size` bytes that are all hole: no data in the archive.
+    fn sparse_layer(name: &str, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).expect("path");
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        let g = h.as_gnu_mut().expect("gnu");
+        g.set_real_size(size);
+        g.sparse[0].set_offset(size);
+        g.sparse[0].set_length(0);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    /// A 1.5 KiB layer must not expand to an arbitrary number of bytes on disk.
+    #[test]
+    fn sparse_entries_are_refused_not_expanded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = Root::open(dir.path()).expect("root");
+        let layer = sparse_layer("big", 64 << 20);
+        assert!(layer.len() < 2048);
+        for overlay in [false, true] {
+            let e = unpack(&root, &layer[..], overlay).expect_err("a sparse entry is refused");
+            assert!(
+                e.to_string()
+                    .contains("entry \"big\": sparse files are not supported"),
+                "{e}"
+            );
+            assert_eq!(root.kind("big").expect("kind"), None, "nothing was written");
+        }
     }
 
     #[test]

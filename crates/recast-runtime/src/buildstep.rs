@@ -11,25 +11,27 @@
 //! ([`recast_root::write_diff`]) and kept as that layer's directory for the next step.
 
 use crate::{Error, InstanceSpec, Network, Result, Runtime, new_id, spec, sys};
-use recast_image::digest::HashingWriter;
 use recast_image::oci::Descriptor;
 use recast_image::step::{RunRequest, StepLayer, StepRunner};
 use recast_root::{FileType, Root};
 use recast_spec::StepNetwork;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::fs;
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::io::{BufWriter, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
-/// Docker's default capabilities: what `apt-get`, `useradd` and friends need as root.
+/// Docker's default capabilities (what `apt-get`, `useradd` and friends need as root) without
+/// `CAP_NET_RAW`: a step on the host's network must not sniff or spoof it (the API token
+/// crosses loopback).
 const BUILD_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -47,8 +49,9 @@ const BUILD_MEMORY: u64 = 8 << 30;
 /// out of the layer.
 const SCAFFOLD: &[&str] = &["proc", "sys", "dev"];
 
-/// Lines of output quoted when a step fails.
+/// Lines of output quoted when a step fails, and the bytes of output kept to find them.
 const TAIL_LINES: usize = 20;
+const TAIL_BYTES: usize = 64 << 10;
 
 impl StepRunner for Runtime {
     fn run<'a>(
@@ -82,7 +85,13 @@ impl Runtime {
         self.remove_stale_builds();
         let mut lowers = Vec::new();
         for d in req.parents.iter().rev() {
-            lowers.push(self.layer_dir(d, open)?);
+            let l = self.layer_dir(d, open)?;
+            // The same layer twice (two steps that changed nothing, `RUN true`): overlayfs
+            // refuses a directory used twice (ELOOP), and the lower copy is shadowed entry for
+            // entry by the upper one, so only the topmost is kept.
+            if !lowers.contains(&l) {
+                lowers.push(l);
+            }
         }
         let id = new_id("build");
         let dir = self.data_dir.join("builds").join(&id);
@@ -222,35 +231,64 @@ impl Runtime {
             serde_json::to_vec_pretty(&config).unwrap_or_default(),
         )
         .map_err(|e| Error::io(format!("writing the runtime spec of {}", req.what), e))?;
-        let log_path = dir.join("output.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
-        let status = self
+        // The output is kept only as a bounded tail in memory: a step cannot fill the disk
+        // with it, and the tail is all a failure shows.
+        let mut child = self
             .build_runc()
             .args(["run", "--bundle"])
             .arg(&dir)
             .arg(&id)
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| Error::io("opening the step's log".into(), e))?,
-            )
-            .stderr(log)
-            .status()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| Error::io(format!("running runc for {}", req.what), e))?;
+        let output = Arc::new(Mutex::new(VecDeque::new()));
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|mut pipe| {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                    out.extend(&buf[..n]);
+                    let excess = out.len().saturating_sub(TAIL_BYTES);
+                    out.drain(..excess);
+                }
+            })
+        })
+        .collect();
+        let status = child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for {}", req.what), e))?;
+        for r in readers {
+            let _ = r.join();
+        }
         if !status.success() {
             let how = status.code().map_or_else(
                 || "was killed".to_string(),
                 |c| format!("exited with status {c}"),
             );
+            let out = output.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes: Vec<u8> = out.iter().copied().collect();
             return Err(Error::msg(format!(
                 "{} failed: `{}` {how}; its last output:\n{}",
                 req.what,
                 shown(&req.argv),
-                tail(&log_path)
+                tail(&bytes)
             )));
         }
         sys::unmount(&rootfs)
@@ -266,19 +304,15 @@ impl Runtime {
         let layer = StepLayer { tar: tar_path };
         let file = fs::File::create(&layer.tar)
             .map_err(|e| Error::io(format!("creating {}", layer.tar.display()), e))?;
-        let mut w = HashingWriter::new(BufWriter::new(file));
+        let mut w = BufWriter::new(file);
         recast_root::write_diff(&upper, req.epoch, &[], &mut w)
             .map_err(|e| Error::msg(format!("{}: writing its layer: {e}", req.what)))?;
-        let (digest, _, buf) = w.finish();
-        buf.into_inner()
+        w.into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(format!("writing {}", layer.tar.display()), e))?;
-        // The upper directory is the new layer in overlay format: the next step's lower.
-        let keep = self.data_dir.join("layers").join(digest.hex());
-        if !keep.exists() {
-            let _ = fs::rename(&upper, &keep);
-        }
+        // The upper directory is not kept as the layer's directory: it may hold what the layer
+        // does not say (extended attributes, times, sockets), and layer directories are shared
+        // by digest. The next step unpacks the layer itself.
         drop(build);
         Ok(layer)
     }
@@ -344,12 +378,20 @@ impl Runtime {
 
     /// Remove a build container's state, mounts, cgroup and directory.
     fn remove_build(&self, id: &str, dir: &Path) {
-        let _ = self
-            .build_runc()
-            .args(["delete", "--force", id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // `runc run` deletes its container when the step's process exits: only a run cut short
+        // leaves runc state (`runc-build/<id>`) behind. Asking runc anyway costs a Go process
+        // start (about 10 ms) on every step.
+        let state = self.data_dir.join("runc-build").join(id);
+        let gone = matches!(fs::symlink_metadata(&state),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if !gone {
+            let _ = self
+                .build_runc()
+                .args(["delete", "--force", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         self.remove_cgroups(id);
         let _ = sys::unmount(&dir.join("rootfs"));
         let _ = sys::unmount(&dir.join("netns"));
@@ -417,16 +459,9 @@ fn shown(argv: &[String]) -> String {
     }
 }
 
-/// The last lines of a step's output (at most 16 KiB of it).
-fn tail(log: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = fs::File::open(log) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)));
-        let mut bytes = Vec::new();
-        let _ = f.take(16 << 10).read_to_end(&mut bytes);
-        text = String::from_utf8_lossy(&bytes).into_owned();
-    }
+/// The last lines of a step's output.
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(TAIL_LINES);
     lines[start..]

@@ -203,9 +203,12 @@ pub fn wait_healthy(
     loop {
         if let State::Exited { status } = rt.state(inst) {
             return Err(format!(
-                "instance {} exited with status {} before it was healthy",
+                "instance {} exited with status {} before it was healthy{}",
                 inst.id,
-                status.map_or_else(|| "unknown".into(), |s| s.to_string())
+                status.map_or_else(|| "unknown".into(), |s| s.to_string()),
+                inst.last_output()
+                    .map(|o| format!("; its last output:\n{o}"))
+                    .unwrap_or_default()
             ));
         }
         let r = probe(rt, inst, &cfg.check, cfg.timeout);

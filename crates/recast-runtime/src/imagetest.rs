@@ -1,7 +1,7 @@
 //! Image tests: an image's `test` block run against a throwaway instance.
 
 use crate::health::{self, http_get};
-use crate::{InstanceSpec, Network, Runtime, new_id};
+use crate::{Instance, InstanceSpec, Network, Runtime, new_id};
 use recast_image::Digest;
 use recast_spec::{Health, HealthCheck, Image, ImageTest};
 use serde::Serialize;
@@ -145,12 +145,24 @@ fn run_checks(
             });
         }
         failed.map_or(Ok(()), Err)
-    })();
+    })()
+    .map_err(|reason| with_output(&inst, reason));
     rt.stop(&inst, Duration::from_secs(5));
     if let Err(e) = rt.delete(&inst) {
         return Err(format!("cleaning up the test instance: {e}"));
     }
     result
+}
+
+/// `reason` followed by the last lines the instance wrote, so a failed test says why the
+/// program failed (nginx's `[emerg] open() … failed`, say).
+fn with_output(inst: &Instance, reason: String) -> String {
+    match inst.last_output() {
+        Some(out) if !reason.contains("its last output") => {
+            format!("{reason}; its last output:\n{out}")
+        }
+        _ => reason,
+    }
 }
 
 fn truncate(s: &str) -> String {

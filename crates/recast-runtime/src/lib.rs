@@ -122,6 +122,30 @@ impl Instance {
     pub fn stderr_log(&self) -> PathBuf {
         self.dir.join("stderr.log")
     }
+    /// The last lines the instance wrote (stderr, then stdout), each quoted `  | `, with a
+    /// hint when they say the read-only root refused a write; `None` when it wrote nothing.
+    /// Read before the instance is deleted, so a failure can say why the program failed.
+    pub fn last_output(&self) -> Option<String> {
+        const LINES: usize = 10;
+        let mut lines = Vec::new();
+        for p in [self.stderr_log(), self.stdout_log()] {
+            let text = read_tail(&p, 4 << 10);
+            let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let start = all.len().saturating_sub(LINES);
+            lines.extend(all[start..].iter().map(|l| format!("  | {l}")));
+        }
+        if lines.is_empty() {
+            return None;
+        }
+        if lines.iter().any(|l| l.contains("Read-only file system")) {
+            lines.push(
+                "  hint: the root is read-only; give the directories the program writes a \
+                 `tmpfs = [...]` (or a volume) in the service that runs the image"
+                    .into(),
+            );
+        }
+        Some(lines.join("\n"))
+    }
     fn netns(&self) -> PathBuf {
         self.dir.join("netns")
     }
@@ -281,6 +305,8 @@ impl Runtime {
         let config = self.store.config(&manifest, &of)?;
         let process = spec::process_of(&config, spec, inst.port, &lower)
             .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
+        let (host_uid, host_gid) = host_ids(process.uid, process.gid, spec.user_namespace)
+            .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
         // The upper directory is `/` inside the instance (overlayfs takes the root's owner and
         // mode from it): 0755 whatever the umask, owned by the instance's root. `work` is only
         // used by the kernel; `rootfs` is covered by the overlay.
@@ -334,14 +360,7 @@ impl Runtime {
         let mut volumes = Vec::new();
         // A volume belongs to the instance's user (as the host sees it) and is 0755, whatever
         // the umask; its parents stay private to root (runc opens bind sources on the host).
-        let (vol_uid, vol_gid) = if spec.user_namespace {
-            (
-                USERNS_HOST_ID.saturating_add(process.uid),
-                USERNS_HOST_ID.saturating_add(process.gid),
-            )
-        } else {
-            (process.uid, process.gid)
-        };
+        let (vol_uid, vol_gid) = (host_uid, host_gid);
         for (name, mount) in &spec.volumes {
             let host = self
                 .data_dir
@@ -420,7 +439,7 @@ impl Runtime {
             .status()
             .map_err(|e| Error::io(format!("running runc for instance {}", inst.id), e))?;
         if !out.success() {
-            let log = fs::read_to_string(inst.stderr_log()).unwrap_or_default();
+            let log = read_tail(&inst.stderr_log(), 16 << 10);
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             return Err(Error::msg(format!(
                 "runc could not start instance {} of {of}: {}",
@@ -659,17 +678,30 @@ impl Runtime {
         Ok(r)
     }
 
-    /// Keep each log file under `log_limit`: past it, the file is copied to `*.1` and truncated
-    /// (the instance appends, so it keeps writing at the new end).
+    /// Keep each log file under `log_limit`: past it, its last `log_limit` bytes are copied to
+    /// `*.1` and it is truncated (the instance appends, so it keeps writing at the new end).
     pub fn rotate_logs(&self, inst: &Instance) {
+        use std::io::{Read, Seek, SeekFrom};
         for p in [inst.stdout_log(), inst.stderr_log()] {
-            if fs::metadata(&p).is_ok_and(|m| m.len() > self.log_limit) {
-                let _ = fs::copy(&p, p.with_extension("log.1"));
-                let _ = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_len(0));
+            let Ok(mut f) = fs::OpenOptions::new().read(true).write(true).open(&p) else {
+                continue;
+            };
+            let len = f.metadata().map_or(0, |m| m.len());
+            if len <= self.log_limit {
+                continue;
             }
+            // Only the tail: an instance that wrote gigabytes between two rotations must not
+            // make recast copy gigabytes.
+            let _ = f.seek(SeekFrom::Start(len - self.log_limit)).and_then(|_| {
+                let mut old = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p.with_extension("log.1"))?;
+                io::copy(&mut (&mut f).take(self.log_limit), &mut old)
+            });
+            let _ = f.set_len(0);
         }
     }
 }
@@ -687,6 +719,22 @@ fn load(dir: &Path) -> Option<Instance> {
     let mut inst: Instance = serde_json::from_slice(&bytes).ok()?;
     inst.dir = dir.to_path_buf();
     Some(inst)
+}
+
+/// The most recast reads of an instance's `/proc/PID/{cmdline,environ,mountinfo}`.
+const MAX_PROC_FILE: u64 = 8 << 20;
+
+/// The last `max` bytes of the file `p` as text (empty if unreadable).
+fn read_tail(p: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = fs::File::open(p) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        let _ = f
+            .seek(SeekFrom::Start(len.saturating_sub(max)))
+            .and_then(|_| f.take(max).read_to_end(&mut bytes));
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn signal(pid: i32, sig: i32) {
@@ -750,6 +798,22 @@ fn tmpfs_mounts(lower: &Path, paths: &[String], memory: u64) -> Result<Vec<serde
         );
     }
     Ok(out)
+}
+
+/// The host uid and gid of an instance's user (the image's `User`): in a user namespace, only
+/// ids inside the mapped range, as an id beyond it would give its volumes to an unrelated host
+/// user (and runc would refuse it anyway, after the volumes were made).
+fn host_ids(uid: u32, gid: u32, user_namespace: bool) -> Result<(u32, u32), String> {
+    if !user_namespace {
+        return Ok((uid, gid));
+    }
+    if uid >= USERNS_SIZE || gid >= USERNS_SIZE {
+        return Err(format!(
+            "its user {uid}:{gid} is outside the instance's user namespace (ids 0 to {})",
+            USERNS_SIZE - 1
+        ));
+    }
+    Ok((USERNS_HOST_ID + uid, USERNS_HOST_ID + gid))
 }
 
 /// `recast-` and the first 12 hex digits of the SHA-256 of the (canonical) data directory path.
@@ -920,13 +984,20 @@ impl Runtime {
         let pid = inst
             .pid
             .ok_or_else(|| Error::msg(format!("instance {} has no process", inst.id)))?;
+        // The instance controls what these hold (its arguments, environment and mounts): read
+        // no more than a process's arguments and environment can take.
         let read = |f: &str| {
-            fs::read(format!("/proc/{pid}/{f}")).map_err(|e| {
-                Error::io(
-                    format!("reading /proc/{pid}/{f} of instance {}", inst.id),
-                    e,
-                )
-            })
+            use std::io::Read;
+            let mut out = Vec::new();
+            fs::File::open(format!("/proc/{pid}/{f}"))
+                .and_then(|file| file.take(MAX_PROC_FILE).read_to_end(&mut out))
+                .map(|_| out)
+                .map_err(|e| {
+                    Error::io(
+                        format!("reading /proc/{pid}/{f} of instance {}", inst.id),
+                        e,
+                    )
+                })
         };
         let split = |b: Vec<u8>| {
             b.split(|c| *c == 0)
@@ -970,5 +1041,24 @@ impl Runtime {
                 .unwrap_or_default()
         };
         Ok((list("args"), list("env")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image's `User` beyond the user namespace's range never becomes a host id.
+    #[test]
+    fn user_namespace_ids_stay_in_the_mapped_range() {
+        assert_eq!(host_ids(70000, 5, false), Ok((70000, 5)));
+        assert_eq!(
+            host_ids(1000, 100, true),
+            Ok((USERNS_HOST_ID + 1000, USERNS_HOST_ID + 100))
+        );
+        for (u, g) in [(USERNS_SIZE, 0), (0, USERNS_SIZE), (u32::MAX, u32::MAX)] {
+            let e = host_ids(u, g, true).expect_err("outside the map");
+            assert!(e.contains("outside the instance's user namespace"), "{e}");
+        }
     }
 }

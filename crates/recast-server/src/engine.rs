@@ -584,7 +584,12 @@ impl Ctl {
                 Some(&cache),
                 &p2,
                 &[],
-                &Options::from_env()?,
+                // The base tags as recast.lock pins them (the CLI completes it before an
+                // apply); a tag it lacks fails the build, never pulled unpinned.
+                &Options {
+                    pins: recast_image::lock::Lock::read(&p2)?.bases,
+                    ..Options::from_env()?
+                },
                 Some(&*rt),
                 &mut |_| {},
             )

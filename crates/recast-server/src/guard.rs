@@ -238,6 +238,7 @@ impl Ctl {
     pub async fn guard(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            self.rotate_logs().await;
             for svc in self.all_svcs() {
                 // Never alongside a rollout, rollback or another replacement of this service.
                 let Ok(_busy) = svc.busy.try_lock() else {
@@ -254,6 +255,28 @@ impl Ctl {
                 self.scheduled_scan(&svc, &run).await;
             }
         }
+    }
+
+    /// Keep every instance's log files bounded (during rollouts too): an instance that writes
+    /// without end must not fill the data directory's disk.
+    async fn rotate_logs(&self) {
+        let insts: Vec<recast_runtime::Instance> = self
+            .all_svcs()
+            .iter()
+            .flat_map(|svc| {
+                lock(&svc.live)
+                    .iter()
+                    .map(|l| l.inst.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let rt = self.rt.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for inst in &insts {
+                rt.rotate_logs(inst);
+            }
+        })
+        .await;
     }
 
     /// Replace crashed and unhealthy instances of the live release, with backoff.

@@ -48,6 +48,8 @@ pub(crate) struct Decoded {
     pub declared: Vec<(&'static str, String)>,
     /// Every address something listens on: routes and blue/green previews.
     pub listens: Vec<Named<std::net::SocketAddr>>,
+    /// `base` blocks: (normalised reference, reference as written, source).
+    pub bases: Vec<Named<(String, String, Option<Base>)>>,
 }
 
 pub(crate) struct Cx<'a> {
@@ -133,7 +135,7 @@ impl<'a> Cx<'a> {
                     span_of(&a.key),
                     format!("unexpected attribute `{}` at the top level", a.key.as_str()),
                     Some(
-                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook"
+                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base"
                             .into(),
                     ),
                 ),
@@ -152,13 +154,14 @@ impl<'a> Cx<'a> {
                         }
                     }
                     "webhook" => self.webhook(b),
+                    "base" => self.base_block(b),
                     other => self.err_hint(
                         span_of(&b.ident),
                         format!("unknown block `{other}`"),
-                        did_you_mean(other, ["image", "service", "route", "guard", "webhook"])
+                        did_you_mean(other, ["image", "service", "route", "guard", "webhook", "base"])
                             .or_else(|| {
                                 Some(
-                                    "top-level blocks are image, service, route, guard, webhook"
+                                    "top-level blocks are image, service, route, guard, webhook, base"
                                         .into(),
                                 )
                             }),
@@ -678,10 +681,47 @@ impl<'a> Cx<'a> {
             .as_ref()
             .map_or_else(|| "image".to_string(), |l| format!("image \"{}\"", l.0));
         let mut r = self.reader(b, what);
-        let from = self
-            .required(&mut r, "from")
-            .and_then(|a| self.string(a).map(|s| (s, span_of(&a.value))))
-            .and_then(|(s, span)| self.base(&s, span));
+        let dockerfile = r.attr("dockerfile");
+        let dockerfile = match dockerfile {
+            Some(df) => {
+                let src = self.dockerfile_source(df, &mut r);
+                for k in ["from"] {
+                    if let Some(a) = r.attr(k) {
+                        self.err_hint(
+                            span_of(&a.key),
+                            format!(
+                                "`{k}` does not go with `dockerfile`: the Dockerfile's FROM says it"
+                            ),
+                            Some("remove it, or pick a stage with target = \"NAME\"".into()),
+                        );
+                    }
+                }
+                src.map(Some)
+            }
+            None => {
+                for k in ["context", "target", "args"] {
+                    if let Some(a) = r.attr(k) {
+                        self.err_hint(
+                            span_of(&a.key),
+                            format!("`{k}` only goes with `dockerfile`"),
+                            Some("add dockerfile = \"Dockerfile\", or remove it".into()),
+                        );
+                    }
+                }
+                Some(None)
+            }
+        };
+        let from = match &dockerfile {
+            Some(Some(_)) => Some(Base::Scratch),
+            _ => self.required(&mut r, "from").and_then(|a| match &a.value {
+                Expression::Traversal(_) | Expression::Variable(_) => {
+                    self.reference(a, "image").map(|name| Base::Image { name })
+                }
+                _ => self
+                    .string(a)
+                    .and_then(|s| self.base(&s, span_of(&a.value))),
+            }),
+        };
         let mut steps = Vec::new();
         for sb in r.blocks_of(&["copy", "run"]) {
             if !self.no_labels(sb) {
@@ -711,7 +751,16 @@ impl<'a> Cx<'a> {
         let runs_nothing = ["cmd", "entrypoint"]
             .iter()
             .all(|k| r.body.get_attribute(k).is_none());
-        if matches!(from, Some(Base::Scratch)) && runs_nothing {
+        if let Some(Some(_)) = &dockerfile
+            && !steps.is_empty()
+        {
+            self.err_hint(
+                r.span.clone(),
+                format!("{} has both `dockerfile` and copy/run steps", r.what),
+                Some("put the steps in the Dockerfile, or build on it: from = image.NAME".into()),
+            );
+        }
+        if matches!(from, Some(Base::Scratch)) && runs_nothing && matches!(dockerfile, Some(None)) {
             self.err_hint(
                 r.span.clone(),
                 format!("{} has neither `cmd` nor `entrypoint`", r.what),
@@ -719,11 +768,12 @@ impl<'a> Cx<'a> {
             );
         }
         self.finish(r);
-        if let (Some((name, span)), Some(from)) = (label, from) {
+        if let (Some((name, span)), Some(from), Some(dockerfile)) = (label, from, dockerfile) {
             let image = Image {
                 name,
                 from,
                 steps,
+                dockerfile,
                 env: env.unwrap_or_default(),
                 workdir,
                 user,
@@ -737,9 +787,43 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// `dockerfile = "PATH"` with `context`, `target` and `args`, paths relative to this file.
+    fn dockerfile_source(
+        &mut self,
+        df: &Attribute,
+        r: &mut Reader<'_>,
+    ) -> Option<DockerfileSource> {
+        let path = self
+            .nonempty(df)
+            .and_then(|s| self.local_path(span_of(&df.value), &s, "Dockerfile"));
+        let context = match r.attr("context") {
+            Some(a) => self
+                .nonempty(a)
+                .and_then(|s| self.local_path(span_of(&a.value), &s, "build context")),
+            None => path
+                .as_ref()
+                .map(|p| p.parent().map(PathBuf::from).unwrap_or_default()),
+        };
+        let target = r.attr("target").and_then(|a| self.nonempty(a));
+        let args = r.attr("args").and_then(|a| self.string_map(a, false));
+        Some(DockerfileSource {
+            path: path?,
+            context: context?,
+            target,
+            args: args.unwrap_or_default(),
+        })
+    }
+
     fn copy_step(&mut self, cb: &Block) -> Option<CopyStep> {
         let mut cr = self.reader(cb, "copy".into());
+        let from = cr.attr("from").map(|a| self.reference(a, "image"));
         let src = self.required(&mut cr, "src").and_then(|a| {
+            if from.is_some() {
+                // A path inside the other image.
+                return self
+                    .abs_path(a, "copy source in an image")
+                    .map(PathBuf::from);
+            }
             let s = self.nonempty(a)?;
             self.local_path(span_of(&a.value), &s, "copy source")
         });
@@ -762,11 +846,20 @@ impl<'a> Cx<'a> {
             .and_then(|a| self.parsed(a, values::owner))
             .map(|(uid, gid)| Owner { uid, gid });
         self.finish(cr);
+        let from = match from {
+            Some(None) => return None,
+            Some(Some(name)) => Some(name),
+            None => None,
+        };
         Some(CopyStep {
             src: src?,
             dest: dest?,
             mode,
             owner,
+            from,
+            exclude: Vec::new(),
+            chown: None,
+            extract: false,
         })
     }
 
@@ -815,6 +908,7 @@ impl<'a> Cx<'a> {
         self.finish(r);
         Some(RunStep {
             at,
+            env_is_complete: false,
             command: cmd?,
             env: env.unwrap_or_default(),
             workdir,
@@ -824,55 +918,60 @@ impl<'a> Cx<'a> {
     }
 
     fn base(&mut self, s: &str, span: Range<usize>) -> Option<Base> {
-        /// `PATH[:TAG]`, where a colon belongs to the tag only if what follows has no '/'.
-        fn path_tag(rest: &str) -> (&str, Option<String>) {
-            match rest.rsplit_once(':') {
-                Some((p, t)) if !t.contains('/') && !t.is_empty() && !p.is_empty() => {
-                    (p, Some(t.to_string()))
-                }
-                _ => (rest, None),
+        match crate::bases::parse_from(s, &self.dir) {
+            Ok(b) => Some(b),
+            Err((message, hint)) => {
+                self.err_hint(span, message, hint);
+                None
             }
         }
-        if s == "scratch" {
-            return Some(Base::Scratch);
-        }
-        if let Some(rest) = s.strip_prefix("oci:") {
-            let (p, tag) = path_tag(rest);
-            let path = self.local_path(span, p, "base image layout")?;
-            return Some(Base::Oci { path, tag });
-        }
-        if let Some(rest) = s.strip_prefix("oci-archive:") {
-            let (p, tag) = path_tag(rest);
-            let path = self.local_path(span, p, "base image archive")?;
-            return Some(Base::OciArchive { path, tag });
-        }
-        if let Some(rest) = s.strip_prefix("docker-archive:") {
-            let path = self.local_path(span, rest, "base image archive")?;
-            return Some(Base::DockerArchive { path });
-        }
-        let reference = s.strip_prefix("docker://").unwrap_or(s);
-        match reference.rsplit_once('@') {
-            Some((repo, digest)) if values::is_sha256_digest(digest) && !repo.is_empty() => {
-                Some(Base::Registry {
-                    reference: reference.to_string(),
-                })
-            }
-            Some(_) => {
+    }
+
+    /// `base "REF" { source = "…" }`: wherever a `from` names REF, build on the source.
+    fn base_block(&mut self, b: &Block) {
+        let label = match b.labels.as_slice() {
+            [l] => Some(l),
+            [] => {
                 self.err_hint(
-                    span,
-                    format!("invalid image digest in base \"{s}\""),
-                    Some("a digest is sha256: followed by 64 lowercase hex digits".into()),
+                    span_of(&b.ident),
+                    "base block needs the image reference it replaces",
+                    Some("write base \"debian:12\" { source = \"oci-archive:debian.tar\" }".into()),
                 );
                 None
             }
-            None => {
-                self.err_hint(
-                    span,
-                    format!("base image \"{s}\" is not pinned by digest"),
-                    Some("use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or REGISTRY/REPO@sha256:DIGEST so the build is reproducible".into()),
+            [_, extra, ..] => {
+                self.err(
+                    span_of(extra),
+                    format!("base block takes one label, found {}", b.labels.len()),
                 );
                 None
             }
+        };
+        let reference = label.and_then(|l| match crate::reference::parse(l.as_str()) {
+            Ok(r) => Some((r.normalized(), l.as_str().to_string(), span_of(l))),
+            Err(e) => {
+                self.err_hint(
+                    span_of(l),
+                    format!("invalid image reference \"{}\" in base block: {e}", l.as_str()),
+                    Some("a base block names a registry reference, such as \"debian:12\" or \"registry.example.com/team/app:1\"".into()),
+                );
+                None
+            }
+        });
+        let what = label.map_or_else(
+            || "base".to_string(),
+            |l| format!("base \"{}\"", l.as_str()),
+        );
+        let mut r = self.reader(b, what);
+        let source = self
+            .required(&mut r, "source")
+            .and_then(|a| self.nonempty(a).map(|s| (s, span_of(&a.value))))
+            .and_then(|(s, span)| self.base(&s, span));
+        self.finish(r);
+        // Declared even when its source is wrong, so that a duplicate is still found.
+        if let Some((normalized, written, span)) = reference {
+            let n = self.named((normalized, written, source), span);
+            self.out.bases.push(n);
         }
     }
 
@@ -907,7 +1006,8 @@ impl<'a> Cx<'a> {
         let command = r.attr("command").and_then(|a| self.strings(a));
         let port = r
             .attr("port")
-            .map_or(Some(8080), |a| self.integer(a, 1, 65535).map(|n| n as u16));
+            // 0: not given; the project resolves it (`project::cross_check`).
+            .map_or(Some(0), |a| self.integer(a, 1, 65535).map(|n| n as u16));
         let timeout = r
             .attr("timeout")
             .map_or(Some(Duration::from_secs(30)), |a| self.duration(a));

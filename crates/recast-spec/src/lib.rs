@@ -4,11 +4,13 @@
 //! name exist. Everything it returns is either a fully checked [`Project`] or every problem found,
 //! each located by file, line and column.
 
+mod bases;
 mod decode;
 mod diag;
 pub mod model;
 mod project;
 mod redact;
+pub mod reference;
 pub mod values;
 
 pub use diag::{Diagnostic, Diagnostics};

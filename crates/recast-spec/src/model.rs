@@ -25,6 +25,10 @@ pub struct Project {
     /// Project-wide guard settings (defaults when there is no `guard` block).
     pub guard: Guard,
     pub webhooks: BTreeMap<String, Webhook>,
+    /// `base "REF" { source = "…" }` blocks: the normalised reference (`docker.io/library/debian:12`)
+    /// and the source that replaces it wherever a `from` or a Dockerfile `FROM` names it.
+    #[serde(default)]
+    pub bases: BTreeMap<String, Base>,
 }
 
 impl Project {
@@ -56,6 +60,21 @@ pub struct Image {
     pub entrypoint: Option<Vec<String>>,
     pub labels: BTreeMap<String, String>,
     pub test: Option<ImageTest>,
+    /// Built from a Dockerfile instead of `from` and steps (then `from` is scratch and `steps`
+    /// empty; the image block's other settings apply on top of the Dockerfile's).
+    #[serde(default)]
+    pub dockerfile: Option<DockerfileSource>,
+}
+
+/// `image { dockerfile, context, target, args }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerfileSource {
+    pub path: PathBuf,
+    /// The build context (default: the Dockerfile's directory).
+    pub context: PathBuf,
+    /// The stage to build (default: the last).
+    pub target: Option<String>,
+    pub args: BTreeMap<String, String>,
 }
 
 /// Where an image starts from.
@@ -77,9 +96,15 @@ pub enum Base {
     DockerArchive {
         path: PathBuf,
     },
-    /// A registry reference pinned by digest: `host/repo@sha256:…`.
+    /// A registry reference, normalised (`docker.io/library/debian:12`,
+    /// `HOST/REPO@sha256:…`; see [`crate::reference`]). A tag is pinned to a digest by the
+    /// project's `recast.lock` when the image is built.
     Registry {
         reference: String,
+    },
+    /// Another image of the project (`from = image.NAME`), built first.
+    Image {
+        name: String,
     },
 }
 
@@ -97,6 +122,10 @@ pub enum BuildStep {
 pub struct RunStep {
     /// Where the step is written, `FILE:LINE:COLUMN`, for errors of the build.
     pub at: String,
+    /// `env` is the step's whole environment (a Dockerfile `RUN` sees only what was set
+    /// before it), not an addition to the image's.
+    #[serde(default)]
+    pub env_is_complete: bool,
     pub command: RunCommand,
     /// On top of the image's environment.
     pub env: BTreeMap<String, String>,
@@ -134,6 +163,20 @@ pub struct CopyStep {
     pub mode: Option<u32>,
     /// Numeric owner for every copied entry (default root).
     pub owner: Option<Owner>,
+    /// Copy out of another image of the project (`from = image.NAME`): `src` is then an
+    /// absolute path inside that image.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Paths below `src` (relative, `/`-separated) left out: what a `.dockerignore` excludes.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Owner by name (`USER[:GROUP]`, a Dockerfile's `--chown`), resolved against the image's
+    /// `/etc/passwd` and `/etc/group` when the step is built.
+    #[serde(default)]
+    pub chown: Option<String>,
+    /// `src` is a tar archive whose contents go to `dest` (a Dockerfile's `ADD` of a tar).
+    #[serde(default)]
+    pub extract: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +190,8 @@ pub struct Owner {
 pub struct ImageTest {
     pub http: Vec<HttpTest>,
     pub command: Option<Vec<String>>,
-    /// Port the test instance listens on (`$PORT`); default 8080.
+    /// Port the test instance listens on (`$PORT`); default: the port of the first service
+    /// that runs the image, else 8080.
     pub port: u16,
     /// Deadline for the whole test, start included.
     pub timeout: Duration,

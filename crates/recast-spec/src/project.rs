@@ -2,7 +2,7 @@
 
 use crate::decode::{Cx, Decoded, Named};
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean, file_diag};
-use crate::model::{Guard, Project};
+use crate::model::{Base, Guard, Project};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -125,8 +125,26 @@ fn cross_check(
         sources[file].diag(span.clone(), msg, hint)
     };
 
-    let images = dedupe("image", d.images, sources, diags, |i| &i.name);
+    let bases = bases(d.bases, sources, diags);
+    let mut images = dedupe("image", d.images, sources, diags, |i| &i.name);
+    for image in images.values_mut() {
+        if let Base::Registry { reference } = &image.from
+            && let Some(b) = bases.get(reference)
+        {
+            image.from = b.clone();
+        }
+    }
     let services = dedupe("service", d.services, sources, diags, |s| &s.name);
+    // A test block without `port` tests the image where it serves: the port of the (first)
+    // service that runs it, else 8080.
+    for image in images.values_mut() {
+        if let Some(t) = image.test.as_mut().filter(|t| t.port == 0) {
+            t.port = services
+                .values()
+                .find(|s| s.image == image.name)
+                .map_or(8080, |s| s.port);
+        }
+    }
     let routes = dedupe("route", d.routes, sources, diags, |r| &r.name);
     let webhooks = dedupe("webhook", d.webhooks, sources, diags, |w| &w.name);
 
@@ -221,7 +239,38 @@ fn cross_check(
         routes,
         guard,
         webhooks,
+        bases,
     }
+}
+
+/// The `base` blocks by normalised reference; a second block for the same reference (however
+/// spelled) is an error.
+fn bases(
+    items: Vec<Named<(String, String, Option<Base>)>>,
+    sources: &[SourceFile],
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Base> {
+    let mut out = BTreeMap::new();
+    let mut first: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
+    for n in items {
+        let (normalized, written, source) = n.value;
+        if let Some((f0, s0)) = first.get(&normalized) {
+            diags.push(sources[n.file].diag(
+                n.span.clone(),
+                format!("duplicate base \"{written}\""),
+                Some(format!(
+                    "{normalized} already has a base block at {}",
+                    place(sources, *f0, s0)
+                )),
+            ));
+        } else {
+            first.insert(normalized.clone(), (n.file, n.span));
+            if let Some(source) = source {
+                out.insert(normalized, source);
+            }
+        }
+    }
+    out
 }
 
 /// "file:line:col" of a span.

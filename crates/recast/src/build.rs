@@ -7,24 +7,34 @@ use recast_image::step::StepRunner;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(
-    spec: &Path,
-    data_dir: &Path,
-    images: &[String],
-    check: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+/// The flags of `recast build`.
+pub struct How {
+    pub check: bool,
+    pub no_cache: bool,
+    pub locked: bool,
+    pub json: bool,
+}
+
+pub fn run(spec: &Path, data_dir: &Path, images: &[String], how: How) -> anyhow::Result<ExitCode> {
+    let How {
+        check,
+        no_cache,
+        locked,
+        json,
+    } = how;
     let project = match recast_spec::load(spec) {
         Ok(p) => p,
         Err(diags) => bail!("the spec is invalid:\n{diags}"),
     };
     let store = output::store(data_dir)?;
-    let opts = Options::from_env()?;
+    let mut opts = Options::from_env()?;
+    opts.pins = crate::lock::pins(&project, locked)?;
     let mut progress = output::progress();
     let runner = crate::run::step_runner(data_dir, &project)?;
+    let cache = data_dir.join("cache");
     let built = build::build(
         &store,
-        Some(&data_dir.join("cache")),
+        (!no_cache).then_some(cache.as_path()),
         &project,
         images,
         &opts,

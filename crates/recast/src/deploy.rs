@@ -8,7 +8,7 @@ use recast_image::step::StepRunner;
 use recast_server::plan::{self, Action, Plan};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +18,9 @@ fn load(spec: &Path) -> anyhow::Result<recast_spec::Project> {
 }
 
 /// Build (cached) and compare with the recorded state.
-pub fn compute_plan(spec: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
+pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Result<Plan> {
     let project = load(spec)?;
+    let pins = crate::lock::pins(&project, locked)?;
     let store = output::store(data_dir)?;
     let runner = crate::run::step_runner(data_dir, &project)?;
     let built = build::build(
@@ -27,7 +28,10 @@ pub fn compute_plan(spec: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
         Some(&data_dir.join("cache")),
         &project,
         &[],
-        &Options::from_env()?,
+        &Options {
+            pins,
+            ..Options::from_env()?
+        },
         runner.as_ref().map(|r| r as &dyn StepRunner),
         &mut output::progress(),
     )?;
@@ -105,8 +109,13 @@ pub fn render_plan(p: &Plan) -> String {
     out
 }
 
-pub fn plan_cmd(spec: &Path, data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let p = compute_plan(spec, data_dir)?;
+pub fn plan_cmd(
+    spec: &Path,
+    data_dir: &Path,
+    locked: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let p = compute_plan(spec, data_dir, locked)?;
     if json {
         output::json(&p)?;
     } else {
@@ -118,6 +127,7 @@ pub fn plan_cmd(spec: &Path, data_dir: &Path, json: bool) -> anyhow::Result<Exit
 pub fn apply(
     spec: &Path,
     data_dir: &Path,
+    locked: bool,
     json: bool,
     detach: bool,
     yes: bool,
@@ -126,10 +136,11 @@ pub fn apply(
     let path = std::fs::canonicalize(spec)
         .with_context(|| format!("cannot read spec {}", spec.display()))?;
     // Checked here first, so that errors show the spec's lines (the server shows locations only).
-    load(&path)?;
+    // The server builds with the lock as it is: complete it here (or check it, --locked).
+    crate::lock::pins(&load(&path)?, locked)?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive && !yes && !json {
-        let p = compute_plan(&path, data_dir)?;
+        let p = compute_plan(&path, data_dir, true)?;
         print!("{}", render_plan(&p));
         if p.changes() == 0 {
             return Ok(ExitCode::SUCCESS);
@@ -413,14 +424,21 @@ pub fn logs(data_dir: &Path, service: &str, follow: bool) -> anyhow::Result<Exit
                     .join("instances")
                     .join(id)
                     .join(format!("{stream}.log"));
-                let Ok(text) = std::fs::read(&p) else {
+                // From where the last pass stopped (the start again once the file was rotated),
+                // at most 16 MiB per pass: the instance decides how much it writes.
+                let Ok(mut f) = std::fs::File::open(&p) else {
                     continue;
                 };
-                let from = offsets.get(&p).copied().unwrap_or(0).min(text.len() as u64) as usize;
-                for line in String::from_utf8_lossy(&text[from..]).lines() {
+                let len = f.metadata().map_or(0, |m| m.len());
+                let from = offsets.get(&p).copied().filter(|o| *o <= len).unwrap_or(0);
+                let mut text = Vec::new();
+                let _ = f
+                    .seek(SeekFrom::Start(from))
+                    .and_then(|_| f.take(16 << 20).read_to_end(&mut text));
+                for line in String::from_utf8_lossy(&text).lines() {
                     output::line(&format!("[{id}] {line}"))?;
                 }
-                offsets.insert(p, text.len() as u64);
+                offsets.insert(p, from + text.len() as u64);
             }
         }
         if !follow {

@@ -12,6 +12,7 @@ pub fn run(
     spec: &Path,
     data_dir: &Path,
     images: &[String],
+    locked: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let project = match recast_spec::load(spec) {
@@ -26,7 +27,10 @@ pub fn run(
         Some(&data_dir.join("cache")),
         &project,
         images,
-        &Options::from_env()?,
+        &Options {
+            pins: crate::lock::pins(&project, locked)?,
+            ..Options::from_env()?
+        },
         runner.as_ref().map(|r| r as &dyn StepRunner),
         &mut progress,
     )?;

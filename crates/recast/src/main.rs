@@ -5,6 +5,7 @@ mod client;
 mod deploy;
 mod image;
 mod imagetest;
+mod lock;
 mod output;
 mod run;
 mod serve;
@@ -43,6 +44,15 @@ struct Spec {
     file: PathBuf,
 }
 
+/// `--locked`, for the commands that build.
+#[derive(Debug, clap::Args)]
+struct Locked {
+    /// Fail if recast.lock is missing or does not pin every base tag the spec uses, instead of
+    /// resolving and recording them (for CI)
+    #[arg(long)]
+    locked: bool,
+}
+
 /// Where the server's API listens.
 #[derive(Debug, clap::Args)]
 struct Api {
@@ -74,6 +84,11 @@ enum Command {
         /// Build again from nothing in a fresh store and fail if any digest differs
         #[arg(long)]
         check: bool,
+        /// Run every step again: ignore the step, layer and file caches
+        #[arg(long)]
+        no_cache: bool,
+        #[command(flatten)]
+        locked: Locked,
         /// Print only JSON on stdout: [{"image", "digest", "size", "cached"}]
         #[arg(long)]
         json: bool,
@@ -84,7 +99,22 @@ enum Command {
         spec: Spec,
         /// Images to test (default: all)
         images: Vec<String>,
+        #[command(flatten)]
+        locked: Locked,
         /// Print only JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin every base tag the spec uses to a digest in recast.lock (existing entries stay)
+    Lock {
+        #[command(flatten)]
+        spec: Spec,
+        /// Resolve the tags again from their registries: the given ones (default: all)
+        #[arg(long)]
+        update: bool,
+        /// Tags to move with --update, as the spec writes them (debian:12)
+        refs: Vec<String>,
+        /// Print only JSON on stdout: {"path", "bases": [{"reference", "digest", "change"}]}
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +145,8 @@ enum Command {
     Plan {
         #[command(flatten)]
         spec: Spec,
+        #[command(flatten)]
+        locked: Locked,
         #[arg(long)]
         json: bool,
     },
@@ -122,6 +154,8 @@ enum Command {
     Apply {
         #[command(flatten)]
         spec: Spec,
+        #[command(flatten)]
+        locked: Locked,
         #[arg(long)]
         json: bool,
         /// Start the apply and return at once
@@ -239,11 +273,30 @@ fn main() -> ExitCode {
             spec,
             images,
             check,
+            no_cache,
+            locked,
             json,
-        } => data_dir().and_then(|d| build::run(&spec.file, &d, &images, check, json)),
-        Command::Test { spec, images, json } => {
-            data_dir().and_then(|d| imagetest::run(&spec.file, &d, &images, json))
-        }
+        } => data_dir().and_then(|d| {
+            let how = build::How {
+                check,
+                no_cache,
+                locked: locked.locked,
+                json,
+            };
+            build::run(&spec.file, &d, &images, how)
+        }),
+        Command::Test {
+            spec,
+            images,
+            locked,
+            json,
+        } => data_dir().and_then(|d| imagetest::run(&spec.file, &d, &images, locked.locked, json)),
+        Command::Lock {
+            spec,
+            update,
+            refs,
+            json,
+        } => lock::run(&spec.file, update, &refs, json),
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
         Command::Server { api } => {
@@ -251,15 +304,18 @@ fn main() -> ExitCode {
         }
         Command::Up { spec, api } => data_dir()
             .and_then(|d| serve::run(&d, api.listen, api.insecure_listen, Some(&spec.file))),
-        Command::Plan { spec, json } => {
-            data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, json))
+        Command::Plan { spec, locked, json } => {
+            data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, locked.locked, json))
         }
         Command::Apply {
             spec,
+            locked,
             json,
             detach,
             yes,
-        } => data_dir().and_then(|d| deploy::apply(&spec.file, &d, json, detach, yes)),
+        } => {
+            data_dir().and_then(|d| deploy::apply(&spec.file, &d, locked.locked, json, detach, yes))
+        }
         Command::Status {
             service,
             json,

@@ -68,16 +68,17 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
 }
 
 /// A runtime for this data directory, with what dead `run`/`test` processes left cleaned up.
-/// The runtime, when some image of `project` has `run` steps (they run in build containers);
-/// builds of `copy` steps alone need no container runtime.
+/// The runtime, when some image of `project` has `run` steps or a Dockerfile (steps run in
+/// build containers); builds of `copy` steps alone need no container runtime.
 pub fn step_runner(
     data_dir: &Path,
     project: &recast_spec::Project,
 ) -> anyhow::Result<Option<Runtime>> {
     let runs = project.images.values().any(|i| {
-        i.steps
-            .iter()
-            .any(|s| matches!(s, recast_spec::BuildStep::Run(_)))
+        i.dockerfile.is_some()
+            || i.steps
+                .iter()
+                .any(|s| matches!(s, recast_spec::BuildStep::Run(_)))
     });
     if !runs {
         return Ok(None);
@@ -120,8 +121,9 @@ impl LogFollower {
         if f.seek(SeekFrom::Start(self.pos)).is_err() {
             return;
         }
+        // At most 16 MiB at a time: the instance decides how much it writes.
         let mut buf = Vec::new();
-        if let Ok(n) = f.take(len - self.pos).read_to_end(&mut buf) {
+        if let Ok(n) = f.take((len - self.pos).min(16 << 20)).read_to_end(&mut buf) {
             self.pos += n as u64;
             let _ = to.write_all(&buf);
             let _ = to.flush();

@@ -55,6 +55,11 @@ pub fn run(
         if let Some(spec) = apply {
             let path = std::fs::canonicalize(spec)
                 .map_err(|e| anyhow!("cannot read spec {}: {e}", spec.display()))?;
+            // The server builds with recast.lock as it is: complete it first (an invalid spec
+            // is the apply's to report).
+            if let Ok(project) = recast_spec::load(&path) {
+                crate::lock::pins(&project, false)?;
+            }
             let id = started
                 .ctl
                 .start_apply(&path)

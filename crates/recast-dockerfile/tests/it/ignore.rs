@@ -197,10 +197,18 @@ fn glob_refuses_a_symlink_out_of_the_context() {
         glob(ctx.path(), "out/secret").map_err(|e| e.to_string()),
         Err("`out/secret` leaves the build context through a symbolic link".into())
     );
-    // The link itself is a context entry (copied as a link).
+    // A source that is itself a link out of the context is followed when copied: refused too.
     assert_eq!(
         glob(ctx.path(), "out").map_err(|e| e.to_string()),
-        Ok(paths(&["out"]))
+        Err("`out` leaves the build context through a symbolic link".into())
+    );
+    // A link that stays inside the context is fine.
+    std::fs::create_dir(ctx.path().join("real")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("real", ctx.path().join("current"))
+        .unwrap_or_else(|e| panic!("symlink: {e}"));
+    assert_eq!(
+        glob(ctx.path(), "current").map_err(|e| e.to_string()),
+        Ok(paths(&["current"]))
     );
 }
 

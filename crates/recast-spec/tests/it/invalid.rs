@@ -81,7 +81,7 @@ case!(
     [
         1,
         1,
-        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook"
+        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base"
     ]
 );
 
@@ -424,12 +424,53 @@ case!(
 );
 
 case!(
-    unpinned_registry_base,
-    "image \"b\" {\n  from = \"docker.io/library/alpine:3\"\n  cmd = [\"/x\"]\n}\n",
+    bad_registry_base,
+    "image \"b\" {\n  from = \"docker.io/library/Alpine:3\"\n  cmd = [\"/x\"]\n}\n",
     [
         2,
         10,
-        "base image \"docker.io/library/alpine:3\" is not pinned by digest | hint: use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or REGISTRY/REPO@sha256:DIGEST so the build is reproducible"
+        "invalid base image \"docker.io/library/Alpine:3\": the repository name must be lowercase | hint: use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or a registry reference such as \"debian:12\" or \"REGISTRY/REPO@sha256:DIGEST\""
+    ]
+);
+
+case!(
+    bad_registry_tag,
+    "image \"b\" {\n  from = \"debian:bookworm/slim\"\n  cmd = [\"/x\"]\n}\n",
+    [
+        2,
+        10,
+        "invalid base image \"debian:bookworm/slim\": invalid registry host \"debian:bookworm\" | hint: use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or a registry reference such as \"debian:12\" or \"REGISTRY/REPO@sha256:DIGEST\""
+    ]
+);
+
+case!(
+    base_block_problems,
+    "base \"debian:12\" {\n  source = \"oci:nope\"\n}\nbase \"Debian:12\" {\n  source = \"scratch\"\n}\nbase \"docker.io/library/debian:12\" {\n  source = \"debian:12.5\"\n}\nbase \"debian:12.5\" {\n  source = \"debian@sha256:abc\"\n  sourc = \"x\"\n}\nbase {\n}\nbase \"alpine\" {\n}\n",
+    [
+        2,
+        12,
+        "base image layout \"nope\" does not exist | hint: paths are relative to the spec file's directory; looked for DIR/nope";
+        4,
+        6,
+        "invalid image reference \"Debian:12\" in base block: the repository name must be lowercase | hint: a base block names a registry reference, such as \"debian:12\" or \"registry.example.com/team/app:1\"";
+        7,
+        6,
+        "duplicate base \"docker.io/library/debian:12\" | hint: docker.io/library/debian:12 already has a base block at DIR/recast.hcl:9:6";
+        11,
+        12,
+        "invalid image digest in base \"debian@sha256:abc\" | hint: a digest is sha256: followed by 64 lowercase hex digits";
+        12,
+        3,
+        "unknown attribute `sourc` in base \"debian:12.5\" | hint: did you mean `source`?";
+        14,
+        1,
+        "base block needs the image reference it replaces | hint: write base \"debian:12\" { source = \"oci-archive:debian.tar\" }";
+        14,
+        1,
+        "missing required attribute `source` in base";
+        16,
+        1,
+        "missing required attribute `source` in base \"alpine\""
     ]
 );
 

@@ -53,6 +53,26 @@ image "base" {
   from = "registry.example.com/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 }
 
+image "tagged" {
+  from = "debian:12"
+}
+
+image "mirrored" {
+  from = "docker.io/library/busybox"
+}
+
+base "busybox:latest" {
+  source = "oci:static:v1"
+}
+
+base "alpine:3" {
+  source = "mirror.local:5000/alpine:3.19"
+}
+
+base "registry.example.com/team/app" {
+  source = "registry.example.com/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+}
+
 service "web" {
   image     = image.web
   instances = 3
@@ -174,6 +194,7 @@ fn every_block_and_knob() {
         Image {
             name: s("web"),
             from: Base::Scratch,
+            dockerfile: None,
             steps: vec![
                 BuildStep::Copy(CopyStep {
                     src: root.join("bin/app"),
@@ -183,9 +204,14 @@ fn every_block_and_knob() {
                         uid: 1000,
                         gid: 100
                     }),
+                    from: None,
+                    exclude: Vec::new(),
+                    chown: None,
+                    extract: false,
                 }),
                 BuildStep::Run(RunStep {
                     at: format!("{}:10:3", root.join("recast.hcl").display()),
+                    env_is_complete: false,
                     command: RunCommand::Shell(s("mkdir -p /srv/cache")),
                     env: BTreeMap::new(),
                     workdir: None,
@@ -196,10 +222,15 @@ fn every_block_and_knob() {
                     src: root.join("static"),
                     dest: s("/srv/static"),
                     mode: None,
-                    owner: None
+                    owner: None,
+                    from: None,
+                    exclude: Vec::new(),
+                    chown: None,
+                    extract: false,
                 }),
                 BuildStep::Run(RunStep {
                     at: format!("{}:17:3", root.join("recast.hcl").display()),
+                    env_is_complete: false,
                     command: RunCommand::Exec(vec![
                         s("/usr/sbin/useradd"),
                         s("--system"),
@@ -243,6 +274,76 @@ fn every_block_and_knob() {
                 "registry.example.com/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
             )
         }
+    );
+
+    assert_eq!(
+        p.images["tagged"].from,
+        Base::Registry {
+            reference: s("docker.io/library/debian:12")
+        }
+    );
+    let static_v1 = Base::Oci {
+        path: root.join("static"),
+        tag: Some(s("v1")),
+    };
+    assert_eq!(p.images["mirrored"].from, static_v1);
+    let app_pinned = Base::Registry {
+        reference: s(
+            "registry.example.com/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+    };
+    let alpine_mirror = Base::Registry {
+        reference: s("mirror.local:5000/alpine:3.19"),
+    };
+    assert_eq!(
+        p.bases,
+        BTreeMap::from([
+            (s("docker.io/library/alpine:3"), alpine_mirror.clone()),
+            (s("docker.io/library/busybox:latest"), static_v1.clone()),
+            (
+                s("registry.example.com/team/app:latest"),
+                app_pinned.clone()
+            ),
+        ])
+    );
+    // A Dockerfile's FROM goes through the same parsing and the same base blocks.
+    for (from, want) in [
+        ("busybox", static_v1.clone()),
+        ("index.docker.io/library/busybox:latest", static_v1),
+        ("alpine:3", alpine_mirror),
+        ("registry.example.com/team/app", app_pinned),
+        (
+            "debian:12",
+            Base::Registry {
+                reference: s("docker.io/library/debian:12"),
+            },
+        ),
+        (
+            "alpine:3.19",
+            Base::Registry {
+                reference: s("docker.io/library/alpine:3.19"),
+            },
+        ),
+        ("scratch", Base::Scratch),
+        (
+            "oci-archive:bin/app",
+            Base::OciArchive {
+                path: root.join("bin/app"),
+                tag: None,
+            },
+        ),
+    ] {
+        assert_eq!(p.resolve_base(from), Ok(want), "FROM {from}");
+    }
+    assert_eq!(
+        p.resolve_base("Debian:12"),
+        Err(s(
+            "invalid base image \"Debian:12\": the repository name must be lowercase\n  hint: use \"scratch\", \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\", \"docker-archive:FILE\", or a registry reference such as \"debian:12\" or \"REGISTRY/REPO@sha256:DIGEST\""
+        ))
+    );
+    assert!(
+        p.resolve_base("oci:nope")
+            .is_err_and(|e| e.starts_with("base image layout \"nope\" does not exist")),
     );
 
     assert_eq!(

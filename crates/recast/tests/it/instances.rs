@@ -84,9 +84,12 @@ fn recast_test_fails_an_image_whose_health_check_fails() {
     let d = tempfile::tempdir().expect("tmp");
     let out = rc(p.path(), d.path(), &["test"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        stdout(&out),
-        "FAIL web: GET /healthz answered 503, expected 200\n"
+    // The reason, then what the program said (its last output).
+    let said = stdout(&out);
+    assert!(
+        said.starts_with("FAIL web: GET /healthz answered 503, expected 200; its last output:\n")
+            && said.contains("  | hello 0.1.0 listening on :8080"),
+        "{said}"
     );
     assert_eq!(
         std::fs::read_dir(d.path().join("instances"))

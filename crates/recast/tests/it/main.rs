@@ -1,5 +1,6 @@
 //! End-to-end tests of the `recast` binary, driven the way a user drives it.
 
+mod attacks;
 mod canary;
 mod debian;
 mod deploy;
@@ -9,6 +10,7 @@ mod hostile_registry;
 mod images;
 mod instances;
 mod limits;
+mod lock;
 mod private;
 mod project;
 mod runsteps;

@@ -178,6 +178,10 @@ fn a_hermetic_step_has_no_network_and_a_host_step_has_the_hosts() {
     shell   = "if wget -q -T 2 -O /x http://127.0.0.1:{port}/; then exit 1; fi; echo offline > /offline"
     network = "none"
   }}
+  run {{
+    # On the host's network a step cannot open raw sockets (no sniffing, no spoofing).
+    shell = "arping -c1 -w1 -I lo 127.0.0.1 2>&1 | grep -q 'not permitted'"
+  }}
 "#
         ),
         r#"command = ["/bin/sh", "-c", "test \"$(cat /fetched)\" = ok && test -e /offline"]"#,
@@ -259,4 +263,264 @@ guard {{
             "a tmpfs write reached the root"
         );
     }
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (p, text) in files {
+        let p = dir.join(p);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, text).expect("write");
+    }
+}
+
+/// A multi-stage Dockerfile with ARG, ENV, WORKDIR, COPY --from, .dockerignore and EXPOSE builds
+/// into an ordinary recast image: its test passes, a rebuild is cached and `--check` agrees.
+#[test]
+fn a_multi_stage_dockerfile_builds_an_ordinary_image() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::copy("/bin/busybox", dir.path().join("busybox")).expect("busybox");
+    write(
+        dir.path(),
+        &[
+            ("site/index.html", "page"),
+            ("site/secret.env", "TOKEN=x"),
+            (".dockerignore", "# not in the image\nsite/*.env\n"),
+            (
+                "Dockerfile",
+                r#"# syntax=docker/dockerfile:1
+ARG GREETING=hello
+FROM scratch AS tools
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "mkdir -p /usr/bin /sbin /usr/sbin /tmp && /bin/busybox --install -s"]
+
+FROM tools AS build
+ARG GREETING
+ENV OUT=/out
+WORKDIR /src
+COPY site/ ./site/
+RUN mkdir -p $OUT && cp -r site $OUT/www \
+ && echo "$GREETING" > $OUT/www/greeting.txt
+
+FROM tools
+COPY --from=build /out/www /srv/www
+EXPOSE 8080
+LABEL org.example.kind=site
+CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]
+"#,
+            ),
+            (
+                "recast.hcl",
+                r#"
+image "site" {
+  dockerfile = "Dockerfile"
+  args       = { GREETING = "hi" }
+  test {
+    http {
+      path        = "/index.html"
+      expect_body = "page"
+    }
+    http {
+      path        = "/greeting.txt"
+      expect_body = "hi"
+    }
+    command = ["/bin/sh", "-c", "test ! -e /srv/www/secret.env && test ! -e /src"]
+    timeout = "10s"
+  }
+}
+"#,
+            ),
+        ],
+    );
+    let d = tempfile::tempdir().expect("data");
+    let o = rc(dir.path(), d.path(), &["test", "--json"]);
+    assert!(o.status.success(), "{}{}", stderr(&o), stdout(&o));
+    let inspect = rc(
+        dir.path(),
+        d.path(),
+        &["image", "inspect", "site", "--json"],
+    );
+    let v: Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let text = v.to_string();
+    assert!(text.contains("8080/tcp"), "{text}");
+    assert!(text.contains("org.example.kind"), "{text}");
+    let ls = rc(dir.path(), d.path(), &["image", "ls", "--json"]);
+    assert!(
+        !stdout(&ls).contains('#'),
+        "stages are not named images: {}",
+        stdout(&ls)
+    );
+    let check = rc(dir.path(), d.path(), &["build", "--check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+/// HCL multi-stage: `from = image.x` and `copy { from = image.x }`.
+#[test]
+fn images_build_on_and_copy_from_other_images() {
+    let p = project(
+        r#"
+  run {
+    shell = "echo built > /out/artifact && echo page > /srv/www/index.html"
+  }
+"#,
+        r#"command = ["/bin/true"]"#,
+    );
+    let spec = fs::read_to_string(p.path().join("recast.hcl")).expect("spec");
+    fs::write(
+        p.path().join("recast.hcl"),
+        format!(
+            r#"{spec}
+image "derived" {{
+  from = image.app
+  run {{
+    shell = "cat /out/artifact > /srv/www/derived.txt"
+  }}
+  test {{
+    http {{
+      path        = "/derived.txt"
+      expect_body = "built"
+    }}
+  }}
+}}
+
+image "slim" {{
+  from = "scratch"
+  copy {{
+    from = image.app
+    src  = "/bin/busybox"
+    dest = "/bin/busybox"
+  }}
+  copy {{
+    from = image.derived
+    src  = "/srv/www"
+    dest = "/www"
+  }}
+  cmd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+  test {{
+    http {{
+      path        = "/derived.txt"
+      expect_body = "built"
+    }}
+  }}
+}}
+"#
+        ),
+    )
+    .expect("spec");
+    let d = tempfile::tempdir().expect("data");
+    let o = rc(p.path(), d.path(), &["test", "slim", "--json"]);
+    assert!(o.status.success(), "{}{}", stderr(&o), stdout(&o));
+}
+
+#[test]
+fn an_unsupported_dockerfile_instruction_is_a_located_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        &[
+            ("Dockerfile", "FROM scratch\nONBUILD RUN true\n"),
+            (
+                "recast.hcl",
+                "image \"x\" {\n  dockerfile = \"Dockerfile\"\n}\n",
+            ),
+        ],
+    );
+    let d = tempfile::tempdir().expect("data");
+    let o = rc(dir.path(), d.path(), &["build"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Dockerfile:2:1"), "{}", stderr(&o));
+}
+
+/// A step that is not deterministic: the cache keeps builds stable, `--no-cache` runs it
+/// again, and `--check` names the file that differs and the step that wrote it.
+#[test]
+fn check_names_the_file_and_step_of_a_nondeterministic_build() {
+    let p = project(
+        r#"
+  run {
+    shell = "cat /proc/sys/kernel/random/uuid > /srv/www/stamp"
+  }
+"#,
+        r#"command = ["/bin/true"]"#,
+    );
+    let d = tempfile::tempdir().expect("data");
+    let digest = |args: &[&str]| -> String {
+        let o = rc(p.path(), d.path(), args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        v[0]["digest"].as_str().expect("digest").to_string()
+    };
+    let first = digest(&["build", "--json"]);
+    assert_eq!(
+        digest(&["build", "--json"]),
+        first,
+        "the step cache keeps it"
+    );
+    assert_ne!(
+        digest(&["build", "--no-cache", "--json"]),
+        first,
+        "--no-cache runs the step again"
+    );
+    let check = rc(p.path(), d.path(), &["build", "--check"]);
+    assert!(!check.status.success());
+    let err = stderr(&check);
+    assert!(
+        err.contains("file /srv/www/stamp differs (content)")
+            && err.contains("cat /proc/sys/kernel/random/uuid"),
+        "{err}"
+    );
+}
+
+/// `COPY --chown` by names from the image's own /etc/passwd, and `ADD` of a local tar.gz
+/// extracting it.
+#[test]
+fn dockerfile_chown_by_name_and_add_of_an_archive() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::copy("/bin/busybox", dir.path().join("busybox")).expect("busybox");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    {
+        let mut b = tar::Builder::new(&mut gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(9);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "docs/readme.txt", &b"extracted"[..])
+            .expect("tar");
+        b.finish().expect("tar");
+    }
+    fs::write(dir.path().join("docs.tar.gz"), gz.finish().expect("gz")).expect("write");
+    write(
+        dir.path(),
+        &[
+            ("owned.html", "mine"),
+            (
+                "Dockerfile",
+                r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "mkdir -p /usr/bin /sbin /usr/sbin /etc /srv/www && /bin/busybox --install -s"]
+RUN echo 'app:x:1234:4321::/home/app:/bin/sh' >> /etc/passwd && echo 'web:x:4321:' >> /etc/group
+COPY --chown=app:web owned.html /srv/www/
+ADD docs.tar.gz /srv/www/
+CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]
+"#,
+            ),
+            (
+                "recast.hcl",
+                r#"
+image "site" {
+  dockerfile = "Dockerfile"
+  test {
+    http {
+      path        = "/docs/readme.txt"
+      expect_body = "extracted"
+    }
+    command = ["/bin/sh", "-c", "test \"$(stat -c %u:%g /srv/www/owned.html)\" = 1234:4321"]
+  }
+}
+"#,
+            ),
+        ],
+    );
+    let d = tempfile::tempdir().expect("data");
+    let o = rc(dir.path(), d.path(), &["test", "--json"]);
+    assert!(o.status.success(), "{}{}", stderr(&o), stdout(&o));
 }

@@ -104,6 +104,7 @@ fn every_command_of_the_brief_is_there() {
     for cmd in [
         "validate", "build", "test", "image", "server", "up", "plan", "apply", "status", "history",
         "rollback", "promote", "abort", "pause", "resume", "drift", "logs", "destroy", "run",
+        "lock",
     ] {
         assert!(
             help.contains(&format!("  {cmd} ")),
@@ -117,7 +118,7 @@ fn every_command_parses_its_arguments() {
     // clap checks argument definitions (unique short flags, …) when a command is used.
     for cmd in [
         "validate", "build", "test", "run", "image", "server", "up", "plan", "apply", "status",
-        "history", "rollback", "promote", "logs", "destroy",
+        "history", "rollback", "promote", "logs", "destroy", "lock",
     ] {
         let out = recast(&example(), &[cmd, "--help"]);
         assert!(
