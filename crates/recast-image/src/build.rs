@@ -648,6 +648,7 @@ fn image_root(
         let root =
             recast_root::Root::open(&fsdir).doing(|| format!("opening {}", fsdir.display()))?;
         let manifest = store.manifest(digest, &of)?;
+        let left = std::cell::Cell::new(oci::image_limit(&manifest.layers));
         for l in &manifest.layers {
             let what = format!("layer {} of {of}", l.digest);
             let r = oci::layer_reader(
@@ -656,6 +657,7 @@ fn image_root(
                 l.size,
                 &what,
             );
+            let r = oci::budgeted(r, &left, &what);
             recast_root::unpack_layer(&root, r)
                 .map_err(|e| Error::msg(format!("unpacking {what}: {e}")))?;
         }

@@ -133,9 +133,13 @@ impl FileIndex {
         for layer in layers {
             // Opaque whiteouts first: they hide the lower layers' content of their directory,
             // not this layer's own entries.
+            // Paths resolve through the symlinks of the image so far, as unpacking does (an
+            // entry `bin/x` over `bin -> usr/bin` is `/usr/bin/x`), so the index names what is
+            // really there.
             for e in &layer.entries {
                 if let Some(dir) = e.path.strip_suffix("/.wh..wh..opq") {
-                    remove_children(&mut fs, dir);
+                    let dir = resolve_dir(&fs, dir);
+                    remove_children(&mut fs, &dir);
                 }
             }
             for e in &layer.entries {
@@ -143,16 +147,20 @@ impl FileIndex {
                 if base == ".wh..wh..opq" {
                     continue;
                 }
+                let dir = resolve_dir(&fs, dir);
                 if let Some(name) = base.strip_prefix(".wh.") {
                     let victim = format!("{dir}/{name}");
                     fs.remove(&victim);
                     remove_children(&mut fs, &victim);
                     continue;
                 }
+                let path = format!("{dir}/{base}");
                 if e.kind != Kind::Dir {
-                    remove_children(&mut fs, &e.path);
+                    remove_children(&mut fs, &path);
                 }
-                fs.insert(e.path.clone(), e.clone());
+                let mut e = e.clone();
+                e.path.clone_from(&path);
+                fs.insert(path, e);
             }
         }
         FileIndex::new(fs.into_values().collect())
@@ -160,6 +168,49 @@ impl FileIndex {
 
     pub fn to_json(&self) -> Vec<u8> {
         crate::oci::canonical_json(self)
+    }
+}
+
+/// The directory `dir` (`/a/b`, or "" for the root) with the symlinks among its components
+/// resolved as a `chroot` into the image would (`..` stops at the root; at most 40 links).
+fn resolve_dir(fs: &BTreeMap<String, Entry>, dir: &str) -> String {
+    let mut todo: std::collections::VecDeque<String> = dir.split('/').map(str::to_string).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                out.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = format!(
+            "/{}",
+            [out.join("/"), c.clone()].join("/").trim_start_matches('/')
+        );
+        match fs.get(&candidate) {
+            Some(Entry {
+                kind: Kind::Symlink,
+                target: Some(t),
+                ..
+            }) if hops < 40 => {
+                hops += 1;
+                if t.starts_with('/') {
+                    out.clear();
+                }
+                for (i, part) in t.split('/').enumerate() {
+                    todo.insert(i, part.to_string());
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", out.join("/"))
     }
 }
 
@@ -211,6 +262,27 @@ mod tests {
             blake3: None,
             target: None,
         }
+    }
+
+    #[test]
+    fn merge_resolves_paths_through_symlinks_as_unpacking_does() {
+        let mut link = file("/bin", "");
+        link.kind = Kind::Symlink;
+        link.blake3 = None;
+        link.target = Some("usr/bin".into());
+        let mut up = file("/up", "");
+        up.kind = Kind::Symlink;
+        up.blake3 = None;
+        up.target = Some("../../usr".into());
+        let base = FileIndex::new(vec![dir("/usr"), dir("/usr/bin"), link, up]);
+        let top = FileIndex::new(vec![
+            file("/bin/tool", "t"),
+            file("/up/bin/.wh.tool", ""),
+            file("/up/bin/other", "o"),
+        ]);
+        let merged = FileIndex::merge(&[base, top]);
+        let paths: Vec<&str> = merged.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["/bin", "/up", "/usr", "/usr/bin", "/usr/bin/other"]);
     }
 
     #[test]

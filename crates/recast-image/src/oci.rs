@@ -233,6 +233,55 @@ pub fn layer_limit(compressed_size: u64) -> u64 {
         .min(LAYER_CAP)
 }
 
+/// What all layers of an image may decompress to together: one floor for the image, not one
+/// per layer (many tiny gzip layers must not add up to many floors).
+pub fn image_limit(layers: &[Descriptor]) -> u64 {
+    let compressed = layers
+        .iter()
+        .map(|l| l.size)
+        .fold(0u64, u64::saturating_add);
+    LAYER_FLOOR
+        .saturating_add(compressed.saturating_mul(LAYER_RATIO))
+        .min(LAYER_CAP)
+}
+
+/// `r`, failing with an error naming `what` once the bytes read through every reader sharing
+/// `left` exceed what was in it (see [`image_limit`]).
+pub fn budgeted<'a>(
+    r: impl Read + 'a,
+    left: &'a std::cell::Cell<u64>,
+    what: &str,
+) -> impl Read + 'a {
+    struct Budgeted<'a, R> {
+        inner: R,
+        left: &'a std::cell::Cell<u64>,
+        what: String,
+    }
+    impl<R: Read> Read for Budgeted<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            match self.left.get().checked_sub(n as u64) {
+                Some(rest) => {
+                    self.left.set(rest);
+                    Ok(n)
+                }
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} expands beyond what its image may hold (a decompression bomb?)",
+                        self.what
+                    ),
+                )),
+            }
+        }
+    }
+    Budgeted {
+        inner: r,
+        left,
+        what: what.to_string(),
+    }
+}
+
 /// A reader of a layer's tar stream: gzip layers are decompressed, and guarded against
 /// decompression bombs. Once the output exceeds [`layer_limit`]`(compressed_size)`, or the
 /// compressed input runs past `compressed_size`, the reader fails with an error naming `what`.
@@ -363,6 +412,23 @@ pub fn rfc3339(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn layers_of_an_image_share_one_decompression_budget() {
+        let layers: Vec<Descriptor> = (0..3)
+            .map(|i| Descriptor::new(LAYER_TAR_GZIP, Digest::of(&[i]), 1000))
+            .collect();
+        assert_eq!(image_limit(&layers), LAYER_FLOOR + 3000 * LAYER_RATIO);
+        let left = std::cell::Cell::new(10);
+        let mut out = Vec::new();
+        budgeted(&b"123456"[..], &left, "layer 1")
+            .read_to_end(&mut out)
+            .expect("fits");
+        let e = budgeted(&b"123456"[..], &left, "layer 2")
+            .read_to_end(&mut out)
+            .expect_err("the second layer passes the image's budget");
+        assert!(e.to_string().contains("layer 2 expands beyond"), "{e}");
+    }
+
     use super::*;
     use std::io::Write;
     use std::time::{Duration, Instant};

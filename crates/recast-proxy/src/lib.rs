@@ -168,6 +168,22 @@ pub struct Service {
     metrics: Mutex<HashMap<i64, Arc<Metrics>>>,
     /// Keep each client on one release (cookie `recast-release`).
     sticky: std::sync::atomic::AtomicBool,
+    /// Why no instance serves, when that is on purpose (a recreate rollout): said in the 503.
+    unavailable: RwLock<Option<String>>,
+}
+
+/// The weighted slot of the `n`th request in a cycle of `total`: `n mod total` times a stride
+/// coprime with `total` is a permutation of the cycle, so every `total` consecutive requests hit
+/// every slot exactly once (each group exactly its weight), interleaved rather than in runs.
+fn scatter(n: u64, total: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let stride = (37..).find(|k| gcd(*k, total) == 1).unwrap_or(1);
+    (n % total) * (stride % total) % total
 }
 
 impl Service {
@@ -178,7 +194,13 @@ impl Service {
             next: AtomicU64::new(0),
             metrics: Mutex::new(HashMap::new()),
             sticky: std::sync::atomic::AtomicBool::new(false),
+            unavailable: RwLock::new(None),
         })
+    }
+
+    /// Say why the service has no instance for a while (`None`: it should have one).
+    pub fn set_unavailable(&self, why: Option<String>) {
+        *self.unavailable.write().unwrap_or_else(|p| p.into_inner()) = why;
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -230,8 +252,7 @@ impl Service {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Scatter the sequence over the cycle (37 is coprime with 100) so groups interleave.
-        let slot = (n.wrapping_mul(37)) % total;
+        let slot = scatter(n, total);
         let mut acc = 0;
         let group = table.groups.iter().filter(usable).find(|g| {
             acc += u64::from(g.weight);
@@ -499,10 +520,23 @@ async fn forward(
     let mut tried: Option<String> = None;
     for _attempt in 0..3 {
         let Some(backend) = svc.pick(&table, tried.as_deref(), pinned) else {
-            return error_response(
+            let why = svc
+                .unavailable
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut r = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("service {} has no healthy instance", svc.name),
+                &match &why {
+                    Some(w) => format!("service {} has no healthy instance: {w}", svc.name),
+                    None => format!("service {} has no healthy instance", svc.name),
+                },
             );
+            if why.is_some() {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            return r;
         };
         backend.inflight.fetch_add(1, Ordering::SeqCst);
         let mut in_use = InUse {
@@ -631,6 +665,24 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap, keep_upgrade: bool) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn weighted_picks_honour_the_weights_for_any_total() {
+        // Every total, including multiples of the old stride (37, 74, 111): each slot once per
+        // cycle, and runs of one group no longer than they must be.
+        for total in 1..=300u64 {
+            let mut seen = vec![0u32; total as usize];
+            for n in 0..total {
+                seen[super::scatter(n + total * 7, total) as usize] += 1;
+            }
+            assert!(seen.iter().all(|&c| c == 1), "total {total}: {seen:?}");
+        }
+        // A 10/90 split over 100 requests interleaves: the 10 never all come in a row.
+        let firsts: Vec<u64> = (0..100).filter(|&n| super::scatter(n, 100) < 10).collect();
+        assert_eq!(firsts.len(), 10);
+        assert!(firsts.windows(2).all(|w| w[1] - w[0] > 1), "{firsts:?}");
+    }
+
     use super::*;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

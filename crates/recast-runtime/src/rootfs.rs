@@ -62,10 +62,15 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         let image_root = recast_root::Root::open(&root)
             .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
+        let left = std::cell::Cell::new(oci::image_limit(&manifest.layers));
         for (i, l) in manifest.layers.iter().enumerate() {
             let what = format!("layer {} ({}) of {of}", i + 1, l.digest);
             let r = store.open_blob(&l.digest, &of)?;
-            let r = oci::layer_reader(r, &l.media_type, l.size, &what);
+            let r = oci::budgeted(
+                oci::layer_reader(r, &l.media_type, l.size, &what),
+                &left,
+                &what,
+            );
             if let Err(e) = recast_root::unpack_layer(&image_root, r) {
                 // A corrupted blob can break the tar before its digest is checked: say which.
                 store.verify_blob(&l.digest, &of)?;

@@ -11,6 +11,7 @@ mod images;
 mod instances;
 mod limits;
 mod lock;
+mod nginx;
 mod private;
 mod project;
 mod runsteps;
