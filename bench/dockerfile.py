@@ -8,7 +8,8 @@ stage 1's output (COPY --from) and 2,000 small files of the context onto scratch
 
 Measured (medians over RUNS):
   - cold build: recast with a fresh data directory; buildah bud --layers with a fresh store
-    (vfs storage, runc isolation, host network);
+    (vfs storage, runc isolation, host network), and without --layers (no intermediate images,
+    bud's default; cannot be cached);
   - fully cached rebuild: the same build again on the same data directory / store;
   - the overhead of one no-op RUN step for recast: a Dockerfile of N `RUN true #i` steps built
     cold, minus the same Dockerfile without them, divided by N.
@@ -89,10 +90,10 @@ def recast(ctx, data):
                env=dict(os.environ, RECAST_DATA_DIR=data))
 
 
-def buildah(ctx, store):
+def buildah(ctx, store, layers=True):
     return run(["buildah", "--root", f"{store}/store", "--runroot", f"{store}/run",
                 "--storage-driver", "vfs", "bud", "--isolation", "oci", "--network", "host",
-                "--layers", "--quiet", "-t", "bench", ctx])
+                f"--layers={str(layers).lower()}", "--quiet", "-t", "bench", ctx])
 
 
 def rm(path):
@@ -121,7 +122,7 @@ def main():
         buildah(ctx, os.path.join(d, "warm-buildah"))
         rm(os.path.join(d, "warm-recast"))
         rm(os.path.join(d, "warm-buildah"))
-        r_cold, r_cached, b_cold, b_cached, steps, step_base = [], [], [], [], [], []
+        r_cold, r_cached, b_cold, b_cached, b_plain, steps, step_base = [], [], [], [], [], [], []
         for i in range(RUNS):
             data, store = os.path.join(d, f"recast{i}"), os.path.join(d, f"buildah{i}")
             r_cold.append(recast(ctx, data))
@@ -130,15 +131,18 @@ def main():
             b_cached.append(buildah(ctx, store))
             rm(data)
             rm(store)
+            b_plain.append(buildah(ctx, store, layers=False))
+            rm(store)
             steps.append(recast(noop, os.path.join(d, f"noop{i}")))
             step_base.append(recast(base, os.path.join(d, f"base{i}")))
             rm(os.path.join(d, f"noop{i}"))
             rm(os.path.join(d, f"base{i}"))
         med = statistics.median
         m = dict(r_cold=med(r_cold), r_cached=med(r_cached), b_cold=med(b_cold),
-                 b_cached=med(b_cached), steps=med(steps), step_base=med(step_base))
+                 b_cached=med(b_cached), b_plain=med(b_plain), steps=med(steps), step_base=med(step_base))
         per_step = (m["steps"] - m["step_base"]) / NOOP_STEPS
         cold, cached = m["r_cold"] / m["b_cold"], m["r_cached"] / m["b_cached"]
+        plain = m["r_cold"] / m["b_plain"]
         ms = lambda s: f"{s * 1000:9.1f} ms"
         ok = lambda c: "met" if c else "MISSED"
         print(f"Dockerfile benchmark: multi-stage, 5 RUN steps, COPY of {FILES:,} files; median of {RUNS} runs")
@@ -146,15 +150,17 @@ def main():
         print(f"  recast fully cached rebuild            {ms(m['r_cached'])}")
         print(f"  buildah bud --layers, fresh store      {ms(m['b_cold'])}")
         print(f"  buildah bud --layers, cached rebuild   {ms(m['b_cached'])}")
+        print(f"  buildah bud (no --layers), fresh store {ms(m['b_plain'])}")
         print(f"  recast, {NOOP_STEPS} no-op RUN steps cold        {ms(m['steps'])}")
         print(f"  recast, same without them              {ms(m['step_base'])}")
         print(f"  cold / buildah cold          {cold:7.3f}x   (goal <= 0.5x: {ok(cold <= 0.5)})")
+        print(f"  cold / buildah no --layers   {plain:7.3f}x   (goal <= 0.5x: {ok(plain <= 0.5)})")
         print(f"  cached / buildah cached      {cached:7.3f}x   (goal <= 0.05x: {ok(cached <= 0.05)})")
         print(f"  overhead of a no-op RUN step {per_step * 1000:7.1f} ms  (goal < 50 ms: {ok(per_step < 0.05)})")
         print("  all runs (ms): " + "; ".join(
             f"{k} " + " ".join(f"{x * 1000:.0f}" for x in v) for k, v in
             dict(recast_cold=r_cold, recast_cached=r_cached, buildah_cold=b_cold,
-                 buildah_cached=b_cached, noop_steps=steps, noop_base=step_base).items()))
+                 buildah_cached=b_cached, buildah_plain=b_plain, noop_steps=steps, noop_base=step_base).items()))
     finally:
         rm(d)
 

@@ -8,8 +8,15 @@
 //! Cost: every entry is `lstat`ed; a regular file's content is hashed (BLAKE3) only when its
 //! metadata cannot vouch for it — its size differs, or it changed after `trusted_before` (ctime:
 //! content and metadata changes both move it, and no user-space call can set it back) — unless
-//! `Mode::Full` asks for every file. Hashing runs on all cores. This crate does no I/O beyond
-//! reading the tree it is given.
+//! `Mode::Full` asks for every file. Hashing runs on all cores.
+//!
+//! `process` checks what an instance's processes execute: each executable must be a regular
+//! file of the image, the very file the root has at that path, unchanged. This crate does no
+//! I/O beyond reading the tree it is given and the `/proc` entries of the processes it is
+//! given (bounded).
+
+pub mod process;
+pub mod watch;
 
 use recast_image::fileindex::{Entry, FileIndex, Kind};
 use serde::Serialize;
@@ -32,7 +39,7 @@ pub enum Mode {
 pub struct Finding {
     /// Absolute path inside the instance (or the mount point, or the config field).
     pub path: String,
-    /// added | removed | changed | unexpected_mount | config
+    /// added | removed | changed | unexpected_mount | process | config
     pub kind: String,
     /// What changed: "content", "mode 0644 -> 0666", …
     pub detail: String,
@@ -180,38 +187,21 @@ pub fn scan(
     // Content, on every core.
     stats.hashed = to_hash.len() as u64;
     stats.bytes_hashed = to_hash.iter().map(|t| t.3).sum();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Threads only for more than one file: a scan that hashes nothing (the usual metadata
+    // scan) or one file starts none (and does not ask how many cores there are).
+    let threads = match to_hash.len() {
+        0 | 1 => 1,
+        n => std::thread::available_parallelism().map_or(1, |c| c.get().min(n)),
+    };
     // Largest first, handed out one at a time, so threads finish together.
     to_hash.sort_by_key(|t| std::cmp::Reverse(t.3));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let changed: Vec<Finding> = std::thread::scope(|s| {
+        if threads == 1 {
+            return hash_some(&to_hash, &next);
+        }
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    let mut buf = vec![0u8; 256 << 10];
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((disk, path, want, _)) = to_hash.get(i) else {
-                            break;
-                        };
-                        match hash(disk, &mut buf) {
-                            Ok(h) if &h == want => {}
-                            Ok(_) => out.push(Finding {
-                                path: path.clone(),
-                                kind: "changed".into(),
-                                detail: "content".into(),
-                            }),
-                            Err(_) => out.push(Finding {
-                                path: path.clone(),
-                                kind: "changed".into(),
-                                detail: "content (unreadable)".into(),
-                            }),
-                        }
-                    }
-                    out
-                })
-            })
+            .map(|_| s.spawn(|| hash_some(&to_hash, &next)))
             .collect();
         workers
             .into_iter()
@@ -245,6 +235,39 @@ pub fn scan(
         }
     });
     Ok((findings, stats))
+}
+
+/// Hash the files of `to_hash` (disk path, index path, wanted BLAKE3, size) handed out by
+/// `next` until none is left; the findings of those whose content differs.
+fn hash_some(
+    to_hash: &[(PathBuf, String, String, u64)],
+    next: &std::sync::atomic::AtomicUsize,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((disk, path, want, _)) = to_hash.get(i) else {
+            break;
+        };
+        if buf.is_empty() {
+            buf = vec![0u8; 256 << 10];
+        }
+        match hash(disk, &mut buf) {
+            Ok(h) if &h == want => {}
+            Ok(_) => out.push(Finding {
+                path: path.clone(),
+                kind: "changed".into(),
+                detail: "content".into(),
+            }),
+            Err(_) => out.push(Finding {
+                path: path.clone(),
+                kind: "changed".into(),
+                detail: "content (unreadable)".into(),
+            }),
+        }
+    }
+    out
 }
 
 fn mark_all(dir: &Path, ipath: &str, seen: &mut BTreeSet<String>) {

@@ -262,19 +262,7 @@ impl Builder<'_> {
                     let key = dockerfile::ref_key(r);
                     if !self.built.contains_key(&key) {
                         let from = self.resolve_reference(r)?;
-                        let img = Image {
-                            name: key.clone(),
-                            from,
-                            steps: Vec::new(),
-                            env: BTreeMap::new(),
-                            workdir: None,
-                            user: None,
-                            cmd: None,
-                            entrypoint: None,
-                            labels: BTreeMap::new(),
-                            test: None,
-                            dockerfile: None,
-                        };
+                        let img = Image::bare(key.clone(), from);
                         let (d, _, _) = self.assemble(&img, &Map::new(), progress)?;
                         self.built.insert(key, d);
                     }
@@ -588,16 +576,7 @@ fn extracted(store: &Store, cache_dir: Option<&Path>, tar: &Path) -> Result<Path
     let mut h = crate::digest::HashingWriter::new(std::io::sink());
     std::io::copy(&mut file, &mut h).doing(|| format!("reading {}", tar.display()))?;
     let (digest, size, _) = h.finish();
-    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join("added"));
-    let dir = parent.join(digest.hex());
-    if dir.join(".complete").exists() {
-        return Ok(dir.join("fs"));
-    }
-    let tmp = parent.join(format!(".{}.tmp{}", digest.hex(), std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let fsdir = tmp.join("fs");
-    fs::create_dir_all(&fsdir).doing(|| format!("creating {}", fsdir.display()))?;
-    let result = (|| {
+    unpacked_once(store, cache_dir, "added", &digest, |root| {
         let mut magic = [0u8; 2];
         let mut f = fs::File::open(tar).doing(|| format!("reading {}", tar.display()))?;
         let gzip = f.read(&mut magic).unwrap_or(0) == 2 && magic == [0x1f, 0x8b];
@@ -609,21 +588,9 @@ fn extracted(store: &Store, cache_dir: Option<&Path>, tar: &Path) -> Result<Path
         };
         let what = format!("archive {}", tar.display());
         let r = oci::layer_reader(f, media, size, &what);
-        let root =
-            recast_root::Root::open(&fsdir).doing(|| format!("opening {}", fsdir.display()))?;
-        recast_root::unpack_layer(&root, r)
-            .map_err(|e| Error::msg(format!("extracting {what}: {e}")))?;
-        fs::write(tmp.join(".complete"), digest.as_str())
-            .doing(|| "marking the extracted archive".to_string())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if fs::rename(&tmp, &dir).is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    Ok(dir.join("fs"))
+        recast_root::unpack_layer(root, r)
+            .map_err(|e| Error::msg(format!("extracting {what}: {e}")))
+    })
 }
 
 /// The root filesystem of the stored image `digest`, unpacked (whiteouts applied, inside the
@@ -634,19 +601,8 @@ fn image_root(
     digest: &Digest,
     name: &str,
 ) -> Result<PathBuf> {
-    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join("roots"));
-    let dir = parent.join(digest.hex());
-    if dir.join(".complete").exists() {
-        return Ok(dir.join("fs"));
-    }
     let of = format!("image {name}");
-    let tmp = parent.join(format!(".{}.tmp{}", digest.hex(), std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let fsdir = tmp.join("fs");
-    fs::create_dir_all(&fsdir).doing(|| format!("creating {}", fsdir.display()))?;
-    let result = (|| {
-        let root =
-            recast_root::Root::open(&fsdir).doing(|| format!("opening {}", fsdir.display()))?;
+    unpacked_once(store, cache_dir, "roots", digest, |root| {
         let manifest = store.manifest(digest, &of)?;
         let left = std::cell::Cell::new(oci::image_limit(&manifest.layers));
         for l in &manifest.layers {
@@ -658,12 +614,39 @@ fn image_root(
                 &what,
             );
             let r = oci::budgeted(r, &left, &what);
-            recast_root::unpack_layer(&root, r)
+            recast_root::unpack_layer(root, r)
                 .map_err(|e| Error::msg(format!("unpacking {what}: {e}")))?;
         }
-        fs::write(tmp.join(".complete"), digest.as_str())
-            .doing(|| "marking the unpacked image".to_string())
-    })();
+        Ok(())
+    })
+}
+
+/// `<cache>/<kind>/<key>/fs` (or under the store's temporary directory without a cache), filled
+/// by `fill` once: in a temporary directory renamed into place when complete, so a directory
+/// that exists is whole.
+fn unpacked_once(
+    store: &Store,
+    cache_dir: Option<&Path>,
+    kind: &str,
+    key: &Digest,
+    fill: impl FnOnce(&recast_root::Root) -> Result<()>,
+) -> Result<PathBuf> {
+    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join(kind));
+    let dir = parent.join(key.hex());
+    if dir.join(".complete").exists() {
+        return Ok(dir.join("fs"));
+    }
+    let tmp = parent.join(format!(".{}.tmp{}", key.hex(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let fsdir = tmp.join("fs");
+    fs::create_dir_all(&fsdir).doing(|| format!("creating {}", fsdir.display()))?;
+    let result = recast_root::Root::open(&fsdir)
+        .doing(|| format!("opening {}", fsdir.display()))
+        .and_then(|root| fill(&root))
+        .and_then(|()| {
+            fs::write(tmp.join(".complete"), key.as_str())
+                .doing(|| format!("marking {} complete", tmp.display()))
+        });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);

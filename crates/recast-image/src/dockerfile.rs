@@ -85,19 +85,7 @@ pub fn plan_stage(
             ))
         })?,
     };
-    let mut image = Image {
-        name: stage_key(&owner.name, stage.index),
-        from,
-        steps: Vec::new(),
-        env: BTreeMap::new(),
-        workdir: None,
-        user: None,
-        cmd: None,
-        entrypoint: None,
-        labels: BTreeMap::new(),
-        test: None,
-        dockerfile: None,
-    };
+    let mut image = Image::bare(stage_key(&owner.name, stage.index), from);
     let mut extra = Map::new();
     for i in &stage.instructions {
         match &i.op {

@@ -673,12 +673,12 @@ mod tests {
         for total in 1..=300u64 {
             let mut seen = vec![0u32; total as usize];
             for n in 0..total {
-                seen[super::scatter(n + total * 7, total) as usize] += 1;
+                seen[scatter(n + total * 7, total) as usize] += 1;
             }
             assert!(seen.iter().all(|&c| c == 1), "total {total}: {seen:?}");
         }
         // A 10/90 split over 100 requests interleaves: the 10 never all come in a row.
-        let firsts: Vec<u64> = (0..100).filter(|&n| super::scatter(n, 100) < 10).collect();
+        let firsts: Vec<u64> = (0..100).filter(|&n| scatter(n, 100) < 10).collect();
         assert_eq!(firsts.len(), 10);
         assert!(firsts.windows(2).all(|w| w[1] - w[0] > 1), "{firsts:?}");
     }

@@ -119,18 +119,23 @@ impl Runtime {
             lowers.push(dir.join("empty"));
         }
         let rootfs = dir.join("rootfs");
-        sys::mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs).map_err(
-            |e| {
-                Error::io(
-                    format!(
-                        "mounting the root of {} ({} layers)",
-                        req.what,
-                        lowers.len()
-                    ),
-                    e,
-                )
-            },
-        )?;
+        sys::mount_overlay(
+            &lowers,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &rootfs,
+            true,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "mounting the root of {} ({} layers)",
+                    req.what,
+                    lowers.len()
+                ),
+                e,
+            )
+        })?;
         let root = Root::open(&rootfs)
             .map_err(|e| Error::io(format!("opening the root of {}", req.what), e))?;
         let mut scaffold = Vec::new();
@@ -211,6 +216,8 @@ impl Runtime {
             user_namespace: false,
             tmpfs: Vec::new(),
             owner: "build".into(),
+            stop_signal: None,
+            stop_timeout: std::time::Duration::ZERO,
         };
         let mut config = spec::runtime_spec(
             &ispec,

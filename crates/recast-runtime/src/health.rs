@@ -76,8 +76,21 @@ impl Tracker {
         }
     }
 
+    /// A tracker of an instance known to be healthy already (taken over after a restart).
+    pub fn healthy() -> Tracker {
+        Tracker {
+            status: Status::Healthy,
+            ..Tracker::new()
+        }
+    }
+
     /// Record one probe; returns the event if the health changed. A probe that recast could
     /// not run (`NOT_PROBED`) is unknown: it counts toward neither threshold.
+    ///
+    /// An instance is *starting* until its first healthy verdict: then failed probes do not
+    /// count, and it is unhealthy only once its `start_period` has passed without a healthy
+    /// verdict (a zero start period: the thresholds apply from the first probe). Once it has
+    /// been healthy, `unhealthy_threshold` consecutive failures make it unhealthy.
     pub fn record(&mut self, result: &Result<(), String>, cfg: &Health) -> Option<&Event> {
         if let Err(e) = result
             && e.starts_with(NOT_PROBED)
@@ -92,14 +105,15 @@ impl Tracker {
             }
             Err(_) => {
                 self.successes = 0;
-                if self.started.elapsed() < cfg.start_period && self.status == Status::Starting {
-                    None
+                if self.status == Status::Starting && !cfg.start_period.is_zero() {
+                    (self.started.elapsed() >= cfg.start_period).then_some(Status::Unhealthy)
                 } else {
                     self.failures += 1;
                     (self.failures >= cfg.unhealthy_threshold).then_some(Status::Unhealthy)
                 }
             }
         };
+        let starting = self.status == Status::Starting && !cfg.start_period.is_zero();
         match next {
             Some(s) if s != self.status => {
                 self.status = s;
@@ -109,6 +123,10 @@ impl Tracker {
                     .as_millis() as u64;
                 let detail = match result {
                     Ok(()) => "probe passed".to_string(),
+                    Err(e) if starting => format!(
+                        "not healthy within its start period of {} (last probe: {e})",
+                        recast_spec::values::format_duration(cfg.start_period)
+                    ),
                     Err(e) => e.clone(),
                 };
                 self.events.push(Event {
@@ -226,7 +244,11 @@ pub fn wait_healthy(
                 return Err(format!(
                     "instance {} is unhealthy: {}",
                     inst.id,
-                    last.unwrap_or_default()
+                    t.events
+                        .last()
+                        .map(|e| e.detail.clone())
+                        .or(last)
+                        .unwrap_or_default()
                 ));
             }
             Status::Starting => {}

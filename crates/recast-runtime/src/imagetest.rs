@@ -74,6 +74,8 @@ fn run_checks(
         user_namespace: false,
         tmpfs: tmpfs.to_vec(),
         owner: "test".into(),
+        stop_signal: None,
+        stop_timeout: Duration::from_secs(5),
     };
     let deadline = Instant::now() + test.timeout;
     let inst = rt
@@ -147,7 +149,7 @@ fn run_checks(
         failed.map_or(Ok(()), Err)
     })()
     .map_err(|reason| with_output(&inst, reason));
-    rt.stop(&inst, Duration::from_secs(5));
+    rt.stop_gracefully(&inst);
     if let Err(e) = rt.delete(&inst) {
         return Err(format!("cleaning up the test instance: {e}"));
     }

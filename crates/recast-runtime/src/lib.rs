@@ -15,6 +15,7 @@
 mod buildstep;
 pub mod health;
 pub mod imagetest;
+pub mod logs;
 mod rootfs;
 pub mod signals;
 mod spec;
@@ -59,8 +60,10 @@ pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// Most processes and threads an instance may have (the cgroup's `pids.max`).
 pub const DEFAULT_PIDS: i64 = 1024;
 /// With `user_namespace`, container ids `0..USERNS_SIZE` are host ids `USERNS_HOST_ID..`: root in
-/// the instance is host uid 100000, an unprivileged user that owns nothing on the host.
-pub const USERNS_HOST_ID: u32 = 100_000;
+/// the instance is host uid 2000000000, an unprivileged user that owns nothing on the host — far
+/// above the ranges `useradd` hands out in `/etc/subuid` (`SUB_UID_MIN` 100000 to `SUB_UID_MAX`
+/// 600100000), so no other user's containers share these ids.
+pub const USERNS_HOST_ID: u32 = 2_000_000_000;
 pub const USERNS_SIZE: u32 = 65_536;
 
 /// What to run.
@@ -89,6 +92,11 @@ pub struct InstanceSpec {
     pub tmpfs: Vec<String>,
     /// Who started it: "service:NAME", "run" or "test" — recovery decides by it.
     pub owner: String,
+    /// The signal that asks it to stop (a name or number, `recast_spec::values::signal`);
+    /// `None`: the image's `StopSignal`, else SIGTERM.
+    pub stop_signal: Option<String>,
+    /// How long [`Runtime::stop_gracefully`] waits after the stop signal before SIGKILL.
+    pub stop_timeout: Duration,
 }
 
 /// What recast remembers of an instance (`instance.json`).
@@ -108,8 +116,26 @@ pub struct Instance {
     /// "creating" until the container is started, then "running".
     pub phase: String,
     pub created_ms: u64,
+    /// BLAKE3 (hex) of the `config.json` recast wrote for runc; the guard compares the file
+    /// with it (absent for instances created before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_blake3: Option<String>,
+    /// The signal number that asks it to stop (resolved when it was created).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
+    /// Milliseconds between the stop signal and SIGKILL.
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u64,
     #[serde(skip)]
     dir: PathBuf,
+}
+
+fn default_stop_signal() -> i32 {
+    15
+}
+
+fn default_stop_timeout_ms() -> u64 {
+    10_000
 }
 
 impl Instance {
@@ -156,11 +182,57 @@ impl Instance {
     pub fn rootfs(&self) -> PathBuf {
         self.merged()
     }
+    /// How long it has to stop after its stop signal.
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
+    }
     /// Age since creation.
     pub fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.created_ms))
     }
+    /// Who it belongs to.
+    pub fn owner(&self) -> Owner<'_> {
+        Owner::parse(&self.owner)
+    }
+    /// A `recast run` or `recast test` instance whose process is gone: anyone may clean it up.
+    pub fn abandoned(&self) -> bool {
+        matches!(self.owner(), Owner::Run | Owner::Test) && !process_alive(self.owner_pid)
+    }
 }
+
+/// Who started an instance (its `owner`): only its owner recovers it, and a throwaway instance
+/// (`run`, `test`) also whoever finds its process gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// `service:PROJECT/SERVICE/RELEASE`: the server's.
+    Service(&'a str),
+    Run,
+    Test,
+    /// Anything else (an unreadable record): only the server cleans these up.
+    Unknown,
+}
+
+impl<'a> Owner<'a> {
+    pub fn parse(s: &'a str) -> Owner<'a> {
+        match s {
+            "run" => Owner::Run,
+            "test" => Owner::Test,
+            _ => match s.strip_prefix("service:") {
+                Some(rest) if !rest.is_empty() => Owner::Service(rest),
+                _ => Owner::Unknown,
+            },
+        }
+    }
+}
+
+/// Whether a process with this PID exists (PID 0, never ours, counts as gone).
+fn process_alive(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The directory name prefix of an instance being created: `instances/.creating-<id>` holds
+/// its record until it is renamed into place, so every `instances/<id>` has a record.
+const CREATING: &str = ".creating-";
 
 /// The state of an instance as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -245,11 +317,24 @@ impl Runtime {
 
     /// Create and start an instance. On any failure everything created so far is removed.
     pub fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        if Owner::parse(&spec.owner) == Owner::Unknown {
+            return Err(Error::msg(format!(
+                "instance {} has no valid owner ({:?}): it must be \"run\", \"test\" or \"service:NAME\"",
+                spec.id, spec.owner
+            )));
+        }
         let dir = self.data_dir.join("instances").join(&spec.id);
+        let creating = self
+            .data_dir
+            .join("instances")
+            .join(format!("{CREATING}{}", spec.id));
+        if dir.exists() {
+            return Err(Error::msg(format!("instance {} already exists", spec.id)));
+        }
         fs::DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .create(&creating)
+            .and_then(|()| fs::set_permissions(&creating, fs::Permissions::from_mode(0o700)))
             .map_err(|e| Error::io(format!("creating instance {}", spec.id), e))?;
         let port = match (spec.network, spec.port) {
             (Network::Host, 0) => {
@@ -268,9 +353,22 @@ impl Runtime {
             pid: None,
             phase: "creating".into(),
             created_ms: now_ms(),
-            dir,
+            config_blake3: None,
+            stop_signal: default_stop_signal(),
+            stop_timeout_ms: spec.stop_timeout.as_millis().min(u64::MAX as u128) as u64,
+            dir: creating.clone(),
         };
-        save(&inst)?;
+        // The record first, then the directory under its name: a recovery never sees an
+        // instance directory without knowing whose it is.
+        if let Err(e) = save(&inst) {
+            let _ = fs::remove_dir_all(&creating);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&creating, &dir) {
+            let _ = fs::remove_dir_all(&creating);
+            return Err(Error::io(format!("creating instance {}", spec.id), e));
+        }
+        inst.dir = dir;
         match self.create(spec, &mut inst) {
             Ok(()) => Ok(inst),
             Err(e) => {
@@ -303,6 +401,8 @@ impl Runtime {
         let of = format!("image {}", spec.image_name);
         let manifest = self.store.manifest(&spec.image, &of)?;
         let config = self.store.config(&manifest, &of)?;
+        inst.stop_signal = stop_signal_of(&config, spec.stop_signal.as_deref())
+            .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
         let process = spec::process_of(&config, spec, inst.port, &lower)
             .map_err(|e| Error::msg(format!("cannot run {of}: {e}")))?;
         let (host_uid, host_gid) = host_ids(process.uid, process.gid, spec.user_namespace)
@@ -334,6 +434,7 @@ impl Runtime {
             &dir.join("upper"),
             &dir.join("work"),
             &inst.merged(),
+            false,
         )
         .map_err(|e| {
             Error::io(
@@ -408,12 +509,11 @@ impl Runtime {
         if let Some(mounts) = config["mounts"].as_array_mut() {
             mounts.extend(tmpfs);
         }
-        // The spec holds the service's environment: private (0600).
-        write_private(
-            &dir.join("config.json"),
-            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
-        )
-        .map_err(|e| {
+        // The spec holds the service's environment: private (0600). Its hash is kept in
+        // instance.json, so the guard can tell when it is changed (`config_drift`).
+        let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        inst.config_blake3 = Some(blake3::hash(&config_bytes).to_hex().to_string());
+        write_private(&dir.join("config.json"), &config_bytes).map_err(|e| {
             Error::io(
                 format!("writing the runtime spec of instance {}", inst.id),
                 e,
@@ -490,10 +590,16 @@ impl Runtime {
         State::Exited { status }
     }
 
-    /// SIGTERM, wait up to `grace` for the instance to exit, then SIGKILL. Returns its state.
+    /// Its stop signal, then SIGKILL after its `stop_timeout`. Returns its state.
+    pub fn stop_gracefully(&self, inst: &Instance) -> State {
+        self.stop(inst, inst.stop_timeout())
+    }
+
+    /// Its stop signal (the spec's `stop_signal`, else the image's `StopSignal`, else
+    /// SIGTERM), wait up to `grace` for the instance to exit, then SIGKILL. Returns its state.
     pub fn stop(&self, inst: &Instance, grace: Duration) -> State {
         if let (Some(pid), State::Running) = (inst.pid, self.state(inst)) {
-            signal(pid, 15);
+            signal(pid, inst.stop_signal);
             let deadline = Instant::now() + grace;
             while self.state(inst) == State::Running && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -602,6 +708,9 @@ impl Runtime {
         let mut out = Vec::new();
         if let Ok(entries) = fs::read_dir(self.data_dir.join("instances")) {
             for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(CREATING) {
+                    continue;
+                }
                 if let Some(inst) = load(&e.path()) {
                     out.push(inst);
                 }
@@ -611,10 +720,13 @@ impl Runtime {
         out
     }
 
-    /// Find what an earlier process left: running instances are returned for the caller to
-    /// take over; half-created and dead ones are deleted. Containers runc knows of that have no
-    /// instance directory any more are deleted too.
-    pub fn recover(&self) -> Result<Recovered> {
+    /// Find what an earlier process left, among the instances `ours` claims (by its owner and
+    /// owner process, see [`Owner`]): running ones are returned for the caller to take over;
+    /// half-created and dead ones are deleted. Instances not claimed are never touched, whatever
+    /// their phase, so a `recast test` never deletes one a server is creating. Containers runc
+    /// knows of that have no instance directory any more are deleted too (an instance's
+    /// directory always exists before its container and outlives it).
+    pub fn recover(&self, ours: impl Fn(&Instance) -> bool) -> Result<Recovered> {
         let mut r = Recovered::default();
         let known: Vec<String> = fs::read_dir(self.data_dir.join("instances"))
             .map(|d| {
@@ -625,8 +737,18 @@ impl Runtime {
             .unwrap_or_default();
         for id in known {
             let dir = self.data_dir.join("instances").join(&id);
+            if id.starts_with(CREATING) {
+                // Being created: its record is written, then the directory is renamed. Only
+                // the creator's death makes it garbage.
+                if load(&dir).is_some_and(|i| ours(&i) && !process_alive(i.owner_pid)) {
+                    let _ = fs::remove_dir_all(&dir);
+                    r.cleaned.push((id, "half-created".into()));
+                }
+                continue;
+            }
             let Some(inst) = load(&dir) else {
-                // No readable record: nothing can be running that we could identify; clean up.
+                // No readable record (records are written before the directory gets its
+                // name, so this is damage): nothing running can be identified.
                 let ghost = Instance {
                     id: id.clone(),
                     image: Digest::of(b""),
@@ -638,12 +760,22 @@ impl Runtime {
                     pid: None,
                     phase: "creating".into(),
                     created_ms: 0,
+                    config_blake3: None,
+                    stop_signal: default_stop_signal(),
+                    stop_timeout_ms: 0,
                     dir,
                 };
-                self.delete(&ghost)?;
-                r.cleaned.push((id, "no instance record".into()));
+                // Whose it was is unknown: only a caller that claims unknown owners (the
+                // server) cleans it up.
+                if ours(&ghost) {
+                    self.delete(&ghost)?;
+                    r.cleaned.push((id, "no instance record".into()));
+                }
                 continue;
             };
+            if !ours(&inst) {
+                continue;
+            }
             let why = match (inst.phase.as_str(), self.state(&inst)) {
                 ("running", State::Running) => {
                     r.running.push(inst);
@@ -678,30 +810,12 @@ impl Runtime {
         Ok(r)
     }
 
-    /// Keep each log file under `log_limit`: past it, its last `log_limit` bytes are copied to
-    /// `*.1` and it is truncated (the instance appends, so it keeps writing at the new end).
+    /// Note the time of new output (see [`logs`]) and keep each log file under `log_limit`:
+    /// past it, its last `log_limit` bytes are copied to `*.1` and it is truncated (the
+    /// instance appends, so it keeps writing at the new end).
     pub fn rotate_logs(&self, inst: &Instance) {
-        use std::io::{Read, Seek, SeekFrom};
         for p in [inst.stdout_log(), inst.stderr_log()] {
-            let Ok(mut f) = fs::OpenOptions::new().read(true).write(true).open(&p) else {
-                continue;
-            };
-            let len = f.metadata().map_or(0, |m| m.len());
-            if len <= self.log_limit {
-                continue;
-            }
-            // Only the tail: an instance that wrote gigabytes between two rotations must not
-            // make recast copy gigabytes.
-            let _ = f.seek(SeekFrom::Start(len - self.log_limit)).and_then(|_| {
-                let mut old = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(p.with_extension("log.1"))?;
-                io::copy(&mut (&mut f).take(self.log_limit), &mut old)
-            });
-            let _ = f.set_len(0);
+            logs::mark_and_rotate(&p, self.log_limit);
         }
     }
 }
@@ -721,7 +835,7 @@ fn load(dir: &Path) -> Option<Instance> {
     Some(inst)
 }
 
-/// The most recast reads of an instance's `/proc/PID/{cmdline,environ,mountinfo}`.
+/// The most recast reads of an instance's `config.json`.
 const MAX_PROC_FILE: u64 = 8 << 20;
 
 /// The last `max` bytes of the file `p` as text (empty if unreadable).
@@ -814,6 +928,22 @@ fn host_ids(uid: u32, gid: u32, user_namespace: bool) -> Result<(u32, u32), Stri
         ));
     }
     Ok((USERNS_HOST_ID + uid, USERNS_HOST_ID + gid))
+}
+
+/// The stop signal's number: `wanted` (the spec's), else the image config's `StopSignal`,
+/// else SIGTERM. An image whose `StopSignal` is not a signal is refused, as Docker does.
+fn stop_signal_of(config: &serde_json::Value, wanted: Option<&str>) -> Result<i32, String> {
+    if let Some(w) = wanted {
+        return recast_spec::values::signal(w)
+            .map(|(_, n)| n)
+            .map_err(|e| format!("its stop_signal: {e}"));
+    }
+    match config["config"]["StopSignal"].as_str() {
+        Some(s) if !s.is_empty() => recast_spec::values::signal(s)
+            .map(|(_, n)| n)
+            .map_err(|e| format!("its config's StopSignal: {e}")),
+        _ => Ok(default_stop_signal()),
+    }
 }
 
 /// `recast-` and the first 12 hex digits of the SHA-256 of the (canonical) data directory path.
@@ -969,78 +1099,75 @@ pub fn new_id(prefix: &str) -> String {
     )
 }
 
-/// What the kernel says an instance runs: its process and its mounts.
+/// What the kernel says an instance runs: its processes and its mounts.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    pub cmdline: Vec<String>,
-    pub env: Vec<String>,
+    /// Every process of the instance (its cgroup) and the executable it runs.
+    pub processes: Vec<recast_guard::process::Exe>,
     /// Mount points (inside the instance) mounted read-write.
     pub writable: Vec<String>,
+    /// The OCI runtime's binary on the host: `runc exec` puts its own `runc init` (this file,
+    /// or a sealed memfd copy) in the instance before it executes the command.
+    pub runtime: PathBuf,
 }
 
 impl Runtime {
-    /// Read the instance's process and mounts from /proc.
-    pub fn facts(&self, inst: &Instance) -> Result<Facts> {
+    /// Read the instance's processes (from its cgroup) and its mounts (from its init's
+    /// `mountinfo`, read again only when its mount namespace changed — see `watch`), bounded:
+    /// the instance controls what they hold.
+    pub fn facts(
+        &self,
+        inst: &Instance,
+        watch: &mut recast_guard::watch::InstanceWatch,
+    ) -> Result<Facts> {
         let pid = inst
             .pid
             .ok_or_else(|| Error::msg(format!("instance {} has no process", inst.id)))?;
-        // The instance controls what these hold (its arguments, environment and mounts): read
-        // no more than a process's arguments and environment can take.
-        let read = |f: &str| {
-            use std::io::Read;
-            let mut out = Vec::new();
-            fs::File::open(format!("/proc/{pid}/{f}"))
-                .and_then(|file| file.take(MAX_PROC_FILE).read_to_end(&mut out))
-                .map(|_| out)
-                .map_err(|e| {
-                    Error::io(
-                        format!("reading /proc/{pid}/{f} of instance {}", inst.id),
-                        e,
-                    )
-                })
-        };
-        let split = |b: Vec<u8>| {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-        };
-        let mountinfo = String::from_utf8_lossy(&read("mountinfo")?).into_owned();
-        let writable = mountinfo
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                let (point, opts) = (f.get(4)?, f.get(5)?);
-                opts.split(',')
-                    .any(|o| o == "rw")
-                    .then(|| point.to_string())
+        let writable = watch.writable_mounts(pid).map_err(|e| {
+            Error::io(
+                format!("reading /proc/{pid}/mountinfo of instance {}", inst.id),
+                e,
+            )
+        })?;
+        // The instance's cgroup: `/sys/fs/cgroup/<parent>/<id>` (v2), or the same under a v1
+        // hierarchy; `pids` is always limited, so runc always makes it there.
+        let cgroup = format!("/{}/{}", self.cgroup_parent, inst.id);
+        let dirs: Vec<PathBuf> = ["", "pids", "memory", "unified"]
+            .iter()
+            .map(|h| {
+                Path::new("/sys/fs/cgroup")
+                    .join(h)
+                    .join(&self.cgroup_parent)
+                    .join(&inst.id)
             })
+            .filter(|d| d.join("cgroup.procs").exists())
+            .take(1)
             .collect();
+        let processes = if dirs.is_empty() {
+            // No cgroup found (it should exist while the instance runs): at least its init.
+            recast_guard::process::of_pids(&[pid], &cgroup)
+        } else {
+            recast_guard::process::processes(&dirs, &cgroup)
+        };
         Ok(Facts {
-            cmdline: split(read("cmdline")?),
-            env: split(read("environ")?),
+            processes,
             writable,
+            runtime: self.runc.clone(),
         })
     }
 
-    /// The process recast asked runc to start for this instance (its `config.json`).
-    pub fn expected_process(&self, inst: &Instance) -> Result<(Vec<String>, Vec<String>)> {
+    /// Whether the instance's runtime spec (`config.json`) is still what recast wrote: `None`
+    /// when it is (or when no hash was recorded), else what differs.
+    pub fn config_drift(&self, inst: &Instance) -> Option<String> {
+        use std::io::Read;
+        let want = inst.config_blake3.as_ref()?;
         let p = inst.dir.join("config.json");
-        let v: serde_json::Value = serde_json::from_slice(
-            &fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?,
-        )
-        .map_err(|e| Error::msg(format!("{} is not valid JSON: {e}", p.display())))?;
-        let list = |k: &str| {
-            v["process"][k]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok((list("args"), list("env")))
+        let mut bytes = Vec::new();
+        match fs::File::open(&p).and_then(|f| f.take(MAX_PROC_FILE).read_to_end(&mut bytes)) {
+            Ok(_) if blake3::hash(&bytes).to_hex().as_str() == want => None,
+            Ok(_) => Some("changed since the instance was created".into()),
+            Err(e) => Some(format!("unreadable ({e})")),
+        }
     }
 }
 

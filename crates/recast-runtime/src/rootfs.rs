@@ -88,6 +88,10 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
             };
             made.map_err(|e| Error::msg(format!("{of}: /{m}, where instances mount, {e}")))?;
         }
+        // File times come from a coarse clock (one tick is up to 10 ms): the marker's time must
+        // be a later tick than every unpacked file's ctime, or scans, which trust files changed
+        // before the marker, would hash those files on every scan.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(tmp.join(".recast-unpacked"), digest.as_str())
             .map_err(|e| Error::io("marking the unpacked image".into(), e))?;
         Ok(())

@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
@@ -104,20 +104,24 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 }
 
 /// Mount an overlay of `lower` (read-only, shared) and `upper`/`work` (this instance's) at `merged`.
+/// `volatile` skips the filesystem sync of the upper directory at unmount: only for mounts whose
+/// upper directory is never used again after a crash (build steps).
 pub fn mount_overlay(
     lowers: &[std::path::PathBuf],
     upper: &Path,
     work: &Path,
     merged: &Path,
+    volatile: bool,
 ) -> io::Result<()> {
     let lowers: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
     // No redirects or metadata-only copies: the upper directory must hold whole files and
     // whole renamed directories, so that it can be read as a layer.
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off{}",
         lowers.join(":"),
         upper.display(),
-        work.display()
+        work.display(),
+        if volatile { ",volatile" } else { "" }
     );
     if opts.len() >= 4096 {
         return Err(io::Error::other(format!(
@@ -146,8 +150,15 @@ pub fn mount_overlay(
 
 /// Connect to `addr` from inside the network namespace pinned at `netns`. The socket stays in
 /// that namespace; the thread that made it ends.
+///
+/// Only the socket is made inside the namespace (a socket stays in the namespace it was made in),
+/// by one long-lived thread that does nothing else: starting a thread per connection (every
+/// health probe, every proxied connection) cost more than the connection itself.
 pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let ns = File::open(netns)?;
+    if let SocketAddr::V4(v4) = addr {
+        return connect_timeout(socket_in(ns)?, v4, timeout);
+    }
     std::thread::spawn(move || {
         // SAFETY: ns is an open namespace file; setns only affects this short-lived thread.
         check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
@@ -155,6 +166,141 @@ pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> io::Resu
     })
     .join()
     .map_err(|_| io::Error::other("the connect thread panicked"))?
+}
+
+type SocketRequest = (File, std::sync::mpsc::SyncSender<io::Result<OwnedFd>>);
+
+/// An IPv4 TCP socket made in the network namespace `ns` by the socket thread.
+fn socket_in(ns: File) -> io::Result<OwnedFd> {
+    use std::sync::mpsc;
+    static THREAD: std::sync::Mutex<Option<mpsc::Sender<SocketRequest>>> =
+        std::sync::Mutex::new(None);
+    let (reply, answer) = mpsc::sync_channel(1);
+    {
+        let mut t = THREAD.lock().unwrap_or_else(|p| p.into_inner());
+        let mut req = (ns, reply);
+        for _ in 0..2 {
+            let sender = match t.as_ref() {
+                Some(s) => s.clone(),
+                None => {
+                    let s = socket_thread()?;
+                    *t = Some(s.clone());
+                    s
+                }
+            };
+            match sender.send(req) {
+                Ok(()) => break,
+                // The thread is gone (it never exits on its own): start another.
+                Err(mpsc::SendError(r)) => {
+                    req = r;
+                    *t = None;
+                }
+            }
+        }
+    }
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the network namespace socket thread stopped"))?
+}
+
+fn socket_thread() -> io::Result<std::sync::mpsc::Sender<SocketRequest>> {
+    let (tx, rx) = std::sync::mpsc::channel::<SocketRequest>();
+    // The host's namespace, returned to after each socket so that no instance's namespace is
+    // kept alive by this thread.
+    let home = File::open("/proc/thread-self/ns/net")?;
+    std::thread::Builder::new()
+        .name("recast-netns".into())
+        .spawn(move || {
+            for (ns, reply) in rx {
+                let made = (|| {
+                    // SAFETY: ns is an open namespace file; setns affects only this thread,
+                    // which does nothing but make sockets.
+                    check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+                    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+                    let fd = unsafe {
+                        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                    };
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                })();
+                // SAFETY: home is an open namespace file.
+                if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    // Stuck in another namespace: this thread ends, the next call starts another.
+                    let _ = reply.send(made);
+                    return;
+                }
+                let _ = reply.send(made);
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Connect the socket `fd` to `addr` within `timeout` (as `TcpStream::connect_timeout` does).
+fn connect_timeout(
+    fd: OwnedFd,
+    addr: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let s = TcpStream::from(fd);
+    s.set_nonblocking(true)?;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sa is a valid sockaddr_in and its size is given.
+    let r = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            (&raw const sa).cast::<libc::sockaddr>(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ));
+            }
+            let mut p = libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n > 0 {
+                break;
+            }
+        }
+        if let Some(e) = s.take_error()? {
+            return Err(e);
+        }
+    }
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 /// Make this process the reaper of orphaned descendants, so that instances (whose `runc`

@@ -167,9 +167,66 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                 return error(StatusCode::BAD_REQUEST, "missing \"service\"");
             };
             let to = body.get("to").and_then(Value::as_i64);
+            let flag = |name: &str| body.get(name).and_then(Value::as_bool).unwrap_or(false);
             match ctl.find_svc(str_field("project").as_deref(), &service) {
-                Ok(svc) => match ctl.rollback(&svc, to).await {
+                // What a rollback would restore, without acting (the CLI asks before).
+                Ok(svc) if flag("dry_run") => match ctl.restore_plan(&svc, to) {
+                    Ok(p) => reply(StatusCode::OK, serde_json::to_value(p).unwrap_or_default()),
+                    Err(e) => error(StatusCode::CONFLICT, e),
+                },
+                Ok(svc) => match ctl.rollback(&svc, to, flag("restore_volumes")).await {
                     Ok(r) => reply(StatusCode::OK, serde_json::to_value(r).unwrap_or_default()),
+                    Err(e) => error(StatusCode::CONFLICT, e),
+                },
+                Err(e) => error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (Method::GET, "/v1/volumes") => {
+            let svc = match q.get("service") {
+                Some(s) => match ctl.find_svc(q.get("project").map(String::as_str), s) {
+                    Ok(svc) => Some(svc),
+                    Err(e) => return error(StatusCode::NOT_FOUND, e),
+                },
+                None => None,
+            };
+            reply(
+                StatusCode::OK,
+                json!({ "volumes": ctl.volumes(svc.as_deref()) }),
+            )
+        }
+        (Method::GET, "/v1/volumes/snapshots") => {
+            let Some(service) = q.get("service") else {
+                return error(StatusCode::BAD_REQUEST, "missing ?service=NAME");
+            };
+            match ctl.find_svc(q.get("project").map(String::as_str), service) {
+                Ok(svc) => match ctl.state.snapshots(&svc.project, &svc.name) {
+                    Ok(s) => reply(
+                        StatusCode::OK,
+                        json!({ "project": svc.project, "service": svc.name, "keep": crate::engine::KEEP_SNAPSHOTS, "snapshots": s }),
+                    ),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                },
+                Err(e) => error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (Method::POST, "/v1/volumes/restore") => {
+            let (Some(service), Some(volume), Some(snapshot)) = (
+                str_field("service"),
+                str_field("volume"),
+                body.get("snapshot").and_then(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                }),
+            ) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "missing \"service\", \"volume\" or \"snapshot\"",
+                );
+            };
+            match ctl.find_svc(str_field("project").as_deref(), &service) {
+                Ok(svc) => match ctl.restore_volume(&svc, &volume, &snapshot).await {
+                    Ok(v) => reply(StatusCode::OK, v),
                     Err(e) => error(StatusCode::CONFLICT, e),
                 },
                 Err(e) => error(StatusCode::NOT_FOUND, e),
@@ -221,6 +278,10 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             }
+        }
+        (Method::GET, p) if p.starts_with("/v1/services/") && p.ends_with("/logs") => {
+            let name = &p["/v1/services/".len()..p.len() - "/logs".len()];
+            logs(ctl, q.get("project").map(String::as_str), name, &q)
         }
         (Method::GET, "/metrics") => metrics(&ctl).await,
         (Method::GET, "/v1/events") => {
@@ -439,6 +500,7 @@ async fn metrics(ctl: &Ctl) -> Resp {
             }
         }
     }
+    crate::guard::metrics(ctl, &mut out);
     let mut r = Response::new(Full::new(Bytes::from(out)).boxed());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -480,7 +542,35 @@ fn events(ctl: Arc<Ctl>, since: i64) -> Resp {
     r
 }
 
-/// A response body fed by a channel (for the event stream).
+/// `GET /v1/services/NAME/logs?tail=N&since=DURATION&timestamps=true&follow=true`: plain
+/// text, one `[INSTANCE] [TIME ]LINE` per line, streamed (see `crate::logs`).
+fn logs(ctl: Arc<Ctl>, project: Option<&str>, name: &str, q: &HashMap<String, String>) -> Resp {
+    let query = match crate::logs::Query::parse(q) {
+        Ok(query) => query,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let svc = match ctl.find_svc(project, name) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::NOT_FOUND, e),
+    };
+    if let Err(e) = crate::logs::check(&ctl, &svc) {
+        return error(StatusCode::NOT_FOUND, e);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::task::spawn_blocking(move || crate::logs::stream(ctl, svc, query, tx));
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// A response body fed by a channel (for the event stream and logs).
 struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for ChannelBody {

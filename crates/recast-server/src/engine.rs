@@ -22,10 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod stateful;
+pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
+
 /// How long a removed instance may take to finish its requests before it is stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// SIGTERM grace before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Lock, recovering from a poisoned mutex (the data stays usable: every update is whole).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -317,6 +318,8 @@ impl Ctl {
             user_namespace: s.user_namespace,
             tmpfs: s.tmpfs.clone(),
             owner: format!("service:{}/{}/{}", svc.project, svc.name, run.number),
+            stop_signal: s.stop_signal.clone(),
+            stop_timeout: s.stop_timeout,
         };
         let rt = self.rt.clone();
         let inst = tokio::task::spawn_blocking(move || rt.start(&spec))
@@ -358,7 +361,12 @@ impl Ctl {
             active,
             healthy,
             exited: None,
-            tracker: Tracker::new(),
+            // An instance taken over healthy is past its start: the thresholds apply at once.
+            tracker: if healthy {
+                Tracker::healthy()
+            } else {
+                Tracker::new()
+            },
             health,
             next_probe: Instant::now(),
             replacing: false,
@@ -416,7 +424,8 @@ impl Ctl {
                 l.backend.drain(DRAIN_TIMEOUT).await;
                 let inst = l.inst.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    rt.stop(&inst, STOP_GRACE);
+                    // The service's stop signal, SIGKILL after its stop_timeout.
+                    rt.stop_gracefully(&inst);
                     rt.delete(&inst)
                 })
                 .await;
@@ -897,6 +906,7 @@ impl Ctl {
                 self.canary(svc, new, o, steps, *sticky, &step).await
             }
             (Some(o), Strategy::Rolling { .. }) => self.rolling(svc, new, o, &step).await,
+            (Some(o), Strategy::Recreate) => self.recreate(svc, new, o, &step).await,
         };
         svc.proxy.set_sticky(false);
         match result {
@@ -954,7 +964,9 @@ impl Ctl {
             }
             Err(reason) => {
                 step(-1, format!("rolling back: {reason}"));
-                let took = self.restore(svc, old, new.number).await;
+                let stop_first =
+                    new.service.stops_first() || old.is_some_and(|o| o.service.stops_first());
+                let took = self.restore(svc, old, new.number, stop_first).await;
                 *lock(&svc.weights) = None;
                 svc.publish();
                 if let Some(o) = old {
@@ -1473,9 +1485,20 @@ impl Ctl {
         svc: &Arc<Svc>,
         old: Option<&Run>,
         new_number: i64,
+        stop_first: bool,
     ) -> Duration {
         let t0 = Instant::now();
         let doomed = svc.ids(|l| l.release == new_number);
+        if stop_first {
+            // recreate: the new release stops before the old one starts again.
+            if let Some(o) = old {
+                svc.proxy.set_unavailable(Some(format!(
+                    "release {new_number} failed; release {} is starting again; retry shortly",
+                    o.number
+                )));
+            }
+            self.stop_all(svc, doomed.clone()).await;
+        }
         // Take the new release out and the warm old instances in, in one table swap.
         let switch = |with: &[String]| {
             for l in lock(&svc.live).iter_mut() {
@@ -1513,6 +1536,7 @@ impl Ctl {
             .await
             .remove(&key(&svc.project, &svc.name));
         self.retire(svc, doomed).await;
+        svc.proxy.set_unavailable(None);
         switched
     }
 
@@ -1561,33 +1585,22 @@ impl Ctl {
         self: &Arc<Self>,
         svc: &Arc<Svc>,
         to: Option<i64>,
+        restore_volumes: bool,
     ) -> Result<RollbackResult, String> {
         let t0 = Instant::now();
         let _busy = svc.busy.lock().await;
-        let cur = self
-            .state
-            .current(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?
-            .ok_or("the service has no live release")?;
-        let history = self
-            .state
-            .releases(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?;
-        let target = match to {
-            Some(n) => history
-                .iter()
-                .find(|r| r.number == n)
-                .ok_or_else(|| format!("service {} has no release {n}", svc.name))?,
-            None => history
-                .iter()
-                .rev()
-                .find(|r| r.number < cur.number && r.outcome == "succeeded")
-                .ok_or("there is no earlier good release to go back to")?,
-        };
-        if target.number == cur.number {
-            return Err(format!("release {} is already live", cur.number));
+        let (cur, target) = self.rollback_target(svc, to)?;
+        let run = Run::from_row(&target)?;
+        let cur_run = Run::from_row(&cur)?;
+        if restore_volumes || run.service.stops_first() || cur_run.service.stops_first() {
+            // Never two releases at once: stop, (restore,) start.
+            let plan = restore_volumes
+                .then(|| self.restore_plan(svc, Some(target.number)))
+                .transpose()?;
+            return self
+                .rollback_stopping_first(svc, &cur, &run, plan, t0)
+                .await;
         }
-        let run = Run::from_row(target)?;
         let n = run.service.instances as usize;
         let warm = svc.ids(|l| l.release == run.number && l.healthy && l.exited.is_none());
         let was_warm = warm.len() >= n;
@@ -1634,6 +1647,7 @@ impl Ctl {
             to: run.number,
             warm: was_warm,
             switched_ms,
+            restored: Vec::new(),
         })
     }
 
@@ -1645,6 +1659,7 @@ impl Ctl {
         let _ = self.state.set_current(&svc.project, &svc.name, None);
         self.event(svc, "service.destroyed", "every instance retired");
         if volumes {
+            self.drop_snapshots(svc).await;
             let _ = std::fs::remove_dir_all(
                 self.data_dir
                     .join("volumes")
@@ -1707,60 +1722,72 @@ impl Ctl {
     pub async fn supervise(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            // Every probe due in this tick, of every service, in one blocking task: one thread
+            // hand-off per tick rather than one per probe (an idle fleet costs little).
+            let mut owners = Vec::new();
+            let mut due: Vec<(Instance, recast_spec::Health)> = Vec::new();
             for svc in self.all_svcs() {
-                let due: Vec<(String, Instance, recast_spec::Health)> = {
-                    let live = lock(&svc.live);
-                    // Instances still starting are watched by the rollout that started them.
-                    live.iter()
-                        .filter(|l| {
-                            l.exited.is_none()
-                                && l.next_probe <= Instant::now()
-                                && (l.healthy || l.tracker.status != Status::Starting)
-                        })
-                        .map(|l| (l.inst.id.clone(), l.inst.clone(), l.health.clone()))
-                        .collect()
-                };
-                for (id, inst, cfg) in due {
-                    let rt = self.rt.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        let st = rt.state(&inst);
-                        let probe = if st == IState::Running {
-                            health::probe(&rt, &inst, &cfg.check, cfg.timeout)
-                        } else {
-                            Err("exited".into())
-                        };
-                        (st, probe)
-                    })
-                    .await;
-                    let Ok((st, probe)) = r else { continue };
-                    let mut changed = None;
-                    {
-                        let mut live = lock(&svc.live);
-                        let Some(l) = live.iter_mut().find(|l| l.inst.id == id) else {
-                            continue;
-                        };
-                        l.next_probe = Instant::now() + l.health.interval;
-                        if let IState::Exited { status } = st {
-                            l.exited = Some(status);
-                            l.healthy = false;
-                            changed = Some(format!(
-                                "instance {id} exited with status {}",
-                                status.map_or_else(|| "unknown".into(), |s| s.to_string())
-                            ));
-                        } else if let Some(ev) = l.tracker.record(&probe, &l.health.clone()) {
-                            l.healthy = ev.status == Status::Healthy;
-                            changed = Some(
-                                format!("instance {id} is {:?}: {}", ev.status, ev.detail)
-                                    .to_lowercase(),
-                            );
-                        }
-                    }
-                    if let Some(msg) = changed {
-                        self.event(&svc, "instance.health", &msg);
-                        svc.publish();
-                    }
+                let live = lock(&svc.live);
+                // Instances still starting are watched by the rollout that started them.
+                for l in live.iter().filter(|l| {
+                    l.exited.is_none()
+                        && l.next_probe <= Instant::now()
+                        && (l.healthy || l.tracker.status != Status::Starting)
+                }) {
+                    owners.push((svc.clone(), l.inst.id.clone()));
+                    due.push((l.inst.clone(), l.health.clone()));
                 }
             }
+            if due.is_empty() {
+                continue;
+            }
+            // Results are applied as they come, so a hanging probe never delays the verdicts
+            // on the others.
+            let rt = self.rt.clone();
+            let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+            let probing = tokio::task::spawn_blocking(move || {
+                for (i, (inst, cfg)) in due.into_iter().enumerate() {
+                    let st = rt.state(&inst);
+                    let probe = if st == IState::Running {
+                        health::probe(&rt, &inst, &cfg.check, cfg.timeout)
+                    } else {
+                        Err("exited".into())
+                    };
+                    if tx.send((i, st, probe)).is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some((i, st, probe)) = results.recv().await {
+                let (svc, id) = &owners[i];
+                let mut changed = None;
+                {
+                    let mut live = lock(&svc.live);
+                    let Some(l) = live.iter_mut().find(|l| l.inst.id == *id) else {
+                        continue;
+                    };
+                    l.next_probe = Instant::now() + l.health.interval;
+                    if let IState::Exited { status } = st {
+                        l.exited = Some(status);
+                        l.healthy = false;
+                        changed = Some(format!(
+                            "instance {id} exited with status {}",
+                            status.map_or_else(|| "unknown".into(), |s| s.to_string())
+                        ));
+                    } else if let Some(ev) = l.tracker.record(&probe, &l.health.clone()) {
+                        l.healthy = ev.status == Status::Healthy;
+                        changed = Some(
+                            format!("instance {id} is {:?}: {}", ev.status, ev.detail)
+                                .to_lowercase(),
+                        );
+                    }
+                }
+                if let Some(msg) = changed {
+                    self.event(svc, "instance.health", &msg);
+                    svc.publish();
+                }
+            }
+            let _ = probing.await;
         }
     }
 
@@ -1769,10 +1796,19 @@ impl Ctl {
     pub async fn recover(self: &Arc<Self>) -> Result<Vec<String>, String> {
         let mut notes = Vec::new();
         let rt = self.rt.clone();
-        let found = tokio::task::spawn_blocking(move || rt.recover())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        // The server's instances, unreadable records, and throwaway ones whose process is gone;
+        // never a live `recast run`/`recast test` instance.
+        let found = tokio::task::spawn_blocking(move || {
+            rt.recover(|i| {
+                !matches!(
+                    i.owner(),
+                    recast_runtime::Owner::Run | recast_runtime::Owner::Test
+                ) || i.abandoned()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         for (id, why) in &found.cleaned {
             notes.push(format!("cleaned up instance {id}: {why}"));
         }
@@ -1790,7 +1826,11 @@ impl Ctl {
                 Some((p, s, n))
             });
             let Some((p, s, n)) = parsed else {
-                // Not a service instance (a run/test whose owner may still live): leave it.
+                // Not a service instance: a throwaway one whose command is gone goes.
+                if inst.abandoned() {
+                    let rt = self.rt.clone();
+                    let _ = tokio::task::spawn_blocking(move || rt.delete(&inst)).await;
+                }
                 continue;
             };
             let current = self.state.current(&p, &s).ok().flatten();
@@ -1896,6 +1936,8 @@ pub struct RollbackResult {
     pub warm: bool,
     /// From the command to all traffic on the release.
     pub switched_ms: f64,
+    /// The volume snapshots restored (`--restore-volumes`).
+    pub restored: Vec<recast_state::Snapshot>,
 }
 
 /// Listen for a route with its upstream timeout and the proxy's connection limits.

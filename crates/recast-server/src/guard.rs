@@ -2,13 +2,17 @@
 //! repair — what drifted, crashed, turned unhealthy, or grew older than `max_age`.
 
 use crate::engine::{Ctl, Run, Svc, lock};
+use recast_guard::watch::InstanceWatch;
 use recast_guard::{Finding, Mode};
+use recast_image::fileindex::FileIndex;
 use recast_spec::OnDrift;
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Per service: when it was last scanned, recent crashes (for backoff), last findings.
+/// Per service: when it was last scanned, recent crashes (for backoff), last findings, and
+/// what scans keep between rounds (file indexes, verdicts on executables).
 #[derive(Default)]
 pub struct GuardState {
     last_scan: Option<Instant>,
@@ -16,6 +20,17 @@ pub struct GuardState {
     next_heal: Option<Instant>,
     crash_loop: bool,
     pub drift: Vec<InstanceDrift>,
+    /// The file index of each image the service runs, by digest (read once, not per scan).
+    indexes: HashMap<String, Arc<FileIndex>>,
+    /// Per instance: what its scans keep (verdicts on its processes' executables and its
+    /// `config.json`, its open `mountinfo`), so an unchanged instance is not read, judged nor
+    /// hashed again.
+    watches: HashMap<String, Arc<Mutex<InstanceWatch>>>,
+    /// The current release as last parsed, by (number, digest, spec).
+    run: Option<((i64, String, String), Arc<Run>)>,
+    /// Scheduled scans of instances and the time they took (the `/metrics` counters).
+    scans: u64,
+    scan_time: Duration,
 }
 
 /// The findings of one instance.
@@ -25,107 +40,121 @@ pub struct InstanceDrift {
     pub instance: String,
     pub release: i64,
     pub findings: Vec<Finding>,
+    /// What the scan looked at and how long it took.
+    pub scan: ScanStats,
+}
+
+/// The cost of one instance's scan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanStats {
+    /// Wall time of the whole scan (files, mounts, processes, config), in microseconds.
+    pub micros: u64,
+    /// Entries of the root looked at.
+    pub entries: u64,
+    /// Files hashed (those metadata could not vouch for, or all with `--full`).
+    pub hashed: u64,
+    pub bytes_hashed: u64,
+    /// Processes of the instance whose executables were checked.
+    pub processes: u64,
 }
 
 impl Ctl {
-    /// Scan one instance: its files against the image's file index, its mounts, its process.
-    async fn scan_instance(
+    /// Scan instances `ids` of a service, in one blocking task: each one's files against the
+    /// image's file index, its mounts, the executables of its processes, its runtime spec and
+    /// its image digest. Gives each instance's findings, or why it could not be scanned.
+    async fn scan_instances(
         &self,
         svc: &Svc,
-        id: &str,
+        ids: &[String],
         mode: Mode,
-    ) -> Result<InstanceDrift, String> {
-        let (inst, release) = {
+    ) -> Vec<Result<InstanceDrift, String>> {
+        let found: Vec<(recast_runtime::Instance, i64)> = {
             let live = lock(&svc.live);
-            let l = live
-                .iter()
-                .find(|l| l.inst.id == id)
-                .ok_or("instance vanished")?;
-            (l.inst.clone(), l.release)
+            ids.iter()
+                .filter_map(|id| live.iter().find(|l| &l.inst.id == id))
+                .map(|l| (l.inst.clone(), l.release))
+                .collect()
         };
-        let run = self
-            .state
-            .release(&svc.project, &svc.name, release)
-            .map_err(|e| e.to_string())?
-            .ok_or("release vanished")?;
-        let run = Run::from_row(&run)?;
+        let mut out: Vec<Result<InstanceDrift, String>> = ids
+            .iter()
+            .filter(|id| !found.iter().any(|(i, _)| &i.id == *id))
+            .map(|id| Err(format!("instance {id} vanished")))
+            .collect();
+        // Each release read once for all its instances.
+        let mut runs: HashMap<i64, Result<Arc<Run>, String>> = HashMap::new();
+        for (_, n) in &found {
+            if !runs.contains_key(n) {
+                let run = match self.state.release(&svc.project, &svc.name, *n) {
+                    Ok(Some(row)) => Run::from_row(&row).map(Arc::new),
+                    Ok(None) => Err("release vanished".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                runs.insert(*n, run);
+            }
+        }
+        let mut jobs = Vec::new();
+        let mut indexes = HashMap::new();
+        {
+            let mut g = lock(&svc.guard);
+            for (inst, release) in found {
+                match &runs[&release] {
+                    Ok(run) => {
+                        let watch = g.watches.entry(inst.id.clone()).or_default().clone();
+                        jobs.push((inst, release, run.clone(), watch));
+                    }
+                    Err(e) => out.push(Err(e.clone())),
+                }
+            }
+            for (digest, index) in &g.indexes {
+                indexes.insert(digest.clone(), index.clone());
+            }
+        }
         let (rt, store, data) = (self.rt.clone(), self.store.clone(), self.data_dir.clone());
         let service = svc.name.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut findings = Vec::new();
-            if inst.image != run.digest {
-                findings.push(Finding {
-                    path: "image".into(),
-                    kind: "config".into(),
-                    detail: format!(
-                        "runs {} but release {} is {}",
-                        inst.image, release, run.digest
-                    ),
-                });
-            }
-            let index = recast_image::file_index(&store, &inst.image, &inst.image_name)
-                .map_err(|e| e.to_string())?;
-            let mut exclude: Vec<String> =
-                ["/proc", "/dev", "/sys", "/tmp"].map(String::from).to_vec();
-            exclude.extend(run.service.volumes.iter().map(|v| v.mount.clone()));
-            exclude.extend(run.service.tmpfs.iter().cloned());
-            let marker = data
-                .join("rootfs")
-                .join(inst.image.hex())
-                .join(".recast-unpacked");
-            let trusted = std::fs::metadata(marker).and_then(|m| m.modified()).ok();
-            let (files, _) = recast_guard::scan(&inst.rootfs(), &index, &exclude, mode, trusted)
-                .map_err(|e| format!("scanning instance {}: {e}", inst.id))?;
-            findings.extend(files);
-            if let Ok(facts) = rt.facts(&inst) {
-                let allowed = |p: &str| {
-                    p == "/tmp"
-                        || p.starts_with("/proc")
-                        || p.starts_with("/dev")
-                        || exclude.iter().any(|v| v == p)
-                };
-                for m in facts.writable.iter().filter(|m| !allowed(m)) {
-                    findings.push(Finding {
-                        path: m.clone(),
-                        kind: "unexpected_mount".into(),
-                        detail: "mounted read-write".into(),
+        let done = tokio::task::spawn_blocking(move || {
+            let mut trusted_of = HashMap::new();
+            let results: Vec<Result<InstanceDrift, String>> = jobs
+                .into_iter()
+                .map(|(inst, release, run, watch)| {
+                    let image = inst.image.as_str().to_string();
+                    let index = match indexes.get(&image) {
+                        Some(i) => Arc::clone(i),
+                        None => {
+                            let i = Arc::new(
+                                recast_image::file_index(&store, &inst.image, &inst.image_name)
+                                    .map_err(|e| e.to_string())?,
+                            );
+                            indexes.insert(image.clone(), i.clone());
+                            i
+                        }
+                    };
+                    let trusted = *trusted_of.entry(image).or_insert_with(|| {
+                        let marker = data
+                            .join("rootfs")
+                            .join(inst.image.hex())
+                            .join(".recast-unpacked");
+                        std::fs::metadata(marker).and_then(|m| m.modified()).ok()
                     });
-                }
-                if let Ok((args, env)) = rt.expected_process(&inst) {
-                    if facts.cmdline != args {
-                        findings.push(Finding {
-                            path: "command".into(),
-                            kind: "config".into(),
-                            detail: format!("{:?} -> {:?}", args, facts.cmdline),
-                        });
-                    }
-                    let (mut want, mut have) = (env, facts.env);
-                    want.sort();
-                    have.sort();
-                    if want != have {
-                        let changed: Vec<String> = have
-                            .iter()
-                            .filter(|e| !want.contains(e))
-                            .map(|e| e.split('=').next().unwrap_or("").to_string())
-                            .collect();
-                        findings.push(Finding {
-                            path: "environment".into(),
-                            kind: "config".into(),
-                            detail: format!("differs: {}", changed.join(", ")),
-                        });
-                    }
+                    let mut watch = lock(&watch);
+                    scan_one(
+                        &rt, &service, &inst, release, &run, &index, trusted, mode, &mut watch,
+                    )
+                })
+                .collect();
+            (results, indexes)
+        })
+        .await;
+        match done {
+            Ok((results, indexes)) => {
+                out.extend(results);
+                let mut g = lock(&svc.guard);
+                for (digest, index) in indexes {
+                    g.indexes.entry(digest).or_insert(index);
                 }
             }
-            findings.sort();
-            Ok(InstanceDrift {
-                service,
-                instance: inst.id.clone(),
-                release,
-                findings,
-            })
-        })
-        .await
-        .map_err(|e| e.to_string())?
+            Err(e) => out.push(Err(format!("scanning instances of {}: {e}", svc.name))),
+        }
+        out
     }
 
     /// Scan instances now (of `service`, or all); with `fix`, replace the drifted ones.
@@ -147,10 +176,11 @@ impl Ctl {
                 .filter(|l| l.exited.is_none())
                 .map(|l| l.inst.id.clone())
                 .collect();
-            let mut found = Vec::new();
-            for id in ids {
-                found.push(self.scan_instance(&svc, &id, mode).await?);
-            }
+            let found = self
+                .scan_instances(&svc, &ids, mode)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, String>>()?;
             for d in found.iter().filter(|d| !d.findings.is_empty()) {
                 self.event(
                     &svc,
@@ -196,6 +226,12 @@ impl Ctl {
             .map_err(|e| e.to_string())?
             .ok_or("release vanished")?;
         let run = Run::from_row(&row)?;
+        if run.service.stops_first() {
+            // recreate / exclusive volume: never two instances at once, even of one release.
+            return self
+                .replace_stopping_first(svc, id, why, &run, active)
+                .await;
+        }
         let result = async {
             let new = self.start_instance(svc, &run).await?;
             if let Err(e) = self
@@ -236,9 +272,11 @@ impl Ctl {
 
     /// Runs forever: self-healing, `max_age` recycling and scheduled drift scans.
     pub async fn guard(self: Arc<Self>) {
-        loop {
+        // Each instance's log files as the last round left them.
+        let mut logs: HashMap<String, KeptLogs> = HashMap::new();
+        for round in 0u64.. {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            self.rotate_logs().await;
+            self.rotate_logs(&mut logs, round).await;
             for svc in self.all_svcs() {
                 // Never alongside a rollout, rollback or another replacement of this service.
                 let Ok(_busy) = svc.busy.try_lock() else {
@@ -247,8 +285,31 @@ impl Ctl {
                 let Ok(Some(cur)) = self.state.current(&svc.project, &svc.name) else {
                     continue;
                 };
-                let Ok(run) = Run::from_row(&cur) else {
-                    continue;
+                // Parsed again only when the current release is another one.
+                let key = (cur.number, cur.digest, cur.spec);
+                let cached = {
+                    let g = lock(&svc.guard);
+                    g.run
+                        .as_ref()
+                        .filter(|(k, _)| *k == key)
+                        .map(|(_, r)| r.clone())
+                };
+                let run = match cached {
+                    Some(run) => run,
+                    None => {
+                        let row = recast_state::Release {
+                            number: key.0,
+                            digest: key.1.clone(),
+                            spec: key.2.clone(),
+                            ..cur
+                        };
+                        let Ok(run) = Run::from_row(&row) else {
+                            continue;
+                        };
+                        let run = Arc::new(run);
+                        lock(&svc.guard).run = Some((key, run.clone()));
+                        run
+                    }
                 };
                 self.heal(&svc, &run).await;
                 self.recycle(&svc, &run).await;
@@ -259,7 +320,7 @@ impl Ctl {
 
     /// Keep every instance's log files bounded (during rollouts too): an instance that writes
     /// without end must not fill the data directory's disk.
-    async fn rotate_logs(&self) {
+    async fn rotate_logs(&self, logs: &mut HashMap<String, KeptLogs>, round: u64) {
         let insts: Vec<recast_runtime::Instance> = self
             .all_svcs()
             .iter()
@@ -271,12 +332,33 @@ impl Ctl {
             })
             .collect();
         let rt = self.rt.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let mut seen = std::mem::take(logs);
+        let seen = tokio::task::spawn_blocking(move || {
+            let mut now = HashMap::new();
             for inst in &insts {
-                rt.rotate_logs(inst);
+                // A log whose size and mtime are as the last round left them has nothing to
+                // mark nor rotate: only `fstat`ed, through descriptors kept between rounds
+                // (rotation truncates in place; every 25th round they are opened again).
+                let kept = seen.remove(&inst.id);
+                let before = kept.as_ref().and_then(|(files, _)| key_of_files(files));
+                if before.is_none() || kept.as_ref().map(|(_, k)| k) != before.as_ref() {
+                    rt.rotate_logs(inst);
+                }
+                let files = match kept {
+                    Some((files, _)) if !round.is_multiple_of(25) => Some(files),
+                    _ => open_logs(inst),
+                };
+                if let Some(files) = files
+                    && let Some(k) = key_of_files(&files)
+                {
+                    now.insert(inst.id.clone(), (files, k));
+                }
             }
+            now
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        *logs = seen;
     }
 
     /// Replace crashed and unhealthy instances of the live release, with backoff.
@@ -376,11 +458,26 @@ impl Ctl {
             .filter(|l| l.exited.is_none() && !l.replacing)
             .map(|l| l.inst.id.clone())
             .collect();
-        let mut found = Vec::new();
-        for id in ids {
-            if let Ok(d) = self.scan_instance(svc, &id, Mode::Metadata).await {
-                found.push(d);
-            }
+        let found: Vec<InstanceDrift> = self
+            .scan_instances(svc, &ids, Mode::Metadata)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let (live_ids, live_images): (Vec<String>, Vec<String>) = lock(&svc.live)
+            .iter()
+            .map(|l| (l.inst.id.clone(), l.inst.image.as_str().to_string()))
+            .unzip();
+        {
+            let mut st = lock(&svc.guard);
+            st.scans += found.len() as u64;
+            st.scan_time += found
+                .iter()
+                .map(|d| Duration::from_micros(d.scan.micros))
+                .sum::<Duration>();
+            // Forget what belongs to instances and images no longer running.
+            st.watches.retain(|id, _| live_ids.contains(id));
+            st.indexes.retain(|d, _| live_images.contains(d));
         }
         for d in found.iter().filter(|d| !d.findings.is_empty()) {
             self.event(
@@ -394,6 +491,115 @@ impl Ctl {
         }
         lock(&svc.guard).drift = found;
     }
+}
+
+/// Scan one instance (see `scan_instances`); `watch` is what earlier scans of it kept.
+#[allow(clippy::too_many_arguments)]
+fn scan_one(
+    rt: &recast_runtime::Runtime,
+    service: &str,
+    inst: &recast_runtime::Instance,
+    release: i64,
+    run: &Run,
+    index: &FileIndex,
+    trusted: Option<std::time::SystemTime>,
+    mode: Mode,
+    watch: &mut InstanceWatch,
+) -> Result<InstanceDrift, String> {
+    let t = Instant::now();
+    if mode == Mode::Full {
+        // A full scan trusts nothing an earlier scan kept.
+        watch.forget();
+    }
+    let mut findings = Vec::new();
+    if inst.image != run.digest {
+        findings.push(Finding {
+            path: "image".into(),
+            kind: "config".into(),
+            detail: format!(
+                "runs {} but release {} is {}",
+                inst.image, release, run.digest
+            ),
+        });
+    }
+    let mut exclude: Vec<String> = ["/proc", "/dev", "/sys", "/tmp"].map(String::from).to_vec();
+    exclude.extend(run.service.volumes.iter().map(|v| v.mount.clone()));
+    exclude.extend(run.service.tmpfs.iter().cloned());
+    let (files, stats) = recast_guard::scan(&inst.rootfs(), index, &exclude, mode, trusted)
+        .map_err(|e| format!("scanning instance {}: {e}", inst.id))?;
+    findings.extend(files);
+    let mut processes = 0;
+    if let Ok(facts) = rt.facts(inst, watch) {
+        let allowed = |p: &str| {
+            p == "/tmp"
+                || p.starts_with("/proc")
+                || p.starts_with("/dev")
+                || exclude.iter().any(|v| v == p)
+        };
+        for m in facts.writable.iter().filter(|m| !allowed(m)) {
+            findings.push(Finding {
+                path: m.clone(),
+                kind: "unexpected_mount".into(),
+                detail: "mounted read-write".into(),
+            });
+        }
+        processes = facts.processes.len() as u64;
+        findings.extend(recast_guard::process::check_processes(
+            &inst.rootfs(),
+            index,
+            &exclude,
+            &facts.processes,
+            trusted,
+            Some(&facts.runtime),
+            &mut watch.exes,
+        ));
+    }
+    // Hashed again only when the file changed (or was replaced) since the last scan.
+    if let Some(detail) =
+        watch.file_verdict(&inst.dir().join("config.json"), |_| rt.config_drift(inst))
+    {
+        findings.push(Finding {
+            path: "config.json".into(),
+            kind: "config".into(),
+            detail: format!("runtime spec {detail}"),
+        });
+    }
+    findings.sort();
+    Ok(InstanceDrift {
+        service: service.to_string(),
+        instance: inst.id.clone(),
+        release,
+        findings,
+        scan: ScanStats {
+            micros: t.elapsed().as_micros() as u64,
+            entries: stats.entries,
+            hashed: stats.hashed,
+            bytes_hashed: stats.bytes_hashed,
+            processes,
+        },
+    })
+}
+
+/// The size and mtime of an instance's two log files.
+type LogKey = [(u64, i64, i64); 2];
+/// An instance's two log files, open, and their state after the last round.
+type KeptLogs = ([std::fs::File; 2], LogKey);
+
+fn open_logs(inst: &recast_runtime::Instance) -> Option<[std::fs::File; 2]> {
+    Some([
+        std::fs::File::open(inst.stdout_log()).ok()?,
+        std::fs::File::open(inst.stderr_log()).ok()?,
+    ])
+}
+
+fn key_of_files(files: &[std::fs::File; 2]) -> Option<LogKey> {
+    use std::os::unix::fs::MetadataExt;
+    let k = |f: &std::fs::File| {
+        f.metadata()
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    Some([k(&files[0])?, k(&files[1])?])
 }
 
 /// A stable number in [0, 1) per instance id.
@@ -414,4 +620,38 @@ fn summary(f: &[Finding]) -> String {
         parts.push(format!("and {} more", f.len() - 5));
     }
     parts.join("; ")
+}
+
+/// The guard's `/metrics` counters: scheduled instance scans and their total time, per service.
+pub(crate) fn metrics(ctl: &Ctl, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP recast_guard_scans_total Scheduled drift scans of instances.\n# TYPE recast_guard_scans_total counter"
+    );
+    let rows: Vec<(String, String, u64, Duration)> = ctl
+        .all_svcs()
+        .iter()
+        .map(|svc| {
+            let g = lock(&svc.guard);
+            (svc.project.clone(), svc.name.clone(), g.scans, g.scan_time)
+        })
+        .collect();
+    for (project, service, n, _) in &rows {
+        let _ = writeln!(
+            out,
+            "recast_guard_scans_total{{service=\"{service}\",project=\"{project}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recast_guard_scan_seconds_total Time spent in scheduled drift scans of instances.\n# TYPE recast_guard_scan_seconds_total counter"
+    );
+    for (project, service, _, t) in &rows {
+        let _ = writeln!(
+            out,
+            "recast_guard_scan_seconds_total{{service=\"{service}\",project=\"{project}\"}} {}",
+            t.as_secs_f64()
+        );
+    }
 }

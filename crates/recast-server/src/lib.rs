@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod api;
 pub mod engine;
 pub mod guard;
+pub mod logs;
 pub mod plan;
 pub mod project;
 

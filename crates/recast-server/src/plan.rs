@@ -288,9 +288,23 @@ fn steps(svc: &Service, first: bool) -> Vec<String> {
     let n = svc.instances;
     let h = &svc.health;
     let ready = h.interval * h.healthy_threshold.saturating_sub(1);
+    // A new instance is *starting* until its first healthy verdict: given up only when it
+    // exits or is not healthy by its start period (bounded by progress_deadline).
+    let start_period = h.start_period.min(svc.rollout.progress_deadline);
     let ready = format!(
-        "healthy after ~{}",
-        dur(ready.max(std::time::Duration::from_millis(100)))
+        "healthy after ~{}{}",
+        dur(ready.max(std::time::Duration::from_millis(100))),
+        if start_period.is_zero() {
+            format!(
+                " (failed after {} failed probe(s), no start period)",
+                h.unhealthy_threshold
+            )
+        } else {
+            format!(
+                " (start period {}: failed if not healthy by then)",
+                dur(start_period)
+            )
+        }
     );
     if first {
         return vec![format!(
@@ -302,6 +316,24 @@ fn steps(svc: &Service, first: bool) -> Vec<String> {
         dur(svc.rollout.progress_deadline)
     );
     match &svc.rollout.strategy {
+        Strategy::Recreate => {
+            let mut v = vec!["drain and stop every old instance (downtime: the route answers 503 until the new release is healthy)".to_string()];
+            let exclusive: Vec<&str> = svc.exclusive_volumes().map(|v| v.name.as_str()).collect();
+            if !exclusive.is_empty() {
+                v.push(format!(
+                    "snapshot exclusive volume(s) {} (the last {} kept; `recast rollback --restore-volumes` restores)",
+                    exclusive.join(", "),
+                    crate::engine::KEEP_SNAPSHOTS
+                ));
+            }
+            v.push(format!(
+                "start {n} new instance(s), {ready}, then route traffic to them"
+            ));
+            v.push(format!(
+                "{deadline}: the new release stops, then the old one starts again"
+            ));
+            v
+        }
         Strategy::Rolling {
             max_surge,
             max_unavailable,

@@ -1095,6 +1095,8 @@ impl<'a> Cx<'a> {
             None => Some(default_health()),
         };
         let mut volumes: Vec<Volume> = Vec::new();
+        // The first `exclusive = true`, for the checks that span the service.
+        let mut exclusive_at: Option<(Range<usize>, String)> = None;
         for vb in r.blocks("volume") {
             let Some((name, span)) = self.label(vb) else {
                 continue;
@@ -1115,11 +1117,22 @@ impl<'a> Cx<'a> {
                 }
                 Some(m)
             });
+            let exclusive = vr.attr("exclusive").and_then(|a| {
+                let e = self.boolean(a)?;
+                if e {
+                    exclusive_at.get_or_insert((span_of(&a.value), name.clone()));
+                }
+                Some(e)
+            });
             self.finish(vr);
             if volumes.iter().any(|v| v.name == name) {
                 self.err(span, format!("duplicate volume \"{name}\""));
             } else if let Some(mount) = mount {
-                volumes.push(Volume { name, mount });
+                volumes.push(Volume {
+                    name,
+                    mount,
+                    exclusive: exclusive.unwrap_or(false),
+                });
             }
         }
         let max_age = r.attr("max_age").and_then(|a| {
@@ -1201,6 +1214,27 @@ impl<'a> Cx<'a> {
                 Some(out)
             })
             .unwrap_or_default();
+        let stop_signal = r.attr("stop_signal").and_then(|a| {
+            let text = match &a.value {
+                Expression::Number(n) => n.value().to_string(),
+                _ => self.string(a)?,
+            };
+            match values::signal(&text) {
+                Ok((name, _)) => Some(name),
+                Err(e) => {
+                    self.err(span_of(&a.value), e);
+                    None
+                }
+            }
+        });
+        let stop_timeout = r.attr("stop_timeout").and_then(|a| {
+            let d = self.duration(a)?;
+            if d > Duration::from_secs(3600) {
+                self.err(span_of(&a.value), "`stop_timeout` must be at most 1h");
+                return None;
+            }
+            Some(d)
+        });
         let rollouts = r.blocks("rollout");
         if let Some(extra) = rollouts.get(1) {
             self.err(
@@ -1208,7 +1242,7 @@ impl<'a> Cx<'a> {
                 "a service takes at most one rollout block",
             );
         }
-        let rollout = match rollouts.first() {
+        let mut rollout = match rollouts.first() {
             Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
             None => Some(Rollout {
                 strategy: default_rolling(),
@@ -1217,6 +1251,16 @@ impl<'a> Cx<'a> {
                 progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             }),
         };
+        if let Some((at, volume)) = &exclusive_at {
+            self.exclusive_service(
+                &r,
+                at,
+                volume,
+                instances,
+                rollouts.first().copied(),
+                &mut rollout,
+            );
+        }
         let guards = r.blocks("guard");
         if let Some(extra) = guards.get(1) {
             self.err(
@@ -1258,6 +1302,8 @@ impl<'a> Cx<'a> {
                 cpus,
                 user_namespace,
                 tmpfs,
+                stop_signal,
+                stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
                 rollout,
                 guard,
             };
@@ -1395,6 +1441,60 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A service with an exclusive volume: one instance, and every rollout a `recreate` (the
+    /// default for it; another strategy written out is an error).
+    fn exclusive_service(
+        &mut self,
+        r: &Reader<'_>,
+        at: &Range<usize>,
+        volume: &str,
+        instances: Option<u32>,
+        rollout_block: Option<&Block>,
+        rollout: &mut Option<Rollout>,
+    ) {
+        if let Some(n) = instances.filter(|n| *n > 1) {
+            let span = r
+                .body
+                .get_attribute("instances")
+                .map_or_else(|| at.clone(), |a| span_of(&a.value));
+            self.err_hint(
+                span,
+                format!("`instances = {n}` with exclusive volume \"{volume}\": an exclusive volume allows one instance at a time"),
+                Some("set instances = 1, or drop `exclusive = true` if the software can share the volume".into()),
+            );
+        }
+        let written = rollout_block.and_then(|b| b.body.get_attribute("strategy"));
+        if let Some(ro) = rollout.as_mut() {
+            if ro.strategy == Strategy::Recreate {
+                return;
+            }
+            match written {
+                Some(a) => self.err_hint(
+                    span_of(&a.value),
+                    format!(
+                        "strategy \"{}\" would run two instances on exclusive volume \"{volume}\"",
+                        ro.strategy.name()
+                    ),
+                    Some("an exclusive volume rolls out by strategy \"recreate\" (the default for it)".into()),
+                ),
+                None => {
+                    if let Some(a) = rollout_block.and_then(|b| {
+                        ["max_surge", "max_unavailable", "min_healthy_time"]
+                            .into_iter()
+                            .find_map(|k| b.body.get_attribute(k))
+                    }) {
+                        self.err_hint(
+                            span_of(&a.key),
+                            format!("`{}` does not apply to strategy \"recreate\"", a.key.as_str()),
+                            Some(format!("a service with exclusive volume \"{volume}\" rolls out by strategy \"recreate\"")),
+                        );
+                    }
+                    ro.strategy = Strategy::Recreate;
+                }
+            }
+        }
+    }
+
     fn rollout(&mut self, b: &Block, instances: u32) -> Option<Rollout> {
         if !self.no_labels(b) {
             return None;
@@ -1407,6 +1507,7 @@ impl<'a> Cx<'a> {
                     ("rolling", "rolling"),
                     ("blue_green", "blue_green"),
                     ("canary", "canary"),
+                    ("recreate", "recreate"),
                 ],
             )
         });
@@ -1474,6 +1575,7 @@ impl<'a> Cx<'a> {
             );
         }
         let strategy = match strategy_name {
+            "recreate" => Strategy::Recreate,
             "rolling" => {
                 let surge = max_surge.map_or(Some(Count::Absolute(1)), |(a, _)| self.count(a));
                 let unavail =
@@ -1745,9 +1847,13 @@ fn default_health() -> Health {
         timeout: Duration::from_millis(500),
         healthy_threshold: 1,
         unhealthy_threshold: 3,
-        start_period: Duration::ZERO,
+        start_period: DEFAULT_START_PERIOD,
     }
 }
+
+/// How long a new instance may take to become healthy before it counts as failed (bounded by
+/// the rollout's `progress_deadline`): generous, as databases initialise for seconds.
+pub(crate) const DEFAULT_START_PERIOD: Duration = Duration::from_secs(60);
 
 fn default_rolling() -> Strategy {
     Strategy::Rolling {

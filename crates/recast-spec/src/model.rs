@@ -31,6 +31,26 @@ pub struct Project {
     pub bases: BTreeMap<String, Base>,
 }
 
+impl Image {
+    /// An image with no steps and no settings of its own (built for its base alone, or filled
+    /// in step by step, as a Dockerfile stage is).
+    pub fn bare(name: String, from: Base) -> Image {
+        Image {
+            name,
+            from,
+            steps: Vec::new(),
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            cmd: None,
+            entrypoint: None,
+            labels: BTreeMap::new(),
+            test: None,
+            dockerfile: None,
+        }
+    }
+}
+
 impl Project {
     /// The `tmpfs` paths of every service that runs `image`: its test instance gets them too,
     /// since that is how the image runs.
@@ -205,6 +225,13 @@ pub struct HttpTest {
     pub expect_body: Option<String>,
 }
 
+/// `stop_timeout` when the spec sets none (Docker's and Kubernetes' grace period is similar).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_stop_timeout() -> Duration {
+    DEFAULT_STOP_TIMEOUT
+}
+
 /// The longest service name: an instance id is `NAME-rRELEASE-XXXXXXXX` (release numbers up to
 /// ten digits, eight random hex digits) and is also the instance's hostname, which must fit in a
 /// 63-character DNS label (the kernel allows 64): 63 - 2 - 10 - 1 - 8.
@@ -231,6 +258,13 @@ pub struct Service {
     /// Empty, private tmpfs directories in the read-only root (never persisted, not drift).
     #[serde(default)]
     pub tmpfs: Vec<String>,
+    /// The signal that asks an instance to stop, by canonical name ("SIGQUIT"); unset: the
+    /// image's `StopSignal`, else SIGTERM.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// How long a stopping instance has after its stop signal before it is killed (SIGKILL).
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
     pub rollout: Rollout,
     /// Service-level override of the project guard.
     pub guard: Option<Guard>,
@@ -245,6 +279,18 @@ pub struct Health {
     pub unhealthy_threshold: u32,
     /// Failures during this time after start do not count.
     pub start_period: Duration,
+}
+
+impl Service {
+    /// The volumes no two instances may share (`exclusive = true`).
+    pub fn exclusive_volumes(&self) -> impl Iterator<Item = &Volume> {
+        self.volumes.iter().filter(|v| v.exclusive)
+    }
+
+    /// Old instances stop before new ones start, in rollouts and replacements alike.
+    pub fn stops_first(&self) -> bool {
+        matches!(self.rollout.strategy, Strategy::Recreate)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +308,10 @@ pub enum HealthCheck {
 pub struct Volume {
     pub name: String,
     pub mount: String,
+    /// At most one instance on the volume at any moment (`exclusive = true`): the service has
+    /// one instance, rolls out by `recreate`, and each rollout snapshots the volume first.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +348,9 @@ pub enum Strategy {
         steps: Vec<Step>,
         sticky: bool,
     },
+    /// Stop (drain, then stop) every old instance before the new release starts: downtime,
+    /// but never two releases at once (single-writer software, exclusive volumes).
+    Recreate,
 }
 
 impl Strategy {
@@ -306,6 +359,7 @@ impl Strategy {
             Strategy::Rolling { .. } => "rolling",
             Strategy::BlueGreen { .. } => "blue_green",
             Strategy::Canary { .. } => "canary",
+            Strategy::Recreate => "recreate",
         }
     }
 }

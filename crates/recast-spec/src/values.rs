@@ -190,3 +190,101 @@ mod tests {
         assert!(owner("root").is_err());
     }
 }
+
+/// Linux's signal names (the generic numbering of x86, Arm and RISC-V), `SIGRTMIN` = 34.
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("IOT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("POLL", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+
+/// A signal as Docker's `StopSignal` takes it: "SIGQUIT", "QUIT" (any case), "3", or
+/// "SIGRTMIN+N". Returns its canonical name ("SIGQUIT", "SIGRTMIN+3") and number.
+pub fn signal(s: &str) -> Result<(String, i32), String> {
+    let err = || {
+        format!(
+            "invalid signal \"{s}\": expected a name like \"SIGTERM\" or \"QUIT\", or a number from 1 to 64"
+        )
+    };
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        if !(1..=64).contains(&n) {
+            return Err(err());
+        }
+        return Ok((signal_name(n), n));
+    }
+    let upper = t.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some((_, n)) = SIGNALS.iter().find(|(name, _)| *name == bare) {
+        return Ok((signal_name(*n), *n));
+    }
+    if let Some(rest) = bare.strip_prefix("RTMIN") {
+        let off = if rest.is_empty() {
+            Some(0)
+        } else {
+            rest.strip_prefix('+').and_then(|r| r.parse::<i32>().ok())
+        };
+        if let Some(off) = off.filter(|o| (0..=30).contains(o)) {
+            return Ok((signal_name(34 + off), 34 + off));
+        }
+    }
+    Err(err())
+}
+
+/// The canonical name of signal `n` (1 to 64).
+fn signal_name(n: i32) -> String {
+    match SIGNALS.iter().find(|(_, m)| *m == n) {
+        Some((name, _)) => format!("SIG{name}"),
+        None if n == 34 => "SIGRTMIN".into(),
+        None if n > 34 => format!("SIGRTMIN+{}", n - 34),
+        None => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::signal;
+
+    #[test]
+    fn signals_by_name_short_name_and_number() {
+        assert_eq!(signal("SIGTERM"), Ok(("SIGTERM".into(), 15)));
+        assert_eq!(signal("TERM"), Ok(("SIGTERM".into(), 15)));
+        assert_eq!(signal("quit"), Ok(("SIGQUIT".into(), 3)));
+        assert_eq!(signal("15"), Ok(("SIGTERM".into(), 15)));
+        assert_eq!(signal("SIGRTMIN+3"), Ok(("SIGRTMIN+3".into(), 37)));
+        assert_eq!(signal("SIGIOT"), Ok(("SIGABRT".into(), 6)));
+        for bad in ["", "SIGFOO", "0", "65", "-1", "SIGRTMIN+31", "TERM15"] {
+            assert!(signal(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -98,6 +98,22 @@ pub struct RouteRow {
     pub timeout_ms: u64,
 }
 
+/// A copy of an exclusive volume, taken before a release started on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub volume: String,
+    /// The release about to start when the copy was taken.
+    pub before_release: i64,
+    /// The release whose instances last wrote the volume (stopped when the copy was taken).
+    pub of_release: Option<i64>,
+    /// The copy's directory.
+    pub path: String,
+    pub created_ms: i64,
+}
+
 /// The spec directory a project name belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectOwner {
@@ -146,6 +162,13 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY, dir TEXT NOT NULL, since_ms INTEGER NOT NULL);",
     // 4: a route's upstream timeout.
     "ALTER TABLE routes ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 30000;",
+    // 5: snapshots of exclusive volumes, taken whenever one changes hands (recreate, rollback,
+    // restore).
+    "CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, service TEXT NOT NULL,
+        volume TEXT NOT NULL, before_release INTEGER NOT NULL, of_release INTEGER,
+        path TEXT NOT NULL, created_ms INTEGER NOT NULL);
+     CREATE INDEX snapshots_by_volume ON snapshots (project, service, volume, id);",
 ];
 
 pub fn now_ms() -> i64 {
@@ -336,7 +359,9 @@ impl State {
 
     pub fn release(&self, project: &str, service: &str, number: i64) -> Result<Option<Release>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"), params![project, service, number], release_row)
+            // Cached statements: the guard reads releases several times a second.
+            c.prepare_cached(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"))?
+                .query_row(params![project, service, number], release_row)
                 .optional()
         })
     }
@@ -352,13 +377,10 @@ impl State {
     /// The release serving traffic, if any.
     pub fn current(&self, project: &str, service: &str) -> Result<Option<Release>> {
         let n: Option<i64> = self.with(|c| {
-            c.query_row(
-                "SELECT current FROM services WHERE project = ?1 AND service = ?2",
-                params![project, service],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::flatten)
+            c.prepare_cached("SELECT current FROM services WHERE project = ?1 AND service = ?2")?
+                .query_row(params![project, service], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
         })?;
         match n {
             Some(n) => self.release(project, service, n),
@@ -485,6 +507,66 @@ impl State {
         self.with(|c| {
             let mut st = c.prepare(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE project = ?1 AND service = ?2 ORDER BY id"))?;
             st.query_map(params![project, service], rollout_row)?.collect()
+        })
+    }
+
+    // ---- volume snapshots -----------------------------------------------------------------------
+
+    pub fn add_snapshot(
+        &self,
+        project: &str,
+        service: &str,
+        volume: &str,
+        before_release: i64,
+        of_release: Option<i64>,
+        path: &str,
+    ) -> Result<Snapshot> {
+        self.with(|c| {
+            let at = now_ms();
+            c.execute(
+                "INSERT INTO snapshots (project, service, volume, before_release, of_release, path, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![project, service, volume, before_release, of_release, path, at],
+            )?;
+            Ok(Snapshot {
+                id: c.last_insert_rowid(),
+                project: project.into(),
+                service: service.into(),
+                volume: volume.into(),
+                before_release,
+                of_release,
+                path: path.into(),
+                created_ms: at,
+            })
+        })
+    }
+
+    /// A service's snapshots (of every volume), oldest first.
+    pub fn snapshots(&self, project: &str, service: &str) -> Result<Vec<Snapshot>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, project, service, volume, before_release, of_release, path, created_ms
+                 FROM snapshots WHERE project = ?1 AND service = ?2 ORDER BY id",
+            )?;
+            st.query_map(params![project, service], |r| {
+                Ok(Snapshot {
+                    id: r.get(0)?,
+                    project: r.get(1)?,
+                    service: r.get(2)?,
+                    volume: r.get(3)?,
+                    before_release: r.get(4)?,
+                    of_release: r.get(5)?,
+                    path: r.get(6)?,
+                    created_ms: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn remove_snapshot(&self, id: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM snapshots WHERE id = ?1", params![id])
+                .map(drop)
         })
     }
 
@@ -615,5 +697,34 @@ mod tests {
             (open.len(), open[0].step, open[0].detail.as_str()),
             (1, 1, "one new instance healthy")
         );
+    }
+
+    #[test]
+    fn snapshots_are_recorded_per_service_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("state.db");
+        {
+            let s = State::open(&path).expect("open");
+            s.add_snapshot("p", "db", "data", 2, Some(1), "/d/snapshots/p/db/data/2-x")
+                .expect("add");
+            s.add_snapshot("p", "other", "data", 5, None, "/y")
+                .expect("add");
+            let b = s
+                .add_snapshot("p", "db", "data", 3, Some(2), "/d/snapshots/p/db/data/3-x")
+                .expect("add");
+            s.remove_snapshot(b.id).expect("remove");
+        }
+        let s = State::open(&path).expect("reopen");
+        let all = s.snapshots("p", "db").expect("list");
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(
+            (
+                all[0].volume.as_str(),
+                all[0].before_release,
+                all[0].of_release
+            ),
+            ("data", 2, Some(1))
+        );
+        assert_eq!(all[0].path, "/d/snapshots/p/db/data/2-x");
     }
 }

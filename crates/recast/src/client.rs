@@ -92,6 +92,33 @@ impl Client {
         self.check(r)
     }
 
+    /// A GET whose answer is read as it arrives, with no overall deadline (`logs --follow`
+    /// lasts as long as the user wants); connecting and the answer's start are still bounded.
+    pub fn get_stream(&self, path: &str) -> anyhow::Result<impl std::io::Read + use<>> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let resp = agent
+            .get(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| {
+                anyhow!(
+                    "the recast server at {} did not answer: {e}\n  hint: is it still running?",
+                    self.base
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            self.check(Ok(resp))?;
+            bail!("the recast server answered {status}");
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let r = self
             .agent

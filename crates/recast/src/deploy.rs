@@ -8,7 +8,7 @@ use recast_image::step::StepRunner;
 use recast_server::plan::{self, Action, Plan};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -139,7 +139,18 @@ pub fn apply(
     // The server builds with the lock as it is: complete it here (or check it, --locked).
     crate::lock::pins(&load(&path)?, locked)?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    if interactive && !yes && !json {
+    if !yes && (!interactive || json) {
+        bail!(
+            "refusing to apply {} without confirmation: {}\n  hint: pass --yes to apply without asking (scripts, CI)",
+            spec.display(),
+            if json {
+                "--json leaves no room for a question"
+            } else {
+                "there is no terminal to ask on"
+            }
+        );
+    }
+    if !yes {
         let p = compute_plan(&path, data_dir, true)?;
         print!("{}", render_plan(&p));
         if p.changes() == 0 {
@@ -369,10 +380,57 @@ pub fn rollback(
     data_dir: &Path,
     service: &str,
     to: Option<i64>,
+    restore_volumes: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let v =
-        Client::find(data_dir)?.post("/v1/rollback", &json!({ "service": service, "to": to }))?;
+    let client = Client::find(data_dir)?;
+    let mut restore = restore_volumes;
+    let mut hint = None;
+    if !restore {
+        // Snapshots of the release's data exist: ask on a terminal, say how otherwise.
+        let plan = client.post(
+            "/v1/rollback",
+            &json!({ "service": service, "to": to, "dry_run": true }),
+        )?;
+        let snaps = plan["snapshots"].as_array().cloned().unwrap_or_default();
+        if !snaps.is_empty() && plan["missing"].is_null() {
+            let names: Vec<String> = snaps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} (snapshot {}, taken before release {})",
+                        s["volume"].as_str().unwrap_or(""),
+                        s["id"],
+                        s["before_release"]
+                    )
+                })
+                .collect();
+            let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+            if interactive && !json {
+                eprint!(
+                    "Restore volume(s) {} to the data release {} left? The data written since is lost. [y/N] ",
+                    names.join(", "),
+                    plan["to"]
+                );
+                std::io::stderr().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                restore = matches!(answer.trim(), "y" | "Y" | "yes");
+            }
+            if !restore {
+                hint = Some(format!(
+                    "volumes kept as they are; to restore release {}'s data: `recast rollback {service} --to {} --restore-volumes` (instead of this rollback), or afterwards `recast volume restore {service} VOLUME SNAPSHOT --yes` ({})",
+                    plan["to"],
+                    plan["to"],
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    let v = client.post(
+        "/v1/rollback",
+        &json!({ "service": service, "to": to, "restore_volumes": restore }),
+    )?;
     if json {
         output::json(&v)?;
     } else {
@@ -388,6 +446,17 @@ pub fn rollback(
             },
             v["switched_ms"].as_f64().unwrap_or(0.0)
         ))?;
+        for s in v["restored"].as_array().into_iter().flatten() {
+            output::line(&format!(
+                "{}: volume {} restored from {}",
+                service,
+                s["volume"].as_str().unwrap_or(""),
+                s["path"].as_str().unwrap_or("")
+            ))?;
+        }
+    }
+    if let Some(h) = hint {
+        eprintln!("note: {h}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -409,43 +478,51 @@ pub fn control(data_dir: &Path, verb: &str, service: &str, json: bool) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn logs(data_dir: &Path, service: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let client = Client::find(data_dir)?;
-    let mut offsets: BTreeMap<std::path::PathBuf, u64> = BTreeMap::new();
-    loop {
-        let v = client.get(&format!("/v1/status?service={service}"))?;
-        let Some(s) = v["services"].as_array().and_then(|a| a.first()).cloned() else {
-            bail!("no service \"{service}\" is deployed")
-        };
-        for i in s["instances"].as_array().into_iter().flatten() {
-            let id = i["id"].as_str().unwrap_or("");
-            for stream in ["stdout", "stderr"] {
-                let p = data_dir
-                    .join("instances")
-                    .join(id)
-                    .join(format!("{stream}.log"));
-                // From where the last pass stopped (the start again once the file was rotated),
-                // at most 16 MiB per pass: the instance decides how much it writes.
-                let Ok(mut f) = std::fs::File::open(&p) else {
-                    continue;
-                };
-                let len = f.metadata().map_or(0, |m| m.len());
-                let from = offsets.get(&p).copied().filter(|o| *o <= len).unwrap_or(0);
-                let mut text = Vec::new();
-                let _ = f
-                    .seek(SeekFrom::Start(from))
-                    .and_then(|_| f.take(16 << 20).read_to_end(&mut text));
-                for line in String::from_utf8_lossy(&text).lines() {
-                    output::line(&format!("[{id}] {line}"))?;
-                }
-                offsets.insert(p, from + text.len() as u64);
-            }
-        }
-        if !follow {
-            return Ok(ExitCode::SUCCESS);
-        }
-        std::thread::sleep(Duration::from_millis(250));
+/// What `recast logs` asks for.
+pub struct LogsQuery {
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub since: Option<String>,
+    pub timestamps: bool,
+}
+
+/// The logs of a service's current instances, through the server's API (so it works from any
+/// machine that reaches the server): `[INSTANCE] [TIME ]LINE`, streamed to stdout.
+pub fn logs(data_dir: &Path, service: &str, q: &LogsQuery) -> anyhow::Result<ExitCode> {
+    if let Some(s) = &q.since {
+        recast_spec::values::duration(s).map_err(|e| anyhow!("--since: {e}"))?;
     }
+    let client = Client::find(data_dir)?;
+    let mut path = format!(
+        "/v1/services/{service}/logs?timestamps={}&follow={}",
+        q.timestamps, q.follow
+    );
+    if let Some(n) = q.tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    if let Some(s) = &q.since {
+        path.push_str(&format!("&since={s}"));
+    }
+    let mut body = client.get_stream(&path)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("reading the logs of {service} from the server: {e}"),
+        };
+        // A closed pipe (`| head`) ends the command quietly.
+        if stdout
+            .write_all(&buf[..n])
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn destroy(
@@ -454,18 +531,25 @@ pub fn destroy(
     services: &[String],
     volumes: bool,
     yes: bool,
+    all_projects: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
-    let project = match recast_spec::load(spec) {
-        Ok(p) => {
-            // Never destroy another directory's project of the same name.
-            let id = recast_server::project::Identity::of(&p);
-            let state = recast_state::State::open(&data_dir.join("state.db"))?;
-            recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?;
-            Some(id.name)
-        }
-        Err(_) => None,
+    // A spec that does not load is an error, never "every project": that takes --all-projects.
+    let project = if all_projects {
+        None
+    } else {
+        let p = recast_spec::load(spec).map_err(|d| {
+            anyhow!(
+                "cannot tell which project to destroy: the spec {} is invalid:\n{d}\n  hint: fix the spec or pick one with -f; --all-projects destroys every project of the server",
+                spec.display()
+            )
+        })?;
+        // Never destroy another directory's project of the same name.
+        let id = recast_server::project::Identity::of(&p);
+        let state = recast_state::State::open(&data_dir.join("state.db"))?;
+        recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?;
+        Some(id.name)
     };
     let what = if services.is_empty() {
         format!(
@@ -475,7 +559,12 @@ pub fn destroy(
     } else {
         services.join(", ")
     };
-    if std::io::stdin().is_terminal() && !yes {
+    if !yes && !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to destroy {what} without confirmation: there is no terminal to ask on\n  hint: pass --yes to destroy without asking"
+        );
+    }
+    if !yes {
         print!(
             "Destroy {what}{}? [y/N] ",
             if volumes { " and their volumes" } else { "" }

@@ -10,6 +10,7 @@ mod output;
 mod run;
 mod serve;
 mod validate;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -161,7 +162,7 @@ enum Command {
         /// Start the apply and return at once
         #[arg(long)]
         detach: bool,
-        /// Do not ask for confirmation on a terminal
+        /// Do not ask for confirmation (required without a terminal, and with --json)
         #[arg(long)]
         yes: bool,
     },
@@ -186,9 +187,16 @@ enum Command {
         /// The release number to go back to
         #[arg(long)]
         to: Option<i64>,
+        /// Also put the exclusive volumes back as the target release left them (from the
+        /// snapshot taken before the next release started); without it a terminal is asked
+        #[arg(long)]
+        restore_volumes: bool,
         #[arg(long)]
         json: bool,
     },
+    /// Volumes of deployed services and their snapshots
+    #[command(subcommand)]
+    Volume(volume::Command),
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
         service: String,
@@ -225,12 +233,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the logs of a service's instances
+    /// Print the logs of a service's current instances, each line prefixed with its instance
     Logs {
         service: String,
         /// Keep printing new lines
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only the last N lines of each instance
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only lines written within DURATION (like "30s", "5m", "1h")
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Prefix each line with the time recast saw it (RFC 3339, UTC)
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
     /// Retire every instance and route of the project (or of those services)
     Destroy {
@@ -240,8 +257,12 @@ enum Command {
         /// Delete the services' volumes too
         #[arg(long)]
         volumes: bool,
+        /// Do not ask for confirmation (required without a terminal)
         #[arg(long)]
         yes: bool,
+        /// Destroy every project of the server, not the spec's (no spec is read)
+        #[arg(long)]
+        all_projects: bool,
         #[arg(long)]
         json: bool,
     },
@@ -324,9 +345,13 @@ fn main() -> ExitCode {
         Command::History { service, json } => {
             data_dir().and_then(|d| deploy::history(&d, &service, json))
         }
-        Command::Rollback { service, to, json } => {
-            data_dir().and_then(|d| deploy::rollback(&d, &service, to, json))
-        }
+        Command::Rollback {
+            service,
+            to,
+            restore_volumes,
+            json,
+        } => data_dir().and_then(|d| deploy::rollback(&d, &service, to, restore_volumes, json)),
+        Command::Volume(cmd) => data_dir().and_then(|d| volume::run(&d, cmd)),
         Command::Promote { service, json } => {
             data_dir().and_then(|d| deploy::control(&d, "promote", &service, json))
         }
@@ -345,18 +370,31 @@ fn main() -> ExitCode {
         Command::Resume { service, json } => {
             data_dir().and_then(|d| deploy::control(&d, "resume", &service, json))
         }
-        Command::Logs { service, follow } => {
-            data_dir().and_then(|d| deploy::logs(&d, &service, follow))
-        }
+        Command::Logs {
+            service,
+            follow,
+            tail,
+            since,
+            timestamps,
+        } => data_dir().and_then(|d| {
+            let q = deploy::LogsQuery {
+                follow,
+                tail,
+                since,
+                timestamps,
+            };
+            deploy::logs(&d, &service, &q)
+        }),
         Command::Destroy {
             spec,
             services,
             volumes,
             yes,
+            all_projects,
             json,
-        } => {
-            data_dir().and_then(|d| deploy::destroy(&spec.file, &d, &services, volumes, yes, json))
-        }
+        } => data_dir().and_then(|d| {
+            deploy::destroy(&spec.file, &d, &services, volumes, yes, all_projects, json)
+        }),
     };
     match result {
         Ok(code) => code,

@@ -31,6 +31,8 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
         user_namespace: false,
         tmpfs: Vec::new(),
         owner: "run".into(),
+        stop_signal: None,
+        stop_timeout: Duration::from_secs(10),
     };
     let inst = rt.start(&spec)?;
     eprintln!(
@@ -47,7 +49,7 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
         match signals.recv_timeout(Duration::from_millis(50)) {
             Ok(_) | Err(RecvTimeoutError::Disconnected) => {
                 eprintln!("stopping instance {}", inst.id);
-                rt.stop(&inst, Duration::from_secs(10));
+                rt.stop_gracefully(&inst);
                 out.pump(&mut std::io::stdout());
                 err.pump(&mut std::io::stderr());
                 break ExitCode::SUCCESS;
@@ -88,12 +90,11 @@ pub fn step_runner(
 
 pub fn runtime(data_dir: &Path, store: recast_image::Store) -> anyhow::Result<Runtime> {
     let rt = Runtime::new(data_dir, store)?;
-    let recovered = rt.recover()?;
+    // Only throwaway instances whose `recast run`/`recast test` process is gone: never a
+    // server's (owner "service:…"), whatever its phase, nor another live command's.
+    let recovered = rt.recover(recast_runtime::Instance::abandoned)?;
     for inst in recovered.running {
-        let throwaway = inst.owner == "run" || inst.owner == "test";
-        if throwaway && !Path::new(&format!("/proc/{}", inst.owner_pid)).exists() {
-            rt.delete(&inst)?;
-        }
+        rt.delete(&inst)?;
     }
     Ok(rt)
 }

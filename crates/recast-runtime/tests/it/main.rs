@@ -108,6 +108,8 @@ impl Fixture {
             user_namespace: false,
             tmpfs: Vec::new(),
             owner: "test".into(),
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(5),
         }
     }
 
@@ -457,7 +459,7 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
 
     let store = Store::open(&f.dir.path().join("store")).expect("store");
     let rt2 = Runtime::new(f.dir.path(), store).expect("runtime");
-    let r = rt2.recover().expect("recover");
+    let r = rt2.recover(|_| true).expect("recover");
     assert_eq!(
         r.running.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         [live.id.as_str()]
@@ -692,7 +694,7 @@ fn two_data_directories_never_share_a_cgroup() {
     let store = Store::open(&a.dir.path().join("store")).expect("store");
     let ra = Runtime::new(a.dir.path(), store).expect("runtime");
     assert_eq!(ra.cgroup_parent(), a.rt.cgroup_parent());
-    let r = ra.recover().expect("recover");
+    let r = ra.recover(|_| true).expect("recover");
     assert_eq!(r.running.len(), 1);
     assert!(r.cleaned.is_empty(), "{:?}", r.cleaned);
     // Deleting A's instance leaves B's running, in its cgroup.
@@ -789,7 +791,7 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
         .collect();
     assert_eq!(
         lines,
-        [vec!["0"], vec!["0", "100000", "65536"], vec!["kept"]],
+        [vec!["0"], vec!["0", "2000000000", "65536"], vec!["kept"]],
         "{out}"
     );
     // Root inside is still refused what the profile refuses.
@@ -797,7 +799,7 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
     assert_eq!(got["unshare(CLONE_NEWUSER)"], "errno 1");
     assert_eq!(got["mount"], "errno 1");
     assert_eq!(got["spawn"], "ok");
-    // The host sees the app as uid/gid 100000, and the volume files it wrote as 100000's.
+    // The host sees the app as uid/gid 2000000000, and the volume files it wrote as its own.
     let pid = inst.pid.expect("pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let field = |name: &str| {
@@ -807,17 +809,22 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
             .unwrap_or_default()
     };
-    assert_eq!(field("Uid:"), ["100000"; 4], "{status}");
-    assert_eq!(field("Gid:"), ["100000"; 4], "{status}");
+    assert_eq!(field("Uid:"), ["2000000000"; 4], "{status}");
+    assert_eq!(field("Gid:"), ["2000000000"; 4], "{status}");
     {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(f.dir.path().join("volumes/svc/data/f")).expect("volume file");
-        assert_eq!((m.uid(), m.gid()), (100_000, 100_000));
+        assert_eq!((m.uid(), m.gid()), (2_000_000_000, 2_000_000_000));
         // The way to its root filesystem is open to the mapped root's group only; the runtime
         // spec (with the environment) stays root's.
         for d in [f.dir.path(), &f.dir.path().join("instances"), inst.dir()] {
             let m = std::fs::metadata(d).expect("dir");
-            assert_eq!((m.gid(), mode(d)), (100_000, 0o710), "{}", d.display());
+            assert_eq!(
+                (m.gid(), mode(d)),
+                (2_000_000_000, 0o710),
+                "{}",
+                d.display()
+            );
         }
         assert_eq!(mode(&inst.dir().join("config.json")), 0o600);
     }

@@ -562,7 +562,7 @@ fn unknown_strategy() {
         &[(
             5,
             16,
-            "invalid `strategy` \"canery\": expected \"rolling\" or \"blue_green\" or \"canary\" | hint: did you mean \"canary\"?",
+            "invalid `strategy` \"canery\": expected \"rolling\" or \"blue_green\" or \"canary\" or \"recreate\" | hint: did you mean \"canary\"?",
         )],
     );
 }
@@ -958,4 +958,56 @@ case!(
     tmpfs_relative,
     "service \"a\" {\n  image = image.app\n  port = 80\n  tmpfs = [\"run\"]\n}\n",
     [4, 11, "tmpfs path \"run\" must be absolute"]
+);
+
+// ---- exclusive volumes and recreate -------------------------------------------------------------
+
+case!(
+    exclusive_volume_with_two_instances,
+    "service \"db\" {\n  image = image.app\n  port = 5432\n  instances = 2\n  volume \"data\" {\n    mount = \"/data\"\n    exclusive = true\n  }\n}\n",
+    [
+        4,
+        15,
+        "`instances = 2` with exclusive volume \"data\": an exclusive volume allows one instance at a time | hint: set instances = 1, or drop `exclusive = true` if the software can share the volume"
+    ]
+);
+
+case!(
+    exclusive_volume_with_rolling,
+    "service \"db\" {\n  image = image.app\n  port = 5432\n  volume \"data\" {\n    mount = \"/data\"\n    exclusive = true\n  }\n  rollout {\n    strategy = \"rolling\"\n  }\n}\n",
+    [
+        9,
+        16,
+        "strategy \"rolling\" would run two instances on exclusive volume \"data\" | hint: an exclusive volume rolls out by strategy \"recreate\" (the default for it)"
+    ]
+);
+
+case!(
+    exclusive_volume_with_rolling_knob,
+    "service \"db\" {\n  image = image.app\n  port = 5432\n  volume \"data\" {\n    mount = \"/data\"\n    exclusive = true\n  }\n  rollout {\n    max_surge = 2\n  }\n}\n",
+    [
+        9,
+        5,
+        "`max_surge` does not apply to strategy \"recreate\" | hint: a service with exclusive volume \"data\" rolls out by strategy \"recreate\""
+    ]
+);
+
+case!(
+    recreate_with_rolling_knob,
+    "service \"db\" {\n  image = image.app\n  port = 5432\n  rollout {\n    strategy = \"recreate\"\n    min_healthy_time = \"1s\"\n  }\n}\n",
+    [
+        6,
+        5,
+        "`min_healthy_time` does not apply to strategy \"recreate\" | hint: it is a knob of strategy \"rolling\""
+    ]
+);
+
+case!(
+    exclusive_not_a_bool,
+    "service \"db\" {\n  image = image.app\n  port = 5432\n  volume \"data\" {\n    mount = \"/data\"\n    exclusive = \"yes\"\n  }\n}\n",
+    [
+        6,
+        17,
+        "`exclusive` must be a bool (true or false), found a string"
+    ]
 );

@@ -367,11 +367,13 @@ fn every_block_and_knob() {
             volumes: vec![
                 Volume {
                     name: s("data"),
-                    mount: s("/data")
+                    mount: s("/data"),
+                    exclusive: false,
                 },
                 Volume {
                     name: s("uploads"),
-                    mount: s("/srv/uploads")
+                    mount: s("/srv/uploads"),
+                    exclusive: false,
                 },
             ],
             max_age: Some(Duration::from_secs(86400)),
@@ -380,6 +382,8 @@ fn every_block_and_knob() {
             cpus: Some(0.5),
             user_namespace: true,
             tmpfs: vec![s("/run"), s("/var/lib/nginx")],
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(10),
             rollout: Rollout {
                 strategy: Strategy::Canary {
                     steps: vec![
@@ -557,4 +561,40 @@ fn project_name_is_read_from_the_top_level() {
         "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n",
     )]);
     assert_eq!(load(dir.path()).map(|p| p.name).ok(), Some(None));
+}
+
+#[test]
+fn an_exclusive_volume_makes_the_rollout_recreate() {
+    let spec = "image \"db\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\nservice \"db\" {\n  image = image.db\n  port = 5432\n  volume \"data\" {\n    mount = \"/data\"\n    exclusive = true\n  }\n  volume \"cache\" {\n    mount = \"/cache\"\n  }\n  rollout {\n    progress_deadline = \"2m\"\n  }\n}\nservice \"worker\" {\n  image = image.db\n  port = 80\n  rollout {\n    strategy = \"recreate\"\n  }\n}\n";
+    let dir = project(&[("recast.hcl", spec)]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let db = &p.services["db"];
+    assert_eq!(db.rollout.strategy, Strategy::Recreate);
+    assert_eq!(db.rollout.progress_deadline, Duration::from_secs(120));
+    assert_eq!(
+        db.volumes,
+        vec![
+            Volume {
+                name: s("data"),
+                mount: s("/data"),
+                exclusive: true
+            },
+            Volume {
+                name: s("cache"),
+                mount: s("/cache"),
+                exclusive: false
+            },
+        ]
+    );
+    assert!(db.stops_first());
+    assert_eq!(
+        db.exclusive_volumes()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["data"]
+    );
+    let worker = &p.services["worker"];
+    assert_eq!(worker.rollout.strategy, Strategy::Recreate);
+    assert_eq!(worker.rollout.strategy.name(), "recreate");
+    assert_eq!(worker.exclusive_volumes().count(), 0);
 }

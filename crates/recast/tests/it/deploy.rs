@@ -86,6 +86,17 @@ route "web" {{
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Give the health check a `start_period` (a never-healthy release fails when it ends).
+    pub fn start_period(&self, d: &str) {
+        let spec = std::fs::read_to_string(self.path().join("recast.hcl"))
+            .expect("read")
+            .replace(
+                "unhealthy_threshold = 2",
+                &format!("unhealthy_threshold = 2\n    start_period = \"{d}\""),
+            );
+        std::fs::write(self.path().join("recast.hcl"), spec).expect("write");
+    }
 }
 
 /// `recast server` on a data directory; destroys what it deployed and stops on drop.
@@ -151,7 +162,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let _ = self.rc(Path::new("/"), &["destroy", "--yes", "--volumes"]);
+            let _ = self.rc(
+                Path::new("/"),
+                &["destroy", "--yes", "--all-projects", "--volumes"],
+            );
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -409,6 +423,7 @@ fn a_release_that_fails_its_health_check_never_gets_traffic() {
         r#"strategy = "rolling""#,
         "",
     );
+    p.start_period("1s");
     let out = server.rc(p.path(), &["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
@@ -566,6 +581,7 @@ fn with_auto_rollback_off_a_failed_rollout_stops_where_it_failed() {
     p.write(r#"MESSAGE = "v1""#, rollout, "");
     ok(&server.rc(p.path(), &["apply", "--yes"]));
     p.write(r#"MESSAGE = "v2", HEALTHY = "false""#, rollout, "");
+    p.start_period("1s");
     let out = server.rc(p.path(), &["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

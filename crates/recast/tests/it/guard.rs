@@ -116,7 +116,9 @@ fn drift_is_found_with_its_path_and_kind_and_volumes_are_not_drift() {
         got,
         [
             ("/bin/backdoor".to_string(), "added".to_string()),
-            ("/bin/hello".to_string(), "changed".to_string())
+            ("/bin/hello".to_string(), "changed".to_string()),
+            // The running program's file was replaced: it now runs a deleted file.
+            ("/bin/hello (deleted)".to_string(), "process".to_string())
         ]
     );
     std::fs::remove_file(root.join("bin/backdoor")).expect("rm");

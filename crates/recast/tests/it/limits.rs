@@ -190,7 +190,10 @@ impl Srv {
 impl Drop for Srv {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let _ = self.rc(Path::new("/"), &["destroy", "--yes", "--volumes"]);
+            let _ = self.rc(
+                Path::new("/"),
+                &["destroy", "--yes", "--all-projects", "--volumes"],
+            );
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -263,7 +263,10 @@ impl LoggedServer {
 
 impl Drop for LoggedServer {
     fn drop(&mut self) {
-        let _ = self.rc(Path::new("/"), &["destroy", "--yes", "--volumes"]);
+        let _ = self.rc(
+            Path::new("/"),
+            &["destroy", "--yes", "--all-projects", "--volumes"],
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

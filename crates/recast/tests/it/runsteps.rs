@@ -524,3 +524,29 @@ image "site" {
     let o = rc(dir.path(), d.path(), &["test", "--json"]);
     assert!(o.status.success(), "{}{}", stderr(&o), stdout(&o));
 }
+
+/// Steps that change nothing make identical (empty) layers: two in a row still build (overlayfs
+/// refuses a directory used twice as a lower), and a later step sees the layers below them.
+#[test]
+fn consecutive_steps_that_change_nothing_build() {
+    let p = project(
+        r#"
+  run {
+    shell = "echo page > /srv/www/index.html"
+  }
+  run {
+    shell = "true"
+  }
+  run {
+    shell = "true"
+  }
+  run {
+    shell = "cat /srv/www/index.html > /out/seen"
+  }
+"#,
+        r#"command = ["/bin/sh", "-c", "test \"$(cat /out/seen)\" = page"]"#,
+    );
+    let d = tempfile::tempdir().expect("data");
+    let o = rc(p.path(), d.path(), &["test", "--json"]);
+    assert!(o.status.success(), "{}{}", stderr(&o), stdout(&o));
+}
