@@ -1,10 +1,12 @@
 //! A file's text, able to turn byte offsets into located diagnostics (the same `Diagnostic` the
-//! spec language uses, so both render identically).
+//! spec language uses, so both render identically; whole-file diagnostics and did-you-mean
+//! hints are the spec's own).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use recast_spec::Diagnostic;
+pub(crate) use recast_spec::{file_diag, suggest};
 
 #[derive(Debug)]
 pub(crate) struct Source<'a> {
@@ -71,52 +73,11 @@ impl<'a> Source<'a> {
     }
 }
 
-/// A diagnostic about a whole file (it cannot be read, it is empty, ...).
-pub(crate) fn file_diag(path: &Path, message: String, hint: Option<String>) -> Diagnostic {
-    Diagnostic {
-        file: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        message,
-        hint,
-        source_line: String::new(),
-        width: 0,
-    }
-}
-
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;
     }
     i
-}
-
-/// The closest candidate to `word` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
-    let limit = (word.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (levenshtein(word, c), c))
-        .filter(|&(d, _)| d <= limit)
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -47,8 +47,20 @@ pub fn parse(
 fn read_text(p: &Path) -> Result<String> {
     use std::io::Read;
     const MAX: u64 = 4 << 20;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut s = String::new();
-    std::fs::File::open(p)
+    // A regular file only (a FIFO would block the build), opened without waiting on it.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                Ok(f)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
         .and_then(|f| f.take(MAX + 1).read_to_string(&mut s))
         .map_err(|e| Error::msg(format!("reading {}: {e}", p.display())))?;
     if s.len() as u64 > MAX {

@@ -476,14 +476,33 @@ impl Runtime {
                         .create(parent)
                         .map_err(|e| Error::io(format!("creating volume {name}"), e))?;
                 }
+                // Made whole under a private name, then put in place without replacing one that
+                // another instance of the service made at the same moment (that one is in use).
+                let tmp = host.with_file_name(format!(".{name}.new-{}", inst.id));
+                let _ = fs::remove_dir(&tmp);
                 fs::DirBuilder::new()
                     .mode(0o755)
-                    .create(&host)
-                    .and_then(|()| fs::set_permissions(&host, fs::Permissions::from_mode(0o755)))
+                    .create(&tmp)
+                    .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)))
+                    .and_then(|()| std::os::unix::fs::chown(&tmp, Some(vol_uid), Some(vol_gid)))
                     .map_err(|e| Error::io(format!("creating volume {name}"), e))?;
-                std::os::unix::fs::chown(&host, Some(vol_uid), Some(vol_gid)).map_err(|e| {
-                    Error::io(format!("giving volume {name} to the instance's user"), e)
-                })?;
+                let placed = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::CWD,
+                    &host,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                );
+                match placed {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {
+                        let _ = fs::remove_dir(&tmp);
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_dir(&tmp);
+                        return Err(Error::io(format!("creating volume {name}"), e.into()));
+                    }
+                }
             }
             if spec.user_namespace {
                 // runc creates missing mount points as the instance's root, who may not write

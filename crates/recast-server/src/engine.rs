@@ -288,6 +288,24 @@ impl Ctl {
         v
     }
 
+    /// A `recast rollback` from release `from` to `to` is done: `to` is current, `from` is
+    /// marked rolled back, and the event says so (`note` adds to it).
+    pub(crate) fn record_rollback(&self, svc: &Svc, from: i64, to: i64, note: &str) {
+        let _ = self.state.set_current(&svc.project, &svc.name, Some(to));
+        let _ = self.state.set_outcome(
+            &svc.project,
+            &svc.name,
+            from,
+            "rolled_back",
+            Some("recast rollback"),
+        );
+        self.event(
+            svc,
+            "rollout.rolled_back",
+            &format!("rollback from release {from} to {to}{note}"),
+        );
+    }
+
     pub(crate) fn event(&self, svc: &Svc, kind: &str, msg: &str) {
         let _ = self.state.event(&svc.project, &svc.name, kind, msg);
     }
@@ -1622,21 +1640,7 @@ impl Ctl {
         }
         svc.publish();
         let switched_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let _ = self
-            .state
-            .set_current(&svc.project, &svc.name, Some(run.number));
-        let _ = self.state.set_outcome(
-            &svc.project,
-            &svc.name,
-            cur.number,
-            "rolled_back",
-            Some("recast rollback"),
-        );
-        self.event(
-            svc,
-            "rollout.rolled_back",
-            &format!("rollback from release {} to {}", cur.number, run.number),
-        );
+        self.record_rollback(svc, cur.number, run.number, "");
         let doomed = svc.ids(|l| l.release == cur.number);
         let ctl = self.clone();
         let svc2 = svc.clone();

@@ -171,7 +171,7 @@ impl SourceFile {
 }
 
 /// A diagnostic about a whole file (it cannot be read, there is none, ...).
-pub(crate) fn file_diag(path: &Path, message: String, hint: Option<String>) -> Diagnostic {
+pub fn file_diag(path: &Path, message: String, hint: Option<String>) -> Diagnostic {
     Diagnostic {
         file: path.to_path_buf(),
         line: 1,
@@ -191,10 +191,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()

@@ -13,7 +13,7 @@ mod redact;
 pub mod reference;
 pub mod values;
 
-pub use diag::{Diagnostic, Diagnostics};
+pub use diag::{Diagnostic, Diagnostics, file_diag, suggest};
 pub use model::*;
 pub use project::load;
 pub use redact::{redact_in, redact_url};

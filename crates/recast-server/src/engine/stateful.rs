@@ -432,30 +432,12 @@ impl Ctl {
         );
         svc.set_active(&ids, true);
         let switched_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let _ = self
-            .state
-            .set_current(&svc.project, &svc.name, Some(run.number));
-        let _ = self.state.set_outcome(
-            &svc.project,
-            &svc.name,
-            cur.number,
-            "rolled_back",
-            Some("recast rollback"),
-        );
-        self.event(
-            svc,
-            "rollout.rolled_back",
-            &format!(
-                "rollback from release {} to {}{}",
-                cur.number,
-                run.number,
-                if restore.is_some() {
-                    " (volumes restored)"
-                } else {
-                    ""
-                }
-            ),
-        );
+        let note = if restore.is_some() {
+            " (volumes restored)"
+        } else {
+            ""
+        };
+        self.record_rollback(svc, cur.number, run.number, note);
         Ok(super::RollbackResult {
             service: svc.name.clone(),
             from: cur.number,
