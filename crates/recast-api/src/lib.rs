@@ -1,0 +1,5 @@
+//! The contracts between recast's parts. The server and the CLI exchange the types of [`v1`]
+//! (served under `/v1`); every recorded state and outcome is one of its enums, never a string
+//! compared by hand.
+
+pub mod v1;
