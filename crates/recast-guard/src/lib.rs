@@ -18,6 +18,7 @@
 pub mod process;
 pub mod watch;
 
+pub use recast_api::v1::FindingKind;
 use recast_image::fileindex::{Entry, FileIndex, Kind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,14 +36,30 @@ pub enum Mode {
 }
 
 /// One difference between what runs and what was built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Absolute path inside the instance (or the mount point, or the config field).
     pub path: String,
-    /// added | removed | changed | unexpected_mount | process | config
-    pub kind: String,
+    pub kind: FindingKind,
     /// What changed: "content", "mode 0644 -> 0666", …
     pub detail: String,
+}
+
+/// Findings sort by path, then kind by name, then detail.
+impl Ord for Finding {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.path.as_str(), self.kind.as_str(), self.detail.as_str()).cmp(&(
+            other.path.as_str(),
+            other.kind.as_str(),
+            other.detail.as_str(),
+        ))
+    }
+}
+
+impl PartialOrd for Finding {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What a scan looked at.
@@ -103,7 +120,7 @@ pub fn scan(
             let Some(want) = expected.get(path.as_str()) else {
                 findings.push(Finding {
                     path: path.clone(),
-                    kind: "added".into(),
+                    kind: FindingKind::Added,
                     detail: kind_name(&m).into(),
                 });
                 if ft.is_dir() {
@@ -124,7 +141,7 @@ pub fn scan(
             if kind_now != want.kind {
                 findings.push(Finding {
                     path: path.clone(),
-                    kind: "changed".into(),
+                    kind: FindingKind::Changed,
                     detail: format!("type {:?} -> {}", want.kind, kind_name(&m)).to_lowercase(),
                 });
                 continue;
@@ -175,7 +192,7 @@ pub fn scan(
             if !what.is_empty() {
                 findings.push(Finding {
                     path: path.clone(),
-                    kind: "changed".into(),
+                    kind: FindingKind::Changed,
                     detail: what.join(", "),
                 });
             }
@@ -218,7 +235,7 @@ pub fn scan(
             if !parent_removed {
                 findings.push(Finding {
                     path: e.path.clone(),
-                    kind: "removed".into(),
+                    kind: FindingKind::Removed,
                     detail: format!("{:?}", e.kind).to_lowercase(),
                 });
             }
@@ -257,12 +274,12 @@ fn hash_some(
             Ok(h) if &h == want => {}
             Ok(_) => out.push(Finding {
                 path: path.clone(),
-                kind: "changed".into(),
+                kind: FindingKind::Changed,
                 detail: "content".into(),
             }),
             Err(_) => out.push(Finding {
                 path: path.clone(),
-                kind: "changed".into(),
+                kind: FindingKind::Changed,
                 detail: "content (unreadable)".into(),
             }),
         }
@@ -375,9 +392,9 @@ mod tests {
         d
     }
 
-    fn kinds(f: &[Finding]) -> Vec<(String, String, String)> {
+    fn kinds(f: &[Finding]) -> Vec<(String, FindingKind, String)> {
         f.iter()
-            .map(|f| (f.path.clone(), f.kind.clone(), f.detail.clone()))
+            .map(|f| (f.path.clone(), f.kind, f.detail.clone()))
             .collect()
     }
 
@@ -439,12 +456,12 @@ mod tests {
             [
                 (
                     "/etc/app/conf".to_string(),
-                    "changed".to_string(),
+                    FindingKind::Changed,
                     "content".to_string()
                 ),
-                ("/etc/evil".into(), "added".into(), "file".into()),
-                ("/etc/link".into(), "removed".into(), "symlink".into()),
-                ("/etc/motd".into(), "changed".into(), want_mode),
+                ("/etc/evil".into(), FindingKind::Added, "file".into()),
+                ("/etc/link".into(), FindingKind::Removed, "symlink".into()),
+                ("/etc/motd".into(), FindingKind::Changed, want_mode),
             ]
         );
     }

@@ -320,7 +320,7 @@ fn hash_file(mut f: std::fs::File) -> std::io::Result<String> {
 fn finding(pid: i32, path: &str, detail: String) -> Finding {
     Finding {
         path: path.to_string(),
-        kind: "process".into(),
+        kind: crate::FindingKind::Process,
         detail: format!("pid {pid}: {detail}"),
     }
 }
@@ -477,7 +477,7 @@ mod tests {
                 ),
             ]
         );
-        assert!(f.iter().all(|f| f.kind == "process"));
+        assert!(f.iter().all(|f| f.kind == crate::FindingKind::Process));
         assert_eq!(cache.hashed, 0, "metadata vouched for the image's file");
 
         // Without a trusted time the file is hashed once, then the verdict is cached.

@@ -10,6 +10,7 @@ use crate::oci::{self, Descriptor, Manifest};
 use crate::registry;
 use crate::step::{self, RunRequest, StepRunner};
 use crate::store::{Staging, Store};
+use recast_api::CacheDir;
 use recast_spec::{Base, BuildStep, CopyStep, DockerfileSource, Image, Project};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -631,7 +632,10 @@ fn unpacked_once(
     key: &Digest,
     fill: impl FnOnce(&recast_root::Root) -> Result<()>,
 ) -> Result<PathBuf> {
-    let parent = cache_dir.map_or_else(|| store.root().join("tmp"), |d| d.join(kind));
+    let parent = cache_dir.map_or_else(
+        || store.root().join("tmp"),
+        |d| CacheDir::new(d).unpacked(kind),
+    );
     let dir = parent.join(key.hex());
     if dir.join(".complete").exists() {
         return Ok(dir.join("fs"));
@@ -774,7 +778,7 @@ fn layer_index(
     l: &Descriptor,
     what: &str,
 ) -> Result<FileIndex> {
-    let cached: Option<PathBuf> = cache_dir.map(|d| d.join("layer-index").join(l.digest.hex()));
+    let cached: Option<PathBuf> = cache_dir.map(|d| CacheDir::new(d).layer_index(l.digest.hex()));
     if let Some(p) = &cached
         && let Ok(bytes) = fs::read(p)
         && let Ok(fi) = serde_json::from_slice(&bytes)
@@ -833,7 +837,7 @@ fn run_step(
     staging: &mut Staging<'_>,
 ) -> Result<layer::Layer> {
     let key = step::key(req);
-    let entry = cache_dir.map(|d| d.join("steps").join(key.hex()));
+    let entry = cache_dir.map(|d| CacheDir::new(d).step(key.hex()));
     if let Some(entry) = &entry
         && let Ok(text) = fs::read_to_string(entry)
         && let Some((d, size)) = text.trim().split_once(' ')

@@ -15,6 +15,7 @@ use crate::error::{Context, Error, Result};
 use crate::fileindex::{Entry, FileIndex, Kind};
 use crate::oci::{self, Descriptor};
 use crate::store::Staging;
+use recast_api::CacheDir;
 use recast_spec::CopyStep;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -54,7 +55,7 @@ pub struct StatCache {
 
 impl StatCache {
     pub fn load(cache_dir: &Path) -> StatCache {
-        let path = cache_dir.join("stat-cache");
+        let path = CacheDir::new(cache_dir).stat_cache();
         let mut map = HashMap::new();
         if let Ok(text) = fs::read_to_string(&path) {
             for line in text.lines() {
@@ -173,8 +174,9 @@ pub fn build(
     hash_files(&mut items, stats)?;
     let key = layer_key(&items, epoch);
     let index = FileIndex::new(items.iter().map(index_entry).collect());
-    if let Some(dir) = cache_dir {
-        let entry = dir.join("layers").join(key.hex());
+    let cache = cache_dir.map(CacheDir::new);
+    if let Some(cache) = &cache {
+        let entry = cache.layer(key.hex());
         if let Ok(text) = fs::read_to_string(&entry)
             && let Some((d, size)) = text.trim().split_once(' ')
             && let (Some(d), Ok(size)) = (Digest::parse(d), size.parse())
@@ -189,13 +191,13 @@ pub fn build(
     let mut w = staging.writer()?;
     write_tar(&items, epoch, &mut w)?;
     let (digest, size) = w.finish()?;
-    if let Some(dir) = cache_dir {
-        let layers = dir.join("layers");
+    if let Some(cache) = &cache {
+        let layers = cache.layers();
         fs::create_dir_all(&layers).doing(|| format!("creating {}", layers.display()))?;
         let tmp = layers.join(format!("{}.tmp{}", key.hex(), std::process::id()));
         fs::write(&tmp, format!("{digest} {size}\n"))
             .doing(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, layers.join(key.hex()))
+        fs::rename(&tmp, cache.layer(key.hex()))
             .doing(|| format!("writing the layer cache in {}", layers.display()))?;
     }
     Ok(Layer {

@@ -683,6 +683,81 @@ mod tests {
         assert!(firsts.windows(2).all(|w| w[1] - w[0] > 1), "{firsts:?}");
     }
 
+    #[test]
+    fn a_pick_gives_each_group_its_weight_over_a_cycle() {
+        // Property: for every total weight up to 1000, split at random among 1-6 groups (with
+        // unusable groups mixed in: weight 0, or no backend), any `total` consecutive picks
+        // from any point send each usable group exactly its weight and the others nothing.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |below: u64| {
+            // xorshift64*: deterministic, no dependency.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d) % below.max(1)
+        };
+        let connector: Connector = Arc::new(|| Err(io::Error::other("not connected in this test")));
+        let svc = Service::new("prop");
+        for total in 1..=1000u64 {
+            // Random cut points split `total` into the usable groups' weights.
+            let usable = 1 + rand(total.min(6));
+            let mut cuts: Vec<u64> = (1..usable).map(|_| 1 + rand(total - 1)).collect();
+            cuts.extend([0, total]);
+            cuts.sort_unstable();
+            let mut weights: Vec<(u32, usize)> = cuts
+                .windows(2)
+                .map(|w| {
+                    (
+                        u32::try_from(w[1] - w[0]).expect("weight"),
+                        1 + rand(4) as usize,
+                    )
+                })
+                .collect();
+            for _ in 0..rand(3) {
+                let at = rand(weights.len() as u64 + 1) as usize;
+                let unusable = if rand(2) == 0 {
+                    (0, 2)
+                } else {
+                    (1 + rand(50) as u32, 0)
+                };
+                weights.insert(at, unusable);
+            }
+            let groups = weights
+                .iter()
+                .enumerate()
+                .map(|(i, &(weight, backends))| Group {
+                    release: i as i64,
+                    weight,
+                    backends: (0..backends)
+                        .map(|b| {
+                            Backend::new(
+                                format!("g{i}b{b}"),
+                                i as i64,
+                                connector.clone(),
+                                svc.metrics(i as i64),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect();
+            let table = Table { groups };
+            svc.next.store(rand(1 << 40), Ordering::Relaxed);
+            let mut got = vec![0u64; weights.len()];
+            for _ in 0..total {
+                let b = svc.pick(&table, None, None).expect("a usable group");
+                got[b.release as usize] += 1;
+            }
+            let want: Vec<u64> = weights
+                .iter()
+                .map(|&(w, backends)| if backends == 0 { 0 } else { u64::from(w) })
+                .collect();
+            assert_eq!(
+                got, want,
+                "total {total}, groups (weight, backends) {weights:?}"
+            );
+        }
+    }
+
     use super::*;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -94,7 +94,10 @@ impl Runtime {
             }
         }
         let id = new_id("build");
-        let dir = self.data_dir.join("builds").join(&id);
+        let dir = self
+            .data_dir
+            .build(&id)
+            .map_err(|e| Error::msg(format!("{}: {e}", req.what)))?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -306,8 +309,8 @@ impl Runtime {
         }
         let tar_path = self
             .data_dir
-            .join("builds")
-            .join(format!("{id}.{}.tar", std::process::id()));
+            .build_layer(&id, std::process::id())
+            .map_err(|e| Error::msg(format!("{}: {e}", req.what)))?;
         let layer = StepLayer { tar: tar_path };
         let file = fs::File::create(&layer.tar)
             .map_err(|e| Error::io(format!("creating {}", layer.tar.display()), e))?;
@@ -330,13 +333,12 @@ impl Runtime {
         d: &Descriptor,
         open: &dyn Fn(&Descriptor) -> recast_image::Result<Box<dyn Read + 'a>>,
     ) -> Result<PathBuf> {
-        let layers = self.data_dir.join("layers");
-        let dir = layers.join(d.digest.hex());
+        let dir = self.data_dir.layer(d.digest.hex());
         if dir.exists() {
             return Ok(dir);
         }
-        open_dir(&layers, 0o700)?;
-        let tmp = layers.join(format!(".{}.tmp{}", d.digest.hex(), std::process::id()));
+        open_dir(&self.data_dir.layers(), 0o700)?;
+        let tmp = self.data_dir.layer_tmp(d.digest.hex(), std::process::id());
         let _ = fs::remove_dir_all(&tmp);
         let what = format!("layer {}", d.digest);
         let result = (|| {
@@ -378,7 +380,7 @@ impl Runtime {
 
     fn build_runc(&self) -> std::process::Command {
         let mut c = std::process::Command::new(&self.runc);
-        c.arg("--root").arg(self.data_dir.join("runc-build"));
+        c.arg("--root").arg(self.data_dir.build_runc_root());
         c.stdin(Stdio::null());
         c
     }
@@ -388,9 +390,10 @@ impl Runtime {
         // `runc run` deletes its container when the step's process exits: only a run cut short
         // leaves runc state (`runc-build/<id>`) behind. Asking runc anyway costs a Go process
         // start (about 10 ms) on every step.
-        let state = self.data_dir.join("runc-build").join(id);
-        let gone = matches!(fs::symlink_metadata(&state),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let gone = self.data_dir.build_runc_state(id).is_ok_and(|state| {
+            matches!(fs::symlink_metadata(&state),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        });
         if !gone {
             let _ = self
                 .build_runc()
@@ -408,7 +411,7 @@ impl Runtime {
     /// Builds whose process died (killed mid-step) leave a directory or a layer file: clean
     /// them.
     fn remove_stale_builds(&self) {
-        let Ok(entries) = fs::read_dir(self.data_dir.join("builds")) else {
+        let Ok(entries) = fs::read_dir(self.data_dir.builds()) else {
             return;
         };
         for e in entries.flatten() {

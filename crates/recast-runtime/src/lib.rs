@@ -21,6 +21,7 @@ pub mod signals;
 mod spec;
 mod sys;
 
+use recast_api::DataDir;
 use recast_image::{Digest, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -82,6 +83,7 @@ pub struct InstanceSpec {
     pub network: Network,
     /// Volume name → mount path; stored under `<data-dir>/volumes/<volume_scope>/<name>`.
     pub volumes: Vec<(String, String)>,
+    /// `PROJECT/SERVICE`: whose volumes these are (needed only when there are volumes).
     pub volume_scope: String,
     /// Memory limit in bytes; [`DEFAULT_MEMORY`] when unset.
     pub memory: Option<u64>,
@@ -232,7 +234,7 @@ fn process_alive(pid: u32) -> bool {
 
 /// The directory name prefix of an instance being created: `instances/.creating-<id>` holds
 /// its record until it is renamed into place, so every `instances/<id>` has a record.
-const CREATING: &str = ".creating-";
+const CREATING: &str = DataDir::CREATING_PREFIX;
 
 /// The state of an instance as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -248,7 +250,7 @@ pub enum State {
 /// The runtime of one data directory.
 #[derive(Debug, Clone)]
 pub struct Runtime {
-    data_dir: PathBuf,
+    data_dir: DataDir,
     store: Store,
     runc: PathBuf,
     /// The cgroup parent of this data directory's instances: `recast-<12 hex>`.
@@ -270,16 +272,15 @@ impl Runtime {
     /// The runtime for `data_dir`. Makes this process the reaper of its instances.
     pub fn new(data_dir: &Path, store: Store) -> Result<Runtime> {
         let runc = find_runc()?;
-        for d in ["instances", "rootfs", "volumes", "runc"] {
-            let p = data_dir.join(d);
+        let layout = DataDir::new(data_dir);
+        for p in layout.private_dirs() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&p)
                 .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
         }
-        for d in ["instances", "rootfs", "volumes", "runc"] {
-            let p = data_dir.join(d);
+        for p in layout.private_dirs() {
             private_dir(&p)
                 .map_err(|e| Error::io(format!("setting the mode of {}", p.display()), e))?;
         }
@@ -289,7 +290,7 @@ impl Runtime {
         sys::become_subreaper()
             .map_err(|e| Error::io("becoming the reaper of instances".into(), e))?;
         Ok(Runtime {
-            data_dir: data_dir.to_path_buf(),
+            data_dir: layout,
             store,
             runc,
             cgroup_parent,
@@ -301,6 +302,11 @@ impl Runtime {
         &self.store
     }
 
+    /// The data directory this runtime keeps its instances in.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+
     /// The cgroup (in every hierarchy) under which this data directory's instances live, as
     /// `recast-<first 12 hex digits of the SHA-256 of the canonical data directory path>`, so
     /// that two installations on one machine never share one.
@@ -310,7 +316,7 @@ impl Runtime {
 
     fn runc(&self) -> Command {
         let mut c = Command::new(&self.runc);
-        c.arg("--root").arg(self.data_dir.join("runc"));
+        c.arg("--root").arg(self.data_dir.runc_root());
         c.stdin(Stdio::null());
         c
     }
@@ -323,11 +329,9 @@ impl Runtime {
                 spec.id, spec.owner
             )));
         }
-        let dir = self.data_dir.join("instances").join(&spec.id);
-        let creating = self
-            .data_dir
-            .join("instances")
-            .join(format!("{CREATING}{}", spec.id));
+        let bad_id = |e| Error::msg(format!("cannot start instance {:?}: {e}", spec.id));
+        let dir = self.data_dir.instance(&spec.id).map_err(bad_id)?;
+        let creating = self.data_dir.creating_instance(&spec.id).map_err(bad_id)?;
         if dir.exists() {
             return Err(Error::msg(format!("instance {} already exists", spec.id)));
         }
@@ -378,13 +382,28 @@ impl Runtime {
         }
     }
 
+    /// Where volume `name` of `spec` lives: `volumes/<project>/<service>/<name>`, its scope
+    /// being `PROJECT/SERVICE`; names that would leave the directory are refused.
+    fn volume(&self, spec: &InstanceSpec, name: &str) -> Result<PathBuf> {
+        let (project, service) = spec.volume_scope.split_once('/').ok_or_else(|| {
+            Error::msg(format!(
+                "instance {} has volume {name:?} but no PROJECT/SERVICE to keep it under (volume_scope {:?})",
+                spec.id, spec.volume_scope
+            ))
+        })?;
+        self.data_dir
+            .volume(project, service, name)
+            .map_err(|e| Error::msg(format!("volume {name:?} of instance {}: {e}", spec.id)))
+    }
+
     fn create(&self, spec: &InstanceSpec, inst: &mut Instance) -> Result<()> {
         let dir = inst.dir.clone();
         if spec.user_namespace {
             // runc sets up the root filesystem as the instance's root (host uid and gid
             // USERNS_HOST_ID), which must reach it: the directories on the way let that group
             // (and only it) through.
-            for d in [&self.data_dir, &self.data_dir.join("instances"), &dir] {
+            let (root, instances) = (self.data_dir.root(), self.data_dir.instances());
+            for d in [root, &instances, &dir] {
                 userns_traversable(d).map_err(|e| {
                     Error::io(
                         format!(
@@ -463,11 +482,7 @@ impl Runtime {
         // the umask; its parents stay private to root (runc opens bind sources on the host).
         let (vol_uid, vol_gid) = (host_uid, host_gid);
         for (name, mount) in &spec.volumes {
-            let host = self
-                .data_dir
-                .join("volumes")
-                .join(&spec.volume_scope)
-                .join(name);
+            let host = self.volume(spec, name)?;
             if !host.exists() {
                 if let Some(parent) = host.parent() {
                     fs::DirBuilder::new()
@@ -725,7 +740,7 @@ impl Runtime {
     /// Every instance this data directory knows of.
     pub fn list(&self) -> Vec<Instance> {
         let mut out = Vec::new();
-        if let Ok(entries) = fs::read_dir(self.data_dir.join("instances")) {
+        if let Ok(entries) = fs::read_dir(self.data_dir.instances()) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(CREATING) {
                     continue;
@@ -747,7 +762,7 @@ impl Runtime {
     /// directory always exists before its container and outlives it).
     pub fn recover(&self, ours: impl Fn(&Instance) -> bool) -> Result<Recovered> {
         let mut r = Recovered::default();
-        let known: Vec<String> = fs::read_dir(self.data_dir.join("instances"))
+        let known: Vec<String> = fs::read_dir(self.data_dir.instances())
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -755,7 +770,8 @@ impl Runtime {
             })
             .unwrap_or_default();
         for id in known {
-            let dir = self.data_dir.join("instances").join(&id);
+            // A name read from the directory is one plain component.
+            let dir = self.data_dir.instances().join(&id);
             if id.starts_with(CREATING) {
                 // Being created: its record is written, then the directory is renamed. Only
                 // the creator's death makes it garbage.
@@ -810,10 +826,10 @@ impl Runtime {
             r.cleaned.push((id, why));
         }
         // Containers without an instance directory.
-        if let Ok(entries) = fs::read_dir(self.data_dir.join("runc")) {
+        if let Ok(entries) = fs::read_dir(self.data_dir.runc_root()) {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                if !self.data_dir.join("instances").join(&id).exists() {
+                if !self.data_dir.instances().join(&id).exists() {
                     let _ = self
                         .runc()
                         .args(["delete", "--force", &id])
@@ -1046,6 +1062,8 @@ fn mount_point(root: &Path, mount: &str) -> Result<(), String> {
     Ok(())
 }
 
+const RUNC_PROGRAM: &str = "runc";
+
 fn find_runc() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RECAST_RUNC") {
         return Ok(PathBuf::from(p));
@@ -1055,7 +1073,8 @@ fn find_runc() -> Result<PathBuf> {
         "/usr/bin",
         "/sbin",
     ]) {
-        let p = Path::new(dir).join("runc");
+        // The program's name in a directory of PATH (not a data-directory path).
+        let p = Path::new(dir).join(RUNC_PROGRAM);
         if p.is_file() {
             return Ok(p);
         }

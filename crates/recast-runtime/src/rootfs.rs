@@ -6,28 +6,28 @@
 //! overlay whose lower layer it is.
 
 use crate::{Error, Result};
+use recast_api::DataDir;
 use recast_image::oci::{self, Manifest};
 use recast_image::{Digest, Store};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Mount points every instance needs; created at unpack so no instance has to.
 const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 
 /// The unpacked root filesystem of the image `digest`, unpacking it if needed.
-pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Result<PathBuf> {
-    let dir = data_dir.join("rootfs").join(digest.hex());
+pub fn ensure(store: &Store, data_dir: &DataDir, digest: &Digest, name: &str) -> Result<PathBuf> {
+    let dir = data_dir.rootfs(digest.hex());
     // One unpack (or check) at a time in this process: instances of a release start in parallel.
     static UNPACK: Mutex<()> = Mutex::new(());
     let _one = UNPACK.lock().unwrap_or_else(|p| p.into_inner());
-    if dir.join(".recast-unpacked").exists() {
+    let marker = data_dir.rootfs_marker(digest.hex());
+    if marker.exists() {
         // Never start from a tampered copy: check it against the image's file index (metadata
         // first; anything touched since the unpack is hashed) and unpack again if it drifted.
         let index = recast_image::file_index(store, digest, name)?;
-        let trusted = fs::metadata(dir.join(".recast-unpacked"))
-            .and_then(|m| m.modified())
-            .ok();
+        let trusted = fs::metadata(&marker).and_then(|m| m.modified()).ok();
         let exclude: Vec<String> = MOUNT_POINTS.iter().map(|m| format!("/{m}")).collect();
         match recast_guard::scan(
             &dir.join("fs"),
@@ -38,11 +38,7 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
         ) {
             Ok((findings, _)) if findings.is_empty() => return Ok(dir.join("fs")),
             _ => {
-                let stale = data_dir.join("rootfs").join(format!(
-                    ".{}.stale{}",
-                    digest.hex(),
-                    std::process::id()
-                ));
+                let stale = data_dir.rootfs_stale(digest.hex(), std::process::id());
                 fs::rename(&dir, &stale).map_err(|e| {
                     Error::io(format!("setting aside the drifted copy of image {name}"), e)
                 })?;
@@ -52,9 +48,7 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
     }
     let of = format!("image {name}");
     let manifest: Manifest = store.manifest(digest, &of)?;
-    let tmp = data_dir
-        .join("rootfs")
-        .join(format!(".{}.tmp{}", digest.hex(), std::process::id()));
+    let tmp = data_dir.rootfs_tmp(digest.hex(), std::process::id());
     let _ = fs::remove_dir_all(&tmp);
     let result = (|| {
         let root = tmp.join("fs");
@@ -92,7 +86,7 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
         // be a later tick than every unpacked file's ctime, or scans, which trust files changed
         // before the marker, would hash those files on every scan.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        fs::write(tmp.join(".recast-unpacked"), digest.as_str())
+        fs::write(tmp.join(DataDir::UNPACKED_MARKER), digest.as_str())
             .map_err(|e| Error::io("marking the unpacked image".into(), e))?;
         Ok(())
     })();
@@ -103,7 +97,7 @@ pub fn ensure(store: &Store, data_dir: &Path, digest: &Digest, name: &str) -> Re
     match fs::rename(&tmp, &dir) {
         Ok(()) => {}
         // Another process unpacked it at the same time: use theirs.
-        Err(_) if dir.join(".recast-unpacked").exists() => {
+        Err(_) if marker.exists() => {
             let _ = fs::remove_dir_all(&tmp);
         }
         Err(e) => {

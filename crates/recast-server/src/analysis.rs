@@ -6,10 +6,13 @@
 //! both fail alike, the release is not what is wrong). `failure_limit` failed and
 //! `inconclusive_limit` inconclusive verdicts are tolerated; the next one rolls back.
 
+pub use recast_api::v1::VerdictResult;
 use recast_proxy::Snapshot;
 use recast_spec::Analysis;
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock, so a paused test clock drives the analysis windows too.
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Numbers {
@@ -34,19 +37,18 @@ impl Numbers {
 pub struct Verdict {
     pub at_ms: u64,
     pub release: i64,
-    /// pass | fail | inconclusive
-    pub result: String,
+    pub result: VerdictResult,
     pub reason: String,
     pub canary: Numbers,
     pub stable: Numbers,
 }
 
 /// Judge one window.
-pub fn judge(a: &Analysis, canary: &Snapshot, stable: &Snapshot) -> (&'static str, String) {
+pub fn judge(a: &Analysis, canary: &Snapshot, stable: &Snapshot) -> (VerdictResult, String) {
     let (c, s) = (Numbers::of(canary), Numbers::of(stable));
     if c.requests < a.min_requests {
         return (
-            "inconclusive",
+            VerdictResult::Inconclusive,
             format!(
                 "{} requests, fewer than min_requests {}",
                 c.requests, a.min_requests
@@ -58,7 +60,7 @@ pub fn judge(a: &Analysis, canary: &Snapshot, stable: &Snapshot) -> (&'static st
         && (s.requests == 0 || c.error_rate > s.error_rate)
     {
         return (
-            "fail",
+            VerdictResult::Fail,
             format!(
                 "error rate {:.3} above max_error_rate {max} (stable {:.3})",
                 c.error_rate, s.error_rate
@@ -69,7 +71,7 @@ pub fn judge(a: &Analysis, canary: &Snapshot, stable: &Snapshot) -> (&'static st
         let max_ms = max.as_secs_f64() * 1000.0;
         if c.p99_ms > max_ms && (s.requests == 0 || c.p99_ms > s.p99_ms) {
             return (
-                "fail",
+                VerdictResult::Fail,
                 format!(
                     "p99 {:.1} ms above max_p99_latency {:.0} ms (stable {:.1} ms)",
                     c.p99_ms, max_ms, s.p99_ms
@@ -78,7 +80,7 @@ pub fn judge(a: &Analysis, canary: &Snapshot, stable: &Snapshot) -> (&'static st
         }
     }
     (
-        "pass",
+        VerdictResult::Pass,
         format!(
             "error rate {:.3}, p99 {:.1} ms over {} requests",
             c.error_rate, c.p99_ms, c.requests
@@ -133,7 +135,7 @@ impl Analyzer {
         let v = Verdict {
             at_ms: now_ms,
             release,
-            result: result.into(),
+            result,
             reason: reason.clone(),
             canary: Numbers::of(&c),
             stable: Numbers::of(&s),
@@ -142,7 +144,7 @@ impl Analyzer {
         self.stable_at = stable;
         self.next = Instant::now() + self.spec.interval;
         let outcome = match result {
-            "fail" => {
+            VerdictResult::Fail => {
                 self.failures += 1;
                 if self.failures > self.spec.failure_limit {
                     Err(format!("analysis failed: {reason}"))
@@ -150,7 +152,7 @@ impl Analyzer {
                     Ok(())
                 }
             }
-            "inconclusive" => {
+            VerdictResult::Inconclusive => {
                 self.inconclusive += 1;
                 if self.inconclusive > self.spec.inconclusive_limit {
                     Err(format!(
@@ -161,7 +163,7 @@ impl Analyzer {
                     Ok(())
                 }
             }
-            _ => {
+            VerdictResult::Pass => {
                 self.inconclusive = 0;
                 Ok(())
             }
@@ -207,24 +209,24 @@ mod tests {
         let a = spec();
         assert_eq!(
             judge(&a, &traffic(5, 0, 1), &traffic(100, 0, 1)).0,
-            "inconclusive"
+            VerdictResult::Inconclusive
         );
         assert_eq!(
             judge(&a, &traffic(100, 0, 1), &traffic(100, 0, 1)).0,
-            "pass"
+            VerdictResult::Pass
         );
         assert_eq!(
             judge(&a, &traffic(100, 30, 1), &traffic(100, 0, 1)).0,
-            "fail"
+            VerdictResult::Fail
         );
         // Both releases failing alike is not the new release's fault.
         assert_eq!(
             judge(&a, &traffic(100, 30, 1), &traffic(100, 40, 1)).0,
-            "pass"
+            VerdictResult::Pass
         );
         assert_eq!(
             judge(&a, &traffic(100, 0, 400), &traffic(100, 0, 1)).0,
-            "fail"
+            VerdictResult::Fail
         );
     }
 
@@ -232,7 +234,7 @@ mod tests {
     fn limits() {
         let mut z = Analyzer::new(spec(), Snapshot::default(), Snapshot::default());
         let (v, r) = z.verdict(2, Snapshot::default(), Snapshot::default(), 0);
-        assert_eq!((v.result.as_str(), r.is_ok()), ("inconclusive", true));
+        assert_eq!((v.result, r.is_ok()), (VerdictResult::Inconclusive, true));
         let (_, r) = z.verdict(2, Snapshot::default(), Snapshot::default(), 0);
         assert!(
             r.expect_err("second inconclusive")

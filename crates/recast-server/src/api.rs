@@ -5,11 +5,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use recast_api::v1::{self, InstancePhase};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+mod wire;
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
 
@@ -26,8 +31,25 @@ fn reply(status: StatusCode, v: Value) -> Resp {
     r
 }
 
+/// A typed answer (one of [`v1`]'s).
+fn answer<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    match serde_json::to_value(body) {
+        Ok(v) => reply(status, v),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing the answer: {e}"),
+        ),
+    }
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
-    reply(status, json!({ "error": msg.into() }))
+    reply(status, json!(v1::ErrorReply { error: msg.into() }))
+}
+
+/// A control plane error as the API's answer: the only place a `ServerError` becomes a status.
+fn fail(e: crate::ServerError) -> Resp {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -101,98 +123,94 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
     } else {
         Value::Null
     };
-    let str_field = |name: &str| {
-        body.get(name)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| q.get(name).cloned())
-    };
-    match (method, path.as_str()) {
-        (Method::GET, "/v1/health") => reply(
+    // The request body as its endpoint's type: text fields may also come from the query string.
+    macro_rules! request {
+        ($t:ty) => {
+            match parse::<$t>(&body, &q, &method, &path) {
+                Ok(r) => r,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            }
+        };
+    }
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/v1/health") => answer(
             StatusCode::OK,
-            json!({ "ok": true, "pid": std::process::id() }),
+            &v1::Health {
+                ok: true,
+                pid: std::process::id(),
+            },
         ),
         (Method::POST, "/v1/apply") => {
-            let Some(p) = str_field("path") else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "missing \"path\": the spec file or directory to apply",
-                );
-            };
+            let r = request!(v1::ApplyRequest);
             // Only spec files: never make the server read (and echo) some other file.
-            let p = match crate::project::api_spec_path(std::path::Path::new(&p)) {
+            let p = match crate::project::api_spec_path(std::path::Path::new(&r.path)) {
                 Ok(p) => p,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                Err(e) => return fail(e),
             };
             match ctl.start_apply(&p) {
-                Ok(id) => reply(StatusCode::ACCEPTED, json!({ "apply": id })),
-                Err((code, msg)) => error(
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-                    msg,
-                ),
+                Ok(id) => answer(StatusCode::ACCEPTED, &v1::ApplyStarted { apply: id }),
+                Err(e) => fail(e),
             }
         }
         (Method::GET, p) if p.starts_with("/v1/applies/") => {
             let id: Option<u64> = p.trim_start_matches("/v1/applies/").parse().ok();
             match id.and_then(|id| ctl.apply_status(id)) {
-                Some(s) => reply(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
+                Some(s) => answer(StatusCode::OK, &s),
                 None => error(
                     StatusCode::NOT_FOUND,
                     format!("no apply {}", p.trim_start_matches("/v1/applies/")),
                 ),
             }
         }
-        (Method::GET, "/v1/status") => reply(
+        (Method::GET, "/v1/status") => answer(
             StatusCode::OK,
-            status(&ctl, q.get("service").map(String::as_str)).await,
+            &status(&ctl, q.get("service").map(String::as_str)).await,
         ),
         (Method::GET, "/v1/history") => {
             let Some(service) = q.get("service") else {
                 return error(StatusCode::BAD_REQUEST, "missing ?service=NAME");
             };
-            match ctl.find_svc(q.get("project").map(String::as_str), service) {
-                Ok(svc) => match ctl.state.releases(&svc.project, &svc.name) {
-                    Ok(r) => reply(
-                        StatusCode::OK,
-                        json!({ "project": svc.project, "service": svc.name, "releases": r, "rollouts": ctl.state.rollouts(&svc.project, &svc.name).unwrap_or_default(), "verdicts": verdicts(&ctl, &svc.project, &svc.name) }),
-                    ),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                },
-                Err(e) => history_from_state(&ctl, service)
-                    .unwrap_or_else(|| error(StatusCode::NOT_FOUND, e)),
+            let (project, service) =
+                match ctl.find_svc(q.get("project").map(String::as_str), service) {
+                    Ok(svc) => (svc.project.clone(), svc.name.clone()),
+                    // A destroyed service keeps its history in the state store.
+                    Err(e) => match project_of(&ctl, service) {
+                        Some(project) => (project, service.clone()),
+                        None => return fail(e),
+                    },
+                };
+            match history(&ctl, &project, &service) {
+                Ok(h) => answer(StatusCode::OK, &h),
+                Err(e) => fail(e.into()),
             }
         }
         (Method::POST, "/v1/rollback") => {
-            let Some(service) = str_field("service") else {
-                return error(StatusCode::BAD_REQUEST, "missing \"service\"");
-            };
-            let to = body.get("to").and_then(Value::as_i64);
-            let flag = |name: &str| body.get(name).and_then(Value::as_bool).unwrap_or(false);
-            match ctl.find_svc(str_field("project").as_deref(), &service) {
+            let r = request!(v1::RollbackRequest);
+            match ctl.find_svc(r.project.as_deref(), &r.service) {
                 // What a rollback would restore, without acting (the CLI asks before).
-                Ok(svc) if flag("dry_run") => match ctl.restore_plan(&svc, to) {
-                    Ok(p) => reply(StatusCode::OK, serde_json::to_value(p).unwrap_or_default()),
-                    Err(e) => error(StatusCode::CONFLICT, e),
+                Ok(svc) if r.dry_run => match ctl.restore_plan(&svc, r.to) {
+                    Ok(p) => answer(StatusCode::OK, &p),
+                    Err(e) => e.reply(StatusCode::CONFLICT),
                 },
-                Ok(svc) => match ctl.rollback(&svc, to, flag("restore_volumes")).await {
-                    Ok(r) => reply(StatusCode::OK, serde_json::to_value(r).unwrap_or_default()),
-                    Err(e) => error(StatusCode::CONFLICT, e),
+                Ok(svc) => match ctl.rollback(&svc, r.to, r.restore_volumes).await {
+                    Ok(r) => answer(StatusCode::OK, &r),
+                    Err(e) => e.reply(StatusCode::CONFLICT),
                 },
-                Err(e) => error(StatusCode::NOT_FOUND, e),
+                Err(e) => fail(e),
             }
         }
         (Method::GET, "/v1/volumes") => {
             let svc = match q.get("service") {
                 Some(s) => match ctl.find_svc(q.get("project").map(String::as_str), s) {
                     Ok(svc) => Some(svc),
-                    Err(e) => return error(StatusCode::NOT_FOUND, e),
+                    Err(e) => return fail(e),
                 },
                 None => None,
             };
-            reply(
-                StatusCode::OK,
-                json!({ "volumes": ctl.volumes(svc.as_deref()) }),
-            )
+            match ctl.volumes(svc.as_deref()) {
+                Ok(volumes) => answer(StatusCode::OK, &v1::Volumes { volumes }),
+                Err(e) => fail(e),
+            }
         }
         (Method::GET, "/v1/volumes/snapshots") => {
             let Some(service) = q.get("service") else {
@@ -200,83 +218,92 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
             };
             match ctl.find_svc(q.get("project").map(String::as_str), service) {
                 Ok(svc) => match ctl.state.snapshots(&svc.project, &svc.name) {
-                    Ok(s) => reply(
+                    Ok(snapshots) => answer(
                         StatusCode::OK,
-                        json!({ "project": svc.project, "service": svc.name, "keep": crate::engine::KEEP_SNAPSHOTS, "snapshots": s }),
+                        &v1::Snapshots {
+                            project: svc.project.clone(),
+                            service: svc.name.clone(),
+                            keep: crate::engine::KEEP_SNAPSHOTS,
+                            snapshots,
+                        },
                     ),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    Err(e) => fail(e.into()),
                 },
-                Err(e) => error(StatusCode::NOT_FOUND, e),
+                Err(e) => fail(e),
             }
         }
         (Method::POST, "/v1/volumes/restore") => {
-            let (Some(service), Some(volume), Some(snapshot)) = (
-                str_field("service"),
-                str_field("volume"),
-                body.get("snapshot").and_then(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .or_else(|| v.as_i64().map(|n| n.to_string()))
-                }),
-            ) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "missing \"service\", \"volume\" or \"snapshot\"",
-                );
-            };
-            match ctl.find_svc(str_field("project").as_deref(), &service) {
-                Ok(svc) => match ctl.restore_volume(&svc, &volume, &snapshot).await {
-                    Ok(v) => reply(StatusCode::OK, v),
-                    Err(e) => error(StatusCode::CONFLICT, e),
+            let r = request!(v1::RestoreRequest);
+            match ctl.find_svc(r.project.as_deref(), &r.service) {
+                Ok(svc) => match ctl
+                    .restore_volume(&svc, &r.volume, &r.snapshot.to_string())
+                    .await
+                {
+                    Ok(v) => answer(StatusCode::OK, &v),
+                    Err(e) => e.reply(StatusCode::CONFLICT),
                 },
-                Err(e) => error(StatusCode::NOT_FOUND, e),
+                Err(e) => fail(e),
             }
         }
         (Method::POST, action @ ("/v1/promote" | "/v1/abort" | "/v1/pause" | "/v1/resume")) => {
-            let Some(service) = str_field("service") else {
-                return error(StatusCode::BAD_REQUEST, "missing \"service\"");
+            let Ok(action) = action
+                .trim_start_matches("/v1/")
+                .parse::<v1::ControlAction>()
+            else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no such API endpoint: {path}"),
+                );
             };
-            let svc = match ctl.find_svc(str_field("project").as_deref(), &service) {
+            let r = request!(v1::ControlRequest);
+            let svc = match ctl.find_svc(r.project.as_deref(), &r.service) {
                 Ok(s) => s,
-                Err(e) => return error(StatusCode::NOT_FOUND, e),
+                Err(e) => return fail(e),
             };
-            let verb = action.trim_start_matches("/v1/");
-            let r = match verb {
-                "promote" => ctl.promote(&svc),
-                "abort" => ctl.abort(&svc),
-                "pause" => ctl.pause(&svc, true),
-                _ => ctl.pause(&svc, false),
+            let done = match action {
+                v1::ControlAction::Promote => ctl.promote(&svc),
+                v1::ControlAction::Abort => ctl.abort(&svc),
+                v1::ControlAction::Pause => ctl.pause(&svc, true),
+                v1::ControlAction::Resume => ctl.pause(&svc, false),
             };
-            match r {
-                Ok(()) => reply(
+            match done {
+                Ok(()) => answer(
                     StatusCode::OK,
-                    json!({ "service": svc.name, "action": verb }),
+                    &v1::ControlReply {
+                        service: svc.name.clone(),
+                        action,
+                    },
                 ),
-                Err(e) => error(StatusCode::CONFLICT, e),
+                Err(e) => e.reply(StatusCode::CONFLICT),
             }
         }
         (Method::POST, "/v1/drift") => {
-            let fix = body.get("fix").and_then(Value::as_bool).unwrap_or(false);
-            let mode = if body.get("full").and_then(Value::as_bool).unwrap_or(false) {
+            let r = request!(v1::DriftRequest);
+            let mode = if r.full {
                 recast_guard::Mode::Full
             } else {
                 recast_guard::Mode::Metadata
             };
-            let service = str_field("service");
-            if let Some(s) = &service
-                && let Err(e) = ctl.find_svc(str_field("project").as_deref(), s)
+            if let Some(s) = &r.service
+                && let Err(e) = ctl.find_svc(r.project.as_deref(), s)
             {
-                return error(StatusCode::NOT_FOUND, e);
+                return fail(e);
             }
-            match ctl.drift(service.as_deref(), mode, fix).await {
+            match ctl.drift(r.service.as_deref(), mode, r.fix).await {
                 Ok((instances, replaced)) => {
+                    let instances: Vec<v1::InstanceDrift> =
+                        instances.iter().map(wire::drift).collect();
                     let drifted = instances.iter().filter(|d| !d.findings.is_empty()).count();
-                    reply(
+                    answer(
                         StatusCode::OK,
-                        json!({ "instances": instances, "drifted": drifted, "replaced": replaced }),
+                        &v1::DriftReply {
+                            instances,
+                            drifted,
+                            replaced,
+                        },
                     )
                 }
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(e) => e.reply(StatusCode::INTERNAL_SERVER_ERROR),
             }
         }
         (Method::GET, p) if p.starts_with("/v1/services/") && p.ends_with("/logs") => {
@@ -289,23 +316,14 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
             events(ctl, since)
         }
         (Method::POST, "/v1/destroy") => {
-            let services: Vec<String> = body
-                .get("services")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let volumes = body
-                .get("volumes")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let removed = ctl
-                .destroy(str_field("project").as_deref(), &services, volumes)
-                .await;
-            reply(StatusCode::OK, json!({ "removed": removed }))
+            let r = request!(v1::DestroyRequest);
+            match ctl
+                .destroy(r.project.as_deref(), &r.services, r.volumes)
+                .await
+            {
+                Ok(removed) => answer(StatusCode::OK, &v1::Destroyed { removed }),
+                Err(e) => e.reply(StatusCode::INTERNAL_SERVER_ERROR),
+            }
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -314,23 +332,109 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
     }
 }
 
-/// History of a service that has no live instances any more (destroyed), from the state store.
-fn history_from_state(ctl: &Ctl, service: &str) -> Option<Resp> {
-    let all = ctl.state.routes().ok()?;
-    let project = all
-        .iter()
-        .find(|r| r.service == service)
-        .map(|r| r.project.clone())?;
-    let releases = ctl.state.releases(&project, service).ok()?;
-    (!releases.is_empty()).then(|| {
-        reply(
-            StatusCode::OK,
-            json!({ "project": project, "service": service, "releases": releases }),
-        )
+/// The fields of a request body that may come from the query string instead (as text).
+const TEXT_FIELDS: [&str; 4] = ["path", "service", "project", "volume"];
+
+/// The request body read as `T`, the query string's [`TEXT_FIELDS`] filling in what it lacks.
+/// A malformed body is an error (a 400) that names the field.
+fn parse<T: DeserializeOwned>(
+    body: &Value,
+    q: &HashMap<String, String>,
+    method: &Method,
+    path: &str,
+) -> Result<T, String> {
+    let mut body = body.clone();
+    if let Value::Object(o) = &mut body {
+        for name in TEXT_FIELDS {
+            if let Some(v) = q.get(name)
+                && o.get(name).is_none_or(Value::is_null)
+            {
+                o.insert(name.to_string(), Value::String(v.clone()));
+            }
+        }
+    }
+    serde_json::from_value::<T>(body.clone()).map_err(|e| {
+        let field = culprit::<T>(&body).map_or_else(String::new, |f| format!("field \"{f}\": "));
+        format!("the request body of {method} {path} is invalid: {field}{e}")
     })
 }
 
-async fn status(ctl: &Ctl, only: Option<&str>) -> Value {
+/// The field of `body` that keeps it from reading as `T`: the one whose removal lets it read,
+/// or makes it only miss that field.
+fn culprit<T: DeserializeOwned>(body: &Value) -> Option<String> {
+    let Value::Object(o) = body else {
+        return None;
+    };
+    o.keys().find_map(|k| {
+        let mut without = o.clone();
+        without.remove(k);
+        match serde_json::from_value::<T>(Value::Object(without)) {
+            Ok(_) => Some(k.clone()),
+            Err(e) if e.to_string().contains(&format!("missing field `{k}`")) => Some(k.clone()),
+            Err(_) => None,
+        }
+    })
+}
+
+/// An error from below the API: a `ServerError` carries its own status; text gets the
+/// endpoint's.
+trait Failure {
+    fn reply(self, status: StatusCode) -> Resp;
+}
+
+impl Failure for crate::ServerError {
+    fn reply(self, _: StatusCode) -> Resp {
+        fail(self)
+    }
+}
+
+impl Failure for String {
+    fn reply(self, status: StatusCode) -> Resp {
+        error(status, self)
+    }
+}
+
+/// The project of a service that has no live instances any more (destroyed), from its routes.
+fn project_of(ctl: &Ctl, service: &str) -> Option<String> {
+    let routes = ctl.state.routes().ok()?;
+    let project = routes
+        .iter()
+        .find(|r| r.service == service)?
+        .project
+        .clone();
+    let any = ctl.state.releases(&project, service).ok()?;
+    (!any.is_empty()).then_some(project)
+}
+
+/// Every release, rollout and analysis verdict of a service, from the state store.
+fn history(ctl: &Ctl, project: &str, service: &str) -> Result<v1::History, recast_state::Error> {
+    Ok(v1::History {
+        project: project.to_string(),
+        service: service.to_string(),
+        releases: ctl
+            .state
+            .releases(project, service)?
+            .iter()
+            .map(wire::release)
+            .collect(),
+        rollouts: ctl
+            .state
+            .rollouts(project, service)?
+            .iter()
+            .map(wire::rollout)
+            .collect(),
+        verdicts: verdicts(ctl, project, service),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+async fn status(ctl: &Ctl, only: Option<&str>) -> v1::Status {
     let mut services = Vec::new();
     for svc in ctl.all_svcs() {
         if only.is_some_and(|s| s != svc.name) {
@@ -340,54 +444,96 @@ async fn status(ctl: &Ctl, only: Option<&str>) -> Value {
         if current.is_none() && svc.live.lock().map(|l| l.is_empty()).unwrap_or(true) {
             continue;
         }
-        let instances: Vec<Value> = svc
+        let instances: Vec<v1::InstanceStatus> = svc
             .live
             .lock()
             .map(|live| {
                 live.iter()
-                    .map(|l| {
-                        json!({
-                            "id": l.inst.id, "release": l.release, "active": l.active, "healthy": l.healthy,
-                            "state": if l.exited.is_some() { "exited" } else { "running" },
-                            "exit_status": l.exited.flatten(), "port": l.inst.port,
-                            "age_ms": l.inst.age().as_millis() as u64,
-                        })
+                    .map(|l| v1::InstanceStatus {
+                        id: l.inst.id.clone(),
+                        release: l.release,
+                        active: l.active,
+                        healthy: l.healthy,
+                        state: if l.exited.is_some() {
+                            InstancePhase::Exited
+                        } else {
+                            InstancePhase::Running
+                        },
+                        exit_status: l.exited.flatten(),
+                        port: l.inst.port,
+                        age_ms: l.inst.age().as_millis() as u64,
+                        created_ms: l.inst.created_ms,
                     })
                     .collect()
             })
             .unwrap_or_default();
         let table = svc.proxy.table();
         let total: u32 = table.groups.iter().map(|g| g.weight).sum();
-        let traffic: Vec<Value> = table
+        let traffic: Vec<v1::Traffic> = table
             .groups
             .iter()
             .map(|g| {
                 let m = svc.proxy.metrics(g.release).snapshot();
-                json!({
-                    "release": g.release,
-                    "percent": if total == 0 { 0.0 } else { f64::from(g.weight) * 100.0 / f64::from(total) },
-                    "instances": g.backends.len(),
-                    "requests": m.requests, "errors_5xx": m.errors_5xx, "connect_failures": m.connect_failures,
-                    "p99_ms": m.quantile(0.99).as_secs_f64() * 1000.0,
-                })
+                v1::Traffic {
+                    release: g.release,
+                    percent: if total == 0 {
+                        0.0
+                    } else {
+                        f64::from(g.weight) * 100.0 / f64::from(total)
+                    },
+                    instances: g.backends.len(),
+                    requests: m.requests,
+                    errors_5xx: m.errors_5xx,
+                    connect_failures: m.connect_failures,
+                    p99_ms: m.quantile(0.99).as_secs_f64() * 1000.0,
+                }
             })
             .collect();
-        services.push(json!({
-            "project": svc.project,
-            "service": svc.name,
-            "current_release": current.as_ref().map(|r| r.number),
-            "image": current.as_ref().map(|r| r.image.clone()),
-            "digest": current.as_ref().map(|r| r.digest.clone()),
-            "rollout": svc.rollout.lock().ok().and_then(|r| r.clone()),
-            "paused": svc.paused.load(std::sync::atomic::Ordering::SeqCst) && svc.rollout.lock().map(|r| r.is_some()).unwrap_or(false),
-            "verdicts": svc.verdicts.lock().map(|v| v.clone()).unwrap_or_default(),
-            "drift": svc.guard.lock().map(|g| g.drift.iter().filter(|d| !d.findings.is_empty()).cloned().collect::<Vec<_>>()).unwrap_or_default(),
-            "instances": instances,
-            "traffic": traffic,
-        }));
+        let rollout = svc.rollout.lock().ok().and_then(|r| r.clone());
+        services.push(v1::ServiceStatus {
+            project: svc.project.clone(),
+            service: svc.name.clone(),
+            current_release: current.as_ref().map(|r| r.number),
+            image: current.as_ref().map(|r| r.image.clone()),
+            digest: current.as_ref().map(|r| r.digest.clone()),
+            paused: svc.controls.paused() && rollout.is_some(),
+            rollout,
+            verdicts: svc
+                .verdicts
+                .lock()
+                .map(|v| v.iter().map(wire::verdict).collect())
+                .unwrap_or_default(),
+            drift: svc
+                .guard
+                .lock()
+                .map(|g| {
+                    g.drift
+                        .iter()
+                        .filter(|d| !d.findings.is_empty())
+                        .map(wire::drift)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            instances,
+            traffic,
+        });
     }
-    let routes: Vec<Value> = ctl.route_rows().await.into_iter().map(|r| json!({ "project": r.project, "route": r.name, "listen": r.listen, "service": r.service })).collect();
-    json!({ "services": services, "routes": routes, "at": Instant::now().elapsed().as_millis() as u64 })
+    let routes = ctl
+        .route_rows()
+        .await
+        .into_iter()
+        .map(|r| v1::RouteStatus {
+            project: r.project,
+            route: r.name,
+            listen: r.listen,
+            service: r.service,
+        })
+        .collect();
+    v1::Status {
+        services,
+        routes,
+        at: now_ms(),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -518,7 +664,7 @@ fn events(ctl: Arc<Ctl>, since: i64) -> Resp {
             let batch = ctl.state.events(since, 200).unwrap_or_default();
             for e in batch {
                 since = e.id;
-                let data = serde_json::to_string(&e).unwrap_or_default();
+                let data = serde_json::to_string(&wire::event(&e)).unwrap_or_default();
                 let frame = format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, e.kind);
                 if tx.send(Bytes::from(frame)).await.is_err() {
                     return;
@@ -547,14 +693,14 @@ fn events(ctl: Arc<Ctl>, since: i64) -> Resp {
 fn logs(ctl: Arc<Ctl>, project: Option<&str>, name: &str, q: &HashMap<String, String>) -> Resp {
     let query = match crate::logs::Query::parse(q) {
         Ok(query) => query,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return fail(e),
     };
     let svc = match ctl.find_svc(project, name) {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::NOT_FOUND, e),
+        Err(e) => return fail(e),
     };
     if let Err(e) = crate::logs::check(&ctl, &svc) {
-        return error(StatusCode::NOT_FOUND, e);
+        return fail(e);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::task::spawn_blocking(move || crate::logs::stream(ctl, svc, query, tx));
@@ -587,11 +733,59 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// Every analysis verdict recorded for a service, with its numbers.
-fn verdicts(ctl: &Ctl, project: &str, service: &str) -> Vec<Value> {
+fn verdicts(ctl: &Ctl, project: &str, service: &str) -> Vec<v1::Verdict> {
     ctl.state
         .events_of(project, service, "analysis.verdict")
         .unwrap_or_default()
         .into_iter()
         .filter_map(|e| serde_json::from_str(&e.message).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollback(body: Value, q: &[(&str, &str)]) -> Result<v1::RollbackRequest, String> {
+        let q = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&body, &q, &Method::POST, "/v1/rollback")
+    }
+
+    #[test]
+    fn a_malformed_body_is_an_error_that_names_the_field() {
+        let e = rollback(json!({ "service": "web", "to": "three" }), &[]).expect_err("bad to");
+        assert!(
+            e.starts_with("the request body of POST /v1/rollback is invalid: field \"to\": "),
+            "{e}"
+        );
+        let e = rollback(json!({ "service": "web", "dry_run": 1 }), &[]).expect_err("bad flag");
+        assert!(e.contains("field \"dry_run\""), "{e}");
+        let e = rollback(json!({ "to": 2 }), &[]).expect_err("no service");
+        assert!(e.contains("missing field `service`"), "{e}");
+        let e = rollback(json!("web"), &[]).expect_err("not an object");
+        assert!(e.contains("POST /v1/rollback"), "{e}");
+    }
+
+    #[test]
+    fn text_fields_may_come_from_the_query_string() {
+        let r = rollback(
+            json!({ "to": 2 }),
+            &[("service", "web"), ("project", "shop")],
+        )
+        .expect("service from the query");
+        assert_eq!(
+            (r.service.as_str(), r.project.as_deref(), r.to),
+            ("web", Some("shop"), Some(2))
+        );
+        // The body wins; flags never come from the query string.
+        let r = rollback(
+            json!({ "service": "api" }),
+            &[("service", "web"), ("dry_run", "true")],
+        )
+        .expect("body first");
+        assert_eq!((r.service.as_str(), r.dry_run), ("api", false));
+    }
 }

@@ -5,23 +5,27 @@
 //! by the engine) and *healthy* (per its health checks). Removing an instance from the table
 //! always comes before draining it, and draining before stopping it.
 
-use crate::analysis::{Analyzer, Verdict};
-use crate::plan::{self, Action, ReleaseSpec};
+use crate::ServerError;
+use crate::analysis::Verdict;
+use crate::plan::{self, Action};
+use crate::record::ReleaseRecord;
+use crate::rollout::{self, Controls, End, Rollout, Weights};
+use recast_api::DataDir;
 use recast_image::build::{self, Options};
 use recast_image::{Digest, Store};
 use recast_proxy::{Backend, Group, Route, Table};
 use recast_runtime::health::{self, Status, Tracker};
 use recast_runtime::{Instance, InstanceSpec, Runtime, State as IState, new_id};
-use recast_spec::{Project, Service, Strategy};
-use recast_state::{NewRelease, RouteRow, State};
-use serde::Serialize;
+use recast_spec::{Project, Service};
+use recast_state::{NewRelease, ReleaseOutcome, RolloutState, RouteRow, State};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod fleet;
 mod stateful;
 pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
 
@@ -33,7 +37,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -51,10 +55,8 @@ pub struct Run {
 
 impl Run {
     pub(crate) fn from_row(r: &recast_state::Release) -> Result<Run, String> {
-        let spec: ReleaseSpec = serde_json::from_str(&r.spec)
-            .map_err(|e| format!("release {} of {} is unreadable: {e}", r.number, r.service))?;
-        let service: Service = serde_json::from_value(spec.service)
-            .map_err(|e| format!("release {} of {} is unreadable: {e}", r.number, r.service))?;
+        let record = ReleaseRecord::read(r).map_err(|e| e.to_string())?;
+        let service = record.service().map_err(|e| e.to_string())?;
         let digest = Digest::parse(&r.digest).ok_or_else(|| {
             format!(
                 "release {} of {} has an invalid digest",
@@ -64,7 +66,7 @@ impl Run {
         Ok(Run {
             number: r.number,
             digest,
-            image_name: format!("{}:latest", spec.image),
+            image_name: format!("{}:latest", record.image),
             service,
         })
     }
@@ -88,6 +90,15 @@ pub struct Live {
 }
 
 impl Live {
+    /// The last health event, for messages.
+    pub fn detail(&self) -> String {
+        self.tracker
+            .events
+            .last()
+            .map(|e| e.detail.clone())
+            .unwrap_or_default()
+    }
+
     /// Judged unhealthy by its checks (after its thresholds).
     pub fn unhealthy(&self) -> bool {
         self.tracker.status == Status::Unhealthy
@@ -103,9 +114,7 @@ pub struct Svc {
     /// One rollout or rollback at a time.
     pub(crate) busy: tokio::sync::Mutex<()>,
     /// Requests to the running rollout (`recast promote | abort | pause | resume`).
-    promote: AtomicBool,
-    abort: AtomicBool,
-    pub paused: AtomicBool,
+    pub controls: Controls,
     /// What a running rollout is doing, for `status`.
     pub rollout: Mutex<Option<String>>,
     /// Per-release weights while a rollout splits traffic explicitly.
@@ -160,6 +169,23 @@ impl Svc {
             .collect()
     }
 
+    /// Put `on` into rotation and `off` out of it with these weights, in one table swap.
+    pub(crate) fn switch(&self, on: &[String], off: &[String], weights: Weights) {
+        for l in lock(&self.live).iter_mut() {
+            if on.contains(&l.inst.id) {
+                l.active = true;
+            } else if off.contains(&l.inst.id) {
+                l.active = false;
+            }
+        }
+        match weights {
+            Weights::Keep => {}
+            Weights::ByCount => *lock(&self.weights) = None,
+            Weights::Split(w) => *lock(&self.weights) = Some(w),
+        }
+        self.publish();
+    }
+
     pub(crate) fn set_active(&self, ids: &[String], active: bool) {
         for l in lock(&self.live).iter_mut() {
             if ids.contains(&l.inst.id) {
@@ -173,41 +199,18 @@ impl Svc {
 /// How a rollout ended when it did not succeed: `rolled_back` (to the previous release) or
 /// `failed` (stopped where it was, `auto_rollback = false`), and why.
 struct Failed {
-    outcome: &'static str,
+    outcome: ServiceChange,
     reason: String,
 }
 
-/// Progress of one apply, for `recast apply` to follow.
-#[derive(Debug, Clone, Serialize)]
-pub struct ApplyStatus {
-    pub id: u64,
-    pub project: String,
-    /// running | succeeded | failed
-    pub state: String,
-    pub started_ms: u64,
-    pub log: Vec<LogLine>,
-    pub services: Vec<ServiceOutcome>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LogLine {
-    pub at_ms: u64,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceOutcome {
-    pub service: String,
-    pub release: Option<i64>,
-    /// succeeded | rolled_back | unchanged | removed | failed
-    pub outcome: String,
-    pub reason: Option<String>,
-}
+// What an apply reports and a rollback answers: the API's types (`/v1/applies/{id}`, `/v1/rollback`).
+pub use recast_api::v1::{
+    ApplyState, ApplyStatus, LogLine, RollbackResult, ServiceChange, ServiceOutcome,
+};
 
 /// The control plane of one data directory.
 pub struct Ctl {
-    pub data_dir: PathBuf,
+    pub data_dir: DataDir,
     pub state: Arc<State>,
     pub rt: Arc<Runtime>,
     pub store: Store,
@@ -230,7 +233,7 @@ fn key(project: &str, service: &str) -> String {
 impl Ctl {
     pub fn new(data_dir: &Path, state: State, rt: Runtime, store: Store) -> Arc<Ctl> {
         Arc::new(Ctl {
-            data_dir: data_dir.to_path_buf(),
+            data_dir: DataDir::new(data_dir),
             state: Arc::new(state),
             rt: Arc::new(rt),
             store,
@@ -255,9 +258,7 @@ impl Ctl {
                     proxy: recast_proxy::Service::new(service),
                     live: Mutex::new(Vec::new()),
                     busy: tokio::sync::Mutex::new(()),
-                    promote: AtomicBool::new(false),
-                    abort: AtomicBool::new(false),
-                    paused: AtomicBool::new(false),
+                    controls: Controls::default(),
                     rollout: Mutex::new(None),
                     weights: Mutex::new(None),
                     verdicts: Mutex::new(Vec::new()),
@@ -267,7 +268,7 @@ impl Ctl {
             .clone()
     }
 
-    pub fn find_svc(&self, project: Option<&str>, service: &str) -> Result<Arc<Svc>, String> {
+    pub fn find_svc(&self, project: Option<&str>, service: &str) -> Result<Arc<Svc>, ServerError> {
         let svcs = lock(&self.svcs);
         let found: Vec<&Arc<Svc>> = svcs
             .values()
@@ -275,10 +276,12 @@ impl Ctl {
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(format!("no service \"{service}\" is deployed")),
-            _ => Err(format!(
+            [] => Err(ServerError::NotFound(format!(
+                "no service \"{service}\" is deployed"
+            ))),
+            _ => Err(ServerError::Invalid(format!(
                 "service \"{service}\" exists in several projects; name the project"
-            )),
+            ))),
         }
     }
 
@@ -290,15 +293,28 @@ impl Ctl {
 
     /// A `recast rollback` from release `from` to `to` is done: `to` is current, `from` is
     /// marked rolled back, and the event says so (`note` adds to it).
+    /// Traffic has moved already, so a failed write cannot undo the step: it is said and
+    /// recorded (`state.write_failed`), never dropped.
     pub(crate) fn record_rollback(&self, svc: &Svc, from: i64, to: i64, note: &str) {
-        let _ = self.state.set_current(&svc.project, &svc.name, Some(to));
-        let _ = self.state.set_outcome(
-            &svc.project,
-            &svc.name,
-            from,
-            "rolled_back",
-            Some("recast rollback"),
-        );
+        let written = self
+            .state
+            .set_current(&svc.project, &svc.name, Some(to))
+            .and_then(|()| {
+                self.state.set_outcome(
+                    &svc.project,
+                    &svc.name,
+                    from,
+                    ReleaseOutcome::RolledBack,
+                    Some("recast rollback"),
+                )
+            });
+        if let Err(e) = written {
+            self.failed(
+                svc,
+                "state.write_failed",
+                &format!("recording the rollback from release {from} to {to}: {e}"),
+            );
+        }
         self.event(
             svc,
             "rollout.rolled_back",
@@ -306,8 +322,21 @@ impl Ctl {
         );
     }
 
+    /// Record an event; when the store cannot, it is said on stderr (never dropped silently).
     pub(crate) fn event(&self, svc: &Svc, kind: &str, msg: &str) {
-        let _ = self.state.event(&svc.project, &svc.name, kind, msg);
+        if let Err(e) = self.state.event(&svc.project, &svc.name, kind, msg) {
+            eprintln!(
+                "recast: recording event {kind} of {}/{} ({msg}): {e}",
+                svc.project, svc.name
+            );
+        }
+    }
+
+    /// A failure that cannot fail the step it happened in (a background loop, housekeeping):
+    /// said on stderr and recorded as event `kind`, never dropped.
+    pub(crate) fn failed(&self, svc: &Svc, kind: &str, msg: &str) {
+        eprintln!("recast: {}/{}: {kind}: {msg}", svc.project, svc.name);
+        self.event(svc, kind, msg);
     }
 
     // ---- instances ------------------------------------------------------------------------------
@@ -493,10 +522,11 @@ impl Ctl {
 
     /// Start applying the spec at `path`. Fails at once if the spec is invalid or another apply
     /// of the same project is running.
-    pub fn start_apply(self: &Arc<Self>, path: &Path) -> Result<u64, (u16, String)> {
+    pub fn start_apply(self: &Arc<Self>, path: &Path) -> Result<u64, ServerError> {
         // Location, message and hint only: the API never echoes a spec file's content.
-        let project = recast_spec::load(path)
-            .map_err(|d| (400, format!("the spec is invalid:\n{}", d.without_source())))?;
+        let project = recast_spec::load(path).map_err(|d| {
+            ServerError::Invalid(format!("the spec is invalid:\n{}", d.without_source()))
+        })?;
         let identity = crate::project::Identity::of(&project);
         let name = identity.name.clone();
         let id = self.next_apply.fetch_add(1, Ordering::Relaxed);
@@ -508,16 +538,13 @@ impl Ctl {
                     .get(other)
                     .map(|a| a.started_ms)
                     .unwrap_or(0);
-                return Err((
-                    409,
-                    format!(
-                        "an apply of project \"{name}\" is already running (apply {other}, started {}s ago)\n  hint: wait for it, or follow it with `recast status`",
-                        now_ms().saturating_sub(started) / 1000
-                    ),
-                ));
+                return Err(ServerError::Conflict(format!(
+                    "an apply of project \"{name}\" is already running (apply {other}, started {}s ago)\n  hint: wait for it, or follow it with `recast status`",
+                    now_ms().saturating_sub(started) / 1000
+                )));
             }
             // Under the lock, so two directories cannot claim one name at once.
-            let ownership = crate::project::claim(&self.state, &identity).map_err(|e| (409, e))?;
+            let ownership = crate::project::claim(&self.state, &identity)?;
             applying.insert(name.clone(), id);
             moved = match ownership {
                 crate::project::Ownership::Moved { from } => Some(format!(
@@ -532,7 +559,7 @@ impl Ctl {
             ApplyStatus {
                 id,
                 project: name.clone(),
-                state: "running".into(),
+                state: ApplyState::Running,
                 started_ms: now_ms(),
                 log: Vec::new(),
                 services: Vec::new(),
@@ -549,16 +576,14 @@ impl Ctl {
             if let Some(a) = applies.get_mut(&id) {
                 match result {
                     Ok(()) => {
-                        a.state = if a.services.iter().all(|s| {
-                            matches!(s.outcome.as_str(), "succeeded" | "unchanged" | "removed")
-                        }) {
-                            "succeeded".into()
+                        a.state = if a.services.iter().all(|s| s.outcome.is_ok()) {
+                            ApplyState::Succeeded
                         } else {
-                            "failed".into()
+                            ApplyState::Failed
                         }
                     }
                     Err(e) => {
-                        a.state = "failed".into();
+                        a.state = ApplyState::Failed;
                         a.error = Some(e);
                     }
                 }
@@ -601,7 +626,7 @@ impl Ctl {
         self.log(apply, format!("building images of project {name}"));
         let (store, cache, p2, rt) = (
             self.store.clone(),
-            self.data_dir.join("cache"),
+            self.data_dir.cache().root().to_path_buf(),
             project.clone(),
             self.rt.clone(),
         );
@@ -639,7 +664,8 @@ impl Ctl {
                 ),
             );
         }
-        let plan = plan::plan(&project, name, &digests, &self.state).map_err(|e| e.to_string())?;
+        let recorded = plan::Recorded::gather(&self.state, name).map_err(|e| e.to_string())?;
+        let plan = plan::plan(&project, name, &digests, &recorded);
         // Test every image a changing service will run.
         let mut tested = Vec::new();
         for sp in plan
@@ -692,24 +718,31 @@ impl Ctl {
                     (Action::Unchanged, _) => ServiceOutcome {
                         service: sp.service.clone(),
                         release: sp.current_release,
-                        outcome: "unchanged".into(),
+                        outcome: ServiceChange::Unchanged,
                         reason: None,
                     },
                     (Action::Remove, _) => {
                         ctl.log(apply, format!("removing service {}", sp.service));
-                        ctl.destroy_service(&svc, false).await;
-                        ServiceOutcome {
-                            service: sp.service.clone(),
-                            release: None,
-                            outcome: "removed".into(),
-                            reason: None,
+                        match ctl.destroy_service(&svc, false).await {
+                            Ok(()) => ServiceOutcome {
+                                service: sp.service.clone(),
+                                release: None,
+                                outcome: ServiceChange::Removed,
+                                reason: None,
+                            },
+                            Err(e) => ServiceOutcome {
+                                service: sp.service.clone(),
+                                release: sp.current_release,
+                                outcome: ServiceChange::Failed,
+                                reason: Some(format!("removing service {}: {e}", sp.service)),
+                            },
                         }
                     }
                     (_, Some(model)) => ctl.deploy(apply, &svc, &model, &digest).await,
                     (_, None) => ServiceOutcome {
                         service: sp.service.clone(),
                         release: None,
-                        outcome: "failed".into(),
+                        outcome: ServiceChange::Failed,
                         reason: Some("not in the spec".into()),
                     },
                 };
@@ -787,18 +820,18 @@ impl Ctl {
         let fail = |reason: String| ServiceOutcome {
             service: svc.name.clone(),
             release: None,
-            outcome: "failed".into(),
+            outcome: ServiceChange::Failed,
             reason: Some(reason),
         };
-        let spec = ReleaseSpec::new(model, digest);
-        let json = serde_json::to_string(&spec).unwrap_or_default();
+        let record = ReleaseRecord::from_spec(model, digest, &model.image);
+        let json = record.to_json();
         let rel = match self.state.new_release(&NewRelease {
             project: &svc.project,
             service: &svc.name,
             digest,
             image: &model.image,
             spec: &json,
-            spec_hash: &spec.hash(),
+            spec_hash: &crate::record::canonical_hash(model, digest, &model.image),
             by: "apply",
         }) {
             Ok(r) => r,
@@ -833,7 +866,7 @@ impl Ctl {
                 ServiceOutcome {
                     service: svc.name.clone(),
                     release: Some(run.number),
-                    outcome: "succeeded".into(),
+                    outcome: ServiceChange::Succeeded,
                     reason: None,
                 }
             }
@@ -845,14 +878,14 @@ impl Ctl {
                 ServiceOutcome {
                     service: svc.name.clone(),
                     release: Some(run.number),
-                    outcome: outcome.into(),
+                    outcome,
                     reason: Some(reason),
                 }
             }
         }
     }
 
-    /// Run a rollout to completion or roll it back; records everything.
+    /// Run a rollout to its end through the rollout module, recording it as it goes.
     async fn rollout(
         self: &Arc<Self>,
         svc: &Arc<Svc>,
@@ -861,6 +894,10 @@ impl Ctl {
         apply: Option<u64>,
     ) -> Result<(), Failed> {
         let strategy = new.service.rollout.strategy.name();
+        let failed = |reason: String| Failed {
+            outcome: ServiceChange::Failed,
+            reason,
+        };
         let rid = self
             .state
             .start_rollout(
@@ -870,617 +907,119 @@ impl Ctl {
                 new.number,
                 strategy,
             )
-            .map_err(|e| Failed {
-                outcome: "failed",
-                reason: e.to_string(),
-            })?;
-        svc.promote.store(false, Ordering::SeqCst);
-        svc.abort.store(false, Ordering::SeqCst);
-        svc.paused.store(false, Ordering::SeqCst);
+            .map_err(|e| failed(format!("recording the rollout: {e}")))?;
         lock(&svc.verdicts).clear();
-        self.hook(
-            svc,
-            "rollout.started",
-            new,
-            &format!("release {} ({strategy})", new.number),
-        );
-        let _ = self
+        let what = format!("release {} ({strategy})", new.number);
+        self.hook(svc, "rollout.started", new.number, &what);
+        let started = self
             .state
-            .set_outcome(&svc.project, &svc.name, new.number, "rolling_out", None);
-        self.event(
+            .set_outcome(
+                &svc.project,
+                &svc.name,
+                new.number,
+                ReleaseOutcome::RollingOut,
+                None,
+            )
+            .map_err(|e| format!("recording the rollout: {e}"))
+            .and_then(|()| self.try_event(svc, "rollout.started", &what));
+        if let Err(e) = started {
+            // Nothing has started yet: the rollout ends here, recorded as well as it can be.
+            self.end_rollout(svc, rid, new.number, RolloutState::Failed, &e);
+            return Err(failed(e));
+        }
+        let fleet = fleet::LocalFleet {
+            ctl: self.clone(),
+            svc: svc.clone(),
+        };
+        let record = fleet::Record {
+            ctl: self,
             svc,
-            "rollout.started",
-            &format!("release {} ({strategy})", new.number),
-        );
-        let step = |n: i64, detail: String| {
-            let _ = self.state.rollout_step(rid, n, &detail);
-            *lock(&svc.rollout) = Some(detail.clone());
-            if let Some(a) = apply {
-                self.log(a, format!("{}: {detail}", svc.name));
-            }
+            rollout: rid,
+            release: new.number,
+            apply,
         };
-        let result = match (old, &new.service.rollout.strategy) {
-            (None, _) => self.first(svc, new, &step).await,
-            (
-                Some(o),
-                Strategy::BlueGreen {
-                    preview_listen,
-                    auto_promote_after,
-                    scale_down_delay,
-                },
-            ) => {
-                self.blue_green(
-                    svc,
-                    new,
-                    o,
-                    *preview_listen,
-                    *auto_promote_after,
-                    *scale_down_delay,
-                    &step,
-                )
-                .await
-            }
-            (Some(o), Strategy::Canary { steps, sticky }) => {
-                self.canary(svc, new, o, steps, *sticky, &step).await
-            }
-            (Some(o), Strategy::Rolling { .. }) => self.rolling(svc, new, o, &step).await,
-            (Some(o), Strategy::Recreate) => self.recreate(svc, new, o, &step).await,
-        };
-        svc.proxy.set_sticky(false);
-        match result {
-            Ok(()) => {
-                *lock(&svc.rollout) = None;
-                *lock(&svc.weights) = None;
-                let _ = self
+        let end = Rollout {
+            fleet: &fleet,
+            journal: &record,
+            controls: &svc.controls,
+            new,
+            old,
+        }
+        .run()
+        .await;
+        *lock(&svc.rollout) = None;
+        match end {
+            End::Succeeded => {
+                let live = self
                     .state
-                    .set_current(&svc.project, &svc.name, Some(new.number));
-                let _ =
-                    self.state
-                        .set_outcome(&svc.project, &svc.name, new.number, "succeeded", None);
-                let _ = self.state.finish_rollout(rid, "succeeded", "done");
-                self.event(
-                    svc,
-                    "rollout.finished",
-                    &format!("release {} is live", new.number),
-                );
-                self.hook(
-                    svc,
-                    "rollout.finished",
-                    new,
-                    &format!("release {} is live", new.number),
-                );
+                    .set_current(&svc.project, &svc.name, Some(new.number))
+                    .map_err(|e| format!("recording release {} as live: {e}", new.number));
+                if let Err(e) = live {
+                    self.end_rollout(svc, rid, new.number, RolloutState::Failed, &e);
+                    return Err(failed(e));
+                }
+                let msg = format!("release {} is live", new.number);
+                self.end_rollout(svc, rid, new.number, RolloutState::Succeeded, &msg);
+                self.hook(svc, "rollout.finished", new.number, &msg);
                 Ok(())
             }
-            Err(reason) if !new.service.rollout.auto_rollback && old.is_some() => {
-                // auto_rollback = false: stop where it failed; healthy new instances keep serving
-                // beside the old ones until someone runs `recast rollback` or applies again.
-                let broken =
-                    svc.ids(|l| l.release == new.number && (l.exited.is_some() || !l.healthy));
-                self.retire(svc, broken).await;
-                step(-1, format!("stopped (auto_rollback is off): {reason}"));
-                let _ = self.state.set_outcome(
-                    &svc.project,
-                    &svc.name,
-                    new.number,
-                    "failed",
-                    Some(&reason),
-                );
-                let _ = self.state.finish_rollout(rid, "failed", &reason);
-                self.event(
-                    svc,
-                    "rollout.failed",
-                    &format!("release {}: {reason} (auto_rollback is off)", new.number),
-                );
-                *lock(&svc.rollout) = None;
-                Err(Failed {
-                    outcome: "failed",
-                    reason: format!(
-                        "{reason} (auto_rollback is off: left as it is; `recast rollback {}` goes back)",
-                        svc.name
-                    ),
-                })
+            End::Stopped { reason } => {
+                self.end_rollout(svc, rid, new.number, RolloutState::Failed, &reason);
+                Err(failed(format!(
+                    "{reason} (auto_rollback is off: left as it is; `recast rollback {}` goes back)",
+                    svc.name
+                )))
             }
-            Err(reason) => {
-                step(-1, format!("rolling back: {reason}"));
-                let stop_first =
-                    new.service.stops_first() || old.is_some_and(|o| o.service.stops_first());
-                let took = self.restore(svc, old, new.number, stop_first).await;
-                *lock(&svc.weights) = None;
-                svc.publish();
-                if let Some(o) = old {
-                    step(
-                        -1,
-                        format!(
-                            "all traffic back on release {} {:.2} ms after the failure",
-                            o.number,
-                            took.as_secs_f64() * 1000.0
-                        ),
-                    );
-                }
-                let _ = self.state.set_outcome(
-                    &svc.project,
-                    &svc.name,
-                    new.number,
-                    "rolled_back",
-                    Some(&reason),
-                );
-                let _ = self.state.finish_rollout(rid, "rolled_back", &reason);
-                self.event(
-                    svc,
-                    "rollout.rolled_back",
-                    &format!("release {}: {reason}", new.number),
-                );
-                self.hook(svc, "rollout.rolled_back", new, &reason);
-                *lock(&svc.rollout) = None;
+            End::RolledBack { reason } => {
+                self.end_rollout(svc, rid, new.number, RolloutState::RolledBack, &reason);
+                self.hook(svc, "rollout.rolled_back", new.number, &reason);
                 Err(Failed {
-                    outcome: "rolled_back",
+                    outcome: ServiceChange::RolledBack,
                     reason,
                 })
             }
         }
     }
 
-    /// The first release of a service: start every instance, then route to them.
-    async fn first(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let n = new.service.instances as usize;
-        step(
-            1,
-            format!("starting {n} instance(s) of release {}", new.number),
-        );
-        let deadline = Instant::now() + new.service.rollout.progress_deadline;
-        let ids = self.start_healthy(svc, new, n, deadline).await?;
-        svc.set_active(&ids, true);
-        step(
-            2,
-            format!(
-                "{n} instance(s) of release {} healthy and in rotation",
-                new.number
+    /// Record how a rollout ended: the rollout row, the release's outcome and an event. These
+    /// writes come after the fleet already changed, so one that fails is reported on stderr and
+    /// in the event stream rather than undoing anything.
+    fn end_rollout(&self, svc: &Svc, rid: i64, release: i64, state: RolloutState, detail: &str) {
+        let (outcome, kind, reason) = match state {
+            RolloutState::Succeeded => (ReleaseOutcome::Succeeded, "rollout.finished", None),
+            RolloutState::RolledBack => (
+                ReleaseOutcome::RolledBack,
+                "rollout.rolled_back",
+                Some(detail),
             ),
-        );
-        Ok(())
-    }
-
-    fn check_new(&self, svc: &Svc, release: i64) -> Result<(), String> {
-        let live = lock(&svc.live);
-        for l in live.iter().filter(|l| l.release == release) {
-            if let Some(status) = l.exited {
-                return Err(format!(
-                    "instance {} exited with status {}",
-                    l.inst.id,
-                    status.map_or_else(|| "unknown".into(), |s| s.to_string())
-                ));
+            RolloutState::Failed | RolloutState::Running => {
+                (ReleaseOutcome::Failed, "rollout.failed", Some(detail))
             }
-            if l.active && !l.healthy {
-                return Err(format!(
-                    "instance {} became unhealthy: {}",
-                    l.inst.id,
-                    l.tracker
-                        .events
-                        .last()
-                        .map(|e| e.detail.clone())
-                        .unwrap_or_default()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Stay `d` watching the new release's instances; fail if one exits or turns unhealthy.
-    async fn watch(&self, svc: &Svc, release: i64, d: Duration) -> Result<(), String> {
-        let until = Instant::now() + d;
-        loop {
-            self.check_new(svc, release)?;
-            if Instant::now() >= until {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20).min(until - Instant::now())).await;
-        }
-    }
-
-    async fn rolling(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let Strategy::Rolling {
-            max_surge,
-            max_unavailable,
-            min_healthy_time,
-        } = new.service.rollout.strategy.clone()
-        else {
-            return Err("not a rolling rollout".into());
         };
-        let n = new.service.instances;
-        self.rolling_with(
-            svc,
-            new,
-            old,
-            step,
-            max_surge.resolve(n, true) as usize,
-            max_unavailable.resolve(n, false) as usize,
-            min_healthy_time,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn rolling_with(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        step: &(dyn Fn(i64, String) + Sync),
-        surge: usize,
-        unavail: usize,
-        min_healthy: Duration,
-    ) -> Result<(), String> {
-        let n = new.service.instances as usize;
-        let progress = new.service.rollout.progress_deadline;
-        let mut deadline = Instant::now() + progress;
-        let mut k = 0;
-        loop {
-            self.check_new(svc, new.number)?;
-            let old_ids = svc.ids(|l| l.release != new.number);
-            let new_ready = svc.count(new.number, |l| l.active);
-            if new_ready >= n && old_ids.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no progress within progress_deadline ({})",
-                    recast_spec::values::format_duration(progress)
-                ));
-            }
-            let removable = (old_ids.len() + new_ready)
-                .saturating_sub(n.saturating_sub(unavail))
-                .min(old_ids.len());
-            if removable > 0 {
-                k += 1;
-                step(
-                    k,
-                    format!("retiring {removable} instance(s) of release {}", old.number),
-                );
-                self.retire(svc, old_ids[..removable].to_vec()).await;
-                continue;
-            }
-            let all_new = svc.count(new.number, |_| true);
-            let add = (n + surge)
-                .saturating_sub(old_ids.len() + all_new)
-                .min(n - all_new)
-                .max(usize::from(all_new < n && surge == 0 && unavail == 0));
-            if add == 0 {
-                return Err("the rollout cannot make progress with these max_surge/max_unavailable settings".into());
-            }
-            k += 1;
-            step(
-                k,
-                format!(
-                    "starting {add} instance(s) of release {} ({new_ready}/{n} ready)",
-                    new.number
-                ),
+        let recorded = self
+            .state
+            .set_outcome(&svc.project, &svc.name, release, outcome, reason)
+            .and_then(|()| self.state.finish_rollout(rid, state, detail))
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.try_event(svc, kind, &format!("release {release}: {detail}")));
+        if let Err(e) = recorded {
+            eprintln!(
+                "recast: recording the end of the rollout of {}/{} release {release} failed: {e}",
+                svc.project, svc.name
             );
-            let ids = tokio::select! {
-                r = self.start_healthy(svc, new, add, deadline) => r?,
-                _ = tokio::time::sleep_until(deadline.into()) => return Err(format!("no progress within progress_deadline ({})", recast_spec::values::format_duration(progress))),
-            };
-            if !min_healthy.is_zero() {
-                // The new instances must stay healthy this long before they count.
-                self.watch(svc, new.number, min_healthy).await?;
-            }
-            svc.set_active(&ids, true);
-            // With an analysis block, each batch is judged before the next one starts.
-            let mut analyzer = self.analyzer(svc, new, Some(old));
-            if let Some(settle) = analyzer.as_ref().map(Analyzer::settle_time) {
-                step(
-                    k,
-                    format!(
-                        "judging the batch for {}",
-                        recast_spec::values::format_duration(settle)
-                    ),
-                );
-                self.hold(svc, new, Some(old), Some(settle), &mut analyzer, step)
-                    .await?;
-            }
-            deadline = Instant::now() + progress;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn blue_green(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        preview: Option<SocketAddr>,
-        auto_promote: Option<Duration>,
-        scale_down: Duration,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let n = new.service.instances as usize;
-        step(
-            1,
-            format!("starting {n} green instance(s) of release {}", new.number),
-        );
-        let deadline = Instant::now() + new.service.rollout.progress_deadline;
-        let green = self.start_healthy(svc, new, n, deadline).await?;
-        if let Some(addr) = preview {
-            let pv = recast_proxy::Service::new(&format!("{}-preview", svc.name));
-            let backends = lock(&svc.live)
-                .iter()
-                .filter(|l| green.contains(&l.inst.id))
-                .map(|l| l.backend.clone())
-                .collect();
-            pv.set_table(Table {
-                groups: vec![Group {
-                    release: new.number,
-                    weight: 1,
-                    backends,
-                }],
-            });
-            let route = Route::bind(addr, pv)
-                .await
-                .map_err(|e| format!("preview on {addr}: {e}"))?;
-            self.previews
-                .lock()
-                .await
-                .insert(key(&svc.project, &svc.name), route);
-        }
-        step(
-            2,
-            match auto_promote {
-                Some(d) => format!(
-                    "green healthy; promoting in {}",
-                    recast_spec::values::format_duration(d)
-                ),
-                None => "green healthy; waiting for `recast promote`".into(),
-            },
-        );
-        // Judged on preview traffic while it waits, if there is an analysis block.
-        let mut analyzer = self.analyzer(svc, new, Some(old));
-        self.hold(svc, new, Some(old), auto_promote, &mut analyzer, step)
-            .await?;
-        self.pre_promote(svc, new).await?;
-        self.previews
-            .lock()
-            .await
-            .remove(&key(&svc.project, &svc.name));
-        // The switch: green in, blue out, in one table swap.
-        let blue = svc.ids(|l| l.release == old.number);
-        {
-            let mut live = lock(&svc.live);
-            for l in live.iter_mut() {
-                l.active = green.contains(&l.inst.id);
-            }
-        }
-        svc.publish();
-        step(
-            3,
-            format!(
-                "traffic switched to release {}; release {} stays warm for {}",
-                new.number,
-                old.number,
-                recast_spec::values::format_duration(scale_down)
-            ),
-        );
-        // With an analysis block, the first minutes after the switch are judged too; blue is
-        // still warm, so a failure switches straight back.
-        let mut after = self.analyzer(svc, new, None);
-        if let Some(settle) = after.as_ref().map(Analyzer::settle_time) {
-            self.hold(svc, new, None, Some(settle), &mut after, step)
-                .await?;
-        }
-        // Blue stays warm for an instant rollback, then goes.
-        let ctl = self.clone();
-        let svc2 = svc.clone();
-        let old_number = old.number;
-        tokio::spawn(async move {
-            tokio::time::sleep(scale_down).await;
-            let _busy = svc2.busy.lock().await;
-            let still_blue: Vec<String> =
-                svc2.ids(|l| l.release == old_number && !l.active && blue.contains(&l.inst.id));
-            ctl.retire(&svc2, still_blue).await;
-        });
-        Ok(())
-    }
-
-    /// Hold the rollout where it is until `pause` has passed (not counting time paused by
-    /// `recast pause`) or, without a pause, until `recast promote`. Meanwhile: any new instance
-    /// that exits or turns unhealthy fails it, `recast abort` fails it at once, and the analysis
-    /// (if any) judges every interval.
-    async fn hold(
-        &self,
-        svc: &Svc,
-        new: &Run,
-        old: Option<&Run>,
-        pause: Option<Duration>,
-        analyzer: &mut Option<Analyzer>,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let mut remaining = pause;
-        let mut last = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if svc.abort.swap(false, Ordering::SeqCst) {
-                return Err("aborted by `recast abort`".into());
-            }
-            self.check_new(svc, new.number)?;
-            let paused = svc.paused.load(Ordering::SeqCst);
-            let now = Instant::now();
-            if !paused {
-                if svc.promote.swap(false, Ordering::SeqCst) {
-                    self.event(
-                        svc,
-                        "rollout.promoted",
-                        &format!("release {} promoted by `recast promote`", new.number),
-                    );
-                    return Ok(());
-                }
-                if let Some(r) = remaining.as_mut() {
-                    *r = r.saturating_sub(now - last);
-                    if r.is_zero() {
-                        return Ok(());
-                    }
-                }
-            }
-            last = now;
-            if let Some(a) = analyzer.as_mut()
-                && !paused
-                && a.due()
-            {
-                let canary = svc.proxy.metrics(new.number).snapshot();
-                let stable = old
-                    .map(|o| svc.proxy.metrics(o.number).snapshot())
-                    .unwrap_or_default();
-                let (v, outcome) = a.verdict(new.number, canary, stable, now_ms());
-                step(-2, format!("analysis {}: {}", v.result, v.reason));
-                let _ = self.state.event(
-                    &svc.project,
-                    &svc.name,
-                    "analysis.verdict",
-                    &serde_json::to_string(&v).unwrap_or_default(),
-                );
-                lock(&svc.verdicts).push(v);
-                outcome?;
-            }
-        }
-    }
-
-    fn analyzer(&self, svc: &Svc, new: &Run, old: Option<&Run>) -> Option<Analyzer> {
-        let a = new.service.rollout.analysis.clone()?;
-        let canary = svc.proxy.metrics(new.number).snapshot();
-        let stable = old
-            .map(|o| svc.proxy.metrics(o.number).snapshot())
-            .unwrap_or_default();
-        Some(Analyzer::new(a, canary, stable))
-    }
-
-    /// Canary: each step moves that share of requests to the new release (with enough instances
-    /// to carry it), holds it for `pause` (or until `recast promote`) under analysis, then the
-    /// new release takes everything and the old one is retired.
-    async fn canary(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        steps: &[recast_spec::Step],
-        sticky: bool,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let n = new.service.instances as usize;
-        svc.proxy.set_sticky(sticky);
-        let mut analyzer = self.analyzer(svc, new, Some(old));
-        for (i, s) in steps.iter().enumerate() {
-            let want = (n * usize::from(s.weight)).div_ceil(100).max(1);
-            self.grow(svc, new, want).await?;
-            *lock(&svc.weights) = Some(BTreeMap::from([
-                (old.number, 100 - u32::from(s.weight)),
-                (new.number, u32::from(s.weight)),
-            ]));
-            svc.publish();
-            if let Some(a) = analyzer.as_mut() {
-                a.reset(
-                    svc.proxy.metrics(new.number).snapshot(),
-                    svc.proxy.metrics(old.number).snapshot(),
-                );
-            }
-            let hold = match s.pause {
-                Some(p) => format!("for {}", recast_spec::values::format_duration(p)),
-                None => "until `recast promote`".into(),
-            };
-            step(
-                i as i64 + 1,
-                format!(
-                    "step {}/{}: {}% of requests to release {} on {want} instance(s), {hold}",
-                    i + 1,
-                    steps.len(),
-                    s.weight,
-                    new.number
-                ),
-            );
-            self.hook(
-                svc,
-                "rollout.step",
-                new,
-                &format!("step {} at {}%", i + 1, s.weight),
-            );
-            self.hold(svc, new, Some(old), s.pause, &mut analyzer, step)
-                .await?;
-        }
-        self.pre_promote(svc, new).await?;
-        // Full strength, then everything to the new release.
-        self.grow(svc, new, n).await?;
-        *lock(&svc.weights) = Some(BTreeMap::from([(old.number, 0), (new.number, 100)]));
-        svc.publish();
-        step(
-            steps.len() as i64 + 1,
-            format!(
-                "100% of requests to release {}; retiring release {}",
-                new.number, old.number
-            ),
-        );
-        self.event(
-            svc,
-            "rollout.promoted",
-            &format!("release {} takes all traffic", new.number),
-        );
-        self.hook(svc, "rollout.promoted", new, "takes all traffic");
-        let old_ids = svc.ids(|l| l.release == old.number);
-        *lock(&svc.weights) = None;
-        self.retire(svc, old_ids).await;
-        Ok(())
-    }
-
-    /// Bring the release to `want` active instances, starting healthy ones as needed. The table
-    /// is not published here: the caller sets the weights first.
-    async fn grow(self: &Arc<Self>, svc: &Arc<Svc>, run: &Run, want: usize) -> Result<(), String> {
-        let have = svc.count(run.number, |l| l.active);
-        if want > have {
-            let deadline = Instant::now() + run.service.rollout.progress_deadline;
-            let ids = self.start_healthy(svc, run, want - have, deadline).await?;
-            for l in lock(&svc.live)
-                .iter_mut()
-                .filter(|l| ids.contains(&l.inst.id))
-            {
-                l.active = true;
-            }
-        }
-        Ok(())
-    }
-
-    /// Call the project's `rollout.pre_promote` webhooks; any failure blocks the promotion.
-    async fn pre_promote(&self, svc: &Svc, new: &Run) -> Result<(), String> {
-        let hooks: Vec<recast_spec::Webhook> = lock(&self.hooks)
-            .get(&svc.project)
-            .cloned()
-            .unwrap_or_default();
-        for h in hooks
-            .into_iter()
-            .filter(|h| h.events.iter().any(|e| e == "rollout.pre_promote"))
-        {
-            let body = hook_body(
-                "rollout.pre_promote",
-                svc,
-                new.number,
-                "promotion requested",
-            );
-            let name = h.name.clone();
-            let r = tokio::task::spawn_blocking(move || call_hook(&h, &body))
-                .await
-                .map_err(|e| e.to_string())?;
-            r.map_err(|e| format!("pre_promote webhook {name} blocked the promotion: {e}"))?;
-        }
-        Ok(())
+    /// Record an event; a failed write is an error the caller decides about.
+    pub(crate) fn try_event(&self, svc: &Svc, kind: &str, msg: &str) -> Result<(), String> {
+        self.state
+            .event(&svc.project, &svc.name, kind, msg)
+            .map(drop)
+            .map_err(|e| format!("recording event {kind}: {e}"))
     }
 
     /// Fire-and-forget webhooks for `event` (never waited on, so they cannot block a rollback).
-    fn hook(&self, svc: &Svc, event: &str, new: &Run, message: &str) {
+    fn hook(&self, svc: &Svc, event: &str, release: i64, message: &str) {
         let hooks: Vec<recast_spec::Webhook> = lock(&self.hooks)
             .get(&svc.project)
             .cloned()
@@ -1489,95 +1028,33 @@ impl Ctl {
             .into_iter()
             .filter(|h| h.events.iter().any(|e| e == event))
         {
-            let body = hook_body(event, svc, new.number, message);
+            let body = hook_body(event, svc, release, message);
             tokio::task::spawn_blocking(move || {
                 let _ = call_hook(&h, &body);
             });
         }
     }
 
-    /// After a failed rollout: the old release back at full strength, the new one gone.
-    /// Returns how long it took until no request went to the new release any more.
-    async fn restore(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        old: Option<&Run>,
-        new_number: i64,
-        stop_first: bool,
-    ) -> Duration {
-        let t0 = Instant::now();
-        let doomed = svc.ids(|l| l.release == new_number);
-        if stop_first {
-            // recreate: the new release stops before the old one starts again.
-            if let Some(o) = old {
-                svc.proxy.set_unavailable(Some(format!(
-                    "release {new_number} failed; release {} is starting again; retry shortly",
-                    o.number
-                )));
-            }
-            self.stop_all(svc, doomed.clone()).await;
-        }
-        // Take the new release out and the warm old instances in, in one table swap.
-        let switch = |with: &[String]| {
-            for l in lock(&svc.live).iter_mut() {
-                if with.contains(&l.inst.id) {
-                    l.active = true;
-                }
-                if doomed.contains(&l.inst.id) {
-                    l.active = false;
-                }
-            }
-            svc.publish();
-            t0.elapsed()
-        };
-        let mut switched = None;
-        if let Some(old) = old {
-            let warm = svc.ids(|l| l.release == old.number && l.exited.is_none());
-            if !warm.is_empty() {
-                switched = Some(switch(&warm));
-            }
-            let want = old.service.instances as usize;
-            if warm.len() < want {
-                let deadline = Instant::now() + old.service.rollout.progress_deadline;
-                if let Ok(ids) = self
-                    .start_healthy(svc, old, want - warm.len(), deadline)
-                    .await
-                {
-                    let at = switch(&ids);
-                    switched.get_or_insert(at);
-                }
-            }
-        }
-        let switched = switched.unwrap_or_else(|| switch(&[]));
-        self.previews
-            .lock()
-            .await
-            .remove(&key(&svc.project, &svc.name));
-        self.retire(svc, doomed).await;
-        svc.proxy.set_unavailable(None);
-        switched
-    }
-
     // ---- commands -------------------------------------------------------------------------------
 
     /// Ask the running rollout of `svc` to move on; an error when there is none.
-    pub fn promote(&self, svc: &Svc) -> Result<(), String> {
+    pub fn promote(&self, svc: &Svc) -> Result<(), ServerError> {
         Self::rolling_out(svc)?;
-        svc.promote.store(true, Ordering::SeqCst);
+        svc.controls.promote();
         Ok(())
     }
 
     /// Roll the running rollout back at once.
-    pub fn abort(&self, svc: &Svc) -> Result<(), String> {
+    pub fn abort(&self, svc: &Svc) -> Result<(), ServerError> {
         Self::rolling_out(svc)?;
-        svc.abort.store(true, Ordering::SeqCst);
+        svc.controls.abort();
         Ok(())
     }
 
     /// Freeze (or continue) the running rollout where it is.
-    pub fn pause(&self, svc: &Svc, paused: bool) -> Result<(), String> {
+    pub fn pause(&self, svc: &Svc, paused: bool) -> Result<(), ServerError> {
         Self::rolling_out(svc)?;
-        svc.paused.store(paused, Ordering::SeqCst);
+        svc.controls.pause(paused);
         self.event(
             svc,
             if paused {
@@ -1590,9 +1067,12 @@ impl Ctl {
         Ok(())
     }
 
-    fn rolling_out(svc: &Svc) -> Result<(), String> {
+    fn rolling_out(svc: &Svc) -> Result<(), ServerError> {
         if lock(&svc.rollout).is_none() {
-            return Err(format!("service {} has no rollout in progress", svc.name));
+            return Err(ServerError::Conflict(format!(
+                "service {} has no rollout in progress",
+                svc.name
+            )));
         }
         Ok(())
     }
@@ -1619,32 +1099,13 @@ impl Ctl {
                 .rollback_stopping_first(svc, &cur, &run, plan, t0)
                 .await;
         }
-        let n = run.service.instances as usize;
-        let warm = svc.ids(|l| l.release == run.number && l.healthy && l.exited.is_none());
-        let was_warm = warm.len() >= n;
-        if was_warm {
-            let mut live = lock(&svc.live);
-            for l in live.iter_mut() {
-                l.active = l.release == run.number && warm.contains(&l.inst.id);
-            }
-        } else {
-            let deadline = Instant::now() + run.service.rollout.progress_deadline;
-            let ids = self
-                .start_healthy(svc, &run, n - warm.len(), deadline)
-                .await?;
-            let mut live = lock(&svc.live);
-            for l in live.iter_mut() {
-                l.active = l.release == run.number
-                    && (warm.contains(&l.inst.id) || ids.contains(&l.inst.id));
-            }
-        }
-        svc.publish();
+        let fleet = fleet::LocalFleet {
+            ctl: self.clone(),
+            svc: svc.clone(),
+        };
+        let was_warm = rollout::rollback::switch_back(&fleet, &run, cur.number).await?;
         let switched_ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.record_rollback(svc, cur.number, run.number, "");
-        let doomed = svc.ids(|l| l.release == cur.number);
-        let ctl = self.clone();
-        let svc2 = svc.clone();
-        tokio::spawn(async move { ctl.retire(&svc2, doomed).await });
         Ok(RollbackResult {
             service: svc.name.clone(),
             from: cur.number,
@@ -1656,21 +1117,30 @@ impl Ctl {
     }
 
     /// Retire every instance of a service and forget its current release.
-    pub async fn destroy_service(&self, svc: &Arc<Svc>, volumes: bool) {
+    pub async fn destroy_service(&self, svc: &Arc<Svc>, volumes: bool) -> Result<(), ServerError> {
         let _busy = svc.busy.lock().await;
         let all = svc.ids(|_| true);
         self.retire(svc, all).await;
-        let _ = self.state.set_current(&svc.project, &svc.name, None);
+        self.state.set_current(&svc.project, &svc.name, None)?;
         self.event(svc, "service.destroyed", "every instance retired");
         if volumes {
-            self.drop_snapshots(svc).await;
-            let _ = std::fs::remove_dir_all(
-                self.data_dir
-                    .join("volumes")
-                    .join(&svc.project)
-                    .join(&svc.name),
-            );
+            self.drop_snapshots(svc).await?;
+            let dir = self
+                .data_dir
+                .service_volumes(&svc.project, &svc.name)
+                .map_err(|e| ServerError::Invalid(e.to_string()))?;
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ServerError::Internal(format!(
+                        "removing the volumes of {} ({}): {e}",
+                        svc.name,
+                        dir.display()
+                    )));
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Destroy services (all of a project when `services` is empty) and their routes.
@@ -1679,7 +1149,7 @@ impl Ctl {
         project: Option<&str>,
         services: &[String],
         volumes: bool,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, ServerError> {
         let targets: Vec<Arc<Svc>> = self
             .all_svcs()
             .into_iter()
@@ -1690,7 +1160,7 @@ impl Ctl {
             .collect();
         let mut removed = Vec::new();
         for s in &targets {
-            self.destroy_service(s, volumes).await;
+            self.destroy_service(s, volumes).await?;
             removed.push(s.name.clone());
         }
         let mut routes = self.routes.lock().await;
@@ -1705,9 +1175,9 @@ impl Ctl {
                 .filter(|(r, _)| r.project == p)
                 .map(|(r, _)| r.clone())
                 .collect();
-            let _ = self.state.set_routes(&p, &rows);
+            self.state.set_routes(&p, &rows)?;
         }
-        removed
+        Ok(removed)
     }
 
     pub async fn route_rows(&self) -> Vec<RouteRow> {
@@ -1863,14 +1333,14 @@ impl Ctl {
         for r in interrupted {
             let _ = self.state.finish_rollout(
                 r.id,
-                "rolled_back",
+                RolloutState::RolledBack,
                 "interrupted: the server stopped during the rollout",
             );
             let _ = self.state.set_outcome(
                 &r.project,
                 &r.service,
                 r.to_release,
-                "rolled_back",
+                ReleaseOutcome::RolledBack,
                 Some("interrupted: the server stopped during the rollout"),
             );
             let _ = self.state.event(
@@ -1929,19 +1399,6 @@ impl Ctl {
         }
         Ok(notes)
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RollbackResult {
-    pub service: String,
-    pub from: i64,
-    pub to: i64,
-    /// True when the release was still running and the rollback was a routing switch.
-    pub warm: bool,
-    /// From the command to all traffic on the release.
-    pub switched_ms: f64,
-    /// The volume snapshots restored (`--restore-volumes`).
-    pub restored: Vec<recast_state::Snapshot>,
 }
 
 /// Listen for a route with its upstream timeout and the proxy's connection limits.

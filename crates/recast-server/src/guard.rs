@@ -1,9 +1,10 @@
 //! Guard: prove every running instance still matches its image and release, and replace — never
 //! repair — what drifted, crashed, turned unhealthy, or grew older than `max_age`.
 
+use crate::ServerError;
 use crate::engine::{Ctl, Run, Svc, lock};
 use recast_guard::watch::InstanceWatch;
-use recast_guard::{Finding, Mode};
+use recast_guard::{Finding, FindingKind, Mode};
 use recast_image::fileindex::FileIndex;
 use recast_spec::OnDrift;
 use serde::Serialize;
@@ -129,10 +130,7 @@ impl Ctl {
                         }
                     };
                     let trusted = *trusted_of.entry(image).or_insert_with(|| {
-                        let marker = data
-                            .join("rootfs")
-                            .join(inst.image.hex())
-                            .join(".recast-unpacked");
+                        let marker = data.rootfs_marker(inst.image.hex());
                         std::fs::metadata(marker).and_then(|m| m.modified()).ok()
                     });
                     let mut watch = lock(&watch);
@@ -163,7 +161,7 @@ impl Ctl {
         service: Option<&str>,
         mode: Mode,
         fix: bool,
-    ) -> Result<(Vec<InstanceDrift>, Vec<String>), String> {
+    ) -> Result<(Vec<InstanceDrift>, Vec<String>), ServerError> {
         let mut report = Vec::new();
         let mut replaced = Vec::new();
         for svc in self
@@ -180,7 +178,8 @@ impl Ctl {
                 .scan_instances(&svc, &ids, mode)
                 .await
                 .into_iter()
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(ServerError::Runtime)?;
             for d in found.iter().filter(|d| !d.findings.is_empty()) {
                 self.event(
                     &svc,
@@ -189,12 +188,7 @@ impl Ctl {
                 );
                 if fix {
                     let _busy = svc.busy.lock().await;
-                    match self.replace(&svc, &d.instance, "drift").await {
-                        Ok(new) => replaced.push(new),
-                        Err(e) => {
-                            return Err(format!("replacing drifted instance {}: {e}", d.instance));
-                        }
-                    }
+                    replaced.push(self.replace(&svc, &d.instance, "drift").await?);
                 }
             }
             lock(&svc.guard).drift = found.clone();
@@ -205,32 +199,63 @@ impl Ctl {
 
     /// Replace an instance by a new one of the same release: the new one is healthy and in
     /// rotation before the old one is drained. The caller holds the service's `busy` lock.
+    /// A failure is also recorded as event `guard.replace_failed` (the guard's own rounds have
+    /// nobody else to tell).
     pub(crate) async fn replace(
         self: &Arc<Self>,
         svc: &Arc<Svc>,
         id: &str,
         why: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, ServerError> {
+        let result = self.replace_inner(svc, id, why).await;
+        if let Err(e) = &result {
+            self.failed(svc, "guard.replace_failed", &replace_failed(id, why, e));
+        }
+        result
+    }
+
+    async fn replace_inner(
+        self: &Arc<Self>,
+        svc: &Arc<Svc>,
+        id: &str,
+        why: &str,
+    ) -> Result<String, ServerError> {
         let (release, active) = {
             let mut live = lock(&svc.live);
-            let l = live
-                .iter_mut()
-                .find(|l| l.inst.id == id)
-                .ok_or("instance vanished")?;
+            let l = live.iter_mut().find(|l| l.inst.id == id).ok_or_else(|| {
+                ServerError::NotFound(format!("instance {id} of {} vanished", svc.name))
+            })?;
             l.replacing = true;
             (l.release, l.active || l.exited.is_some() || !l.healthy)
         };
-        let row = self
-            .state
-            .release(&svc.project, &svc.name, release)
-            .map_err(|e| e.to_string())?
-            .ok_or("release vanished")?;
-        let run = Run::from_row(&row)?;
+        let unmark = || {
+            if let Some(l) = lock(&svc.live).iter_mut().find(|l| l.inst.id == id) {
+                l.replacing = false;
+            }
+        };
+        let run = match self.state.release(&svc.project, &svc.name, release) {
+            Ok(Some(row)) => Run::from_row(&row).map_err(|e| {
+                ServerError::Internal(format!("release {release} of {}: {e}", svc.name))
+            }),
+            Ok(None) => Err(ServerError::NotFound(format!(
+                "release {release} of {} vanished",
+                svc.name
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        let run = match run {
+            Ok(run) => run,
+            Err(e) => {
+                unmark();
+                return Err(e);
+            }
+        };
         if run.service.stops_first() {
             // recreate / exclusive volume: never two instances at once, even of one release.
             return self
                 .replace_stopping_first(svc, id, why, &run, active)
-                .await;
+                .await
+                .map_err(ServerError::Runtime);
         }
         let result = async {
             let new = self.start_instance(svc, &run).await?;
@@ -262,10 +287,8 @@ impl Ctl {
                 Ok(new)
             }
             Err(e) => {
-                if let Some(l) = lock(&svc.live).iter_mut().find(|l| l.inst.id == id) {
-                    l.replacing = false;
-                }
-                Err(e)
+                unmark();
+                Err(ServerError::Runtime(e))
             }
         }
     }
@@ -414,7 +437,8 @@ impl Ctl {
                 g.crash_loop = false;
             }
         }
-        let _ = self.replace(svc, &id, &why).await;
+        // A failure is an event (`replace`); the next round tries again, with backoff.
+        self.replace(svc, &id, &why).await.ok();
     }
 
     /// Replace instances older than `max_age`, one at a time; each instance's deadline is
@@ -435,7 +459,8 @@ impl Ctl {
                 .map(|l| l.inst.id.clone())
         };
         if let Some(id) = old {
-            let _ = self.replace(svc, &id, "max_age").await;
+            // A failure is an event (`replace`); the next round tries again.
+            self.replace(svc, &id, "max_age").await.ok();
         }
     }
 
@@ -486,7 +511,8 @@ impl Ctl {
                 &format!("instance {}: {}", d.instance, summary(&d.findings)),
             );
             if g.on_drift == OnDrift::Replace {
-                let _ = self.replace(svc, &d.instance, "drift").await;
+                // A failure is an event (`replace`); the next scan finds the drift again.
+                self.replace(svc, &d.instance, "drift").await.ok();
             }
         }
         lock(&svc.guard).drift = found;
@@ -515,7 +541,7 @@ fn scan_one(
     if inst.image != run.digest {
         findings.push(Finding {
             path: "image".into(),
-            kind: "config".into(),
+            kind: FindingKind::Config,
             detail: format!(
                 "runs {} but release {} is {}",
                 inst.image, release, run.digest
@@ -539,7 +565,7 @@ fn scan_one(
         for m in facts.writable.iter().filter(|m| !allowed(m)) {
             findings.push(Finding {
                 path: m.clone(),
-                kind: "unexpected_mount".into(),
+                kind: FindingKind::UnexpectedMount,
                 detail: "mounted read-write".into(),
             });
         }
@@ -560,7 +586,7 @@ fn scan_one(
     {
         findings.push(Finding {
             path: "config.json".into(),
-            kind: "config".into(),
+            kind: FindingKind::Config,
             detail: format!("runtime spec {detail}"),
         });
     }
@@ -610,6 +636,12 @@ fn spread(id: &str) -> f64 {
     (h % 1000) as f64 / 1000.0
 }
 
+/// The message of a `guard.replace_failed` event: the instance, why it was being replaced, and
+/// why that failed.
+fn replace_failed(id: &str, why: &str, e: &ServerError) -> String {
+    format!("instance {id} could not be replaced ({why}): {e}")
+}
+
 fn summary(f: &[Finding]) -> String {
     let mut parts: Vec<String> = f
         .iter()
@@ -652,6 +684,39 @@ pub(crate) fn metrics(ctl: &Ctl, out: &mut String) {
             out,
             "recast_guard_scan_seconds_total{{service=\"{service}\",project=\"{project}\"}} {}",
             t.as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_replacement_is_an_event_naming_the_instance_and_the_reason() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = recast_image::Store::open(&d.path().join("store")).expect("store");
+        let rt = recast_runtime::Runtime::new(d.path(), store.clone()).expect("runtime");
+        let state = recast_state::State::open(&d.path().join("state.db")).expect("state");
+        let ctl = Ctl::new(d.path(), state, rt, store);
+        let svc = ctl.svc("p", "web");
+        let e = ctl
+            .replace(&svc, "web-r1-gone", "max_age")
+            .await
+            .expect_err("no such instance");
+        assert_eq!(e.status(), 404, "{e}");
+        let events = ctl
+            .state
+            .events_of("p", "web", "guard.replace_failed")
+            .expect("events");
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "instance web-r1-gone could not be replaced (max_age): instance web-r1-gone of web vanished"
+            ]
         );
     }
 }

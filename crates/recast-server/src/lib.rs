@@ -8,12 +8,17 @@
 pub mod analysis;
 pub mod api;
 pub mod engine;
+pub mod error;
 pub mod guard;
 pub mod logs;
 pub mod plan;
 pub mod project;
+pub mod record;
+pub mod rollout;
 
 use engine::Ctl;
+pub use error::ServerError;
+use recast_api::DataDir;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,58 +32,67 @@ pub struct ServerInfo {
     pub pid: u32,
 }
 
+/// `server.json` of `data_dir` ([`DataDir::server_info`]).
 pub fn info_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("server.json")
+    DataDir::new(data_dir).server_info()
 }
 
+/// `token` of `data_dir` ([`DataDir::token`]).
 pub fn token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("token")
+    DataDir::new(data_dir).token()
 }
 
 /// Read an existing token file: it must be private to its owner (no group or other permission
 /// bits) and not empty, else it is refused with the file named and what to do.
 /// `Ok(None)` when there is no such file.
-pub fn read_token(p: &Path) -> Result<Option<String>, String> {
+pub fn read_token(p: &Path) -> Result<Option<String>, ServerError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::symlink_metadata(p) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading the API token {}: {e}", p.display())),
+        Err(e) => {
+            return Err(ServerError::Internal(format!(
+                "reading the API token {}: {e}",
+                p.display()
+            )));
+        }
     };
     if !meta.is_file() {
-        return Err(format!(
+        return Err(ServerError::Conflict(format!(
             "the API token {} is not a regular file\n  hint: delete it; the server generates a new one when it starts",
             p.display()
-        ));
+        )));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(ServerError::Conflict(format!(
             "the API token {} is readable or writable by other users (mode {mode:04o})\n  hint: run `chmod 600 {}`, or delete it and the server generates a new one when it starts",
             p.display(),
             p.display()
-        ));
+        )));
     }
-    let t = std::fs::read_to_string(p)
-        .map_err(|e| format!("reading the API token {}: {e}", p.display()))?;
+    let t = std::fs::read_to_string(p).map_err(|e| {
+        ServerError::Internal(format!("reading the API token {}: {e}", p.display()))
+    })?;
     let t = t.trim();
     if t.is_empty() {
-        return Err(format!(
+        return Err(ServerError::Conflict(format!(
             "the API token {} is empty\n  hint: delete it; the server generates a new one when it starts",
             p.display()
-        ));
+        )));
     }
     Ok(Some(t.to_string()))
 }
 
 /// The API token of a data directory, created (0600) on first use; an existing token file
 /// that is not private or is empty is refused ([`read_token`]).
-pub fn token(data_dir: &Path) -> Result<String, String> {
+pub fn token(data_dir: &Path) -> Result<String, ServerError> {
     let p = token_path(data_dir);
     if let Some(t) = read_token(&p)? {
         return Ok(t);
     }
-    new_token(&p).map_err(|e| format!("creating the API token {}: {e}", p.display()))
+    new_token(&p)
+        .map_err(|e| ServerError::Internal(format!("creating the API token {}: {e}", p.display())))
 }
 
 fn new_token(p: &Path) -> std::io::Result<String> {
@@ -104,45 +118,55 @@ pub struct Started {
 
 /// Open the data directory, recover, and start serving the API on `listen`. Returns once the
 /// API is listening; everything keeps running on the current tokio runtime.
-pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, String> {
+pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, ServerError> {
+    let internal =
+        |what: String| move |e: std::io::Error| ServerError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
-    let lock_path = data_dir.join("server.lock");
+        .map_err(internal(format!("creating {}", data_dir.display())))?;
+    let layout = DataDir::new(data_dir);
+    let lock_path = layout.server_lock();
     let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+        .map_err(internal(format!("creating {}", lock_path.display())))?;
     if lock.try_lock().is_err() {
         let other = std::fs::read(info_path(data_dir))
             .ok()
             .and_then(|b| serde_json::from_slice::<ServerInfo>(&b).ok());
-        return Err(format!(
+        return Err(ServerError::Conflict(format!(
             "a recast server is already running for data directory {}{}",
             data_dir.display(),
             other
                 .map(|o| format!(" (pid {}, API at {})", o.pid, o.addr))
                 .unwrap_or_default()
-        ));
+        )));
     }
     let token = Arc::new(token(data_dir)?);
-    let store = recast_image::Store::open(&data_dir.join("store")).map_err(|e| e.to_string())?;
-    let rt = recast_runtime::Runtime::new(data_dir, store.clone()).map_err(|e| e.to_string())?;
-    let state = recast_state::State::open(&data_dir.join("state.db")).map_err(|e| e.to_string())?;
+    let store = recast_image::Store::open(&layout.store())
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    let rt = recast_runtime::Runtime::new(data_dir, store.clone())
+        .map_err(|e| ServerError::Runtime(e.to_string()))?;
+    let state = recast_state::State::open(&layout.state_db())?;
     let ctl = Ctl::new(data_dir, state, rt, store);
-    let notes = ctl.recover().await?;
+    let notes = ctl.recover().await.map_err(ServerError::Runtime)?;
     tokio::spawn(ctl.clone().supervise());
     tokio::spawn(ctl.clone().guard());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("the API cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(internal(format!("the API cannot listen on {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(internal(format!("the API's address on {listen}")))?;
     let info = serde_json::to_vec(&ServerInfo {
         addr,
         pid: std::process::id(),
     })
     .unwrap_or_default();
-    let tmp = data_dir.join("server.json.tmp");
+    let tmp = layout.server_info_tmp();
     std::fs::write(&tmp, info)
         .and_then(|()| std::fs::rename(&tmp, info_path(data_dir)))
-        .map_err(|e| format!("writing server.json: {e}"))?;
+        .map_err(internal(format!(
+            "writing {}",
+            info_path(data_dir).display()
+        )))?;
     let api_ctl = ctl.clone();
     tokio::spawn(async move {
         // Header-read and idle timeouts, a cap on open connections (503 beyond), and a backoff

@@ -2,6 +2,7 @@
 //! each line prefixed with its instance, optionally its time; the last lines, those since a
 //! moment, and new ones as they come (`follow`). Plain text, streamed.
 
+use crate::ServerError;
 use crate::engine::{Ctl, Svc, lock};
 use bytes::Bytes;
 use recast_runtime::logs::{self, Cursor, Line};
@@ -26,32 +27,35 @@ pub struct Query {
     pub follow: bool,
 }
 
-fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, String> {
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ServerError> {
     match q.get(name).map(String::as_str) {
         None | Some("" | "0" | "false") => Ok(false),
         Some("1" | "true") => Ok(true),
-        Some(v) => Err(format!("invalid `{name}` \"{v}\": expected true or false")),
+        Some(v) => Err(ServerError::Invalid(format!(
+            "invalid `{name}` \"{v}\": expected true or false"
+        ))),
     }
 }
 
 impl Query {
     /// From the request's query string; every bad value is an error naming it.
-    pub fn parse(q: &HashMap<String, String>) -> Result<Query, String> {
+    pub fn parse(q: &HashMap<String, String>) -> Result<Query, ServerError> {
         let tail = match q.get("tail") {
             None => None,
             Some(t) => match t.parse::<usize>() {
                 Ok(n) if n <= MAX_TAIL => Some(n),
                 _ => {
-                    return Err(format!(
+                    return Err(ServerError::Invalid(format!(
                         "invalid `tail` \"{t}\": expected a number of lines from 0 to {MAX_TAIL}"
-                    ));
+                    )));
                 }
             },
         };
         let since_ms = match q.get("since") {
             None => None,
             Some(s) => {
-                let d = recast_spec::values::duration(s).map_err(|e| format!("`since`: {e}"))?;
+                let d = recast_spec::values::duration(s)
+                    .map_err(|e| ServerError::Invalid(format!("`since`: {e}")))?;
                 Some(now_ms().saturating_sub(d.as_millis() as u64))
             }
         };
@@ -72,12 +76,10 @@ fn now_ms() -> u64 {
 }
 
 /// The instances (id → directory) of the service's current release, or why there are none.
-fn instances(ctl: &Ctl, svc: &Svc) -> Result<BTreeMap<String, PathBuf>, String> {
-    let current = ctl
-        .state
-        .current(&svc.project, &svc.name)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("service \"{}\" has no current release", svc.name))?;
+fn instances(ctl: &Ctl, svc: &Svc) -> Result<BTreeMap<String, PathBuf>, ServerError> {
+    let current = ctl.state.current(&svc.project, &svc.name)?.ok_or_else(|| {
+        ServerError::NotFound(format!("service \"{}\" has no current release", svc.name))
+    })?;
     Ok(lock(&svc.live)
         .iter()
         .filter(|l| l.release == current.number)
@@ -98,7 +100,7 @@ fn render(out: &mut String, id: &str, l: &Line, timestamps: bool) {
 }
 
 /// Check the service has a current release (so a mistake is an error, not an empty stream).
-pub fn check(ctl: &Ctl, svc: &Svc) -> Result<(), String> {
+pub fn check(ctl: &Ctl, svc: &Svc) -> Result<(), ServerError> {
     instances(ctl, svc).map(|_| ())
 }
 

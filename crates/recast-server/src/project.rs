@@ -8,6 +8,7 @@
 //! project over from a directory that no longer declares it (the project moved); a name that is
 //! only the directory's never does.
 
+use crate::ServerError;
 use crate::plan;
 use recast_spec::Project;
 use recast_state::State;
@@ -45,8 +46,8 @@ pub enum Ownership {
 }
 
 /// May `id.dir` use `id.name`? Reads only; [`claim`] records the answer.
-pub fn check(state: &State, id: &Identity) -> Result<Ownership, String> {
-    let Some(owner) = state.project_owner(&id.name).map_err(|e| e.to_string())? else {
+pub fn check(state: &State, id: &Identity) -> Result<Ownership, ServerError> {
+    let Some(owner) = state.project_owner(&id.name)? else {
         return Ok(Ownership::New);
     };
     let here = id.dir.display().to_string();
@@ -68,7 +69,7 @@ pub fn check(state: &State, id: &Identity) -> Result<Ownership, String> {
             owner.dir, id.name
         )
     };
-    Err(format!(
+    Err(ServerError::Conflict(format!(
         "project \"{}\" belongs to the spec directory {}{}, not to {here}\n  hint: {hint}",
         id.name,
         owner.dir,
@@ -77,24 +78,22 @@ pub fn check(state: &State, id: &Identity) -> Result<Ownership, String> {
         } else {
             " (which no longer declares it)"
         },
-    ))
+    )))
 }
 
 /// [`check`], then record `id.dir` as the owner of `id.name`.
-pub fn claim(state: &State, id: &Identity) -> Result<Ownership, String> {
+pub fn claim(state: &State, id: &Identity) -> Result<Ownership, ServerError> {
     let o = check(state, id)?;
     if o != Ownership::Owned {
-        state
-            .set_project_owner(&id.name, &id.dir.display().to_string())
-            .map_err(|e| e.to_string())?;
+        state.set_project_owner(&id.name, &id.dir.display().to_string())?;
     }
     Ok(o)
 }
 
 /// Does the project have anything deployed (a current release or a route)?
-fn deployed(state: &State, name: &str) -> Result<bool, String> {
-    let services = state.current_releases(name).map_err(|e| e.to_string())?;
-    let routes = state.routes().map_err(|e| e.to_string())?;
+fn deployed(state: &State, name: &str) -> Result<bool, ServerError> {
+    let services = state.current_releases(name)?;
+    let routes = state.routes()?;
     Ok(!services.is_empty() || routes.iter().any(|r| r.project == name))
 }
 
@@ -121,12 +120,12 @@ fn still_declares(dir: &Path, name: &str) -> bool {
 /// The spec path an API caller sent, checked before anything is read: an absolute path to a
 /// `*.hcl` file, or to a directory (whose `*.hcl` files are the spec). Symlinks are resolved
 /// first, so a `x.hcl` link to another file is refused too. Returns the resolved path.
-pub fn api_spec_path(p: &Path) -> Result<PathBuf, String> {
+pub fn api_spec_path(p: &Path) -> Result<PathBuf, ServerError> {
     let refuse = |why: String| {
-        Err(format!(
+        Err(ServerError::Invalid(format!(
             "cannot apply {}: {why}\n  hint: send the absolute path of a spec file (*.hcl) or of a directory of them",
             p.display()
-        ))
+        )))
     };
     if !p.is_absolute() {
         return refuse("the path is not absolute".into());
@@ -186,20 +185,30 @@ mod tests {
         std::fs::write(&spec, "").expect("write");
         assert_eq!(api_spec_path(&spec).ok(), std::fs::canonicalize(&spec).ok());
         assert!(api_spec_path(d.path()).is_ok());
-        let e = api_spec_path(Path::new("/etc/shadow")).expect_err("refused");
+        let e = api_spec_path(Path::new("/etc/shadow"))
+            .expect_err("refused")
+            .to_string();
         assert!(
             e.starts_with("cannot apply /etc/shadow: not a spec file (*.hcl)"),
             "{e}"
         );
-        let e = api_spec_path(Path::new("etc/x.hcl")).expect_err("relative");
+        let e = api_spec_path(Path::new("etc/x.hcl"))
+            .expect_err("relative")
+            .to_string();
         assert!(e.contains("not absolute"), "{e}");
         let link = d.path().join("evil.hcl");
         std::os::unix::fs::symlink("/etc/passwd", &link).expect("symlink");
-        let e = api_spec_path(&link).expect_err("link to a non-spec");
+        let e = api_spec_path(&link)
+            .expect_err("link to a non-spec")
+            .to_string();
         assert!(e.contains("resolves to /etc/passwd"), "{e}");
-        let e = api_spec_path(d.path()).expect_err("dir with a link to a non-spec");
+        let e = api_spec_path(d.path())
+            .expect_err("dir with a link to a non-spec")
+            .to_string();
         assert!(e.contains("links to /etc/passwd"), "{e}");
-        let e = api_spec_path(Path::new("/dev/null")).expect_err("device");
+        let e = api_spec_path(Path::new("/dev/null"))
+            .expect_err("device")
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 }

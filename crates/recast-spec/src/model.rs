@@ -237,6 +237,9 @@ fn default_stop_timeout() -> Duration {
 /// 63-character DNS label (the kernel allows 64): 63 - 2 - 10 - 1 - 8.
 pub const MAX_SERVICE_NAME: usize = 42;
 
+/// Recorded in every release (`recast_server::record`): a field added here, or to a type nested
+/// in it, must decode when absent (`#[serde(default)]` or an `Option`), so releases recorded
+/// before it stay readable and unchanged; a recast-server test walks every field to check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,

@@ -5,6 +5,7 @@
 //! so a PostgreSQL backend can implement the same methods. The schema is versioned
 //! (`PRAGMA user_version`) and migrated forward on open.
 
+pub use recast_api::v1::{ReleaseOutcome, RolloutState, UnknownValue};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,6 +18,14 @@ pub enum Error {
     Db {
         path: String,
         source: rusqlite::Error,
+    },
+    /// A row holds a value none of the code's enums name (written by a newer recast, or edited).
+    #[error("state database {path}: table {table}, row {row}: {source}")]
+    Invalid {
+        path: String,
+        table: &'static str,
+        row: String,
+        source: UnknownValue,
     },
     #[error("state database {path}: {source}")]
     Io {
@@ -43,8 +52,7 @@ pub struct Release {
     pub spec: String,
     pub created_ms: i64,
     pub created_by: String,
-    /// pending | rolling_out | succeeded | rolled_back | failed | superseded
-    pub outcome: String,
+    pub outcome: ReleaseOutcome,
     pub reason: Option<String>,
     pub finished_ms: Option<i64>,
 }
@@ -70,8 +78,7 @@ pub struct Rollout {
     pub from_release: Option<i64>,
     pub to_release: i64,
     pub strategy: String,
-    /// running | succeeded | rolled_back
-    pub state: String,
+    pub state: RolloutState,
     pub step: i64,
     pub detail: String,
     pub started_ms: i64,
@@ -98,21 +105,9 @@ pub struct RouteRow {
     pub timeout_ms: u64,
 }
 
-/// A copy of an exclusive volume, taken before a release started on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub id: i64,
-    pub project: String,
-    pub service: String,
-    pub volume: String,
-    /// The release about to start when the copy was taken.
-    pub before_release: i64,
-    /// The release whose instances last wrote the volume (stopped when the copy was taken).
-    pub of_release: Option<i64>,
-    /// The copy's directory.
-    pub path: String,
-    pub created_ms: i64,
-}
+/// A copy of an exclusive volume, taken before a release started on it: the row is the API's
+/// type (`GET /v1/volumes/snapshots` answers rows as they are).
+pub use recast_api::v1::Snapshot;
 
 /// The spec directory a project name belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,18 +173,63 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A row's value that names no variant of the enum it is read as: carried through rusqlite's
+/// conversion error to `State::with`, which turns it into `Error::Invalid`.
+#[derive(Debug)]
+struct BadValue {
+    table: &'static str,
+    row: String,
+    source: UnknownValue,
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "table {}, row {}: {}", self.table, self.row, self.source)
+    }
+}
+
+impl std::error::Error for BadValue {}
+
+/// Column `idx` of `r` read as an enum `T`; an unknown value is an error naming `table` and `row`.
+fn enum_col<T>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    row: impl FnOnce() -> String,
+) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = UnknownValue>,
+{
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|source| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            Box::new(BadValue {
+                table,
+                row: row(),
+                source,
+            }),
+        )
+    })
+}
+
 fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+    let (project, service, number): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+    let outcome = enum_col(r, 9, "releases", || {
+        format!("{project}/{service} release {number}")
+    })?;
     Ok(Release {
-        project: r.get(0)?,
-        service: r.get(1)?,
-        number: r.get(2)?,
+        project,
+        service,
+        number,
         spec_hash: r.get(3)?,
         digest: r.get(4)?,
         image: r.get(5)?,
         spec: r.get(6)?,
         created_ms: r.get(7)?,
         created_by: r.get(8)?,
-        outcome: r.get(9)?,
+        outcome,
         reason: r.get(10)?,
         finished_ms: r.get(11)?,
     })
@@ -198,14 +238,15 @@ fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
 const RELEASE_COLS: &str = "project, service, number, spec_hash, digest, image, spec, created_ms, created_by, outcome, reason, finished_ms";
 
 fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
+    let id: i64 = r.get(0)?;
     Ok(Rollout {
-        id: r.get(0)?,
+        id,
         project: r.get(1)?,
         service: r.get(2)?,
         from_release: r.get(3)?,
         to_release: r.get(4)?,
         strategy: r.get(5)?,
-        state: r.get(6)?,
+        state: enum_col(r, 6, "rollouts", || format!("id {id}"))?,
         step: r.get(7)?,
         detail: r.get(8)?,
         started_ms: r.get(9)?,
@@ -273,9 +314,28 @@ impl State {
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(|source| Error::Db {
-            path: self.path.clone(),
-            source,
+        f(&conn).map_err(|source| {
+            let source = match source {
+                rusqlite::Error::FromSqlConversionFailure(i, t, e) => {
+                    match e.downcast::<BadValue>() {
+                        Ok(bad) => {
+                            let BadValue { table, row, source } = *bad;
+                            return Error::Invalid {
+                                path: self.path.clone(),
+                                table,
+                                row,
+                                source,
+                            };
+                        }
+                        Err(e) => rusqlite::Error::FromSqlConversionFailure(i, t, e),
+                    }
+                }
+                other => other,
+            };
+            Error::Db {
+                path: self.path.clone(),
+                source,
+            }
         })
     }
 
@@ -314,7 +374,7 @@ impl State {
 
     // ---- releases -------------------------------------------------------------------------------
 
-    /// Record a new release (numbered after the last one) with outcome `pending`.
+    /// Record a new release (numbered after the last one) with outcome `Pending`.
     pub fn new_release(&self, r: &NewRelease<'_>) -> Result<Release> {
         let NewRelease {
             project,
@@ -332,8 +392,8 @@ impl State {
                 |r| r.get(0),
             )?;
             c.execute(
-                &format!("INSERT INTO releases ({RELEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', NULL, NULL)"),
-                params![project, service, n, spec_hash, digest, image, spec, now_ms(), by],
+                &format!("INSERT INTO releases ({RELEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL)"),
+                params![project, service, n, spec_hash, digest, image, spec, now_ms(), by, ReleaseOutcome::Pending.as_str()],
             )?;
             c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"), params![project, service, n], release_row)
         })
@@ -344,14 +404,14 @@ impl State {
         project: &str,
         service: &str,
         number: i64,
-        outcome: &str,
+        outcome: ReleaseOutcome,
         reason: Option<&str>,
     ) -> Result<()> {
-        let finished = matches!(outcome, "succeeded" | "rolled_back" | "failed").then(now_ms);
+        let finished = outcome.is_final().then(now_ms);
         self.with(|c| {
             c.execute(
                 "UPDATE releases SET outcome = ?4, reason = ?5, finished_ms = COALESCE(?6, finished_ms) WHERE project = ?1 AND service = ?2 AND number = ?3",
-                params![project, service, number, outcome, reason, finished],
+                params![project, service, number, outcome.as_str(), reason, finished],
             )
             .map(drop)
         })
@@ -466,8 +526,8 @@ impl State {
             let now = now_ms();
             c.execute(
                 "INSERT INTO rollouts (project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', 0, 'started', ?6, ?6)",
-                params![project, service, from, to, strategy, now],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, 0, 'started', ?6, ?6)",
+                params![project, service, from, to, strategy, now, RolloutState::Running.as_str()],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -483,11 +543,11 @@ impl State {
         })
     }
 
-    pub fn finish_rollout(&self, id: i64, state: &str, detail: &str) -> Result<()> {
+    pub fn finish_rollout(&self, id: i64, state: RolloutState, detail: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE rollouts SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, state, detail, now_ms()],
+                params![id, state.as_str(), detail, now_ms()],
             )
             .map(drop)
         })
@@ -497,9 +557,10 @@ impl State {
     pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {ROLLOUT_COLS} FROM rollouts WHERE state = 'running' ORDER BY id"
+                "SELECT {ROLLOUT_COLS} FROM rollouts WHERE state = ?1 ORDER BY id"
             ))?;
-            st.query_map([], rollout_row)?.collect()
+            st.query_map(params![RolloutState::Running.as_str()], rollout_row)?
+                .collect()
         })
     }
 
@@ -667,7 +728,7 @@ mod tests {
                 })
                 .expect("r2");
             assert_eq!((r1.number, r2.number), (1, 2));
-            s.set_outcome("p", "web", 1, "succeeded", None)
+            s.set_outcome("p", "web", 1, ReleaseOutcome::Succeeded, None)
                 .expect("outcome");
             s.set_current("p", "web", Some(1)).expect("current");
             let id = s
@@ -696,6 +757,78 @@ mod tests {
         assert_eq!(
             (open.len(), open[0].step, open[0].detail.as_str()),
             (1, 1, "one new instance healthy")
+        );
+    }
+
+    #[test]
+    fn an_unknown_outcome_or_state_is_an_error_naming_table_row_and_value() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = State::open(&dir.path().join("state.db")).expect("open");
+        let r = s
+            .new_release(&NewRelease {
+                project: "p",
+                service: "web",
+                digest: "sha256:a",
+                image: "web",
+                spec: "{}",
+                spec_hash: "h1",
+                by: "test",
+            })
+            .expect("release");
+        assert_eq!(r.outcome, ReleaseOutcome::Pending);
+        assert_eq!(r.finished_ms, None);
+        s.set_outcome("p", "web", 1, ReleaseOutcome::RolledBack, Some("unhealthy"))
+            .expect("outcome");
+        let r = s.release("p", "web", 1).expect("read").expect("there");
+        assert_eq!(r.outcome, ReleaseOutcome::RolledBack);
+        assert!(
+            r.finished_ms.is_some(),
+            "a final outcome records when: {r:?}"
+        );
+        let id = s
+            .start_rollout("p", "web", None, 1, "rolling")
+            .expect("rollout");
+        assert_eq!(
+            s.unfinished_rollouts().expect("open")[0].state,
+            RolloutState::Running
+        );
+        s.finish_rollout(id, RolloutState::Failed, "stopped")
+            .expect("finish");
+        assert_eq!(
+            s.rollouts("p", "web").expect("rollouts")[0].state,
+            RolloutState::Failed
+        );
+
+        s.with(|c| {
+            c.execute("UPDATE releases SET outcome = 'sideways'", [])?;
+            c.execute("UPDATE rollouts SET state = 'upside_down'", [])
+        })
+        .expect("tamper");
+        let e = s.release("p", "web", 1).expect_err("an unknown outcome");
+        assert!(
+            matches!(
+                e,
+                Error::Invalid {
+                    table: "releases",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("table releases, row p/web release 1")
+                && text.contains("unknown release outcome \"sideways\""),
+            "{text}"
+        );
+        let text = s
+            .rollouts("p", "web")
+            .expect_err("an unknown state")
+            .to_string();
+        assert!(
+            text.contains(&format!("table rollouts, row id {id}"))
+                && text.contains("unknown rollout state \"upside_down\""),
+            "{text}"
         );
     }
 

@@ -1,7 +1,10 @@
 //! Talking to a running server: found through the data directory (or RECAST_SERVER and
 //! RECAST_TOKEN), spoken to over its JSON API.
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
+use recast_api::v1;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -73,14 +76,29 @@ impl Client {
         let v: Value =
             serde_json::from_reader(resp.into_body().into_reader()).unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!(
-                "{}",
-                v.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or(status.as_str())
-            );
+            match serde_json::from_value::<v1::ErrorReply>(v) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("the recast server answered {status}"),
+            }
         }
         Ok(v)
+    }
+
+    /// A GET whose answer is read as `T` (one of the API's types).
+    pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let v = self.get(path)?;
+        typed(v, "GET", path)
+    }
+
+    /// A POST of `body` whose answer is read as `T` (one of the API's types).
+    pub fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body).context("writing the request")?;
+        let v = self.post(path, &body)?;
+        typed(v, "POST", path)
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -128,4 +146,13 @@ impl Client {
             .send(body.to_string().as_bytes());
         self.check(r)
     }
+}
+
+/// The server's answer as the API's type, or what does not fit (a server of another version).
+fn typed<T: DeserializeOwned>(v: Value, method: &str, path: &str) -> anyhow::Result<T> {
+    serde_json::from_value(v).map_err(|e| {
+        anyhow!(
+            "the recast server's answer to {method} {path} is not what this recast reads: {e}\n  hint: are the server and the CLI the same version?"
+        )
+    })
 }

@@ -1,45 +1,26 @@
 //! `recast plan | apply | status | history | rollback | promote | logs | destroy`.
 
+use crate::build::load_spec as load;
 use crate::client::Client;
 use crate::output;
 use anyhow::{Context as _, anyhow, bail};
-use recast_image::build::{self, Options};
-use recast_image::step::StepRunner;
+use recast_api::v1;
 use recast_server::plan::{self, Action, Plan};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-fn load(spec: &Path) -> anyhow::Result<recast_spec::Project> {
-    recast_spec::load(spec).map_err(|d| anyhow!("the spec is invalid:\n{d}"))
-}
-
 /// Build (cached) and compare with the recorded state.
 pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Result<Plan> {
-    let project = load(spec)?;
-    let pins = crate::lock::pins(&project, locked)?;
-    let store = output::store(data_dir)?;
-    let runner = crate::run::step_runner(data_dir, &project)?;
-    let built = build::build(
-        &store,
-        Some(&data_dir.join("cache")),
-        &project,
-        &[],
-        &Options {
-            pins,
-            ..Options::from_env()?
-        },
-        runner.as_ref().map(|r| r as &dyn StepRunner),
-        &mut output::progress(),
-    )?;
+    let crate::build::SpecBuild { project, built, .. } =
+        crate::build::build_spec(spec, data_dir, &[], locked, true, &mut output::progress())?;
     let digests: BTreeMap<String, String> = built
         .iter()
         .map(|b| (b.image.clone(), b.digest.to_string()))
         .collect();
-    let state = recast_state::State::open(&data_dir.join("state.db"))?;
+    let state = recast_state::State::open(&recast_api::DataDir::new(data_dir).state_db())?;
     let id = recast_server::project::Identity::of(&project);
     if let recast_server::project::Ownership::Moved { from } =
         recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?
@@ -50,7 +31,8 @@ pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Resul
             id.dir.display()
         );
     }
-    Ok(plan::plan(&project, &id.name, &digests, &state)?)
+    let recorded = plan::Recorded::gather(&state, &id.name)?;
+    Ok(plan::plan(&project, &id.name, &digests, &recorded))
 }
 
 pub fn render_plan(p: &Plan) -> String {
@@ -165,10 +147,13 @@ pub fn apply(
             return Ok(ExitCode::FAILURE);
         }
     }
-    let started = client.post("/v1/apply", &json!({ "path": path }))?;
-    let id = started["apply"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("the server did not start an apply"))?;
+    let started: v1::ApplyStarted = client.post_as(
+        "/v1/apply",
+        &v1::ApplyRequest {
+            path: path.to_string_lossy().into_owned(),
+        },
+    )?;
+    let id = started.apply;
     if detach {
         if json {
             output::json(&started)?;
@@ -179,63 +164,66 @@ pub fn apply(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let tty = std::io::stderr().is_terminal();
-    let mut seen = 0;
-    let status = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let s = client.get(&format!("/v1/applies/{id}"))?;
-        let log = s["log"].as_array().cloned().unwrap_or_default();
-        if tty {
-            for l in &log[seen.min(log.len())..] {
-                eprintln!("  {}", l["message"].as_str().unwrap_or(""));
-            }
-        }
-        seen = log.len();
-        if s["state"] != "running" {
-            break s;
-        }
-    };
+    let status = follow(
+        || client.get_as(&format!("/v1/applies/{id}")).map(Some),
+        Duration::from_millis(100),
+        std::io::stderr().is_terminal(),
+    )?;
     if json {
         output::json(&status)?;
     } else {
-        for s in status["services"].as_array().into_iter().flatten() {
-            let release = s["release"]
-                .as_i64()
+        for s in &status.services {
+            let release = s
+                .release
                 .map_or_else(String::new, |r| format!(" release {r}"));
-            let reason = s["reason"]
-                .as_str()
+            let reason = s
+                .reason
+                .as_ref()
                 .map_or_else(String::new, |r| format!(": {r}"));
-            output::line(&format!(
-                "{}:{release} {}{reason}",
-                s["service"].as_str().unwrap_or(""),
-                s["outcome"].as_str().unwrap_or("")
-            ))?;
+            output::line(&format!("{}:{release} {}{reason}", s.service, s.outcome))?;
         }
     }
-    if let Some(e) = status["error"].as_str() {
+    if let Some(e) = &status.error {
         eprintln!("error: {e}");
     }
-    if status["state"] == "succeeded" {
+    if status.state == v1::ApplyState::Succeeded {
         Ok(ExitCode::SUCCESS)
     } else {
-        for s in status["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| {
-                s["outcome"] != "succeeded"
-                    && s["outcome"] != "unchanged"
-                    && s["outcome"] != "removed"
-            })
-        {
+        for s in status.services.iter().filter(|s| !s.outcome.is_ok()) {
             eprintln!(
                 "error: service {} was {}: {}",
-                s["service"].as_str().unwrap_or(""),
-                s["outcome"].as_str().unwrap_or(""),
-                s["reason"].as_str().unwrap_or("")
+                s.service,
+                s.outcome,
+                s.reason.as_deref().unwrap_or("")
             );
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Follow an apply until it finishes: `poll` gives its progress (`None` while it is not there
+/// yet), every `every`; with `echo`, each new line of its log goes to stderr as it comes.
+/// `recast apply` polls the API, `recast up` the server it runs.
+pub fn follow(
+    mut poll: impl FnMut() -> anyhow::Result<Option<v1::ApplyStatus>>,
+    every: Duration,
+    echo: bool,
+) -> anyhow::Result<v1::ApplyStatus> {
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(every);
+        let Some(s) = poll()? else {
+            continue;
+        };
+        if echo {
+            for l in s.log.iter().skip(seen) {
+                eprintln!("  {}", l.message);
+            }
+        }
+        seen = s.log.len();
+        if s.finished() {
+            return Ok(s);
+        }
     }
 }
 
@@ -264,9 +252,9 @@ fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Re
         Some(s) => format!("/v1/status?service={s}"),
         None => "/v1/status".to_string(),
     };
-    let v = client.get(&path)?;
+    let v: v1::Status = client.get_as(&path)?;
     if let Some(s) = service
-        && v["services"].as_array().is_none_or(Vec::is_empty)
+        && v.services.is_empty()
     {
         bail!("no service \"{s}\" is deployed");
     }
@@ -274,85 +262,81 @@ fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Re
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for s in v["services"].as_array().into_iter().flatten() {
+    for s in &v.services {
         output::line(&format!(
             "service {} (project {}): release {} · image {} {}",
-            s["service"].as_str().unwrap_or(""),
-            s["project"].as_str().unwrap_or(""),
-            s["current_release"]
-                .as_i64()
-                .map_or("-".into(), |r| r.to_string()),
-            s["image"].as_str().unwrap_or("-"),
-            s["digest"].as_str().map_or("", |d| &d[..d.len().min(19)]),
+            s.service,
+            s.project,
+            s.current_release.map_or("-".into(), |r| r.to_string()),
+            s.image.as_deref().unwrap_or("-"),
+            s.digest.as_deref().map_or("", |d| &d[..d.len().min(19)]),
         ))?;
-        if let Some(r) = s["rollout"].as_str() {
-            let paused = if s["paused"] == true { " (paused)" } else { "" };
+        if let Some(r) = &s.rollout {
+            let paused = if s.paused { " (paused)" } else { "" };
             output::line(&format!("  rollout: {r}{paused}"))?;
         }
-        for d in s["drift"].as_array().into_iter().flatten() {
-            for f in d["findings"].as_array().into_iter().flatten() {
+        for d in &s.drift {
+            for f in &d.findings {
                 output::line(&format!(
                     "  drift in {}: {} {} ({})",
-                    d["instance"].as_str().unwrap_or(""),
-                    f["kind"].as_str().unwrap_or(""),
-                    f["path"].as_str().unwrap_or(""),
-                    f["detail"].as_str().unwrap_or("")
+                    d.instance, f.kind, f.path, f.detail
                 ))?;
             }
         }
-        for v in s["verdicts"].as_array().into_iter().flatten() {
+        for v in &s.verdicts {
             output::line(&format!(
                 "  analysis of release {}: {} — {}",
-                v["release"],
-                v["result"].as_str().unwrap_or(""),
-                v["reason"].as_str().unwrap_or("")
+                v.release, v.result, v.reason
             ))?;
         }
-        for t in s["traffic"].as_array().into_iter().flatten() {
+        for t in &s.traffic {
             output::line(&format!(
                 "  traffic: release {} {:.0}% on {} instance(s) · {} requests, {} 5xx, {} failed connections, p99 {:.1} ms",
-                t["release"],
-                t["percent"].as_f64().unwrap_or(0.0),
-                t["instances"],
-                t["requests"],
-                t["errors_5xx"],
-                t["connect_failures"],
-                t["p99_ms"].as_f64().unwrap_or(0.0)
+                t.release,
+                t.percent,
+                t.instances,
+                t.requests,
+                t.errors_5xx,
+                t.connect_failures,
+                t.p99_ms
             ))?;
         }
-        for i in s["instances"].as_array().into_iter().flatten() {
-            let health = match (i["state"].as_str(), i["healthy"].as_bool()) {
-                (Some("exited"), _) => format!("exited ({})", i["exit_status"]),
-                (_, Some(true)) => "healthy".into(),
+        for i in &s.instances {
+            let health = match i.state {
+                v1::InstancePhase::Exited => format!(
+                    "exited ({})",
+                    i.exit_status
+                        .map_or_else(|| "null".into(), |c| c.to_string())
+                ),
+                _ if i.healthy => "healthy".into(),
                 _ => "unhealthy".into(),
             };
             output::line(&format!(
                 "  instance {} release {} {} {} age {}s",
-                i["id"].as_str().unwrap_or(""),
-                i["release"],
+                i.id,
+                i.release,
                 health,
-                if i["active"] == true {
+                if i.active {
                     "in rotation"
                 } else {
                     "out of rotation"
                 },
-                i["age_ms"].as_u64().unwrap_or(0) / 1000
+                i.age_ms / 1000
             ))?;
         }
     }
-    for r in v["routes"].as_array().into_iter().flatten() {
+    for r in &v.routes {
         output::line(&format!(
             "route {} on {} → {}",
-            r["route"].as_str().unwrap_or(""),
-            r["listen"].as_str().unwrap_or(""),
-            r["service"].as_str().unwrap_or("")
+            r.route, r.listen, r.service
         ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v = Client::find(data_dir)?.get(&format!("/v1/history?service={service}"))?;
+    let v: v1::History =
+        Client::find(data_dir)?.get_as(&format!("/v1/history?service={service}"))?;
     if json {
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);
@@ -361,16 +345,15 @@ pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<Exi
         "{:<4} {:<12} {:<19} {:<25} REASON",
         "#", "OUTCOME", "DIGEST", "CREATED (UTC)"
     ))?;
-    for r in v["releases"].as_array().into_iter().flatten() {
-        let digest = r["digest"].as_str().unwrap_or("");
-        let created = recast_image::oci::rfc3339(r["created_ms"].as_u64().unwrap_or(0) / 1000);
+    for r in &v.releases {
+        let created = recast_image::oci::rfc3339(r.created_ms.max(0) as u64 / 1000);
         output::line(&format!(
             "{:<4} {:<12} {:<19} {:<25} {}",
-            r["number"].as_i64().unwrap_or(0),
-            r["outcome"].as_str().unwrap_or(""),
-            &digest[..digest.len().min(19)],
+            r.number,
+            r.outcome.as_str(),
+            &r.digest[..r.digest.len().min(19)],
             created,
-            r["reason"].as_str().unwrap_or("")
+            r.reason.as_deref().unwrap_or("")
         ))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -384,24 +367,26 @@ pub fn rollback(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
+    let request = |dry_run: bool, restore_volumes: bool| v1::RollbackRequest {
+        service: service.to_string(),
+        project: None,
+        to,
+        dry_run,
+        restore_volumes,
+    };
     let mut restore = restore_volumes;
     let mut hint = None;
     if !restore {
         // Snapshots of the release's data exist: ask on a terminal, say how otherwise.
-        let plan = client.post(
-            "/v1/rollback",
-            &json!({ "service": service, "to": to, "dry_run": true }),
-        )?;
-        let snaps = plan["snapshots"].as_array().cloned().unwrap_or_default();
-        if !snaps.is_empty() && plan["missing"].is_null() {
-            let names: Vec<String> = snaps
+        let plan: v1::RestorePlan = client.post_as("/v1/rollback", &request(true, false))?;
+        if !plan.snapshots.is_empty() && plan.missing.is_none() {
+            let names: Vec<String> = plan
+                .snapshots
                 .iter()
                 .map(|s| {
                     format!(
                         "{} (snapshot {}, taken before release {})",
-                        s["volume"].as_str().unwrap_or(""),
-                        s["id"],
-                        s["before_release"]
+                        s.volume, s.id, s.before_release
                     )
                 })
                 .collect();
@@ -410,7 +395,7 @@ pub fn rollback(
                 eprint!(
                     "Restore volume(s) {} to the data release {} left? The data written since is lost. [y/N] ",
                     names.join(", "),
-                    plan["to"]
+                    plan.to
                 );
                 std::io::stderr().flush()?;
                 let mut answer = String::new();
@@ -420,38 +405,29 @@ pub fn rollback(
             if !restore {
                 hint = Some(format!(
                     "volumes kept as they are; to restore release {}'s data: `recast rollback {service} --to {} --restore-volumes` (instead of this rollback), or afterwards `recast volume restore {service} VOLUME SNAPSHOT --yes` ({})",
-                    plan["to"],
-                    plan["to"],
+                    plan.to,
+                    plan.to,
                     names.join(", ")
                 ));
             }
         }
     }
-    let v = client.post(
-        "/v1/rollback",
-        &json!({ "service": service, "to": to, "restore_volumes": restore }),
-    )?;
+    let v: v1::RollbackResult = client.post_as("/v1/rollback", &request(false, restore))?;
     if json {
         output::json(&v)?;
     } else {
         output::line(&format!(
             "{}: release {} → {} ({}, traffic switched in {:.1} ms)",
             service,
-            v["from"],
-            v["to"],
-            if v["warm"] == true {
-                "warm"
-            } else {
-                "cold start"
-            },
-            v["switched_ms"].as_f64().unwrap_or(0.0)
+            v.from,
+            v.to,
+            if v.warm { "warm" } else { "cold start" },
+            v.switched_ms
         ))?;
-        for s in v["restored"].as_array().into_iter().flatten() {
+        for s in &v.restored {
             output::line(&format!(
                 "{}: volume {} restored from {}",
-                service,
-                s["volume"].as_str().unwrap_or(""),
-                s["path"].as_str().unwrap_or("")
+                service, s.volume, s.path
             ))?;
         }
     }
@@ -462,16 +438,27 @@ pub fn rollback(
 }
 
 /// `promote`, `abort`, `pause`, `resume`: a request to the service's running rollout.
-pub fn control(data_dir: &Path, verb: &str, service: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v = Client::find(data_dir)?.post(&format!("/v1/{verb}"), &json!({ "service": service }))?;
+pub fn control(
+    data_dir: &Path,
+    action: v1::ControlAction,
+    service: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let v: v1::ControlReply = Client::find(data_dir)?.post_as(
+        &format!("/v1/{action}"),
+        &v1::ControlRequest {
+            service: service.to_string(),
+            project: None,
+        },
+    )?;
     if json {
         output::json(&v)?;
     } else {
-        let done = match verb {
-            "promote" => "promoted",
-            "abort" => "aborted: rolling back",
-            "pause" => "paused",
-            _ => "resumed",
+        let done = match v.action {
+            v1::ControlAction::Promote => "promoted",
+            v1::ControlAction::Abort => "aborted: rolling back",
+            v1::ControlAction::Pause => "paused",
+            v1::ControlAction::Resume => "resumed",
         };
         output::line(&format!("{service}: {done}"))?;
     }
@@ -479,12 +466,7 @@ pub fn control(data_dir: &Path, verb: &str, service: &str, json: bool) -> anyhow
 }
 
 /// What `recast logs` asks for.
-pub struct LogsQuery {
-    pub follow: bool,
-    pub tail: Option<usize>,
-    pub since: Option<String>,
-    pub timestamps: bool,
-}
+pub use recast_api::v1::LogsQuery;
 
 /// The logs of a service's current instances, through the server's API (so it works from any
 /// machine that reaches the server): `[INSTANCE] [TIME ]LINE`, streamed to stdout.
@@ -493,16 +475,7 @@ pub fn logs(data_dir: &Path, service: &str, q: &LogsQuery) -> anyhow::Result<Exi
         recast_spec::values::duration(s).map_err(|e| anyhow!("--since: {e}"))?;
     }
     let client = Client::find(data_dir)?;
-    let mut path = format!(
-        "/v1/services/{service}/logs?timestamps={}&follow={}",
-        q.timestamps, q.follow
-    );
-    if let Some(n) = q.tail {
-        path.push_str(&format!("&tail={n}"));
-    }
-    if let Some(s) = &q.since {
-        path.push_str(&format!("&since={s}"));
-    }
+    let path = format!("/v1/services/{service}/logs{}", q.to_query());
     let mut body = client.get_stream(&path)?;
     let mut stdout = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 << 10];
@@ -547,7 +520,7 @@ pub fn destroy(
         })?;
         // Never destroy another directory's project of the same name.
         let id = recast_server::project::Identity::of(&p);
-        let state = recast_state::State::open(&data_dir.join("state.db"))?;
+        let state = recast_state::State::open(&recast_api::DataDir::new(data_dir).state_db())?;
         recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?;
         Some(id.name)
     };
@@ -577,15 +550,19 @@ pub fn destroy(
             return Ok(ExitCode::FAILURE);
         }
     }
-    let v: Value = client.post(
+    let v: v1::Destroyed = client.post_as(
         "/v1/destroy",
-        &json!({ "project": project, "services": services, "volumes": volumes }),
+        &v1::DestroyRequest {
+            project,
+            services: services.to_vec(),
+            volumes,
+        },
     )?;
     if json {
         output::json(&v)?;
     } else {
-        for s in v["removed"].as_array().into_iter().flatten() {
-            output::line(&format!("destroyed service {}", s.as_str().unwrap_or("")))?;
+        for s in &v.removed {
+            output::line(&format!("destroyed service {s}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -598,32 +575,30 @@ pub fn drift(
     full: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let v = Client::find(data_dir)?.post(
+    let v: v1::DriftReply = Client::find(data_dir)?.post_as(
         "/v1/drift",
-        &json!({ "service": service, "fix": fix, "full": full }),
+        &v1::DriftRequest {
+            service: service.map(str::to_string),
+            project: None,
+            fix,
+            full,
+        },
     )?;
-    let drifted = v["drifted"].as_u64().unwrap_or(0);
+    let drifted = v.drifted;
     if json {
         output::json(&v)?;
     } else {
-        let n = v["instances"].as_array().map_or(0, Vec::len);
-        for d in v["instances"].as_array().into_iter().flatten() {
-            for f in d["findings"].as_array().into_iter().flatten() {
+        let n = v.instances.len();
+        for d in &v.instances {
+            for f in &d.findings {
                 output::line(&format!(
                     "{} {}: {} {} ({})",
-                    d["service"].as_str().unwrap_or(""),
-                    d["instance"].as_str().unwrap_or(""),
-                    f["kind"].as_str().unwrap_or(""),
-                    f["path"].as_str().unwrap_or(""),
-                    f["detail"].as_str().unwrap_or("")
+                    d.service, d.instance, f.kind, f.path, f.detail
                 ))?;
             }
         }
-        for r in v["replaced"].as_array().into_iter().flatten() {
-            output::line(&format!(
-                "replaced by new instance {}",
-                r.as_str().unwrap_or("")
-            ))?;
+        for r in &v.replaced {
+            output::line(&format!("replaced by new instance {r}"))?;
         }
         eprintln!("{n} instance(s) checked, {drifted} drifted");
     }

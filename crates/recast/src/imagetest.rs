@@ -1,9 +1,7 @@
 //! `recast test`: each image's `test` block against a throwaway instance.
 
+use crate::build::{SpecBuild, build_spec};
 use crate::{output, run};
-use anyhow::bail;
-use recast_image::build::{self, Options};
-use recast_image::step::StepRunner;
 use recast_runtime::imagetest;
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,25 +13,14 @@ pub fn run(
     locked: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let project = match recast_spec::load(spec) {
-        Ok(p) => p,
-        Err(diags) => bail!("the spec is invalid:\n{diags}"),
-    };
-    let store = output::store(data_dir)?;
     let mut progress = output::progress();
-    let runner = run::step_runner(data_dir, &project)?;
-    let built = build::build(
-        &store,
-        Some(&data_dir.join("cache")),
-        &project,
-        images,
-        &Options {
-            pins: crate::lock::pins(&project, locked)?,
-            ..Options::from_env()?
-        },
-        runner.as_ref().map(|r| r as &dyn StepRunner),
-        &mut progress,
-    )?;
+    let SpecBuild {
+        project,
+        store,
+        runner,
+        built,
+        ..
+    } = build_spec(spec, data_dir, images, locked, true, &mut progress)?;
     let rt = match runner {
         Some(rt) => rt,
         None => run::runtime(data_dir, store)?,

@@ -1,7 +1,6 @@
 //! `recast lock [--update [REF…]]`, and the lock every building command reads (`--locked`).
 
 use crate::output;
-use anyhow::anyhow;
 use recast_image::Digest;
 use recast_image::lock::{self, Mode};
 use recast_spec::Project;
@@ -17,7 +16,7 @@ pub fn run(spec: &Path, update: bool, refs: &[String], json: bool) -> anyhow::Re
             refs.join(" ")
         );
     }
-    let project = recast_spec::load(spec).map_err(|d| anyhow!("the spec is invalid:\n{d}"))?;
+    let project = crate::build::load_spec(spec)?;
     let mode = if update {
         Mode::Update(refs.to_vec())
     } else {

@@ -352,24 +352,24 @@ fn main() -> ExitCode {
             json,
         } => data_dir().and_then(|d| deploy::rollback(&d, &service, to, restore_volumes, json)),
         Command::Volume(cmd) => data_dir().and_then(|d| volume::run(&d, cmd)),
-        Command::Promote { service, json } => {
-            data_dir().and_then(|d| deploy::control(&d, "promote", &service, json))
-        }
+        Command::Promote { service, json } => data_dir().and_then(|d| {
+            deploy::control(&d, recast_api::v1::ControlAction::Promote, &service, json)
+        }),
         Command::Drift {
             service,
             fix,
             full,
             json,
         } => data_dir().and_then(|d| deploy::drift(&d, service.as_deref(), fix, full, json)),
-        Command::Abort { service, json } => {
-            data_dir().and_then(|d| deploy::control(&d, "abort", &service, json))
-        }
-        Command::Pause { service, json } => {
-            data_dir().and_then(|d| deploy::control(&d, "pause", &service, json))
-        }
-        Command::Resume { service, json } => {
-            data_dir().and_then(|d| deploy::control(&d, "resume", &service, json))
-        }
+        Command::Abort { service, json } => data_dir().and_then(|d| {
+            deploy::control(&d, recast_api::v1::ControlAction::Abort, &service, json)
+        }),
+        Command::Pause { service, json } => data_dir().and_then(|d| {
+            deploy::control(&d, recast_api::v1::ControlAction::Pause, &service, json)
+        }),
+        Command::Resume { service, json } => data_dir().and_then(|d| {
+            deploy::control(&d, recast_api::v1::ControlAction::Resume, &service, json)
+        }),
         Command::Logs {
             service,
             follow,

@@ -69,7 +69,9 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The image store of a data directory.
 pub fn store(data_dir: &Path) -> anyhow::Result<recast_image::Store> {
-    Ok(recast_image::Store::open(&data_dir.join("store"))?)
+    Ok(recast_image::Store::open(
+        &recast_api::DataDir::new(data_dir).store(),
+    )?)
 }
 
 /// Print `value` as one line of JSON on stdout. A closed pipe is not an error.

@@ -69,12 +69,12 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
     Ok(code)
 }
 
-/// A runtime for this data directory, with what dead `run`/`test` processes left cleaned up.
 /// The runtime, when some image of `project` has `run` steps or a Dockerfile (steps run in
 /// build containers); builds of `copy` steps alone need no container runtime.
 pub fn step_runner(
     data_dir: &Path,
     project: &recast_spec::Project,
+    store: &recast_image::Store,
 ) -> anyhow::Result<Option<Runtime>> {
     let runs = project.images.values().any(|i| {
         i.dockerfile.is_some()
@@ -85,9 +85,10 @@ pub fn step_runner(
     if !runs {
         return Ok(None);
     }
-    Ok(Some(runtime(data_dir, output::store(data_dir)?)?))
+    Ok(Some(runtime(data_dir, store.clone())?))
 }
 
+/// A runtime for this data directory, with what dead `run`/`test` processes left cleaned up.
 pub fn runtime(data_dir: &Path, store: recast_image::Store) -> anyhow::Result<Runtime> {
     let rt = Runtime::new(data_dir, store)?;
     // Only throwaway instances whose `recast run`/`recast test` process is gone: never a

@@ -60,28 +60,16 @@ pub fn run(
             if let Ok(project) = recast_spec::load(&path) {
                 crate::lock::pins(&project, false)?;
             }
-            let id = started
-                .ctl
-                .start_apply(&path)
-                .map_err(|(_, e)| anyhow!(e))?;
-            let mut seen = 0;
-            let status = loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let Some(s) = started.ctl.apply_status(id) else {
-                    continue;
-                };
-                for l in &s.log[seen..] {
-                    eprintln!("  {}", l.message);
-                }
-                seen = s.log.len();
-                if s.state != "running" {
-                    break s;
-                }
-            };
+            let id = started.ctl.start_apply(&path).map_err(|e| anyhow!(e))?;
+            let ctl = started.ctl.clone();
+            let status = tokio::task::spawn_blocking(move || {
+                crate::deploy::follow(|| Ok(ctl.apply_status(id)), Duration::from_millis(50), true)
+            })
+            .await??;
             if let Some(e) = &status.error {
                 eprintln!("error: {e}");
             }
-            if status.state != "succeeded" {
+            if status.state != recast_api::v1::ApplyState::Succeeded {
                 code = ExitCode::FAILURE;
             }
             for r in started.ctl.route_rows().await {

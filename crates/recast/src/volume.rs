@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::bail;
 use clap::Subcommand;
-use serde_json::json;
+use recast_api::v1;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Ls { service, json } => {
             let q = service.map_or_else(String::new, |s| format!("?service={s}"));
-            let v = client.get(&format!("/v1/volumes{q}"))?;
+            let v: v1::Volumes = client.get_as(&format!("/v1/volumes{q}"))?;
             if json {
                 output::json(&v)?;
                 return Ok(ExitCode::SUCCESS);
@@ -60,21 +60,22 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
                 "{:<20} {:<12} {:<16} {:<10} {:<10} {:<21} PATH",
                 "SERVICE", "VOLUME", "MOUNT", "EXCLUSIVE", "SNAPSHOTS", "LAST SNAPSHOT (UTC)"
             ))?;
-            for x in v["volumes"].as_array().into_iter().flatten() {
+            for x in &v.volumes {
                 output::line(&format!(
                     "{:<20} {:<12} {:<16} {:<10} {:<10} {:<21} {}",
-                    x["service"].as_str().unwrap_or(""),
-                    x["volume"].as_str().unwrap_or(""),
-                    x["mount"].as_str().unwrap_or(""),
-                    if x["exclusive"] == true { "yes" } else { "no" },
-                    x["snapshots"],
-                    time(x["last_snapshot_ms"].as_i64()),
-                    x["path"].as_str().unwrap_or("")
+                    x.service,
+                    x.volume,
+                    x.mount,
+                    if x.exclusive { "yes" } else { "no" },
+                    x.snapshots,
+                    time(x.last_snapshot_ms),
+                    x.path
                 ))?;
             }
         }
         Command::Snapshots { service, json } => {
-            let v = client.get(&format!("/v1/volumes/snapshots?service={service}"))?;
+            let v: v1::Snapshots =
+                client.get_as(&format!("/v1/volumes/snapshots?service={service}"))?;
             if json {
                 output::json(&v)?;
                 return Ok(ExitCode::SUCCESS);
@@ -83,17 +84,15 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
                 "{:<5} {:<12} {:<7} {:<7} {:<21} PATH",
                 "#", "VOLUME", "BEFORE", "DATA OF", "TAKEN (UTC)"
             ))?;
-            for s in v["snapshots"].as_array().into_iter().flatten() {
+            for s in &v.snapshots {
                 output::line(&format!(
                     "{:<5} {:<12} {:<7} {:<7} {:<21} {}",
-                    s["id"],
-                    s["volume"].as_str().unwrap_or(""),
-                    format!("r{}", s["before_release"]),
-                    s["of_release"]
-                        .as_i64()
-                        .map_or_else(|| "-".into(), |n| format!("r{n}")),
-                    time(s["created_ms"].as_i64()),
-                    s["path"].as_str().unwrap_or("")
+                    s.id,
+                    s.volume,
+                    format!("r{}", s.before_release),
+                    s.of_release.map_or_else(|| "-".into(), |n| format!("r{n}")),
+                    time(Some(s.created_ms)),
+                    s.path
                 ))?;
             }
         }
@@ -127,18 +126,23 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            let v = client.post(
+            let v: v1::VolumeRestored = client.post_as(
                 "/v1/volumes/restore",
-                &json!({ "service": service, "volume": volume, "snapshot": snapshot }),
+                &v1::RestoreRequest {
+                    service: service.clone(),
+                    project: None,
+                    volume: volume.clone(),
+                    snapshot: v1::SnapshotRef::Name(snapshot.clone()),
+                },
             )?;
             if json {
                 output::json(&v)?;
             } else {
                 output::line(&format!(
                     "{service}: volume {volume} restored from {} ({} instance(s) stopped, {} started)",
-                    v["snapshot"]["path"].as_str().unwrap_or(""),
-                    v["stopped"],
-                    v["started"].as_array().map_or(0, Vec::len)
+                    v.snapshot.path,
+                    v.stopped,
+                    v.started.len()
                 ))?;
             }
         }

@@ -102,7 +102,7 @@ impl Fixture {
             port: 8080,
             network: Network::Private,
             volumes: Vec::new(),
-            volume_scope: "svc".into(),
+            volume_scope: "proj/svc".into(),
             memory: None,
             cpus: None,
             user_namespace: false,
@@ -280,8 +280,41 @@ fn a_volume_survives_replacement() {
     assert_eq!(f.sh(&b, "cat /data/file").1.trim(), "kept");
     f.delete_and_check_gone(&b);
     assert!(
-        f.dir.path().join("volumes/svc/data/file").exists(),
+        f.dir.path().join("volumes/proj/svc/data/file").exists(),
         "the volume outlives its instances"
+    );
+}
+
+#[test]
+fn a_volume_or_scope_that_would_leave_the_data_directory_is_refused() {
+    let f = fixture();
+    for (scope, volume) in [
+        ("proj/svc", ".."),
+        ("proj/svc", "../../../escaped"),
+        ("../..", "data"),
+        ("proj/svc/..", "data"),
+        ("svc", "data"),
+    ] {
+        let mut spec = f.spec(&[]);
+        spec.volume_scope = scope.into();
+        spec.volumes = vec![(volume.into(), "/data".into())];
+        let e = match f.rt.start(&spec) {
+            Ok(inst) => {
+                f.delete_and_check_gone(&inst);
+                panic!("volume {volume:?} of scope {scope:?} was accepted");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&spec.id), "the error names the instance: {e}");
+        assert!(
+            f.rt.list().iter().all(|i| i.id != spec.id),
+            "nothing is left of instance {} after: {e}",
+            spec.id
+        );
+    }
+    assert!(
+        !f.dir.path().join("escaped").exists() && !f.dir.path().join("data").exists(),
+        "nothing was made outside volumes/"
     );
 }
 
@@ -745,7 +778,7 @@ fn runtime_files_are_private_and_a_non_root_user_still_reads_its_root_and_writes
     for d in ["instances", "rootfs", "volumes", "runc"] {
         assert_eq!(mode(&f.dir.path().join(d)), 0o700, "{d}");
     }
-    let volume = f.dir.path().join("volumes/svc/data");
+    let volume = f.dir.path().join("volumes/proj/svc/data");
     assert_eq!(mode(&volume), 0o755);
     assert_eq!(mode(&volume.with_file_name("")), 0o700);
     {
@@ -813,7 +846,8 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
     assert_eq!(field("Gid:"), ["2000000000"; 4], "{status}");
     {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(f.dir.path().join("volumes/svc/data/f")).expect("volume file");
+        let m =
+            std::fs::metadata(f.dir.path().join("volumes/proj/svc/data/f")).expect("volume file");
         assert_eq!((m.uid(), m.gid()), (2_000_000_000, 2_000_000_000));
         // The way to its root filesystem is open to the mapped root's group only; the runtime
         // spec (with the environment) stays root's.

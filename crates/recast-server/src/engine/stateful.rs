@@ -10,8 +10,8 @@
 //! and renamed into place only once complete.
 
 use super::{Ctl, Run, Svc};
-use recast_state::{Release, Snapshot};
-use serde::Serialize;
+use crate::ServerError;
+use recast_state::{Release, ReleaseOutcome, Snapshot};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,109 +19,14 @@ use std::time::Instant;
 /// Snapshots kept per volume; older ones are deleted after a new one is taken.
 pub const KEEP_SNAPSHOTS: usize = 5;
 
-/// One volume of a deployed service, for `recast volume ls`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VolumeInfo {
-    pub project: String,
-    pub service: String,
-    pub volume: String,
-    pub mount: String,
-    pub exclusive: bool,
-    pub path: String,
-    pub snapshots: usize,
-    pub last_snapshot_ms: Option<i64>,
-}
-
-/// What `rollback` did (or, in a dry run, would do) to the volumes.
-#[derive(Debug, Clone, Serialize)]
-pub struct RestorePlan {
-    pub from: i64,
-    pub to: i64,
-    /// The snapshots that hold the target release's data, one per exclusive volume.
-    pub snapshots: Vec<Snapshot>,
-    /// Why no snapshot can be restored, when none can.
-    pub missing: Option<String>,
-}
+// What `recast volume ls` lists, what a rollback would restore, what a restore did: the API's types.
+pub use recast_api::v1::{RestorePlan, VolumeInfo, VolumeRestored};
 
 impl Ctl {
-    fn volume_dir(&self, svc: &Svc, volume: &str) -> PathBuf {
+    fn volume_dir(&self, svc: &Svc, volume: &str) -> Result<PathBuf, String> {
         self.data_dir
-            .join("volumes")
-            .join(&svc.project)
-            .join(&svc.name)
-            .join(volume)
-    }
-
-    /// `recreate`: drain and stop every old instance, snapshot the exclusive volumes, then
-    /// start the new release. The route answers 503 while nothing is healthy.
-    pub(super) async fn recreate(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        svc.proxy.set_unavailable(Some(format!(
-            "release {} is starting in place of release {} (a recreate rollout stops the old release first); retry shortly",
-            new.number, old.number
-        )));
-        let r = self.recreate_inner(svc, new, old, step).await;
-        svc.proxy.set_unavailable(None);
-        r
-    }
-
-    async fn recreate_inner(
-        self: &Arc<Self>,
-        svc: &Arc<Svc>,
-        new: &Run,
-        old: &Run,
-        step: &(dyn Fn(i64, String) + Sync),
-    ) -> Result<(), String> {
-        let n = new.service.instances as usize;
-        let old_ids = svc.ids(|l| l.release != new.number);
-        step(
-            1,
-            format!(
-                "stopping {} instance(s) of release {} (recreate: no instance serves until release {} is healthy)",
-                old_ids.len(),
-                old.number,
-                new.number
-            ),
-        );
-        self.stop_all(svc, old_ids).await;
-        if new.service.exclusive_volumes().next().is_some() {
-            step(2, "snapshotting exclusive volume(s)".into());
-            let taken = self
-                .snapshot_volumes(svc, &new.service, new.number, Some(old.number))
-                .await?;
-            for s in &taken {
-                step(2, format!("volume {} copied to {}", s.volume, s.path));
-            }
-        }
-        step(
-            3,
-            format!("starting {n} instance(s) of release {}", new.number),
-        );
-        let deadline = Instant::now() + new.service.rollout.progress_deadline;
-        let ids = self.start_healthy(svc, new, n, deadline).await?;
-        self.event(
-            svc,
-            "instance.started",
-            &format!(
-                "instance(s) {} of release {} started",
-                ids.join(", "),
-                new.number
-            ),
-        );
-        svc.set_active(&ids, true);
-        step(
-            4,
-            format!(
-                "{n} instance(s) of release {} healthy and in rotation",
-                new.number
-            ),
-        );
-        Ok(())
+            .volume(&svc.project, &svc.name, volume)
+            .map_err(|e| e.to_string())
     }
 
     /// Retire instances (out of rotation, drained, stopped, deleted) and record it.
@@ -157,17 +62,15 @@ impl Ctl {
         }
         let mut out = Vec::new();
         for v in service.exclusive_volumes() {
-            let src = self.volume_dir(svc, &v.name);
+            let src = self.volume_dir(svc, &v.name)?;
             if !src.exists() {
                 continue;
             }
             let time = recast_image::oci::rfc3339(super::now_ms() / 1000).replace([':', '-'], "");
             let dir = self
                 .data_dir
-                .join("snapshots")
-                .join(&svc.project)
-                .join(&svc.name)
-                .join(&v.name);
+                .snapshots(&svc.project, &svc.name, &v.name)
+                .map_err(|e| e.to_string())?;
             let mut dst = dir.join(format!("{before_release}-{time}"));
             let mut k = 1;
             while dst.exists() {
@@ -199,42 +102,56 @@ impl Ctl {
                     dst.display()
                 ),
             );
-            self.prune_snapshots(svc, &v.name).await;
+            if let Err(e) = self.prune_snapshots(svc, &v.name).await {
+                // The copy is taken and recorded: an old copy left behind is reported, and
+                // pruned with the next one.
+                self.failed(
+                    svc,
+                    "volume.prune_failed",
+                    &format!("pruning old snapshots of volume {}: {e}", v.name),
+                );
+            }
             out.push(snap);
         }
         Ok(out)
     }
 
     /// Keep the newest [`KEEP_SNAPSHOTS`] snapshots of a volume.
-    async fn prune_snapshots(&self, svc: &Svc, volume: &str) {
+    async fn prune_snapshots(&self, svc: &Svc, volume: &str) -> Result<(), ServerError> {
         let all: Vec<Snapshot> = self
             .state
-            .snapshots(&svc.project, &svc.name)
-            .unwrap_or_default()
+            .snapshots(&svc.project, &svc.name)?
             .into_iter()
             .filter(|s| s.volume == volume)
             .collect();
         let excess = all.len().saturating_sub(KEEP_SNAPSHOTS);
         for s in all.into_iter().take(excess) {
-            self.drop_snapshot(&s).await;
+            self.drop_snapshot(&s).await?;
         }
+        Ok(())
     }
 
-    async fn drop_snapshot(&self, s: &Snapshot) {
+    /// Delete a snapshot's copy, then its record (a copy that cannot be deleted keeps its
+    /// record, so it is never left behind unlisted).
+    async fn drop_snapshot(&self, s: &Snapshot) -> Result<(), ServerError> {
         let p = PathBuf::from(&s.path);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(p)).await;
-        let _ = self.state.remove_snapshot(s.id);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| ServerError::Internal(format!("deleting snapshot {}: {e}", s.path)))?;
+        removed.map_err(|e| ServerError::Internal(format!("deleting snapshot {}: {e}", s.path)))?;
+        self.state.remove_snapshot(s.id)?;
+        Ok(())
     }
 
     /// Every snapshot of a service, files and records (`destroy --volumes`).
-    pub(super) async fn drop_snapshots(&self, svc: &Svc) {
-        for s in self
-            .state
-            .snapshots(&svc.project, &svc.name)
-            .unwrap_or_default()
-        {
-            self.drop_snapshot(&s).await;
+    pub(super) async fn drop_snapshots(&self, svc: &Svc) -> Result<(), ServerError> {
+        for s in self.state.snapshots(&svc.project, &svc.name)? {
+            self.drop_snapshot(&s).await?;
         }
+        Ok(())
     }
 
     /// Replace an instance of a service that stops first (recreate, exclusive volumes): the old
@@ -281,42 +198,41 @@ impl Ctl {
         &self,
         svc: &Svc,
         to: Option<i64>,
-    ) -> Result<(Release, Release), String> {
+    ) -> Result<(Release, Release), ServerError> {
         let cur = self
             .state
-            .current(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?
-            .ok_or("the service has no live release")?;
-        let history = self
-            .state
-            .releases(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?;
+            .current(&svc.project, &svc.name)?
+            .ok_or_else(|| {
+                ServerError::Conflict(format!("service {} has no live release", svc.name))
+            })?;
+        let history = self.state.releases(&svc.project, &svc.name)?;
         let target = match to {
-            Some(n) => history
-                .iter()
-                .find(|r| r.number == n)
-                .ok_or_else(|| format!("service {} has no release {n}", svc.name))?,
+            Some(n) => history.iter().find(|r| r.number == n).ok_or_else(|| {
+                ServerError::NotFound(format!("service {} has no release {n}", svc.name))
+            })?,
             None => history
                 .iter()
                 .rev()
-                .find(|r| r.number < cur.number && r.outcome == "succeeded")
-                .ok_or("there is no earlier good release to go back to")?,
+                .find(|r| r.number < cur.number && r.outcome == ReleaseOutcome::Succeeded)
+                .ok_or_else(|| {
+                    ServerError::Conflict("there is no earlier good release to go back to".into())
+                })?,
         };
         if target.number == cur.number {
-            return Err(format!("release {} is already live", cur.number));
+            return Err(ServerError::Conflict(format!(
+                "release {} is already live",
+                cur.number
+            )));
         }
         Ok((cur.clone(), target.clone()))
     }
 
     /// The snapshots a rollback to `target` would restore: per exclusive volume, the newest copy
     /// of the data as `target` left it (taken when its instances had stopped).
-    pub fn restore_plan(&self, svc: &Svc, to: Option<i64>) -> Result<RestorePlan, String> {
+    pub fn restore_plan(&self, svc: &Svc, to: Option<i64>) -> Result<RestorePlan, ServerError> {
         let (cur, target) = self.rollback_target(svc, to)?;
-        let run = Run::from_row(&target)?;
-        let all = self
-            .state
-            .snapshots(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?;
+        let run = Run::from_row(&target).map_err(ServerError::Internal)?;
+        let all = self.state.snapshots(&svc.project, &svc.name)?;
         let mut snapshots = Vec::new();
         let mut missing = Vec::new();
         for v in run.service.exclusive_volumes() {
@@ -466,7 +382,7 @@ impl Ctl {
 
     /// Replace a volume's content with a snapshot's (no instance may run on it).
     async fn restore_snapshot(&self, svc: &Svc, s: &Snapshot) -> Result<(), String> {
-        let vol = self.volume_dir(svc, &s.volume);
+        let vol = self.volume_dir(svc, &s.volume)?;
         let snap = PathBuf::from(&s.path);
         tokio::task::spawn_blocking(move || replace_content(&vol, &snap))
             .await
@@ -487,12 +403,9 @@ impl Ctl {
         svc: &Arc<Svc>,
         volume: &str,
         snapshot: &str,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<VolumeRestored, ServerError> {
         let _busy = svc.busy.lock().await;
-        let all = self
-            .state
-            .snapshots(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?;
+        let all = self.state.snapshots(&svc.project, &svc.name)?;
         let snap = all
             .iter()
             .find(|s| {
@@ -502,16 +415,17 @@ impl Ctl {
             })
             .cloned()
             .ok_or_else(|| {
-                format!(
+                ServerError::NotFound(format!(
                     "volume {volume} of {} has no snapshot {snapshot}\n  hint: `recast volume snapshots {}` lists them",
                     svc.name, svc.name
-                )
+                ))
             })?;
-        let cur = self
-            .state
-            .current(&svc.project, &svc.name)
-            .map_err(|e| e.to_string())?;
-        let run = cur.as_ref().map(Run::from_row).transpose()?;
+        let cur = self.state.current(&svc.project, &svc.name)?;
+        let run = cur
+            .as_ref()
+            .map(Run::from_row)
+            .transpose()
+            .map_err(ServerError::Internal)?;
         let stopped = svc.ids(|_| true);
         let n_stopped = stopped.len();
         svc.proxy.set_unavailable(Some(format!(
@@ -521,11 +435,14 @@ impl Ctl {
             .restore_volume_inner(svc, &snap, stopped, run.as_ref())
             .await;
         svc.proxy.set_unavailable(None);
-        let started = result?;
-        Ok(serde_json::json!({
-            "service": svc.name, "volume": volume, "snapshot": snap,
-            "stopped": n_stopped, "started": started,
-        }))
+        let started = result.map_err(ServerError::Runtime)?;
+        Ok(VolumeRestored {
+            service: svc.name.clone(),
+            volume: volume.to_string(),
+            snapshot: snap,
+            stopped: n_stopped,
+            started,
+        })
     }
 
     async fn restore_volume_inner(
@@ -572,23 +489,27 @@ impl Ctl {
     }
 
     /// Volumes of deployed services (all, or `service`'s).
-    pub fn volumes(&self, only: Option<&Svc>) -> Vec<VolumeInfo> {
+    pub fn volumes(&self, only: Option<&Svc>) -> Result<Vec<VolumeInfo>, ServerError> {
         let mut out = Vec::new();
         for svc in self.all_svcs() {
             if only.is_some_and(|o| o.project != svc.project || o.name != svc.name) {
                 continue;
             }
-            let Ok(Some(cur)) = self.state.current(&svc.project, &svc.name) else {
+            let Some(cur) = self.state.current(&svc.project, &svc.name)? else {
                 continue;
             };
-            let Ok(run) = Run::from_row(&cur) else {
-                continue;
-            };
-            let snaps = self
-                .state
-                .snapshots(&svc.project, &svc.name)
-                .unwrap_or_default();
+            let run = Run::from_row(&cur).map_err(|e| {
+                ServerError::Internal(format!(
+                    "release {} of {}/{}: {e}",
+                    cur.number, svc.project, svc.name
+                ))
+            })?;
+            let snaps = self.state.snapshots(&svc.project, &svc.name)?;
             for v in &run.service.volumes {
+                // Spec names are checked names: every volume has a path.
+                let Ok(path) = self.volume_dir(&svc, &v.name) else {
+                    continue;
+                };
                 let mine: Vec<&Snapshot> = snaps.iter().filter(|s| s.volume == v.name).collect();
                 out.push(VolumeInfo {
                     project: svc.project.clone(),
@@ -596,13 +517,13 @@ impl Ctl {
                     volume: v.name.clone(),
                     mount: v.mount.clone(),
                     exclusive: v.exclusive,
-                    path: self.volume_dir(&svc, &v.name).to_string_lossy().into(),
+                    path: path.to_string_lossy().into(),
                     snapshots: mine.len(),
                     last_snapshot_ms: mine.last().map(|s| s.created_ms),
                 });
             }
         }
-        out
+        Ok(out)
     }
 }
 

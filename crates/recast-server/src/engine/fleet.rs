@@ -1,0 +1,178 @@
+//! The engine's side of a rollout: the local [`Fleet`] (instances run by the runtime behind
+//! recast's proxy) and the [`Journal`] that records a rollout in the state store, the apply's
+//! log and the project's webhooks.
+
+use super::{Ctl, Svc, hook_body, key, lock};
+use crate::analysis::Verdict;
+use crate::engine::Run;
+use crate::rollout::{Fleet, Inst, Journal, Preview, Weights};
+use recast_proxy::{Group, Route, Snapshot, Table};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One service's instances on this machine.
+pub(crate) struct LocalFleet {
+    pub ctl: Arc<Ctl>,
+    pub svc: Arc<Svc>,
+}
+
+impl Fleet for LocalFleet {
+    fn instances(&self) -> Vec<Inst> {
+        lock(&self.svc.live)
+            .iter()
+            .map(|l| Inst {
+                id: l.inst.id.clone(),
+                release: l.release,
+                active: l.active,
+                healthy: l.healthy,
+                failing: l.unhealthy(),
+                exited: l.exited,
+                detail: l.detail(),
+            })
+            .collect()
+    }
+
+    async fn launch(
+        &self,
+        release: &Run,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<Vec<String>, String> {
+        self.ctl
+            .start_healthy(&self.svc, release, n, deadline.into_std())
+            .await
+    }
+
+    fn switch(&self, on: &[String], off: &[String], weights: Weights) {
+        self.svc.switch(on, off, weights);
+    }
+
+    async fn retire(&self, ids: Vec<String>) {
+        self.ctl.retire(&self.svc, ids).await;
+    }
+
+    fn retire_later(&self, ids: Vec<String>, after: Duration) {
+        let (ctl, svc) = (self.ctl.clone(), self.svc.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // Not while another rollout decides about them.
+            let _busy = svc.busy.lock().await;
+            let still: Vec<String> = lock(&svc.live)
+                .iter()
+                .filter(|l| !l.active && ids.contains(&l.inst.id))
+                .map(|l| l.inst.id.clone())
+                .collect();
+            ctl.retire(&svc, still).await;
+        });
+    }
+
+    fn unavailable(&self, why: Option<String>) {
+        self.svc.proxy.set_unavailable(why);
+    }
+
+    fn sticky(&self, on: bool) {
+        self.svc.proxy.set_sticky(on);
+    }
+
+    fn metrics(&self, release: i64) -> Snapshot {
+        self.svc.proxy.metrics(release).snapshot()
+    }
+
+    async fn preview(&self, p: Option<Preview>) -> Result<(), String> {
+        let k = key(&self.svc.project, &self.svc.name);
+        let Some(p) = p else {
+            self.ctl.previews.lock().await.remove(&k);
+            return Ok(());
+        };
+        let pv = recast_proxy::Service::new(&format!("{}-preview", self.svc.name));
+        let backends = lock(&self.svc.live)
+            .iter()
+            .filter(|l| p.ids.contains(&l.inst.id))
+            .map(|l| l.backend.clone())
+            .collect();
+        pv.set_table(Table {
+            groups: vec![Group {
+                release: p.release,
+                weight: 1,
+                backends,
+            }],
+        });
+        let route = Route::bind(p.listen, pv)
+            .await
+            .map_err(|e| format!("preview on {}: {e}", p.listen))?;
+        self.ctl.previews.lock().await.insert(k, route);
+        Ok(())
+    }
+
+    async fn checkpoint(&self, new: &Run, old: &Run) -> Result<Vec<String>, String> {
+        let taken = self
+            .ctl
+            .snapshot_volumes(&self.svc, &new.service, new.number, Some(old.number))
+            .await?;
+        Ok(taken
+            .iter()
+            .map(|s| format!("volume {} copied to {}", s.volume, s.path))
+            .collect())
+    }
+}
+
+/// Where one rollout is recorded.
+pub(crate) struct Record<'a> {
+    pub ctl: &'a Ctl,
+    pub svc: &'a Svc,
+    pub rollout: i64,
+    pub release: i64,
+    pub apply: Option<u64>,
+}
+
+impl Journal for Record<'_> {
+    fn step(&self, n: i64, detail: String) -> Result<(), String> {
+        if let Some(a) = self.apply {
+            self.ctl.log(a, format!("{}: {detail}", self.svc.name));
+        }
+        *lock(&self.svc.rollout) = Some(detail.clone());
+        self.ctl
+            .state
+            .rollout_step(self.rollout, n, &detail)
+            .map_err(|e| format!("recording the rollout: {e}"))
+    }
+
+    fn event(&self, kind: &str, message: &str) -> Result<(), String> {
+        self.ctl.try_event(self.svc, kind, message)
+    }
+
+    fn notify(&self, event: &str, message: &str) {
+        self.ctl.hook(self.svc, event, self.release, message);
+    }
+
+    fn verdict(&self, v: &Verdict) -> Result<(), String> {
+        lock(&self.svc.verdicts).push(v.clone());
+        let json = serde_json::to_string(v).map_err(|e| e.to_string())?;
+        self.ctl.try_event(self.svc, "analysis.verdict", &json)
+    }
+
+    async fn gate(&self) -> Result<(), String> {
+        let hooks: Vec<recast_spec::Webhook> = lock(&self.ctl.hooks)
+            .get(&self.svc.project)
+            .cloned()
+            .unwrap_or_default();
+        for h in hooks
+            .into_iter()
+            .filter(|h| h.events.iter().any(|e| e == "rollout.pre_promote"))
+        {
+            let body = hook_body(
+                "rollout.pre_promote",
+                self.svc,
+                self.release,
+                "promotion requested",
+            );
+            let name = h.name.clone();
+            let r = tokio::task::spawn_blocking(move || super::call_hook(&h, &body))
+                .await
+                .map_err(|e| e.to_string())?;
+            r.map_err(|e| format!("pre_promote webhook {name} blocked the promotion: {e}"))?;
+        }
+        Ok(())
+    }
+}
