@@ -90,7 +90,7 @@ pub fn scan(
     };
     let mut findings = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut to_hash: Vec<(PathBuf, String, String, u64)> = Vec::new();
+    let mut to_hash: Vec<HashJob> = Vec::new();
     let mut stats = Stats::default();
     let trusted_ns = trusted_before
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -129,16 +129,7 @@ pub fn scan(
                 }
                 continue;
             };
-            let kind_now = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_symlink() {
-                Kind::Symlink
-            } else if ft.is_file() {
-                Kind::File
-            } else {
-                Kind::Other
-            };
-            if kind_now != want.kind {
+            if kind_of(ft) != want.kind {
                 findings.push(Finding {
                     path: path.clone(),
                     kind: FindingKind::Changed,
@@ -146,49 +137,7 @@ pub fn scan(
                 });
                 continue;
             }
-            let mut what = Vec::new();
-            if ft.is_symlink() {
-                let target = std::fs::read_link(e.path())
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if Some(&target) != want.target.as_ref() {
-                    what.push(format!(
-                        "target {} -> {target}",
-                        want.target.as_deref().unwrap_or("")
-                    ));
-                }
-            } else if m.mode() & 0o7777 != want.mode {
-                what.push(format!(
-                    "mode {:04o} -> {:04o}",
-                    want.mode,
-                    m.mode() & 0o7777
-                ));
-            }
-            if (m.uid(), m.gid()) != (want.uid, want.gid) && !ft.is_symlink() {
-                what.push(format!(
-                    "owner {}:{} -> {}:{}",
-                    want.uid,
-                    want.gid,
-                    m.uid(),
-                    m.gid()
-                ));
-            }
-            if ft.is_file() {
-                if m.len() != want.size {
-                    what.push("content".into());
-                } else {
-                    let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
-                    let vouched = mode == Mode::Metadata && trusted_ns.is_some_and(|t| ctime < t);
-                    if !vouched {
-                        to_hash.push((
-                            e.path(),
-                            path.clone(),
-                            want.blake3.clone().unwrap_or_default(),
-                            m.len(),
-                        ));
-                    }
-                }
-            }
+            let what = differences(&e.path(), &path, &m, want, mode, trusted_ns, &mut to_hash);
             if !what.is_empty() {
                 findings.push(Finding {
                     path: path.clone(),
@@ -201,46 +150,8 @@ pub fn scan(
             }
         }
     }
-    // Content, on every core.
-    stats.hashed = to_hash.len() as u64;
-    stats.bytes_hashed = to_hash.iter().map(|t| t.3).sum();
-    // Threads only for more than one file: a scan that hashes nothing (the usual metadata
-    // scan) or one file starts none (and does not ask how many cores there are).
-    let threads = match to_hash.len() {
-        0 | 1 => 1,
-        n => std::thread::available_parallelism().map_or(1, |c| c.get().min(n)),
-    };
-    // Largest first, handed out one at a time, so threads finish together.
-    to_hash.sort_by_key(|t| std::cmp::Reverse(t.3));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let changed: Vec<Finding> = std::thread::scope(|s| {
-        if threads == 1 {
-            return hash_some(&to_hash, &next);
-        }
-        let workers: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| hash_some(&to_hash, &next)))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
-    findings.extend(changed);
-    for e in &index.entries {
-        if !seen.contains(&e.path) && !excluded(&e.path) && e.path != "/" {
-            // Report the top of a removed subtree only.
-            let parent_removed = e.path.rsplit_once('/').is_some_and(|(p, _)| {
-                !p.is_empty() && !seen.contains(p) && expected.contains_key(p)
-            });
-            if !parent_removed {
-                findings.push(Finding {
-                    path: e.path.clone(),
-                    kind: FindingKind::Removed,
-                    detail: format!("{:?}", e.kind).to_lowercase(),
-                });
-            }
-        }
-    }
+    findings.extend(hash_all(to_hash, &mut stats));
+    findings.extend(removed(index, &expected, &seen, &excluded));
     findings.sort();
     // One finding per path and kind: "mode 0555 -> 0644, content".
     findings.dedup_by(|b, a| {
@@ -254,12 +165,139 @@ pub fn scan(
     Ok((findings, stats))
 }
 
+/// A file whose content must be hashed: its path on disk, its path in the image, the BLAKE3
+/// the index wants, its size.
+type HashJob = (PathBuf, String, String, u64);
+
+/// The index's kind of an entry of type `ft`.
+fn kind_of(ft: std::fs::FileType) -> Kind {
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    }
+}
+
+/// What differs between the entry at `path` (on disk at `disk`, with metadata `m`) and `want`,
+/// of the same kind: symlink target or mode, owner, size. A regular file of the right size
+/// whose metadata cannot vouch for it is queued in `to_hash`.
+fn differences(
+    disk: &Path,
+    path: &str,
+    m: &std::fs::Metadata,
+    want: &Entry,
+    mode: Mode,
+    trusted_ns: Option<i128>,
+    to_hash: &mut Vec<HashJob>,
+) -> Vec<String> {
+    let ft = m.file_type();
+    let mut what = Vec::new();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(disk)
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if Some(&target) != want.target.as_ref() {
+            what.push(format!(
+                "target {} -> {target}",
+                want.target.as_deref().unwrap_or("")
+            ));
+        }
+    } else if m.mode() & 0o7777 != want.mode {
+        what.push(format!(
+            "mode {:04o} -> {:04o}",
+            want.mode,
+            m.mode() & 0o7777
+        ));
+    }
+    if (m.uid(), m.gid()) != (want.uid, want.gid) && !ft.is_symlink() {
+        what.push(format!(
+            "owner {}:{} -> {}:{}",
+            want.uid,
+            want.gid,
+            m.uid(),
+            m.gid()
+        ));
+    }
+    if ft.is_file() {
+        if m.len() != want.size {
+            what.push("content".into());
+        } else {
+            let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+            let vouched = mode == Mode::Metadata && trusted_ns.is_some_and(|t| ctime < t);
+            if !vouched {
+                to_hash.push((
+                    disk.to_path_buf(),
+                    path.to_string(),
+                    want.blake3.clone().unwrap_or_default(),
+                    m.len(),
+                ));
+            }
+        }
+    }
+    what
+}
+
+/// Hash the files of `to_hash` on every core, counting them in `stats`; the findings of those
+/// whose content differs.
+fn hash_all(mut to_hash: Vec<HashJob>, stats: &mut Stats) -> Vec<Finding> {
+    stats.hashed = to_hash.len() as u64;
+    stats.bytes_hashed = to_hash.iter().map(|t| t.3).sum();
+    // Threads only for more than one file: a scan that hashes nothing (the usual metadata
+    // scan) or one file starts none (and does not ask how many cores there are).
+    let threads = match to_hash.len() {
+        0 | 1 => 1,
+        n => std::thread::available_parallelism().map_or(1, |c| c.get().min(n)),
+    };
+    // Largest first, handed out one at a time, so threads finish together.
+    to_hash.sort_by_key(|t| std::cmp::Reverse(t.3));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        if threads == 1 {
+            return hash_some(&to_hash, &next);
+        }
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| hash_some(&to_hash, &next)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The entries of `index` not seen by the walk (nor excluded): only the top of a removed
+/// subtree is reported.
+fn removed(
+    index: &FileIndex,
+    expected: &BTreeMap<&str, &Entry>,
+    seen: &BTreeSet<String>,
+    excluded: &dyn Fn(&str) -> bool,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for e in &index.entries {
+        if !seen.contains(&e.path) && !excluded(&e.path) && e.path != "/" {
+            let parent_removed = e.path.rsplit_once('/').is_some_and(|(p, _)| {
+                !p.is_empty() && !seen.contains(p) && expected.contains_key(p)
+            });
+            if !parent_removed {
+                out.push(Finding {
+                    path: e.path.clone(),
+                    kind: FindingKind::Removed,
+                    detail: format!("{:?}", e.kind).to_lowercase(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Hash the files of `to_hash` (disk path, index path, wanted BLAKE3, size) handed out by
 /// `next` until none is left; the findings of those whose content differs.
-fn hash_some(
-    to_hash: &[(PathBuf, String, String, u64)],
-    next: &std::sync::atomic::AtomicUsize,
-) -> Vec<Finding> {
+fn hash_some(to_hash: &[HashJob], next: &std::sync::atomic::AtomicUsize) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     loop {

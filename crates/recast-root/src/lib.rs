@@ -336,6 +336,9 @@ pub fn unpack_layer_as_overlay(root: &Root, r: impl Read) -> io::Result<()> {
     unpack(root, r, true)
 }
 
+// long: one linear, security-critical pass per tar entry (path check, whiteouts, refusals,
+// replace, create by descriptor with owner, mode and times), best read and reviewed top to
+// bottom in one place.
 fn unpack(root: &Root, r: impl Read, overlay: bool) -> io::Result<()> {
     let mut archive = tar::Archive::new(r);
     // Paths this layer created: an opaque whiteout hides only lower layers' entries.

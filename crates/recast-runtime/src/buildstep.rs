@@ -77,22 +77,15 @@ impl Drop for BuildDir<'_> {
 }
 
 impl Runtime {
+    /// Run one `run` step: mount its root over its parents' layers, run the command in a
+    /// build container, and write what it changed as the step's layer.
     fn run_step<'a>(
         &self,
         req: &RunRequest<'_>,
         open: &dyn Fn(&Descriptor) -> recast_image::Result<Box<dyn Read + 'a>>,
     ) -> Result<StepLayer> {
         self.remove_stale_builds();
-        let mut lowers = Vec::new();
-        for d in req.parents.iter().rev() {
-            let l = self.layer_dir(d, open)?;
-            // The same layer twice (two steps that changed nothing, `RUN true`): overlayfs
-            // refuses a directory used twice (ELOOP), and the lower copy is shadowed entry for
-            // entry by the upper one, so only the topmost is kept.
-            if !lowers.contains(&l) {
-                lowers.push(l);
-            }
-        }
+        let mut lowers = self.step_lowers(req, open)?;
         let id = new_id("build");
         let dir = self
             .data_dir
@@ -141,87 +134,10 @@ impl Runtime {
         })?;
         let root = Root::open(&rootfs)
             .map_err(|e| Error::io(format!("opening the root of {}", req.what), e))?;
-        let mut scaffold = Vec::new();
-        for m in SCAFFOLD {
-            match root.kind(m) {
-                Ok(None) => {
-                    root.create_dir(m, 0o755)
-                        .map_err(|e| Error::io(format!("creating /{m} for {}", req.what), e))?;
-                    scaffold.push(*m);
-                }
-                Ok(Some(FileType::Directory)) => {}
-                Ok(Some(_)) => {
-                    return Err(Error::msg(format!(
-                        "{}: /{m} in the image is not a directory; runc mounts there",
-                        req.what
-                    )));
-                }
-                Err(e) => return Err(Error::io(format!("looking at /{m} for {}", req.what), e)),
-            }
-        }
-        let (uid, gid, home) = spec::resolve_user(&req.user, &rootfs)
-            .map_err(|e| Error::msg(format!("{}: {e}", req.what)))?;
-        let workdir = if req.workdir.is_empty() {
-            "/"
-        } else {
-            &req.workdir
-        };
-        if root
-            .kind(workdir)
-            .map_err(|e| Error::io(format!("looking at workdir {workdir}"), e))?
-            .is_none()
-        {
-            // As Docker's WORKDIR: a missing working directory is created (and kept).
-            root.create_dir(workdir, 0o755)
-                .map_err(|e| Error::io(format!("creating workdir {workdir}"), e))?;
-        }
-        let mut env = req.env.clone();
-        let has = |env: &[String], k: &str| env.iter().any(|e| e.starts_with(&format!("{k}=")));
-        if !has(&env, "PATH") {
-            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        }
-        if !has(&env, "HOME") {
-            env.push(format!("HOME={home}"));
-        }
-        let process = spec::Process {
-            args: req.argv.clone(),
-            env,
-            cwd: workdir.to_string(),
-            uid,
-            gid,
-        };
-        let netns = match req.network {
-            StepNetwork::None => {
-                let p = dir.join("netns");
-                fs::File::create(&p)
-                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
-                sys::create_netns(&p)
-                    .map_err(|e| Error::io(format!("creating the network of {}", req.what), e))?;
-                Some(p)
-            }
-            StepNetwork::Host => None,
-        };
-        let ispec = InstanceSpec {
-            id: id.clone(),
-            image: recast_image::Digest::of(b""),
-            image_name: req.what.clone(),
-            env: Default::default(),
-            port: 0,
-            network: if netns.is_some() {
-                Network::Private
-            } else {
-                Network::Host
-            },
-            volumes: Vec::new(),
-            volume_scope: String::new(),
-            memory: Some(BUILD_MEMORY),
-            cpus: None,
-            user_namespace: false,
-            tmpfs: Vec::new(),
-            owner: "build".into(),
-            stop_signal: None,
-            stop_timeout: std::time::Duration::ZERO,
-        };
+        let scaffold = add_scaffold(&root, req)?;
+        let process = step_process(&root, &rootfs, req)?;
+        let netns = step_netns(&dir, req)?;
+        let ispec = step_instance_spec(&id, req, netns.is_some());
         let mut config = spec::runtime_spec(
             &ispec,
             &process,
@@ -241,13 +157,50 @@ impl Runtime {
             serde_json::to_vec_pretty(&config).unwrap_or_default(),
         )
         .map_err(|e| Error::io(format!("writing the runtime spec of {}", req.what), e))?;
-        // The output is kept only as a bounded tail in memory: a step cannot fill the disk
-        // with it, and the tail is all a failure shows.
+        self.run_container(&dir, &id, req)?;
+        sys::unmount(&rootfs)
+            .map_err(|e| Error::io(format!("unmounting {}", rootfs.display()), e))?;
+        let upper = dir.join("upper");
+        for m in scaffold {
+            let _ = fs::remove_dir(upper.join(m));
+        }
+        let layer = self.write_step_layer(&id, &upper, req)?;
+        // The upper directory is not kept as the layer's directory: it may hold what the layer
+        // does not say (extended attributes, times, sockets), and layer directories are shared
+        // by digest. The next step unpacks the layer itself.
+        drop(build);
+        Ok(layer)
+    }
+
+    /// The lower directories of a step's overlay: its parents' layer directories, top first,
+    /// each unpacked if needed.
+    fn step_lowers<'a>(
+        &self,
+        req: &RunRequest<'_>,
+        open: &dyn Fn(&Descriptor) -> recast_image::Result<Box<dyn Read + 'a>>,
+    ) -> Result<Vec<PathBuf>> {
+        let mut lowers = Vec::new();
+        for d in req.parents.iter().rev() {
+            let l = self.layer_dir(d, open)?;
+            // The same layer twice (two steps that changed nothing, `RUN true`): overlayfs
+            // refuses a directory used twice (ELOOP), and the lower copy is shadowed entry for
+            // entry by the upper one, so only the topmost is kept.
+            if !lowers.contains(&l) {
+                lowers.push(l);
+            }
+        }
+        Ok(lowers)
+    }
+
+    /// Run the build container prepared in `dir` to its end; an error quotes the tail of its
+    /// output when the command fails. The output is kept only as a bounded tail in memory: a
+    /// step cannot fill the disk with it, and the tail is all a failure shows.
+    fn run_container(&self, dir: &Path, id: &str, req: &RunRequest<'_>) -> Result<()> {
         let mut child = self
             .build_runc()
             .args(["run", "--bundle"])
-            .arg(&dir)
-            .arg(&id)
+            .arg(dir)
+            .arg(id)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -301,29 +254,25 @@ impl Runtime {
                 tail(&bytes)
             )));
         }
-        sys::unmount(&rootfs)
-            .map_err(|e| Error::io(format!("unmounting {}", rootfs.display()), e))?;
-        let upper = dir.join("upper");
-        for m in scaffold {
-            let _ = fs::remove_dir(upper.join(m));
-        }
+        Ok(())
+    }
+
+    /// Write the step's upper directory as its layer tar (a file under the builds directory
+    /// named for this process, so a crash leaves it to [`Self::remove_stale_builds`]).
+    fn write_step_layer(&self, id: &str, upper: &Path, req: &RunRequest<'_>) -> Result<StepLayer> {
         let tar_path = self
             .data_dir
-            .build_layer(&id, std::process::id())
+            .build_layer(id, std::process::id())
             .map_err(|e| Error::msg(format!("{}: {e}", req.what)))?;
         let layer = StepLayer { tar: tar_path };
         let file = fs::File::create(&layer.tar)
             .map_err(|e| Error::io(format!("creating {}", layer.tar.display()), e))?;
         let mut w = BufWriter::new(file);
-        recast_root::write_diff(&upper, req.epoch, &[], &mut w)
+        recast_root::write_diff(upper, req.epoch, &[], &mut w)
             .map_err(|e| Error::msg(format!("{}: writing its layer: {e}", req.what)))?;
         w.into_inner()
             .map_err(|e| e.into_error())
             .map_err(|e| Error::io(format!("writing {}", layer.tar.display()), e))?;
-        // The upper directory is not kept as the layer's directory: it may hold what the layer
-        // does not say (extended attributes, times, sockets), and layer directories are shared
-        // by digest. The next step unpacks the layer itself.
-        drop(build);
         Ok(layer)
     }
 
@@ -431,6 +380,107 @@ impl Runtime {
                 self.remove_build(&name, &p);
             }
         }
+    }
+}
+
+/// Make the mount points runc needs ([`SCAFFOLD`]) where the image lacks them; returns those
+/// made, to be left out of the layer.
+fn add_scaffold(root: &Root, req: &RunRequest<'_>) -> Result<Vec<&'static str>> {
+    let mut scaffold = Vec::new();
+    for m in SCAFFOLD {
+        match root.kind(m) {
+            Ok(None) => {
+                root.create_dir(m, 0o755)
+                    .map_err(|e| Error::io(format!("creating /{m} for {}", req.what), e))?;
+                scaffold.push(*m);
+            }
+            Ok(Some(FileType::Directory)) => {}
+            Ok(Some(_)) => {
+                return Err(Error::msg(format!(
+                    "{}: /{m} in the image is not a directory; runc mounts there",
+                    req.what
+                )));
+            }
+            Err(e) => return Err(Error::io(format!("looking at /{m} for {}", req.what), e)),
+        }
+    }
+    Ok(scaffold)
+}
+
+/// The step's process: its user resolved in the image, its working directory (created when
+/// missing, as Docker's WORKDIR, and kept), and its environment with `PATH` and `HOME`
+/// defaulted.
+fn step_process(root: &Root, rootfs: &Path, req: &RunRequest<'_>) -> Result<spec::Process> {
+    let (uid, gid, home) = spec::resolve_user(&req.user, rootfs)
+        .map_err(|e| Error::msg(format!("{}: {e}", req.what)))?;
+    let workdir = if req.workdir.is_empty() {
+        "/"
+    } else {
+        &req.workdir
+    };
+    if root
+        .kind(workdir)
+        .map_err(|e| Error::io(format!("looking at workdir {workdir}"), e))?
+        .is_none()
+    {
+        root.create_dir(workdir, 0o755)
+            .map_err(|e| Error::io(format!("creating workdir {workdir}"), e))?;
+    }
+    let mut env = req.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.starts_with(&format!("{k}=")));
+    if !has(&env, "PATH") {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    Ok(spec::Process {
+        args: req.argv.clone(),
+        env,
+        cwd: workdir.to_string(),
+        uid,
+        gid,
+    })
+}
+
+/// A fresh network namespace bound at `<dir>/netns` for a step with `network = "none"`;
+/// `None` for a step on the host's network.
+fn step_netns(dir: &Path, req: &RunRequest<'_>) -> Result<Option<PathBuf>> {
+    match req.network {
+        StepNetwork::None => {
+            let p = dir.join("netns");
+            fs::File::create(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+            sys::create_netns(&p)
+                .map_err(|e| Error::io(format!("creating the network of {}", req.what), e))?;
+            Ok(Some(p))
+        }
+        StepNetwork::Host => Ok(None),
+    }
+}
+
+/// The instance description a build container's runtime spec starts from: no port, volumes
+/// or tmpfs, [`BUILD_MEMORY`], owned by "build".
+fn step_instance_spec(id: &str, req: &RunRequest<'_>, private: bool) -> InstanceSpec {
+    InstanceSpec {
+        id: id.to_string(),
+        image: recast_image::Digest::of(b""),
+        image_name: req.what.clone(),
+        env: Default::default(),
+        port: 0,
+        network: if private {
+            Network::Private
+        } else {
+            Network::Host
+        },
+        volumes: Vec::new(),
+        volume_scope: String::new(),
+        memory: Some(BUILD_MEMORY),
+        cpus: None,
+        user_namespace: false,
+        tmpfs: Vec::new(),
+        owner: "build".into(),
+        stop_signal: None,
+        stop_timeout: std::time::Duration::ZERO,
     }
 }
 

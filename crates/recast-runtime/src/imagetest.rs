@@ -3,7 +3,7 @@
 use crate::health::{self, http_get};
 use crate::{Instance, InstanceSpec, Network, Runtime, new_id};
 use recast_image::Digest;
-use recast_spec::{Health, HealthCheck, Image, ImageTest};
+use recast_spec::{Health, HealthCheck, HttpTest, Image, ImageTest};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,8 @@ pub fn test_image(rt: &Runtime, image: &Image, digest: &Digest, tmpfs: &[String]
     o
 }
 
+/// Start the test instance, run the checks against it (each recorded in `checks`), then stop
+/// and remove it; the error is the first failure, with the instance's last output.
 fn run_checks(
     rt: &Runtime,
     image: &Image,
@@ -93,58 +95,17 @@ fn run_checks(
         health::wait_healthy(rt, &inst, &ready, deadline)
             .map_err(|e| format!("port {} never accepted connections: {e}", test.port))?;
         let mut failed = None;
-        for h in &test.http {
-            let name = format!("GET {}", h.path);
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100));
-            let (passed, detail) = match http_get(rt, &inst, &h.path, left) {
-                Ok((status, _)) if status != h.expect_status => (
-                    false,
-                    format!("{name} answered {status}, expected {}", h.expect_status),
-                ),
-                Ok((_, body)) => match &h.expect_body {
-                    Some(want) if !body.contains(want.as_str()) => (
-                        false,
-                        format!(
-                            "{name}: the body does not contain {want:?} (it is {:?})",
-                            truncate(&body)
-                        ),
-                    ),
-                    _ => (true, format!("{name} answered {}", h.expect_status)),
-                },
-                Err(e) => (false, format!("{name}: {e}")),
-            };
-            if !passed && failed.is_none() {
-                failed = Some(detail.clone());
+        let mut record = |c: Check| {
+            if !c.passed && failed.is_none() {
+                failed = Some(c.detail.clone());
             }
-            checks.push(Check {
-                check: name,
-                passed,
-                detail,
-            });
+            checks.push(c);
+        };
+        for h in &test.http {
+            record(http_check(rt, &inst, h, deadline));
         }
         if let Some(cmd) = &test.command {
-            let name = format!("command {cmd:?}");
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100));
-            let (passed, detail) = match rt.exec(&inst, cmd, left) {
-                Ok((0, _)) => (true, format!("{name} exited with status 0")),
-                Ok((code, out)) => (
-                    false,
-                    format!("{name} exited with status {code}: {}", truncate(out.trim())),
-                ),
-                Err(e) => (false, format!("{name}: {e}")),
-            };
-            if !passed && failed.is_none() {
-                failed = Some(detail.clone());
-            }
-            checks.push(Check {
-                check: name,
-                passed,
-                detail,
-            });
+            record(command_check(rt, &inst, cmd, deadline));
         }
         failed.map_or(Ok(()), Err)
     })()
@@ -154,6 +115,58 @@ fn run_checks(
         return Err(format!("cleaning up the test instance: {e}"));
     }
     result
+}
+
+/// Time left before `deadline`, at least 100 ms so a last check still gets a chance.
+fn time_left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100))
+}
+
+/// Check `GET h.path` against the instance: its status, and its body when `h` expects one.
+fn http_check(rt: &Runtime, inst: &Instance, h: &HttpTest, deadline: Instant) -> Check {
+    let name = format!("GET {}", h.path);
+    let (passed, detail) = match http_get(rt, inst, &h.path, time_left(deadline)) {
+        Ok((status, _)) if status != h.expect_status => (
+            false,
+            format!("{name} answered {status}, expected {}", h.expect_status),
+        ),
+        Ok((_, body)) => match &h.expect_body {
+            Some(want) if !body.contains(want.as_str()) => (
+                false,
+                format!(
+                    "{name}: the body does not contain {want:?} (it is {:?})",
+                    truncate(&body)
+                ),
+            ),
+            _ => (true, format!("{name} answered {}", h.expect_status)),
+        },
+        Err(e) => (false, format!("{name}: {e}")),
+    };
+    Check {
+        check: name,
+        passed,
+        detail,
+    }
+}
+
+/// Check that the test command exits with status 0 in the instance.
+fn command_check(rt: &Runtime, inst: &Instance, cmd: &[String], deadline: Instant) -> Check {
+    let name = format!("command {cmd:?}");
+    let (passed, detail) = match rt.exec(inst, cmd, time_left(deadline)) {
+        Ok((0, _)) => (true, format!("{name} exited with status 0")),
+        Ok((code, out)) => (
+            false,
+            format!("{name} exited with status {code}: {}", truncate(out.trim())),
+        ),
+        Err(e) => (false, format!("{name}: {e}")),
+    };
+    Check {
+        check: name,
+        passed,
+        detail,
+    }
 }
 
 /// `reason` followed by the last lines the instance wrote, so a failed test says why the

@@ -396,25 +396,12 @@ impl Runtime {
             .map_err(|e| Error::msg(format!("volume {name:?} of instance {}: {e}", spec.id)))
     }
 
+    /// Prepare and start instance `inst` of `spec`: its overlay root over the image, its
+    /// network namespace, volumes and runtime spec, then `runc run`.
     fn create(&self, spec: &InstanceSpec, inst: &mut Instance) -> Result<()> {
         let dir = inst.dir.clone();
         if spec.user_namespace {
-            // runc sets up the root filesystem as the instance's root (host uid and gid
-            // USERNS_HOST_ID), which must reach it: the directories on the way let that group
-            // (and only it) through.
-            let (root, instances) = (self.data_dir.root(), self.data_dir.instances());
-            for d in [root, &instances, &dir] {
-                userns_traversable(d).map_err(|e| {
-                    Error::io(
-                        format!(
-                            "letting the user namespace of instance {} through {}",
-                            spec.id,
-                            d.display()
-                        ),
-                        e,
-                    )
-                })?;
-            }
+            self.let_userns_through(spec, &dir)?;
         }
         let lower = rootfs::ensure(&self.store, &self.data_dir, &spec.image, &spec.image_name)?;
         let of = format!("image {}", spec.image_name);
@@ -461,10 +448,72 @@ impl Runtime {
                 e,
             )
         })?;
-        let netns = if spec.network == Network::Private && spec.user_namespace {
+        let netns = self.instance_netns(spec, inst)?;
+        let volumes = self.instance_volumes(spec, inst, host_uid, host_gid)?;
+        let tmpfs = tmpfs_mounts(&lower, &spec.tmpfs, spec.memory.unwrap_or(DEFAULT_MEMORY))?;
+        let mut config = spec::runtime_spec(
+            spec,
+            &process,
+            &inst.merged(),
+            netns.as_deref(),
+            &volumes,
+            &self.cgroup_parent,
+        );
+        if let Some(mounts) = config["mounts"].as_array_mut() {
+            mounts.extend(tmpfs);
+        }
+        // The spec holds the service's environment: private (0600). Its hash is kept in
+        // instance.json, so the guard can tell when it is changed (`config_drift`).
+        let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        inst.config_blake3 = Some(blake3::hash(&config_bytes).to_hex().to_string());
+        write_private(&dir.join("config.json"), &config_bytes).map_err(|e| {
+            Error::io(
+                format!("writing the runtime spec of instance {}", inst.id),
+                e,
+            )
+        })?;
+        let pid = self.start_runc(inst, &of)?;
+        inst.pid = Some(pid);
+        if spec.network == Network::Private && spec.user_namespace {
+            sys::pin_netns(pid, &inst.netns()).map_err(|e| {
+                Error::io(
+                    format!("pinning the network namespace of instance {}", inst.id),
+                    e,
+                )
+            })?;
+        }
+        inst.phase = "running".into();
+        save(inst)
+    }
+
+    /// Let the user namespace of `spec`'s instance reach its directory `dir`: runc sets up the
+    /// root filesystem as the instance's root (host uid and gid USERNS_HOST_ID), so the
+    /// directories on the way let that group (and only it) through.
+    fn let_userns_through(&self, spec: &InstanceSpec, dir: &Path) -> Result<()> {
+        let (root, instances) = (self.data_dir.root(), self.data_dir.instances());
+        for d in [root, &instances, dir] {
+            userns_traversable(d).map_err(|e| {
+                Error::io(
+                    format!(
+                        "letting the user namespace of instance {} through {}",
+                        spec.id,
+                        d.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The network namespace runc is told to join: a private one made now, or `None` for
+    /// the host's network or a private one runc makes inside the user namespace (its bind
+    /// point is made now and pinned once the instance started).
+    fn instance_netns(&self, spec: &InstanceSpec, inst: &Instance) -> Result<Option<PathBuf>> {
+        if spec.network == Network::Private && spec.user_namespace {
             // runc makes this one inside the user namespace; it is pinned once started.
             create_private(&inst.netns())?;
-            None
+            Ok(None)
         } else if spec.network == Network::Private {
             create_private(&inst.netns())?;
             sys::create_netns(&inst.netns()).map_err(|e| {
@@ -473,10 +522,20 @@ impl Runtime {
                     e,
                 )
             })?;
-            Some(inst.netns())
+            Ok(Some(inst.netns()))
         } else {
-            None
-        };
+            Ok(None)
+        }
+    }
+
+    /// The instance's volumes as (host directory, mount point), each created when missing.
+    fn instance_volumes(
+        &self,
+        spec: &InstanceSpec,
+        inst: &Instance,
+        host_uid: u32,
+        host_gid: u32,
+    ) -> Result<Vec<(PathBuf, String)>> {
         let mut volumes = Vec::new();
         // A volume belongs to the instance's user (as the host sees it) and is 0755, whatever
         // the umask; its parents stay private to root (runc opens bind sources on the host).
@@ -531,28 +590,13 @@ impl Runtime {
             }
             volumes.push((host, mount.clone()));
         }
-        let tmpfs = tmpfs_mounts(&lower, &spec.tmpfs, spec.memory.unwrap_or(DEFAULT_MEMORY))?;
-        let mut config = spec::runtime_spec(
-            spec,
-            &process,
-            &inst.merged(),
-            netns.as_deref(),
-            &volumes,
-            &self.cgroup_parent,
-        );
-        if let Some(mounts) = config["mounts"].as_array_mut() {
-            mounts.extend(tmpfs);
-        }
-        // The spec holds the service's environment: private (0600). Its hash is kept in
-        // instance.json, so the guard can tell when it is changed (`config_drift`).
-        let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
-        inst.config_blake3 = Some(blake3::hash(&config_bytes).to_hex().to_string());
-        write_private(&dir.join("config.json"), &config_bytes).map_err(|e| {
-            Error::io(
-                format!("writing the runtime spec of instance {}", inst.id),
-                e,
-            )
-        })?;
+        Ok(volumes)
+    }
+
+    /// Start the instance prepared in its directory with `runc run --detach`, its output
+    /// appended to its logs; returns its pid. A failure quotes the end of its stderr log.
+    fn start_runc(&self, inst: &Instance, of: &str) -> Result<i32> {
+        let dir = &inst.dir;
         let open_log = |p: PathBuf| {
             fs::OpenOptions::new()
                 .create(true)
@@ -585,17 +629,7 @@ impl Runtime {
             .ok()
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| Error::msg(format!("runc left no pid for instance {}", inst.id)))?;
-        inst.pid = Some(pid);
-        if spec.network == Network::Private && spec.user_namespace {
-            sys::pin_netns(pid, &inst.netns()).map_err(|e| {
-                Error::io(
-                    format!("pinning the network namespace of instance {}", inst.id),
-                    e,
-                )
-            })?;
-        }
-        inst.phase = "running".into();
-        save(inst)
+        Ok(pid)
     }
 
     /// Whether the instance still runs; an exit is recorded with its status.

@@ -1043,22 +1043,12 @@ impl<'a> Cx<'a> {
         Some(s)
     }
 
+    /// A `service` block.
     fn service(&mut self, b: &Block) {
         let label = self.label(b);
         if let Some((name, span)) = &label {
             self.out.declared.push(("service", name.clone()));
-            if name.len() > MAX_SERVICE_NAME {
-                self.err_hint(
-                    span.clone(),
-                    format!(
-                        "service name \"{name}\" is {} characters long, at most {MAX_SERVICE_NAME} are allowed",
-                        name.len()
-                    ),
-                    Some(format!(
-                        "instance ids and hostnames are NAME-rRELEASE-XXXXXXXX and must fit in 63 characters; shorten the name to {MAX_SERVICE_NAME} characters or fewer"
-                    )),
-                );
-            }
+            self.check_service_name(name, span);
         }
         let what = label
             .as_ref()
@@ -1094,6 +1084,118 @@ impl<'a> Cx<'a> {
             Some(hb) => self.health(hb),
             None => Some(default_health()),
         };
+        let (volumes, exclusive_at) = self.volumes(&mut r);
+        let max_age = r.attr("max_age").and_then(|a| {
+            let d = self.duration(a)?;
+            if d < Duration::from_secs(1) {
+                self.err(span_of(&a.value), "`max_age` must be at least 1s");
+                return None;
+            }
+            Some(d)
+        });
+        let network = r.attr("network").map_or(Some(Network::Private), |a| {
+            self.choice(a, &[("private", Network::Private), ("host", Network::Host)])
+        });
+        let memory = r.attr("memory").and_then(|a| self.memory(a));
+        let cpus = r.attr("cpus").and_then(|a| self.cpus(a));
+        let user_namespace = r
+            .attr("user_namespace")
+            .and_then(|a| self.boolean(a))
+            .unwrap_or(false);
+        let tmpfs = r
+            .attr("tmpfs")
+            .and_then(|a| self.tmpfs(a, &volumes))
+            .unwrap_or_default();
+        let stop_signal = r.attr("stop_signal").and_then(|a| self.stop_signal(a));
+        let stop_timeout = r.attr("stop_timeout").and_then(|a| {
+            let d = self.duration(a)?;
+            if d > Duration::from_secs(3600) {
+                self.err(span_of(&a.value), "`stop_timeout` must be at most 1h");
+                return None;
+            }
+            Some(d)
+        });
+        let rollouts = r.blocks("rollout");
+        if let Some(extra) = rollouts.get(1) {
+            self.err(
+                span_of(&extra.ident),
+                "a service takes at most one rollout block",
+            );
+        }
+        let mut rollout = match rollouts.first() {
+            Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
+            None => Some(Rollout {
+                strategy: default_rolling(),
+                analysis: None,
+                auto_rollback: true,
+                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            }),
+        };
+        if let Some((at, volume)) = &exclusive_at {
+            self.exclusive_service(
+                &r,
+                at,
+                volume,
+                instances,
+                rollouts.first().copied(),
+                &mut rollout,
+            );
+        }
+        let guard = self.service_guard(&mut r);
+        self.finish(r);
+        if let (
+            Some((name, span)),
+            Some(image),
+            Some(instances),
+            Some(port),
+            Some(health),
+            Some(rollout),
+            Some(network),
+        ) = (label, image, instances, port, health, rollout, network)
+        {
+            let s = Service {
+                name,
+                image,
+                instances,
+                port,
+                env: env.unwrap_or_default(),
+                health,
+                volumes,
+                max_age,
+                network,
+                memory,
+                cpus,
+                user_namespace,
+                tmpfs,
+                stop_signal,
+                stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                rollout,
+                guard,
+            };
+            let n = self.named(s, span);
+            self.out.services.push(n);
+        }
+    }
+
+    /// A service name must leave room in instance ids and hostnames (63 characters).
+    fn check_service_name(&mut self, name: &str, span: &Range<usize>) {
+        if name.len() > MAX_SERVICE_NAME {
+            self.err_hint(
+            span.clone(),
+            format!(
+                "service name \"{name}\" is {} characters long, at most {MAX_SERVICE_NAME} are allowed",
+                name.len()
+            ),
+            Some(format!(
+                "instance ids and hostnames are NAME-rRELEASE-XXXXXXXX and must fit in 63 characters; shorten the name to {MAX_SERVICE_NAME} characters or fewer"
+            )),
+        );
+        }
+    }
+
+    /// The `volume` blocks of a service, and where the first `exclusive = true` is (with its
+    /// volume's name), for the checks that span the service.
+    fn volumes(&mut self, r: &mut Reader<'_>) -> (Vec<Volume>, Option<(Range<usize>, String)>) {
         let mut volumes: Vec<Volume> = Vec::new();
         // The first `exclusive = true`, for the checks that span the service.
         let mut exclusive_at: Option<(Range<usize>, String)> = None;
@@ -1135,132 +1237,90 @@ impl<'a> Cx<'a> {
                 });
             }
         }
-        let max_age = r.attr("max_age").and_then(|a| {
-            let d = self.duration(a)?;
-            if d < Duration::from_secs(1) {
-                self.err(span_of(&a.value), "`max_age` must be at least 1s");
-                return None;
-            }
-            Some(d)
-        });
-        let network = r.attr("network").map_or(Some(Network::Private), |a| {
-            self.choice(a, &[("private", Network::Private), ("host", Network::Host)])
-        });
-        let memory = r.attr("memory").and_then(|a| {
-            if let Expression::Number(_) = a.value {
-                self.err_hint(
-                    span_of(&a.value),
-                    "`memory` must be a size string, found a number",
-                    Some("write it with a unit: memory = \"256MiB\"".into()),
-                );
-                return None;
-            }
-            let m = self.parsed(a, values::size)?;
-            if m < 4 << 20 {
-                self.err(span_of(&a.value), "`memory` must be at least 4MiB");
-                return None;
-            }
-            Some(m)
-        });
-        let cpus = r.attr("cpus").and_then(|a| {
-            let n = self.number(a)?;
-            if !(n > 0.0 && n <= 1024.0) {
-                self.err(
-                    span_of(&a.value),
-                    format!("`cpus` must be more than 0 and at most 1024, found {n}"),
-                );
-                return None;
-            }
-            Some(n)
-        });
-        let user_namespace = r
-            .attr("user_namespace")
-            .and_then(|a| self.boolean(a))
-            .unwrap_or(false);
-        let tmpfs = r
-            .attr("tmpfs")
-            .and_then(|a| {
-                let list = self.strings(a)?;
-                let mut out: Vec<String> = Vec::new();
-                for p in list {
-                    let p = p.trim_end_matches('/').to_string();
-                    let problem = if !p.starts_with('/') {
-                        Some(format!("tmpfs path \"{p}\" must be absolute"))
-                    } else if p.split('/').any(|c| c == "..") {
-                        Some(format!("tmpfs path \"{p}\" must not contain \"..\""))
-                    } else if p.is_empty()
-                        || p == "/tmp"
-                        || p == "/proc"
-                        || p == "/dev"
-                        || p == "/sys"
-                    {
-                        Some(format!(
-                            "tmpfs path \"{}\" is not allowed: recast mounts / and {} itself",
-                            if p.is_empty() { "/" } else { &p },
-                            "/tmp, /proc, /dev and /sys"
-                        ))
-                    } else if out.contains(&p) {
-                        Some(format!("tmpfs path \"{p}\" is listed twice"))
-                    } else if volumes.iter().any(|v| v.mount.trim_end_matches('/') == p) {
-                        Some(format!("tmpfs path \"{p}\" is already a volume mount"))
-                    } else {
-                        None
-                    };
-                    match problem {
-                        Some(m) => self.err(span_of(&a.value), m),
-                        None => out.push(p),
-                    }
-                }
-                Some(out)
-            })
-            .unwrap_or_default();
-        let stop_signal = r.attr("stop_signal").and_then(|a| {
-            let text = match &a.value {
-                Expression::Number(n) => n.value().to_string(),
-                _ => self.string(a)?,
-            };
-            match values::signal(&text) {
-                Ok((name, _)) => Some(name),
-                Err(e) => {
-                    self.err(span_of(&a.value), e);
-                    None
-                }
-            }
-        });
-        let stop_timeout = r.attr("stop_timeout").and_then(|a| {
-            let d = self.duration(a)?;
-            if d > Duration::from_secs(3600) {
-                self.err(span_of(&a.value), "`stop_timeout` must be at most 1h");
-                return None;
-            }
-            Some(d)
-        });
-        let rollouts = r.blocks("rollout");
-        if let Some(extra) = rollouts.get(1) {
+        (volumes, exclusive_at)
+    }
+
+    /// `memory`: a size string (a bare number is refused: its unit would be a guess), at
+    /// least 4MiB.
+    fn memory(&mut self, a: &Attribute) -> Option<u64> {
+        if let Expression::Number(_) = a.value {
+            self.err_hint(
+                span_of(&a.value),
+                "`memory` must be a size string, found a number",
+                Some("write it with a unit: memory = \"256MiB\"".into()),
+            );
+            return None;
+        }
+        let m = self.parsed(a, values::size)?;
+        if m < 4 << 20 {
+            self.err(span_of(&a.value), "`memory` must be at least 4MiB");
+            return None;
+        }
+        Some(m)
+    }
+
+    /// `cpus`: more than 0, at most 1024.
+    fn cpus(&mut self, a: &Attribute) -> Option<f64> {
+        let n = self.number(a)?;
+        if !(n > 0.0 && n <= 1024.0) {
             self.err(
-                span_of(&extra.ident),
-                "a service takes at most one rollout block",
+                span_of(&a.value),
+                format!("`cpus` must be more than 0 and at most 1024, found {n}"),
             );
+            return None;
         }
-        let mut rollout = match rollouts.first() {
-            Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
-            None => Some(Rollout {
-                strategy: default_rolling(),
-                analysis: None,
-                auto_rollback: true,
-                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
-            }),
+        Some(n)
+    }
+
+    /// `stop_signal`: a signal by name or number, as its canonical name.
+    fn stop_signal(&mut self, a: &Attribute) -> Option<String> {
+        let text = match &a.value {
+            Expression::Number(n) => n.value().to_string(),
+            _ => self.string(a)?,
         };
-        if let Some((at, volume)) = &exclusive_at {
-            self.exclusive_service(
-                &r,
-                at,
-                volume,
-                instances,
-                rollouts.first().copied(),
-                &mut rollout,
-            );
+        match values::signal(&text) {
+            Ok((name, _)) => Some(name),
+            Err(e) => {
+                self.err(span_of(&a.value), e);
+                None
+            }
         }
+    }
+
+    /// `tmpfs`: absolute paths without `..`, each once, none that recast mounts itself or that
+    /// is a volume mount.
+    fn tmpfs(&mut self, a: &Attribute, volumes: &[Volume]) -> Option<Vec<String>> {
+        let list = self.strings(a)?;
+        let mut out: Vec<String> = Vec::new();
+        for p in list {
+            let p = p.trim_end_matches('/').to_string();
+            let problem = if !p.starts_with('/') {
+                Some(format!("tmpfs path \"{p}\" must be absolute"))
+            } else if p.split('/').any(|c| c == "..") {
+                Some(format!("tmpfs path \"{p}\" must not contain \"..\""))
+            } else if p.is_empty() || p == "/tmp" || p == "/proc" || p == "/dev" || p == "/sys" {
+                Some(format!(
+                    "tmpfs path \"{}\" is not allowed: recast mounts / and {} itself",
+                    if p.is_empty() { "/" } else { &p },
+                    "/tmp, /proc, /dev and /sys"
+                ))
+            } else if out.contains(&p) {
+                Some(format!("tmpfs path \"{p}\" is listed twice"))
+            } else if volumes.iter().any(|v| v.mount.trim_end_matches('/') == p) {
+                Some(format!("tmpfs path \"{p}\" is already a volume mount"))
+            } else {
+                None
+            };
+            match problem {
+                Some(m) => self.err(span_of(&a.value), m),
+                None => out.push(p),
+            }
+        }
+        Some(out)
+    }
+
+    /// A service's `guard` block (at most one).
+    fn service_guard(&mut self, r: &mut Reader<'_>) -> Option<Guard> {
         let guards = r.blocks("guard");
         if let Some(extra) = guards.get(1) {
             self.err(
@@ -1268,7 +1328,7 @@ impl<'a> Cx<'a> {
                 "a service takes at most one guard block",
             );
         }
-        let guard = guards.first().and_then(|gb| {
+        guards.first().and_then(|gb| {
             if !self.no_labels(gb) {
                 return None;
             }
@@ -1276,40 +1336,7 @@ impl<'a> Cx<'a> {
             let g = self.guard(&mut gr);
             self.finish(gr);
             Some(g)
-        });
-        self.finish(r);
-        if let (
-            Some((name, span)),
-            Some(image),
-            Some(instances),
-            Some(port),
-            Some(health),
-            Some(rollout),
-            Some(network),
-        ) = (label, image, instances, port, health, rollout, network)
-        {
-            let s = Service {
-                name,
-                image,
-                instances,
-                port,
-                env: env.unwrap_or_default(),
-                health,
-                volumes,
-                max_age,
-                network,
-                memory,
-                cpus,
-                user_namespace,
-                tmpfs,
-                stop_signal,
-                stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
-                rollout,
-                guard,
-            };
-            let n = self.named(s, span);
-            self.out.services.push(n);
-        }
+        })
     }
 
     /// One of a fixed set of strings.

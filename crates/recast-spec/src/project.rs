@@ -1,6 +1,6 @@
 //! Loading a project: finding its files, parsing each, and the checks that span files.
 
-use crate::decode::{Cx, Decoded, Named};
+use crate::decode::{Cx, Decoded, Named, Ref};
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean, file_diag};
 use crate::model::{Base, Guard, Project};
 use std::collections::BTreeMap;
@@ -113,6 +113,8 @@ fn spec_files(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), Diagnostic> {
     Ok((path.to_path_buf(), files))
 }
 
+/// The checks that span files: duplicate names, at most one guard and one project name,
+/// references to what is declared, listen addresses that clash; then the project itself.
 fn cross_check(
     dir: PathBuf,
     files: Vec<PathBuf>,
@@ -182,9 +184,35 @@ fn cross_check(
         .next()
         .map_or_else(Guard::default, |g| g.value);
 
-    for r in &d.refs {
-        let mut names: Vec<&str> = d
-            .declared
+    check_refs(&d.refs, &d.declared, sources, diags);
+    check_listens(&d.listens, sources, diags);
+
+    Project {
+        name,
+        dir,
+        files,
+        images,
+        services,
+        routes,
+        guard,
+        webhooks,
+        bases,
+    }
+}
+
+/// Every reference to an image or service names one that is declared somewhere in the
+/// project; an unknown name gets a did-you-mean or the list of those defined.
+fn check_refs(
+    refs: &[Ref],
+    declared: &[(&'static str, String)],
+    sources: &[SourceFile],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let at = |file: usize, span: &Range<usize>, msg: String, hint: Option<String>| {
+        sources[file].diag(span.clone(), msg, hint)
+    };
+    for r in refs {
+        let mut names: Vec<&str> = declared
             .iter()
             .filter(|(k, _)| *k == r.kind)
             .map(|(_, n)| n.as_str())
@@ -209,9 +237,21 @@ fn cross_check(
             ));
         }
     }
+}
 
-    for (i, l) in d.listens.iter().enumerate() {
-        let clash = d.listens[..i].iter().find(|o| {
+/// No two listen addresses of the project (routes, blue/green previews) overlap: the same
+/// port on the same address, or on the unspecified address.
+fn check_listens(
+    listens: &[Named<std::net::SocketAddr>],
+    sources: &[SourceFile],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let place = |file, span: &_| place(sources, file, span);
+    let at = |file: usize, span: &Range<usize>, msg: String, hint: Option<String>| {
+        sources[file].diag(span.clone(), msg, hint)
+    };
+    for (i, l) in listens.iter().enumerate() {
+        let clash = listens[..i].iter().find(|o| {
             o.value.port() == l.value.port()
                 && (o.value.ip() == l.value.ip()
                     || o.value.ip().is_unspecified()
@@ -228,18 +268,6 @@ fn cross_check(
                 Some(format!("it is also used at {}", place(o.file, &o.span))),
             ));
         }
-    }
-
-    Project {
-        name,
-        dir,
-        files,
-        images,
-        services,
-        routes,
-        guard,
-        webhooks,
-        bases,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{Fleet, Journal, Preview, Rollout, Weights, format_duration};
 use crate::engine::Run;
-use recast_spec::Strategy;
+use recast_spec::{Service, Strategy};
 
 pub(super) async fn run<F: Fleet, J: Journal>(
     r: &Rollout<'_, F, J>,
@@ -66,4 +66,33 @@ pub(super) async fn run<F: Fleet, J: Journal>(
     }
     r.fleet.retire_later(blue, scale_down_delay);
     Ok(())
+}
+
+/// What `recast plan` says a blue/green rollout will do.
+pub(super) fn describe(svc: &Service, ready: &str) -> Vec<String> {
+    let Strategy::BlueGreen {
+        preview_listen,
+        auto_promote_after,
+        scale_down_delay,
+    } = &svc.rollout.strategy
+    else {
+        return Vec::new();
+    };
+    let mut v = vec![format!(
+        "start {} green instance(s) beside the blue ones, {ready}",
+        svc.instances
+    )];
+    if let Some(p) = preview_listen {
+        v.push(format!("serve the green release on preview {p}"));
+    }
+    v.push(match auto_promote_after {
+        Some(d) => format!("promote automatically after {}", format_duration(*d)),
+        None => "wait for `recast promote`".into(),
+    });
+    v.push("switch all traffic to green at once".into());
+    v.push(format!(
+        "keep blue warm for {} (instant rollback), then drain and stop it",
+        format_duration(*scale_down_delay)
+    ));
+    v
 }

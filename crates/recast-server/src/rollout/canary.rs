@@ -4,7 +4,7 @@
 
 use super::{Fleet, Journal, Rollout, Weights, format_duration};
 use crate::engine::Run;
-use recast_spec::Strategy;
+use recast_spec::{Service, Strategy};
 use std::collections::BTreeMap;
 
 pub(super) async fn run<F: Fleet, J: Journal>(
@@ -61,4 +61,28 @@ pub(super) async fn run<F: Fleet, J: Journal>(
     r.fleet.switch(&[], &old_ids, Weights::ByCount);
     r.fleet.retire(old_ids).await;
     Ok(())
+}
+
+/// What `recast plan` says a canary rollout will do.
+pub(super) fn describe(svc: &Service, ready: &str, deadline: String) -> Vec<String> {
+    let Strategy::Canary { steps, .. } = &svc.rollout.strategy else {
+        return Vec::new();
+    };
+    let mut v = vec![format!("start canary instance(s), {ready}")];
+    for s in steps {
+        v.push(match s.pause {
+            Some(p) => format!(
+                "send {}% of requests to the new release for {}",
+                s.weight,
+                format_duration(p)
+            ),
+            None => format!(
+                "send {}% of requests to the new release, then wait for `recast promote`",
+                s.weight
+            ),
+        });
+    }
+    v.push("send 100% to the new release, drain and stop the old one".into());
+    v.push(deadline);
+    v
 }

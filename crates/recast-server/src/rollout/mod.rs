@@ -397,6 +397,17 @@ impl<F: Fleet, J: Journal> Rollout<'_, F, J> {
     }
 }
 
+/// What `recast plan` says an update of `svc` will do, step by step (`ready` tells when a new
+/// instance counts as healthy, `deadline` when a stalled rollout goes back).
+pub fn describe(svc: &recast_spec::Service, ready: &str, deadline: String) -> Vec<String> {
+    match &svc.rollout.strategy {
+        Strategy::Rolling { .. } => rolling::describe(svc, ready, deadline),
+        Strategy::BlueGreen { .. } => blue_green::describe(svc, ready),
+        Strategy::Canary { .. } => canary::describe(svc, ready, deadline),
+        Strategy::Recreate => recreate::describe(svc, ready, deadline),
+    }
+}
+
 fn with_note(reason: String, noted: Result<(), String>) -> String {
     match noted {
         Ok(()) => reason,

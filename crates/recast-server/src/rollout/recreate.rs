@@ -3,6 +3,7 @@
 
 use super::{Fleet, Journal, Rollout, Weights};
 use crate::engine::Run;
+use recast_spec::Service;
 
 pub(super) async fn run<F: Fleet, J: Journal>(
     r: &Rollout<'_, F, J>,
@@ -53,4 +54,25 @@ async fn replace<F: Fleet, J: Journal>(r: &Rollout<'_, F, J>, old: &Run) -> Resu
         4,
         format!("{n} instance(s) of release {new} healthy and in rotation"),
     )
+}
+
+/// What `recast plan` says a recreate rollout will do.
+pub(super) fn describe(svc: &Service, ready: &str, deadline: String) -> Vec<String> {
+    let mut v = vec!["drain and stop every old instance (downtime: the route answers 503 until the new release is healthy)".to_string()];
+    let exclusive: Vec<&str> = svc.exclusive_volumes().map(|v| v.name.as_str()).collect();
+    if !exclusive.is_empty() {
+        v.push(format!(
+            "snapshot exclusive volume(s) {} (the last {} kept; `recast rollback --restore-volumes` restores)",
+            exclusive.join(", "),
+            crate::engine::KEEP_SNAPSHOTS
+        ));
+    }
+    v.push(format!(
+        "start {} new instance(s), {ready}, then route traffic to them",
+        svc.instances
+    ));
+    v.push(format!(
+        "{deadline}: the new release stops, then the old one starts again"
+    ));
+    v
 }

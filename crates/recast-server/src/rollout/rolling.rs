@@ -4,7 +4,7 @@
 
 use super::{Fleet, Journal, Rollout, Weights, format_duration};
 use crate::engine::Run;
-use recast_spec::Strategy;
+use recast_spec::{Count, Service, Strategy};
 use tokio::time::Instant;
 
 pub(super) async fn run<F: Fleet, J: Journal>(
@@ -96,4 +96,41 @@ pub(super) async fn run<F: Fleet, J: Journal>(
         }
         deadline = r.progress_deadline();
     }
+}
+
+/// What `recast plan` says a rolling rollout will do.
+pub(super) fn describe(svc: &Service, ready: &str, deadline: String) -> Vec<String> {
+    let Strategy::Rolling {
+        max_surge,
+        max_unavailable,
+        min_healthy_time,
+    } = &svc.rollout.strategy
+    else {
+        return Vec::new();
+    };
+    let n = svc.instances;
+    let surge = max_surge.resolve(n, true);
+    let unavail = max_unavailable.resolve(n, false);
+    let batch = (surge + unavail).max(1);
+    let batches = n.div_ceil(batch);
+    let count = |c: &Count| match c {
+        Count::Absolute(n) => n.to_string(),
+        Count::Percent(p) => format!("{p}%"),
+    };
+    vec![
+        format!(
+            "rolling in {batches} batch(es) of up to {batch}: start {surge} new, {ready}{}, put in rotation, drain and stop old (max_surge {}, max_unavailable {})",
+            if min_healthy_time.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    " and stay healthy for {}",
+                    format_duration(*min_healthy_time)
+                )
+            },
+            count(max_surge),
+            count(max_unavailable)
+        ),
+        deadline,
+    ]
 }

@@ -1,0 +1,326 @@
+//! Operator commands (promote, abort, pause, rollback, destroy) and taking over after a restart.
+
+use super::*;
+
+impl Ctl {
+    /// Ask the running rollout of `svc` to move on; an error when there is none.
+    pub fn promote(&self, svc: &Svc) -> Result<(), ServerError> {
+        Self::rolling_out(svc)?;
+        svc.controls.promote();
+        Ok(())
+    }
+
+    /// Roll the running rollout back at once.
+    pub fn abort(&self, svc: &Svc) -> Result<(), ServerError> {
+        Self::rolling_out(svc)?;
+        svc.controls.abort();
+        Ok(())
+    }
+
+    /// Freeze (or continue) the running rollout where it is.
+    pub fn pause(&self, svc: &Svc, paused: bool) -> Result<(), ServerError> {
+        Self::rolling_out(svc)?;
+        svc.controls.pause(paused);
+        self.event(
+            svc,
+            if paused {
+                "rollout.paused"
+            } else {
+                "rollout.resumed"
+            },
+            "by request",
+        );
+        Ok(())
+    }
+
+    pub(super) fn rolling_out(svc: &Svc) -> Result<(), ServerError> {
+        if lock(&svc.rollout).is_none() {
+            return Err(ServerError::Conflict(format!(
+                "service {} has no rollout in progress",
+                svc.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Back to the previous good release (or `to`). A warm release is a routing switch;
+    /// otherwise the release is started again from its recorded digest.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        svc: &Arc<Svc>,
+        to: Option<i64>,
+        restore_volumes: bool,
+    ) -> Result<RollbackResult, String> {
+        let t0 = Instant::now();
+        let _busy = svc.busy.lock().await;
+        let (cur, target) = self.rollback_target(svc, to)?;
+        let run = Run::from_row(&target)?;
+        let cur_run = Run::from_row(&cur)?;
+        if restore_volumes || run.service.stops_first() || cur_run.service.stops_first() {
+            // Never two releases at once: stop, (restore,) start.
+            let plan = restore_volumes
+                .then(|| self.restore_plan(svc, Some(target.number)))
+                .transpose()?;
+            return self
+                .rollback_stopping_first(svc, &cur, &run, plan, t0)
+                .await;
+        }
+        let fleet = fleet::LocalFleet {
+            ctl: self.clone(),
+            svc: svc.clone(),
+        };
+        let was_warm = rollout::rollback::switch_back(&fleet, &run, cur.number).await?;
+        let switched_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.record_rollback(svc, cur.number, run.number, "");
+        Ok(RollbackResult {
+            service: svc.name.clone(),
+            from: cur.number,
+            to: run.number,
+            warm: was_warm,
+            switched_ms,
+            restored: Vec::new(),
+        })
+    }
+
+    /// Retire every instance of a service and forget its current release.
+    pub async fn destroy_service(&self, svc: &Arc<Svc>, volumes: bool) -> Result<(), ServerError> {
+        let _busy = svc.busy.lock().await;
+        let all = svc.ids(|_| true);
+        self.retire(svc, all).await;
+        self.state.set_current(&svc.project, &svc.name, None)?;
+        self.event(svc, "service.destroyed", "every instance retired");
+        if volumes {
+            self.drop_snapshots(svc).await?;
+            let dir = self
+                .data_dir
+                .service_volumes(&svc.project, &svc.name)
+                .map_err(|e| ServerError::Invalid(e.to_string()))?;
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ServerError::Internal(format!(
+                        "removing the volumes of {} ({}): {e}",
+                        svc.name,
+                        dir.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroy services (all of a project when `services` is empty) and their routes.
+    pub async fn destroy(
+        &self,
+        project: Option<&str>,
+        services: &[String],
+        volumes: bool,
+    ) -> Result<Vec<String>, ServerError> {
+        let targets: Vec<Arc<Svc>> = self
+            .all_svcs()
+            .into_iter()
+            .filter(|s| {
+                project.is_none_or(|p| s.project == p)
+                    && (services.is_empty() || services.contains(&s.name))
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for s in &targets {
+            self.destroy_service(s, volumes).await?;
+            removed.push(s.name.clone());
+        }
+        let mut routes = self.routes.lock().await;
+        let projects: Vec<String> = targets.iter().map(|s| s.project.clone()).collect();
+        routes.retain(|_, (row, _)| {
+            !(projects.contains(&row.project)
+                && (services.is_empty() || services.contains(&row.service)))
+        });
+        for p in projects {
+            let rows: Vec<RouteRow> = routes
+                .values()
+                .filter(|(r, _)| r.project == p)
+                .map(|(r, _)| r.clone())
+                .collect();
+            self.state.set_routes(&p, &rows)?;
+        }
+        Ok(removed)
+    }
+
+    pub async fn route_rows(&self) -> Vec<RouteRow> {
+        self.routes
+            .lock()
+            .await
+            .values()
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Take over what an earlier server left: running instances of live releases return to
+    /// rotation as they are; interrupted rollouts are rolled back; missing instances are
+    /// started again; routes listen again. Returns what it did.
+    pub async fn recover(self: &Arc<Self>) -> Result<Vec<String>, String> {
+        let rt = self.rt.clone();
+        // The server's instances, unreadable records, and throwaway ones whose process is gone;
+        // never a live `recast run`/`recast test` instance.
+        let found = tokio::task::spawn_blocking(move || {
+            rt.recover(|i| {
+                !matches!(
+                    i.owner(),
+                    recast_runtime::Owner::Run | recast_runtime::Owner::Test
+                ) || i.abandoned()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut notes: Vec<String> = found
+            .cleaned
+            .iter()
+            .map(|(id, why)| format!("cleaned up instance {id}: {why}"))
+            .collect();
+        self.take_over(found.running, &mut notes).await?;
+        self.end_interrupted(&mut notes)?;
+        self.settle_live(&mut notes).await?;
+        self.listen_again(&mut notes).await?;
+        Ok(notes)
+    }
+
+    /// Every running instance under supervision: a live release's in rotation as it is, any
+    /// other (an interrupted rollout's, a warm blue one) out of it, for `settle_live` to retire.
+    async fn take_over(
+        self: &Arc<Self>,
+        running: Vec<Instance>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), String> {
+        for inst in running {
+            let recast_runtime::Owner::Service(owner) = inst.owner() else {
+                // Not a service instance: a throwaway one whose command is gone goes.
+                if inst.abandoned() {
+                    let rt = self.rt.clone();
+                    let id = inst.id.clone();
+                    tokio::task::spawn_blocking(move || rt.delete(&inst))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("removing abandoned instance {id}: {e}"))?;
+                }
+                continue;
+            };
+            let mut it = owner.rsplitn(3, '/');
+            let (Some(Ok(n)), Some(s), Some(p)) =
+                (it.next().map(str::parse::<i64>), it.next(), it.next())
+            else {
+                notes.push(format!(
+                    "instance {} has an unreadable owner {owner}",
+                    inst.id
+                ));
+                continue;
+            };
+            let (p, s) = (p.to_string(), s.to_string());
+            let release = self
+                .state
+                .release(&p, &s, n)
+                .map_err(|e| e.to_string())?
+                .map(|r| Run::from_row(&r))
+                .transpose()?;
+            let live = self.state.current(&p, &s).map_err(|e| e.to_string())?;
+            let is_live = live.is_some_and(|l| l.number == n);
+            let svc = self.svc(&p, &s);
+            match release {
+                Some(run) => self.adopt(&svc, inst, n, run.service.health, is_live, true),
+                None => {
+                    // No record of its release: nothing to run it by; it goes.
+                    notes.push(format!(
+                        "instance {} of {p}/{s} has no release {n}",
+                        inst.id
+                    ));
+                    let rt = self.rt.clone();
+                    tokio::task::spawn_blocking(move || rt.delete(&inst))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rollouts the earlier server left unfinished are recorded as rolled back.
+    fn end_interrupted(&self, notes: &mut Vec<String>) -> Result<(), String> {
+        const WHY: &str = "interrupted: the server stopped during the rollout";
+        for r in self
+            .state
+            .unfinished_rollouts()
+            .map_err(|e| e.to_string())?
+        {
+            self.state
+                .finish_rollout(r.id, RolloutState::RolledBack, WHY)
+                .and_then(|()| {
+                    self.state.set_outcome(
+                        &r.project,
+                        &r.service,
+                        r.to_release,
+                        ReleaseOutcome::RolledBack,
+                        Some(WHY),
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+            let svc = self.svc(&r.project, &r.service);
+            self.try_event(
+                &svc,
+                "rollout.rolled_back",
+                &format!(
+                    "release {} rolled back after a server restart",
+                    r.to_release
+                ),
+            )?;
+            notes.push(format!(
+                "rolled back the interrupted rollout of {}/{} to release {}",
+                r.project, r.service, r.to_release
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every live release at full strength and nothing else running, through the same
+    /// `rollback::settle` the strategy tests check after a simulated restart.
+    async fn settle_live(self: &Arc<Self>, notes: &mut Vec<String>) -> Result<(), String> {
+        for (p, s) in self.state.all_services().map_err(|e| e.to_string())? {
+            let Some(cur) = self.state.current(&p, &s).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let run = Run::from_row(&cur)?;
+            let fleet = fleet::LocalFleet {
+                ctl: self.clone(),
+                svc: self.svc(&p, &s),
+            };
+            match rollout::rollback::settle(&fleet, &run).await {
+                Ok(done) => notes.extend(done.into_iter().map(|d| format!("{p}/{s}: {d}"))),
+                Err(e) => notes.push(format!("could not restore {p}/{s}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes listen again as they were recorded.
+    async fn listen_again(&self, notes: &mut Vec<String>) -> Result<(), String> {
+        let rows = self.state.routes().map_err(|e| e.to_string())?;
+        let mut routes = self.routes.lock().await;
+        for row in rows {
+            let Ok(addr) = row.listen.parse::<SocketAddr>() else {
+                notes.push(format!(
+                    "route {} has a bad address {}",
+                    row.name, row.listen
+                ));
+                continue;
+            };
+            let svc = self.svc(&row.project, &row.service);
+            match bind_route(&row, addr, &svc).await {
+                Ok(route) => {
+                    routes.insert(key(&row.project, &row.name), (row, route));
+                }
+                Err(e) => notes.push(format!("route {} cannot listen on {addr}: {e}", row.name)),
+            }
+        }
+        Ok(())
+    }
+}
