@@ -72,6 +72,66 @@ const PLATFORM_ARGS: &[&str] = &[
     "BUILDVARIANT",
 ];
 
+/// Whether platform `v` (`os/arch[/variant]`, as `--platform` says it) is the host's.
+fn is_host_platform(v: &str) -> bool {
+    let (arch, _) = host_arch();
+    let v_low = v.to_ascii_lowercase();
+    let mut parts = v_low.split('/');
+    let os = parts.next().unwrap_or_default();
+    let a = match parts.next().unwrap_or_default() {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let rest: Vec<&str> = parts.collect();
+    let variant_ok = rest.is_empty()
+        || (rest.len() == 1 && (arch != "arm64" || rest[0] == "v8"))
+        || (rest.len() == 1 && arch == "arm");
+    os == "linux" && a == arch && variant_ok
+}
+
+/// The flags `COPY` (or `ADD`, when `add`) knows.
+fn copy_flags(add: bool) -> Vec<(&'static str, FlagKind)> {
+    let mut known = vec![
+        ("chown", FlagKind::Str),
+        ("chmod", FlagKind::Str),
+        ("link", FlagKind::Bool),
+        (
+            "exclude",
+            FlagKind::Unsupported(
+                "list the files to leave out in .dockerignore, or COPY the ones you want",
+            ),
+        ),
+    ];
+    if add {
+        known.extend([
+            (
+                "checksum",
+                FlagKind::Unsupported("ADD takes local files only"),
+            ),
+            (
+                "keep-git-dir",
+                FlagKind::Unsupported("ADD takes local files only"),
+            ),
+            (
+                "unpack",
+                FlagKind::Unsupported(
+                    "ADD extracts local tar archives; use COPY to copy one as is",
+                ),
+            ),
+        ]);
+    } else {
+        known.extend([
+            ("from", FlagKind::Str),
+            (
+                "parents",
+                FlagKind::Unsupported("COPY each directory to its destination"),
+            ),
+        ]);
+    }
+    known
+}
+
 /// The host's platform in OCI terms: (`amd64`, variant).
 pub(crate) fn host_arch() -> (&'static str, &'static str) {
     match std::env::consts::ARCH {
@@ -195,6 +255,9 @@ struct Parser<'a, 'o> {
     /// `COPY --from=NAME` to resolve once every stage is known: (stage, instruction, name, where).
     pending_from: Vec<(usize, usize, String, Range<usize>)>,
 }
+
+/// A `COPY --from` name to resolve once every stage is known, and where it is written.
+type PendingFrom = (String, Range<usize>);
 
 enum FlagKind {
     Str,
@@ -638,29 +701,7 @@ impl Parser<'_, '_> {
         match words.as_slice() {
             [_] => {}
             [_, as_, n] if as_.text.eq_ignore_ascii_case("as") => {
-                let lower = n.text.to_ascii_lowercase();
-                if !valid_stage_name(&lower) {
-                    self.err(
-                        l,
-                        n.range.clone(),
-                        format!("invalid stage name `{}`", n.text),
-                        Some("a stage name starts with a letter and has only letters, digits, `-`, `_` and `.`".into()),
-                    );
-                } else if let Some(first) = self
-                    .stages
-                    .iter()
-                    .find(|s| s.name.as_deref() == Some(&lower))
-                {
-                    let line = first.from_span.line;
-                    self.err(
-                        l,
-                        n.range.clone(),
-                        format!("duplicate stage name `{lower}`"),
-                        Some(format!("a stage named `{lower}` starts on line {line}")),
-                    );
-                } else {
-                    name = Some(lower);
-                }
+                name = self.stage_name(l, n);
             }
             [] => self.needs_arguments(l, cmd, "FROM", "an image"),
             _ => {
@@ -691,35 +732,7 @@ impl Parser<'_, '_> {
             }
         }
         if let Some(p) = flags.as_ref().and_then(|f| f.get("platform")) {
-            let w = Word {
-                text: p.value.clone(),
-                range: p.range.clone(),
-            };
-            let global = self.global.clone();
-            if let Some(v) = self.subst(l, &w, &global) {
-                let host = host_platform();
-                let (arch, _) = host_arch();
-                let v_low = v.to_ascii_lowercase();
-                let mut parts = v_low.split('/');
-                let os = parts.next().unwrap_or_default();
-                let a = match parts.next().unwrap_or_default() {
-                    "x86_64" | "x86-64" => "amd64",
-                    "aarch64" => "arm64",
-                    other => other,
-                };
-                let rest: Vec<&str> = parts.collect();
-                let variant_ok = rest.is_empty()
-                    || (rest.len() == 1 && (arch != "arm64" || rest[0] == "v8"))
-                    || (rest.len() == 1 && arch == "arm");
-                if !(os == "linux" && a == arch && variant_ok) {
-                    self.err(
-                        l,
-                        p.range.clone(),
-                        format!("recast builds for the host platform ({host}) only, not `{v}`"),
-                        Some(format!("remove `--platform`, or build on a {v} machine")),
-                    );
-                }
-            }
+            self.check_platform(l, p);
         }
         let base = if from == "scratch" {
             Base::Scratch
@@ -763,6 +776,55 @@ impl Parser<'_, '_> {
             config_env,
             shell,
         });
+    }
+
+    /// The name of a stage (`FROM … AS NAME`), lowercased; `None` after an error when it is
+    /// invalid or taken by an earlier stage.
+    fn stage_name(&mut self, l: &Logical, n: &Word) -> Option<String> {
+        let lower = n.text.to_ascii_lowercase();
+        if !valid_stage_name(&lower) {
+            self.err(
+                l,
+                n.range.clone(),
+                format!("invalid stage name `{}`", n.text),
+                Some("a stage name starts with a letter and has only letters, digits, `-`, `_` and `.`".into()),
+            );
+        } else if let Some(first) = self
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(&lower))
+        {
+            let line = first.from_span.line;
+            self.err(
+                l,
+                n.range.clone(),
+                format!("duplicate stage name `{lower}`"),
+                Some(format!("a stage named `{lower}` starts on line {line}")),
+            );
+        } else {
+            return Some(lower);
+        }
+        None
+    }
+
+    /// `FROM --platform=P`: P (after substitution) must be the host's platform.
+    fn check_platform(&mut self, l: &Logical, p: &Flag) {
+        let w = Word {
+            text: p.value.clone(),
+            range: p.range.clone(),
+        };
+        let global = self.global.clone();
+        if let Some(v) = self.subst(l, &w, &global)
+            && !is_host_platform(&v)
+        {
+            let host = host_platform();
+            self.err(
+                l,
+                p.range.clone(),
+                format!("recast builds for the host platform ({host}) only, not `{v}`"),
+                Some(format!("remove `--platform`, or build on a {v} machine")),
+            );
+        }
     }
 
     fn arg(&mut self, l: &Logical, cmd: &Cmd) {
@@ -905,45 +967,79 @@ impl Parser<'_, '_> {
         );
     }
 
+    /// `--chmod=C` (at `r`): octal permission bits; `None` after an error.
+    fn chmod(&mut self, l: &Logical, r: Range<usize>, c: &str) -> Option<u32> {
+        match u32::from_str_radix(c, 8) {
+            Ok(m) if m <= 0o7777 && !c.is_empty() => Some(m),
+            _ => {
+                self.err(
+                    l,
+                    r,
+                    format!("`--chmod={c}` is not octal permission bits"),
+                    Some("write the mode in octal, like `--chmod=0755`".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether an `ADD` source (`words`, substituted as `values`) is a URL, which is refused:
+    /// the error is reported at the first one.
+    fn add_of_url(&mut self, l: &Logical, words: &[Word], values: &[String]) -> bool {
+        for (w, v) in words.iter().zip(values) {
+            let lower = v.to_ascii_lowercase();
+            if lower.contains("://") || lower.starts_with("git@") {
+                self.err(
+                    l,
+                    w.range.clone(),
+                    format!("`ADD` of a URL (`{v}`) is not supported"),
+                    Some("download it in a RUN step, or put the file in the build context and COPY it".into()),
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `COPY --from=F`: an earlier stage by index, or a stage or image by name, with the name
+    /// and its span to resolve once every stage is known; `None` after an error.
+    fn copy_from(&mut self, l: &Logical, f: &Flag) -> Option<(CopyFrom, Option<PendingFrom>)> {
+        if f.value.contains('$') {
+            self.err(
+                l,
+                f.range.clone(),
+                "variables are not substituted in `--from`".into(),
+                Some(
+                    "define a stage with `FROM ${VAR} AS name` (a global ARG) and copy from it"
+                        .into(),
+                ),
+            );
+            None
+        } else if let Ok(n) = f.value.parse::<usize>() {
+            let index = self.cur.as_ref().map_or(0, |c| c.stage.index);
+            if n >= index {
+                self.err(
+                    l,
+                    f.range.clone(),
+                    format!("`--from={n}` names stage {n}, which does not come before this stage ({index})"),
+                    Some("stages count from 0; copy from an earlier stage".into()),
+                );
+                None
+            } else {
+                Some((CopyFrom::Stage(n), None))
+            }
+        } else {
+            // A name: resolved once every stage is known (it may name a later one).
+            Some((
+                CopyFrom::Image(f.value.clone()),
+                Some((f.value.clone(), l.span(f.range.clone()))),
+            ))
+        }
+    }
+
     fn copy(&mut self, l: &Logical, cmd: &Cmd, add: bool) {
         let kw = if add { "ADD" } else { "COPY" };
-        let mut known = vec![
-            ("chown", FlagKind::Str),
-            ("chmod", FlagKind::Str),
-            ("link", FlagKind::Bool),
-            (
-                "exclude",
-                FlagKind::Unsupported(
-                    "list the files to leave out in .dockerignore, or COPY the ones you want",
-                ),
-            ),
-        ];
-        if add {
-            known.extend([
-                (
-                    "checksum",
-                    FlagKind::Unsupported("ADD takes local files only"),
-                ),
-                (
-                    "keep-git-dir",
-                    FlagKind::Unsupported("ADD takes local files only"),
-                ),
-                (
-                    "unpack",
-                    FlagKind::Unsupported(
-                        "ADD extracts local tar archives; use COPY to copy one as is",
-                    ),
-                ),
-            ]);
-        } else {
-            known.extend([
-                ("from", FlagKind::Str),
-                (
-                    "parents",
-                    FlagKind::Unsupported("COPY each directory to its destination"),
-                ),
-            ]);
-        }
+        let known = copy_flags(add);
         let Some(flags) = self.flags(l, cmd, kw, &known) else {
             return;
         };
@@ -998,72 +1094,26 @@ impl Parser<'_, '_> {
         let chmod_text = opt(self, "chmod");
         let mut chmod = None;
         if let Some(c) = chmod_text {
-            match u32::from_str_radix(&c, 8) {
-                Ok(m) if m <= 0o7777 && !c.is_empty() => chmod = Some(m),
-                _ => {
-                    let r = flags
-                        .get("chmod")
-                        .map_or(cmd.args.clone(), |f| f.range.clone());
-                    self.err(
-                        l,
-                        r,
-                        format!("`--chmod={c}` is not octal permission bits"),
-                        Some("write the mode in octal, like `--chmod=0755`".into()),
-                    );
-                    ok = false;
-                }
-            }
+            let r = flags
+                .get("chmod")
+                .map_or(cmd.args.clone(), |f| f.range.clone());
+            chmod = self.chmod(l, r, &c);
+            ok &= chmod.is_some();
         }
         let mut from = None;
         let mut pending = None;
         if let Some(f) = flags.get("from") {
-            if f.value.contains('$') {
-                self.err(
-                    l,
-                    f.range.clone(),
-                    "variables are not substituted in `--from`".into(),
-                    Some(
-                        "define a stage with `FROM ${VAR} AS name` (a global ARG) and copy from it"
-                            .into(),
-                    ),
-                );
-                ok = false;
-            } else if let Ok(n) = f.value.parse::<usize>() {
-                let index = self.cur.as_ref().map_or(0, |c| c.stage.index);
-                if n >= index {
-                    self.err(
-                        l,
-                        f.range.clone(),
-                        format!("`--from={n}` names stage {n}, which does not come before this stage ({index})"),
-                        Some("stages count from 0; copy from an earlier stage".into()),
-                    );
-                    ok = false;
-                } else {
-                    from = Some(CopyFrom::Stage(n));
-                }
-            } else {
-                // A name: resolved once every stage is known (it may name a later one).
-                from = Some(CopyFrom::Image(f.value.clone()));
-                pending = Some((f.value.clone(), l.span(f.range.clone())));
+            match self.copy_from(l, f) {
+                Some((f, p)) => (from, pending) = (Some(f), p),
+                None => ok = false,
             }
         }
         if !ok {
             return;
         }
         let dest = values.pop().unwrap_or_default();
-        if add {
-            for (w, v) in words.iter().zip(&values) {
-                let lower = v.to_ascii_lowercase();
-                if lower.contains("://") || lower.starts_with("git@") {
-                    self.err(
-                        l,
-                        w.range.clone(),
-                        format!("`ADD` of a URL (`{v}`) is not supported"),
-                        Some("download it in a RUN step, or put the file in the build context and COPY it".into()),
-                    );
-                    return;
-                }
-            }
+        if add && self.add_of_url(l, &words, &values) {
+            return;
         }
         if let (Some((name, span)), Some(cur)) = (pending, &self.cur) {
             self.pending_from
@@ -1430,6 +1480,99 @@ impl Parser<'_, '_> {
         self.push(l, cmd, Op::Volume(out));
     }
 
+    /// `HEALTHCHECK NONE`: no flags, no arguments.
+    fn healthcheck_none(&mut self, l: &Logical, cmd: &Cmd, rest: &str, rest_range: Range<usize>) {
+        if let Some(f) = cmd.flags.first() {
+            self.err(
+                l,
+                f.range.clone(),
+                "`HEALTHCHECK NONE` takes no flags".into(),
+                None,
+            );
+            return;
+        }
+        if !rest.is_empty() {
+            self.err(
+                l,
+                rest_range,
+                "`HEALTHCHECK NONE` takes no arguments".into(),
+                None,
+            );
+            return;
+        }
+        self.push(
+            l,
+            cmd,
+            Op::Healthcheck(Healthcheck {
+                test: None,
+                interval: None,
+                timeout: None,
+                start_period: None,
+                start_interval: None,
+                retries: None,
+            }),
+        );
+    }
+
+    /// The test of `HEALTHCHECK CMD REST`: `CMD` and the JSON array's strings, or `CMD-SHELL` and
+    /// the shell form; `None` after an error.
+    fn healthcheck_test(
+        &mut self,
+        l: &Logical,
+        cmd: &Cmd,
+        rest: &str,
+        typ_range: Range<usize>,
+    ) -> Option<Vec<String>> {
+        match json_array(rest) {
+            Err(()) => {
+                self.not_strings(l, cmd, "HEALTHCHECK");
+                None
+            }
+            Ok(Some(v)) if !v.is_empty() => {
+                let mut t = vec!["CMD".to_string()];
+                t.extend(v);
+                Some(t)
+            }
+            Ok(None) if !rest.is_empty() => Some(vec!["CMD-SHELL".to_string(), rest.to_string()]),
+            _ => {
+                self.err(
+                    l,
+                    typ_range,
+                    "`HEALTHCHECK CMD` needs a command".into(),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    /// A `HEALTHCHECK` duration flag `--NAME=D` (Go syntax): `None` for 0 (the default), an
+    /// error below 1ms.
+    fn flag_duration(&mut self, l: &Logical, f: &Flag, name: &str) -> Result<Option<Duration>, ()> {
+        match parse_go_duration(&f.value) {
+            Some(d) if d.is_zero() => Ok(None),
+            Some(d) if d < Duration::from_millis(1) => {
+                self.err(
+                    l,
+                    f.range.clone(),
+                    format!("`--{name}` cannot be less than 1ms"),
+                    None,
+                );
+                Err(())
+            }
+            Some(d) => Ok(Some(d)),
+            None => {
+                self.err(
+                    l,
+                    f.range.clone(),
+                    format!("invalid duration `{}` for `--{name}`", f.value),
+                    Some("write a duration like 30s, 1m30s or 500ms".into()),
+                );
+                Err(())
+            }
+        }
+    }
+
     fn healthcheck(&mut self, l: &Logical, cmd: &Cmd) {
         let args = cmd.args.clone();
         let text = &l.text[args.clone()];
@@ -1443,36 +1586,7 @@ impl Parser<'_, '_> {
         }
         let typ_range = args.start..args.start + typ_end;
         if typ == "NONE" {
-            if let Some(f) = cmd.flags.first() {
-                self.err(
-                    l,
-                    f.range.clone(),
-                    "`HEALTHCHECK NONE` takes no flags".into(),
-                    None,
-                );
-                return;
-            }
-            if !rest.is_empty() {
-                self.err(
-                    l,
-                    rest_range,
-                    "`HEALTHCHECK NONE` takes no arguments".into(),
-                    None,
-                );
-                return;
-            }
-            self.push(
-                l,
-                cmd,
-                Op::Healthcheck(Healthcheck {
-                    test: None,
-                    interval: None,
-                    timeout: None,
-                    start_period: None,
-                    start_interval: None,
-                    retries: None,
-                }),
-            );
+            self.healthcheck_none(l, cmd, rest, rest_range);
             return;
         }
         let Some(flags) = self.flags(
@@ -1498,54 +1612,16 @@ impl Parser<'_, '_> {
             );
             return;
         }
-        let test = match json_array(rest) {
-            Err(()) => {
-                self.not_strings(l, cmd, "HEALTHCHECK");
-                return;
-            }
-            Ok(Some(v)) if !v.is_empty() => {
-                let mut t = vec!["CMD".to_string()];
-                t.extend(v);
-                t
-            }
-            Ok(None) if !rest.is_empty() => vec!["CMD-SHELL".to_string(), rest.to_string()],
-            _ => {
-                self.err(
-                    l,
-                    typ_range,
-                    "`HEALTHCHECK CMD` needs a command".into(),
-                    None,
-                );
-                return;
-            }
+        let Some(test) = self.healthcheck_test(l, cmd, rest, typ_range) else {
+            return;
         };
         let mut ok = true;
         let mut dur = |p: &mut Self, name: &str| -> Option<Duration> {
             let f = flags.get(name)?;
-            match parse_go_duration(&f.value) {
-                Some(d) if d.is_zero() => None,
-                Some(d) if d < Duration::from_millis(1) => {
-                    p.err(
-                        l,
-                        f.range.clone(),
-                        format!("`--{name}` cannot be less than 1ms"),
-                        None,
-                    );
-                    ok = false;
-                    None
-                }
-                Some(d) => Some(d),
-                None => {
-                    p.err(
-                        l,
-                        f.range.clone(),
-                        format!("invalid duration `{}` for `--{name}`", f.value),
-                        Some("write a duration like 30s, 1m30s or 500ms".into()),
-                    );
-                    ok = false;
-                    None
-                }
-            }
+            p.flag_duration(l, f, name).unwrap_or_else(|()| {
+                ok = false;
+                None
+            })
         };
         let interval = dur(self, "interval");
         let timeout = dur(self, "timeout");

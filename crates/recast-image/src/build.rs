@@ -4,14 +4,14 @@ use crate::archive;
 use crate::digest::Digest;
 use crate::dockerfile;
 use crate::error::{Context, Error, Result};
-use crate::fileindex::FileIndex;
+use crate::fileindex::{Entry, FileIndex};
 use crate::layer::{self, StatCache};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::registry;
 use crate::step::{self, RunRequest, StepRunner};
 use crate::store::{Staging, Store};
 use recast_api::CacheDir;
-use recast_spec::{Base, BuildStep, CopyStep, DockerfileSource, Image, Project};
+use recast_spec::{Base, BuildStep, CopyStep, DockerfileSource, Image, Project, RunStep};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::fs;
@@ -363,33 +363,15 @@ impl Builder<'_> {
                 }
                 BuildStep::Run(run) => {
                     let what = format!("{of}, step {}/{total} (run at {})", i + 1, run.at);
-                    // A Dockerfile step says its whole environment, and without a WORKDIR it runs
-                    // in the base's (not in one a later instruction sets).
-                    let (mut env, workdir) = if run.env_is_complete {
-                        (
-                            Vec::new(),
-                            &base_config
-                                .as_ref()
-                                .map_or(Value::Null, |c| c["config"]["WorkingDir"].clone()),
-                        )
-                    } else {
-                        (str_list(&seen["Env"]), &seen["WorkingDir"])
-                    };
-                    merge_env(&mut env, &run.env);
-                    let req = RunRequest {
-                        what: what.clone(),
-                        parents: &layers,
-                        argv: step::argv(run),
-                        env,
-                        workdir: run
-                            .workdir
-                            .clone()
-                            .or_else(|| workdir.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        user: run.user.clone().unwrap_or_else(|| base_user.clone()),
-                        network: run.network,
-                        epoch: opts.epoch,
-                    };
+                    let req = run_request(
+                        run,
+                        what,
+                        &layers,
+                        seen,
+                        base_config.as_ref(),
+                        &base_user,
+                        opts.epoch,
+                    );
                     progress(&format!(
                         "{}: step {}/{total}: run {}",
                         image.name,
@@ -412,30 +394,11 @@ impl Builder<'_> {
                 None => config["config"][k] = v.clone(),
             }
         }
-        let config_bytes = oci::canonical_json(&config);
-        let c = staging.put(&config_bytes)?;
-        let index = FileIndex::merge(&indexes);
-        let fi = staging.put(&index.to_json())?;
-        let mut annotations = BTreeMap::new();
-        annotations.insert(
-            oci::ANNOTATION_FILE_INDEX.to_string(),
-            fi.digest.to_string(),
-        );
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: oci::MANIFEST.to_string(),
-            config: Descriptor::new(oci::CONFIG, c.digest, c.size),
-            layers,
-            annotations,
-        };
-        let bytes = oci::canonical_json(&manifest);
+        let (bytes, size) = manifest_of(&mut staging, &config, &indexes, layers)?;
         let digest = Digest::of(&bytes);
         let cached = store.has_blob(&digest);
         staging.put(&bytes)?;
         staging.commit()?;
-        let size = bytes.len() as u64
-            + manifest.config.size
-            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
         Ok((digest, size, cached))
     }
 
@@ -661,6 +624,106 @@ fn unpacked_once(
     Ok(dir.join("fs"))
 }
 
+/// What run step `run` is given: its environment and working directory (the image's as seen
+/// so far, `seen`, or for a Dockerfile step its own environment in the base's working
+/// directory), the base's user unless the step says one, and the layers so far.
+fn run_request<'l>(
+    run: &RunStep,
+    what: String,
+    layers: &'l [Descriptor],
+    seen: &Value,
+    base_config: Option<&Value>,
+    base_user: &str,
+    epoch: u64,
+) -> RunRequest<'l> {
+    // A Dockerfile step says its whole environment, and without a WORKDIR it runs
+    // in the base's (not in one a later instruction sets).
+    let (mut env, workdir) = if run.env_is_complete {
+        (
+            Vec::new(),
+            &base_config.map_or(Value::Null, |c| c["config"]["WorkingDir"].clone()),
+        )
+    } else {
+        (str_list(&seen["Env"]), &seen["WorkingDir"])
+    };
+    merge_env(&mut env, &run.env);
+    RunRequest {
+        what,
+        parents: layers,
+        argv: step::argv(run),
+        env,
+        workdir: run
+            .workdir
+            .clone()
+            .or_else(|| workdir.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        user: run.user.clone().unwrap_or_else(|| base_user.to_string()),
+        network: run.network,
+        epoch,
+    }
+}
+
+/// Put the image's config and merged file index into `staging`; the manifest naming them
+/// and `layers` (canonical JSON, not yet put) and the image's total size.
+fn manifest_of(
+    staging: &mut Staging<'_>,
+    config: &Value,
+    indexes: &[FileIndex],
+    layers: Vec<Descriptor>,
+) -> Result<(Vec<u8>, u64)> {
+    let config_bytes = oci::canonical_json(config);
+    let c = staging.put(&config_bytes)?;
+    let index = FileIndex::merge(indexes);
+    let fi = staging.put(&index.to_json())?;
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        oci::ANNOTATION_FILE_INDEX.to_string(),
+        fi.digest.to_string(),
+    );
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: oci::MANIFEST.to_string(),
+        config: Descriptor::new(oci::CONFIG, c.digest, c.size),
+        layers,
+        annotations,
+    };
+    let bytes = oci::canonical_json(&manifest);
+    let size = bytes.len() as u64
+        + manifest.config.size
+        + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    Ok((bytes, size))
+}
+
+/// The manifest of registry base `reference` at its pinned digest: the stored one when the
+/// store holds it (pulled before: no network), else pulled.
+fn registry_base(
+    reference: &str,
+    staging: &mut Staging<'_>,
+    opts: &Options,
+    of: &str,
+) -> Result<Descriptor> {
+    let remote = crate::lock::pinned_remote(reference, &opts.pins, of)?;
+    let pinned = Digest::parse(&remote.reference);
+    // Already in the store (pulled before): no network. A tag pins a multi-platform
+    // image by its index, whose platform manifest was stored with it.
+    let stored = match pinned.filter(|d| staging.has(d)) {
+        Some(d) => {
+            let bytes = staging.read(&d, "manifest", of, oci::MAX_MANIFEST)?;
+            let is_index =
+                serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v.get("manifests").is_some());
+            let media = if is_index { oci::INDEX } else { oci::MANIFEST };
+            let desc = Descriptor::new(media, d, bytes.len() as u64);
+            let desc = archive::platform_manifest(desc, staging, of)?;
+            staging.has(&desc.digest).then_some(desc)
+        }
+        None => None,
+    };
+    match stored {
+        Some(desc) => Ok(desc),
+        None => registry::pull(staging, &remote, opts.insecure),
+    }
+}
+
 /// A base image staged for building on.
 struct BaseImage {
     manifest: Manifest,
@@ -714,28 +777,7 @@ fn base_of(
                 &format!("docker archive {}", path.display()),
             )?
         }
-        Base::Registry { reference } => {
-            let remote = crate::lock::pinned_remote(reference, &opts.pins, of)?;
-            let pinned = Digest::parse(&remote.reference);
-            // Already in the store (pulled before): no network. A tag pins a multi-platform
-            // image by its index, whose platform manifest was stored with it.
-            let stored = match pinned.filter(|d| staging.has(d)) {
-                Some(d) => {
-                    let bytes = staging.read(&d, "manifest", of, oci::MAX_MANIFEST)?;
-                    let is_index = serde_json::from_slice::<Value>(&bytes)
-                        .is_ok_and(|v| v.get("manifests").is_some());
-                    let media = if is_index { oci::INDEX } else { oci::MANIFEST };
-                    let desc = Descriptor::new(media, d, bytes.len() as u64);
-                    let desc = archive::platform_manifest(desc, staging, of)?;
-                    staging.has(&desc.digest).then_some(desc)
-                }
-                None => None,
-            };
-            match stored {
-                Some(desc) => desc,
-                None => registry::pull(staging, &remote, opts.insecure)?,
-            }
-        }
+        Base::Registry { reference } => registry_base(reference, staging, opts, of)?,
     };
     let what = format!("the base of {of}");
     let bytes = staging.read(&desc.digest, "manifest", &what, oci::MAX_MANIFEST)?;
@@ -1023,6 +1065,33 @@ pub fn check(
     result
 }
 
+/// The files of layer `l` of `of` in store `s`, by path.
+fn layer_files(s: &Store, l: &Descriptor, of: &str) -> Result<BTreeMap<String, Entry>> {
+    let what = format!("layer {} of {of}", l.digest);
+    let r = oci::layer_reader(s.open_blob(&l.digest, of)?, &l.media_type, l.size, &what);
+    Ok(FileIndex::of_tar(r, &what)?
+        .entries
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect())
+}
+
+/// The first file (by path) that differs between the build `pa` and the rebuild `pb`: missing
+/// from the rebuild or different, else found only in the rebuild.
+fn file_difference(pa: &BTreeMap<String, Entry>, pb: &BTreeMap<String, Entry>) -> Option<String> {
+    pa.iter()
+        .find_map(|(p, e)| match pb.get(p) {
+            None => Some(format!("file {p} is missing from the rebuild")),
+            Some(f) if f != e => Some(format!("file {p} differs ({})", entry_difference(e, f))),
+            _ => None,
+        })
+        .or_else(|| {
+            pb.keys()
+                .find(|p| !pa.contains_key(*p))
+                .map(|p| format!("file {p} appears only in the rebuild"))
+        })
+}
+
 /// The first difference between two builds of an image: a config field, then a file.
 fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result<String> {
     let of = format!("image {name}");
@@ -1062,30 +1131,8 @@ fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result
             .and_then(|h| h["created_by"].as_str())
             .unwrap_or("the base image")
             .to_string();
-        let index = |s: &Store,
-                     l: &Descriptor|
-         -> Result<BTreeMap<String, crate::fileindex::Entry>> {
-            let what = format!("layer {} of {of}", l.digest);
-            let r = oci::layer_reader(s.open_blob(&l.digest, &of)?, &l.media_type, l.size, &what);
-            Ok(FileIndex::of_tar(r, &what)?
-                .entries
-                .into_iter()
-                .map(|e| (e.path.clone(), e))
-                .collect())
-        };
-        let (pa, pb) = (index(sa, la)?, index(sb, lb)?);
-        let file = pa
-            .iter()
-            .find_map(|(p, e)| match pb.get(p) {
-                None => Some(format!("file {p} is missing from the rebuild")),
-                Some(f) if f != e => Some(format!("file {p} differs ({})", entry_difference(e, f))),
-                _ => None,
-            })
-            .or_else(|| {
-                pb.keys()
-                    .find(|p| !pa.contains_key(*p))
-                    .map(|p| format!("file {p} appears only in the rebuild"))
-            })
+        let (pa, pb) = (layer_files(sa, la, &of)?, layer_files(sb, lb, &of)?);
+        let file = file_difference(&pa, &pb)
             .unwrap_or_else(|| "the same files, but tar metadata varies".into());
         return Ok(format!("{file}, in layer {} written by `{step}`", i + 1));
     }
@@ -1103,18 +1150,8 @@ fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result
                 .map(|e| (e.path.clone(), e.clone()))
                 .collect::<BTreeMap<_, _>>()
         };
-        let (pa, pb) = (by_path(&ia), by_path(&ib));
-        for (p, e) in &pa {
-            match pb.get(p) {
-                None => return Ok(format!("file {p} is missing from the rebuild")),
-                Some(f) if f != e => {
-                    return Ok(format!("file {p} differs ({})", entry_difference(e, f)));
-                }
-                _ => {}
-            }
-        }
-        if let Some(p) = pb.keys().find(|p| !pa.contains_key(*p)) {
-            return Ok(format!("file {p} appears only in the rebuild"));
+        if let Some(d) = file_difference(&by_path(&ia), &by_path(&ib)) {
+            return Ok(d);
         }
     }
     for (i, (la, lb)) in ma.layers.iter().zip(&mb.layers).enumerate() {
@@ -1130,7 +1167,7 @@ fn explain(sa: &Store, a: &Digest, sb: &Store, b: &Digest, name: &str) -> Result
     Ok("manifest bytes differ".into())
 }
 
-fn entry_difference(a: &crate::fileindex::Entry, b: &crate::fileindex::Entry) -> String {
+fn entry_difference(a: &Entry, b: &Entry) -> String {
     let mut d = Vec::new();
     if a.blake3 != b.blake3 || a.size != b.size {
         d.push("content");

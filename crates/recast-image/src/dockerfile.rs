@@ -84,7 +84,6 @@ pub fn plan_stage(
 ) -> Result<StagePlan> {
     let file = src.path.display().to_string();
     let at = |i: &Instr| format!("{file}:{}:{}", i.span.line, i.span.column);
-    let bad = |i: &Instr, m: String| Error::msg(format!("{}: error: {m}", at(i)));
     let from = match &stage.base {
         DBase::Scratch => Base::Scratch,
         DBase::Stage(i) => Base::Image {
@@ -115,70 +114,8 @@ pub fn plan_stage(
                 },
             })),
             Op::Copy(c) => {
-                // Numeric owners now; names when the step is built, from the image's files.
-                let (owner_ids, chown) = match &c.chown {
-                    None => (None, None),
-                    Some(s) => match numeric_owner(s) {
-                        Some(o) => (Some(o), None),
-                        None => (None, Some(s.clone())),
-                    },
-                };
-                let workdir = image.workdir.clone().unwrap_or_else(|| "/".into());
-                let dest = absolute(&workdir, &c.dest);
-                let into_dir = c.dest.ends_with('/') || c.srcs.len() > 1;
-                for s in &c.srcs {
-                    let (src_path, from, exclude, is_dir) = match &c.from {
-                        Some(CopyFrom::Stage(n)) => (
-                            PathBuf::from(absolute("/", s)),
-                            Some(stage_key(&owner.name, *n)),
-                            Vec::new(),
-                            None,
-                        ),
-                        Some(CopyFrom::Image(r)) => (
-                            PathBuf::from(absolute("/", s)),
-                            Some(ref_key(r)),
-                            Vec::new(),
-                            None,
-                        ),
-                        None => {
-                            let found = ignore.glob(&src.context, s).map_err(|e| {
-                                bad(
-                                    i,
-                                    format!("{} {s}: {e}", if c.add { "ADD" } else { "COPY" }),
-                                )
-                            })?;
-                            for rel in found {
-                                let host = src.context.join(&rel);
-                                let is_dir = host.is_dir();
-                                let extract = c.add && !is_dir && is_tar(&host);
-                                let exclude = if is_dir {
-                                    excluded_below(ignore, &src.context, &rel)
-                                } else {
-                                    Vec::new()
-                                };
-                                let mut step = copy_step(
-                                    host,
-                                    &dest,
-                                    into_dir && !extract,
-                                    Some(is_dir || extract),
-                                    c.chmod,
-                                    owner_ids,
-                                    None,
-                                    exclude,
-                                );
-                                step.chown.clone_from(&chown);
-                                step.extract = extract;
-                                image.steps.push(BuildStep::Copy(step));
-                            }
-                            continue;
-                        }
-                    };
-                    let mut step = copy_step(
-                        src_path, &dest, into_dir, is_dir, c.chmod, owner_ids, from, exclude,
-                    );
-                    step.chown.clone_from(&chown);
-                    image.steps.push(BuildStep::Copy(step));
-                }
+                let steps = copy_steps(owner, src, ignore, image.workdir.as_deref(), i, c)?;
+                image.steps.extend(steps);
             }
             Op::Env(pairs) => image.env.extend(pairs.iter().cloned()),
             Op::Workdir(w) => {
@@ -214,28 +151,7 @@ pub fn plan_stage(
                 extra.insert("#author".into(), json!(m));
             }
             Op::Healthcheck(h) => {
-                let v = match &h.test {
-                    None => json!({"Test": ["NONE"]}),
-                    Some(t) => {
-                        let mut v = json!({ "Test": t });
-                        let ns = |d: &Option<std::time::Duration>| d.map(|d| d.as_nanos() as u64);
-                        for (k, d) in [
-                            ("Interval", ns(&h.interval)),
-                            ("Timeout", ns(&h.timeout)),
-                            ("StartPeriod", ns(&h.start_period)),
-                            ("StartInterval", ns(&h.start_interval)),
-                        ] {
-                            if let Some(d) = d {
-                                v[k] = json!(d);
-                            }
-                        }
-                        if let Some(r) = h.retries {
-                            v["Retries"] = json!(r);
-                        }
-                        v
-                    }
-                };
-                extra.insert("Healthcheck".into(), v);
+                extra.insert("Healthcheck".into(), healthcheck_config(h));
             }
         }
     }
@@ -244,6 +160,117 @@ pub fn plan_stage(
         image,
         extra,
     })
+}
+
+/// The copy steps of one `COPY`/`ADD` instruction `i` (`c`) of a stage of `owner`, its
+/// relative destination taken from `workdir`: one per source, a local source glob expanded in
+/// the build context (directories without what `ignore` excludes, local tars extracted by ADD).
+fn copy_steps(
+    owner: &Image,
+    src: &DockerfileSource,
+    ignore: &Ignore,
+    workdir: Option<&str>,
+    i: &Instr,
+    c: &recast_dockerfile::Copy,
+) -> Result<Vec<BuildStep>> {
+    let file = src.path.display().to_string();
+    let bad = |i: &Instr, m: String| {
+        Error::msg(format!(
+            "{file}:{}:{}: error: {m}",
+            i.span.line, i.span.column
+        ))
+    };
+    let mut steps = Vec::new();
+    // Numeric owners now; names when the step is built, from the image's files.
+    let (owner_ids, chown) = match &c.chown {
+        None => (None, None),
+        Some(s) => match numeric_owner(s) {
+            Some(o) => (Some(o), None),
+            None => (None, Some(s.clone())),
+        },
+    };
+    let workdir = workdir.unwrap_or("/");
+    let dest = absolute(workdir, &c.dest);
+    let into_dir = c.dest.ends_with('/') || c.srcs.len() > 1;
+    for s in &c.srcs {
+        let (src_path, from, exclude, is_dir) = match &c.from {
+            Some(CopyFrom::Stage(n)) => (
+                PathBuf::from(absolute("/", s)),
+                Some(stage_key(&owner.name, *n)),
+                Vec::new(),
+                None,
+            ),
+            Some(CopyFrom::Image(r)) => (
+                PathBuf::from(absolute("/", s)),
+                Some(ref_key(r)),
+                Vec::new(),
+                None,
+            ),
+            None => {
+                let found = ignore.glob(&src.context, s).map_err(|e| {
+                    bad(
+                        i,
+                        format!("{} {s}: {e}", if c.add { "ADD" } else { "COPY" }),
+                    )
+                })?;
+                for rel in found {
+                    let host = src.context.join(&rel);
+                    let is_dir = host.is_dir();
+                    let extract = c.add && !is_dir && is_tar(&host);
+                    let exclude = if is_dir {
+                        excluded_below(ignore, &src.context, &rel)
+                    } else {
+                        Vec::new()
+                    };
+                    let mut step = copy_step(
+                        host,
+                        &dest,
+                        into_dir && !extract,
+                        Some(is_dir || extract),
+                        c.chmod,
+                        owner_ids,
+                        None,
+                        exclude,
+                    );
+                    step.chown.clone_from(&chown);
+                    step.extract = extract;
+                    steps.push(BuildStep::Copy(step));
+                }
+                continue;
+            }
+        };
+        let mut step = copy_step(
+            src_path, &dest, into_dir, is_dir, c.chmod, owner_ids, from, exclude,
+        );
+        step.chown.clone_from(&chown);
+        steps.push(BuildStep::Copy(step));
+    }
+    Ok(steps)
+}
+
+/// A `HEALTHCHECK` as the image config's `Healthcheck` (durations in nanoseconds).
+fn healthcheck_config(h: &recast_dockerfile::Healthcheck) -> Value {
+    match &h.test {
+        None => json!({"Test": ["NONE"]}),
+        Some(t) => {
+            let mut v = json!({ "Test": t });
+            let ns = |d: &Option<std::time::Duration>| d.map(|d| d.as_nanos() as u64);
+            for (k, d) in [
+                ("Interval", ns(&h.interval)),
+                ("Timeout", ns(&h.timeout)),
+                ("StartPeriod", ns(&h.start_period)),
+                ("StartInterval", ns(&h.start_interval)),
+            ] {
+                if let Some(d) = d {
+                    v[k] = json!(d);
+                }
+            }
+            if let Some(r) = h.retries {
+                v["Retries"] = json!(r);
+            }
+            v
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -257,55 +257,12 @@ pub fn ensure(
     let mut lock = Lock::read(project)?;
     let used = tags(project);
     if *mode == Mode::Locked {
-        let missing: Vec<&Use> = used
-            .iter()
-            .filter(|u| !lock.bases.contains_key(&u.reference))
-            .collect();
-        if missing.is_empty() {
-            return Ok((lock, Vec::new()));
-        }
-        let list: Vec<String> = missing
-            .iter()
-            .map(|u| format!("{} (used by {})", u.reference, u.by))
-            .collect();
-        let head = if lock.exists {
-            format!("{} is stale: it does not pin", lock.path.display())
-        } else {
-            format!(
-                "{} does not exist, and the project builds on",
-                lock.path.display()
-            )
+        return match unpinned(&lock, &used) {
+            None => Ok((lock, Vec::new())),
+            Some(e) => Err(e),
         };
-        return Err(Error::msg(format!(
-            "{head} {} (--locked)\n  hint: run `recast lock` and commit {FILE_NAME}",
-            list.join(", ")
-        )));
     }
-    let again: Vec<String> = match mode {
-        Mode::Update(refs) if refs.is_empty() => used.iter().map(|u| u.reference.clone()).collect(),
-        Mode::Update(refs) => {
-            let mut out = Vec::new();
-            for r in refs {
-                let n = reference::parse(r)
-                    .map_err(|e| Error::msg(format!("invalid image reference \"{r}\": {e}")))?
-                    .normalized();
-                if !used.iter().any(|u| u.reference == n) {
-                    let known: Vec<&str> = used.iter().map(|u| u.reference.as_str()).collect();
-                    return Err(Error::msg(format!(
-                        "the project does not build on {n} (\"{r}\"){}",
-                        if known.is_empty() {
-                            "; it uses no tags".to_string()
-                        } else {
-                            format!("; its tags are {}", known.join(", "))
-                        }
-                    )));
-                }
-                out.push(n);
-            }
-            out
-        }
-        _ => Vec::new(),
-    };
+    let again = to_resolve_again(mode, &used)?;
     let mut changes = Vec::new();
     for u in &used {
         let previous = lock.bases.get(&u.reference).cloned();
@@ -363,6 +320,63 @@ pub fn ensure(
     }
     changes.sort_by(|a, b| a.reference.cmp(&b.reference));
     Ok((lock, changes))
+}
+
+/// For `--locked`: the error naming the tags `used` that `lock` does not pin, if any.
+fn unpinned(lock: &Lock, used: &[Use]) -> Option<Error> {
+    let missing: Vec<&Use> = used
+        .iter()
+        .filter(|u| !lock.bases.contains_key(&u.reference))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|u| format!("{} (used by {})", u.reference, u.by))
+        .collect();
+    let head = if lock.exists {
+        format!("{} is stale: it does not pin", lock.path.display())
+    } else {
+        format!(
+            "{} does not exist, and the project builds on",
+            lock.path.display()
+        )
+    };
+    Some(Error::msg(format!(
+        "{head} {} (--locked)\n  hint: run `recast lock` and commit {FILE_NAME}",
+        list.join(", ")
+    )))
+}
+
+/// The normalised tags to resolve again even where the lock pins them: those `recast lock
+/// --update` names (each must be used by the project), or all it uses when it names none.
+fn to_resolve_again(mode: &Mode, used: &[Use]) -> Result<Vec<String>> {
+    Ok(match mode {
+        Mode::Update(refs) if refs.is_empty() => used.iter().map(|u| u.reference.clone()).collect(),
+        Mode::Update(refs) => {
+            let mut out = Vec::new();
+            for r in refs {
+                let n = reference::parse(r)
+                    .map_err(|e| Error::msg(format!("invalid image reference \"{r}\": {e}")))?
+                    .normalized();
+                if !used.iter().any(|u| u.reference == n) {
+                    let known: Vec<&str> = used.iter().map(|u| u.reference.as_str()).collect();
+                    return Err(Error::msg(format!(
+                        "the project does not build on {n} (\"{r}\"){}",
+                        if known.is_empty() {
+                            "; it uses no tags".to_string()
+                        } else {
+                            format!("; its tags are {}", known.join(", "))
+                        }
+                    )));
+                }
+                out.push(n);
+            }
+            out
+        }
+        _ => Vec::new(),
+    })
 }
 
 /// The registry remote a base reference is built from: itself when pinned by digest, else the

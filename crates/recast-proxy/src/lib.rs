@@ -476,6 +476,8 @@ fn timed_out(
     )
 }
 
+/// Forward one request to an instance of `svc`, retrying another (up to 3 attempts) when no
+/// answer came and the request has no body; errors become 502, 503 or 504.
 async fn forward(
     svc: Arc<Service>,
     mut req: Request<Incoming>,
@@ -489,57 +491,18 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let sticky = svc.sticky.load(Ordering::Relaxed);
-    let pinned: Option<i64> = sticky
-        .then(|| {
-            parts
-                .headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|c| c.trim().strip_prefix("recast-release=")?.parse().ok())
-        })
-        .flatten();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    // Credentials for a proxy are for recast, never for the instance.
-    parts.headers.remove(header::PROXY_AUTHORIZATION);
-    let fwd = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
+    let pinned = sticky.then(|| pinned_release(&parts.headers)).flatten();
+    forward_headers(&mut parts.headers, upgrade, peer);
     parts.version = hyper::Version::HTTP_11;
     // The request goes out as it came in; a failed send hands it back for the retry.
     let mut out = Some(Request::from_parts(parts, body.boxed()));
     let mut tried: Option<String> = None;
     for _attempt in 0..3 {
         let Some(backend) = svc.pick(&table, tried.as_deref(), pinned) else {
-            let why = svc
-                .unavailable
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let mut r = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &match &why {
-                    Some(w) => format!("service {} has no healthy instance: {w}", svc.name),
-                    None => format!("service {} has no healthy instance", svc.name),
-                },
-            );
-            if why.is_some() {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            return r;
+            return no_healthy_instance(&svc);
         };
         backend.inflight.fetch_add(1, Ordering::SeqCst);
-        let mut in_use = InUse {
+        let in_use = InUse {
             backend: backend.clone(),
             sender: None,
         };
@@ -574,46 +537,9 @@ async fn forward(
             Err(_) => return timed_out(&backend, &m, started, timeout),
         };
         match sent {
-            Ok(mut resp) => {
+            Ok(resp) => {
                 m.record(resp.status().as_u16(), started.elapsed());
-                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
-                if switching {
-                    if let Some(client) = client_upgrade {
-                        let server = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(async move {
-                            let _guard = in_use;
-                            if let (Ok(c), Ok(s)) = (client.await, server.await) {
-                                let _ = tokio::io::copy_bidirectional(
-                                    &mut TokioIo::new(c),
-                                    &mut TokioIo::new(s),
-                                )
-                                .await;
-                            }
-                        });
-                    }
-                    let (p, b) = resp.into_parts();
-                    return Response::from_parts(p, b.boxed());
-                }
-                in_use.sender = Some(sender);
-                if sticky
-                    && pinned != Some(backend.release)
-                    && let Ok(v) = HeaderValue::from_str(&format!(
-                        "recast-release={}; Path=/; HttpOnly",
-                        backend.release
-                    ))
-                {
-                    resp.headers_mut().append(header::SET_COOKIE, v);
-                }
-                let (p, b) = resp.into_parts();
-                return Response::from_parts(
-                    p,
-                    Tracked {
-                        inner: b,
-                        in_use: Some(in_use),
-                    }
-                    .boxed(),
-                );
+                return relay(resp, in_use, sender, client_upgrade, sticky, pinned);
             }
             Err(mut e) => {
                 m.connect_failed();
@@ -634,6 +560,101 @@ async fn forward(
     error_response(
         StatusCode::BAD_GATEWAY,
         &format!("no instance of service {} answered", svc.name),
+    )
+}
+
+/// The release a sticky client is pinned to: its `recast-release` cookie.
+fn pinned_release(headers: &hyper::HeaderMap) -> Option<i64> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("recast-release=")?.parse().ok())
+}
+
+/// The request's headers as they go to the instance: no hop-by-hop headers (but `Upgrade` when
+/// `upgrade`), no proxy credentials, and the client `peer` appended to `X-Forwarded-For`.
+fn forward_headers(headers: &mut hyper::HeaderMap, upgrade: bool, peer: SocketAddr) {
+    strip_hop_by_hop(headers, upgrade);
+    // Credentials for a proxy are for recast, never for the instance.
+    headers.remove(header::PROXY_AUTHORIZATION);
+    let fwd = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// 503 for a service with no instance to pick, saying why when the server said (then with
+/// `Retry-After`).
+fn no_healthy_instance(svc: &Service) -> Response<ProxyBody> {
+    let why = svc
+        .unavailable
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &match &why {
+            Some(w) => format!("service {} has no healthy instance: {w}", svc.name),
+            None => format!("service {} has no healthy instance", svc.name),
+        },
+    );
+    if why.is_some() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    r
+}
+
+/// The instance's answer as it goes back to the client. A protocol switch is spliced to the
+/// client's upgraded connection, the backend held in use while it lasts; otherwise the body is
+/// tracked, and the connection goes back to the pool once it is read. A sticky route pins the
+/// client to the backend's release with a cookie.
+fn relay(
+    mut resp: Response<Incoming>,
+    mut in_use: InUse,
+    sender: SendRequest<ProxyBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    sticky: bool,
+    pinned: Option<i64>,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
+    if switching {
+        if let Some(client) = client_upgrade {
+            let server = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _guard = in_use;
+                if let (Ok(c), Ok(s)) = (client.await, server.await) {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s))
+                            .await;
+                }
+            });
+        }
+        let (p, b) = resp.into_parts();
+        return Response::from_parts(p, b.boxed());
+    }
+    in_use.sender = Some(sender);
+    let release = in_use.backend.release;
+    if sticky
+        && pinned != Some(release)
+        && let Ok(v) = HeaderValue::from_str(&format!("recast-release={release}; Path=/; HttpOnly"))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    let (p, b) = resp.into_parts();
+    Response::from_parts(
+        p,
+        Tracked {
+            inner: b,
+            in_use: Some(in_use),
+        }
+        .boxed(),
     )
 }
 

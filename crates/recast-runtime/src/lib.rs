@@ -608,7 +608,7 @@ impl Runtime {
         let out = self
             .runc()
             .args(["run", "--detach", "--bundle"])
-            .arg(&dir)
+            .arg(dir)
             .arg("--pid-file")
             .arg(dir.join("pid"))
             .arg(&inst.id)

@@ -21,8 +21,8 @@ mod wire;
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
 
-/// An endpoint's answer; `Err` is an answer given early (an error), so endpoints can use `?`.
-type Answer = Result<Resp, Resp>;
+/// An endpoint's answer; `Err` is an error answer, so endpoints can use `?`.
+type Answer = Result<Resp, Refusal>;
 
 /// The largest request body the API reads.
 const MAX_BODY: usize = 1 << 20;
@@ -52,17 +52,44 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     reply(status, json!(v1::ErrorReply { error: msg.into() }))
 }
 
-/// A control plane error as the API's answer: the only place a `ServerError` becomes a status.
-fn fail(e: crate::ServerError) -> Resp {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    error(status, e.to_string())
+/// An error answer: its status, and its message as `{"error": MESSAGE}`.
+struct Refusal {
+    status: StatusCode,
+    message: String,
 }
 
-fn not_found(path: &str) -> Resp {
-    error(
-        StatusCode::NOT_FOUND,
-        format!("no such API endpoint: {path}"),
-    )
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn answer(self) -> Resp {
+        error(self.status, self.message)
+    }
+
+    fn not_found(path: &str) -> Refusal {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no such API endpoint: {path}"),
+        )
+    }
+}
+
+/// A control plane error as the API's answer: the only place a `ServerError` becomes a status.
+impl From<crate::ServerError> for Refusal {
+    fn from(e: crate::ServerError) -> Refusal {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Refusal::new(status, e.to_string())
+    }
+}
+
+impl From<recast_state::Error> for Refusal {
+    fn from(e: recast_state::Error) -> Refusal {
+        crate::ServerError::from(e).into()
+    }
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -92,7 +119,7 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
     if r.method == Method::POST {
         r.body = match read_body(req).await {
             Ok(body) => body,
-            Err(e) => return e,
+            Err(e) => return e.answer(),
         };
     }
     let answer = match (r.method.clone(), r.path.as_str()) {
@@ -115,9 +142,9 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
         (Method::GET, "/metrics") => observe::metrics(&ctl).await,
         (Method::GET, "/v1/events") => endpoints::events(ctl, &r),
         (Method::POST, "/v1/destroy") => endpoints::destroy(&ctl, &r).await,
-        _ => Err(not_found(&r.path)),
+        _ => Err(Refusal::not_found(&r.path)),
     };
-    answer.unwrap_or_else(|e| e)
+    answer.unwrap_or_else(Refusal::answer)
 }
 
 /// The request carries this server's token (`Authorization: Bearer TOKEN`).
@@ -131,9 +158,9 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 
 /// A POST body as JSON (`{}` when empty), read up to [`MAX_BODY`] bytes: a larger one is a
 /// 413, whether its length is declared or not.
-async fn read_body(req: Request<Incoming>) -> Result<Value, Resp> {
+async fn read_body(req: Request<Incoming>) -> Result<Value, Refusal> {
     let too_large = || {
-        error(
+        Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body is over the API's limit of {MAX_BODY} bytes (1 MiB)"),
         )
@@ -151,7 +178,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, Resp> {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
         Err(e) => {
-            return Err(error(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 format!("reading the request body: {e}"),
             ));
@@ -161,7 +188,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, Resp> {
         return Ok(json!({}));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        error(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid JSON: {e}"),
         )
@@ -192,14 +219,15 @@ impl Req {
     }
 
     /// The `?service=NAME` an endpoint needs, or a 400.
-    fn service(&self) -> Result<&str, Resp> {
+    fn service(&self) -> Result<&str, Refusal> {
         self.get("service")
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "missing ?service=NAME"))
+            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "missing ?service=NAME"))
     }
 
     /// The request body as its endpoint's type, or a 400 that says why (see [`Req::read`]).
-    fn parse<T: DeserializeOwned>(&self) -> Result<T, Resp> {
-        self.read().map_err(|msg| error(StatusCode::BAD_REQUEST, msg))
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, Refusal> {
+        self.read()
+            .map_err(|msg| Refusal::new(StatusCode::BAD_REQUEST, msg))
     }
 
     /// The request body read as `T`, the query string's [`TEXT_FIELDS`] filling in what it
@@ -246,18 +274,18 @@ fn culprit<T: DeserializeOwned>(body: &Value) -> Option<String> {
 /// An error from below the API: a `ServerError` carries its own status; text gets the
 /// endpoint's.
 trait Failure {
-    fn reply(self, status: StatusCode) -> Resp;
+    fn refusal(self, status: StatusCode) -> Refusal;
 }
 
 impl Failure for crate::ServerError {
-    fn reply(self, _: StatusCode) -> Resp {
-        fail(self)
+    fn refusal(self, _: StatusCode) -> Refusal {
+        self.into()
     }
 }
 
 impl Failure for String {
-    fn reply(self, status: StatusCode) -> Resp {
-        error(status, self)
+    fn refusal(self, status: StatusCode) -> Refusal {
+        Refusal::new(status, self)
     }
 }
 

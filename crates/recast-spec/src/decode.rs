@@ -672,6 +672,7 @@ impl<'a> Cx<'a> {
 
     // ---- blocks -----------------------------------------------------------------------------
 
+    /// An `image` block.
     fn image(&mut self, b: &Block) {
         let label = self.label(b);
         if let Some((name, _)) = &label {
@@ -681,36 +682,7 @@ impl<'a> Cx<'a> {
             .as_ref()
             .map_or_else(|| "image".to_string(), |l| format!("image \"{}\"", l.0));
         let mut r = self.reader(b, what);
-        let dockerfile = r.attr("dockerfile");
-        let dockerfile = match dockerfile {
-            Some(df) => {
-                let src = self.dockerfile_source(df, &mut r);
-                for k in ["from"] {
-                    if let Some(a) = r.attr(k) {
-                        self.err_hint(
-                            span_of(&a.key),
-                            format!(
-                                "`{k}` does not go with `dockerfile`: the Dockerfile's FROM says it"
-                            ),
-                            Some("remove it, or pick a stage with target = \"NAME\"".into()),
-                        );
-                    }
-                }
-                src.map(Some)
-            }
-            None => {
-                for k in ["context", "target", "args"] {
-                    if let Some(a) = r.attr(k) {
-                        self.err_hint(
-                            span_of(&a.key),
-                            format!("`{k}` only goes with `dockerfile`"),
-                            Some("add dockerfile = \"Dockerfile\", or remove it".into()),
-                        );
-                    }
-                }
-                Some(None)
-            }
-        };
+        let dockerfile = self.image_dockerfile(&mut r);
         let from = match &dockerfile {
             Some(Some(_)) => Some(Base::Scratch),
             _ => self.required(&mut r, "from").and_then(|a| match &a.value {
@@ -722,18 +694,7 @@ impl<'a> Cx<'a> {
                     .and_then(|s| self.base(&s, span_of(&a.value))),
             }),
         };
-        let mut steps = Vec::new();
-        for sb in r.blocks_of(&["copy", "run"]) {
-            if !self.no_labels(sb) {
-                continue;
-            }
-            let step = if sb.ident.as_str() == "run" {
-                self.run_step(sb).map(BuildStep::Run)
-            } else {
-                self.copy_step(sb).map(BuildStep::Copy)
-            };
-            steps.extend(step);
-        }
+        let steps = self.build_steps(&mut r);
         let env = r.attr("env").and_then(|a| self.string_map(a, true));
         let workdir = r.attr("workdir").and_then(|a| self.abs_path(a, "workdir"));
         let user = r.attr("user").and_then(|a| self.nonempty(a));
@@ -741,12 +702,7 @@ impl<'a> Cx<'a> {
         let entrypoint = r.attr("entrypoint").and_then(|a| self.strings(a));
         let labels = r.attr("labels").and_then(|a| self.string_map(a, false));
         let tests = r.blocks("test");
-        if let Some(extra) = tests.get(1) {
-            self.err(
-                span_of(&extra.ident),
-                "an image takes at most one test block",
-            );
-        }
+        self.at_most_one(&tests, "an image takes at most one test block");
         let test = tests.first().and_then(|tb| self.image_test(tb));
         let runs_nothing = ["cmd", "entrypoint"]
             .iter()
@@ -785,6 +741,57 @@ impl<'a> Cx<'a> {
             let n = self.named(image, span);
             self.out.images.push(n);
         }
+    }
+
+    /// An image's `dockerfile` and the attributes that go with it only, or with it never:
+    /// `Some(None)` for an image without a Dockerfile, `None` when `dockerfile` is wrong.
+    fn image_dockerfile(&mut self, r: &mut Reader<'_>) -> Option<Option<DockerfileSource>> {
+        match r.attr("dockerfile") {
+            Some(df) => {
+                let src = self.dockerfile_source(df, r);
+                for k in ["from"] {
+                    if let Some(a) = r.attr(k) {
+                        self.err_hint(
+                            span_of(&a.key),
+                            format!(
+                                "`{k}` does not go with `dockerfile`: the Dockerfile's FROM says it"
+                            ),
+                            Some("remove it, or pick a stage with target = \"NAME\"".into()),
+                        );
+                    }
+                }
+                src.map(Some)
+            }
+            None => {
+                for k in ["context", "target", "args"] {
+                    if let Some(a) = r.attr(k) {
+                        self.err_hint(
+                            span_of(&a.key),
+                            format!("`{k}` only goes with `dockerfile`"),
+                            Some("add dockerfile = \"Dockerfile\", or remove it".into()),
+                        );
+                    }
+                }
+                Some(None)
+            }
+        }
+    }
+
+    /// An image's `copy` and `run` blocks, in order.
+    fn build_steps(&mut self, r: &mut Reader<'_>) -> Vec<BuildStep> {
+        let mut steps = Vec::new();
+        for sb in r.blocks_of(&["copy", "run"]) {
+            if !self.no_labels(sb) {
+                continue;
+            }
+            let step = if sb.ident.as_str() == "run" {
+                self.run_step(sb).map(BuildStep::Run)
+            } else {
+                self.copy_step(sb).map(BuildStep::Copy)
+            };
+            steps.extend(step);
+        }
+        steps
     }
 
     /// `dockerfile = "PATH"` with `context`, `target` and `args`, paths relative to this file.
@@ -1063,23 +1070,9 @@ impl<'a> Cx<'a> {
         let port = self
             .required(&mut r, "port")
             .and_then(|a| self.integer(a, 1, 65535).map(|n| n as u16));
-        let env = r.attr("env").and_then(|a| self.string_map(a, true));
-        if let (Some(env), Some(a)) = (&env, r.body.get_attribute("env"))
-            && env.contains_key("PORT")
-        {
-            self.err_hint(
-                span_of(&a.value),
-                "`env` must not set PORT",
-                Some("recast sets $PORT from the service's `port` (or a free port with network = \"host\")".into()),
-            );
-        }
+        let env = self.service_env(&mut r);
         let healths = r.blocks("health");
-        if let Some(extra) = healths.get(1) {
-            self.err(
-                span_of(&extra.ident),
-                "a service takes at most one health block",
-            );
-        }
+        self.at_most_one(&healths, "a service takes at most one health block");
         let health = match healths.first() {
             Some(hb) => self.health(hb),
             None => Some(default_health()),
@@ -1115,32 +1108,7 @@ impl<'a> Cx<'a> {
             }
             Some(d)
         });
-        let rollouts = r.blocks("rollout");
-        if let Some(extra) = rollouts.get(1) {
-            self.err(
-                span_of(&extra.ident),
-                "a service takes at most one rollout block",
-            );
-        }
-        let mut rollout = match rollouts.first() {
-            Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
-            None => Some(Rollout {
-                strategy: default_rolling(),
-                analysis: None,
-                auto_rollback: true,
-                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
-            }),
-        };
-        if let Some((at, volume)) = &exclusive_at {
-            self.exclusive_service(
-                &r,
-                at,
-                volume,
-                instances,
-                rollouts.first().copied(),
-                &mut rollout,
-            );
-        }
+        let rollout = self.service_rollout(&mut r, instances, exclusive_at.as_ref());
         let guard = self.service_guard(&mut r);
         self.finish(r);
         if let (
@@ -1174,6 +1142,60 @@ impl<'a> Cx<'a> {
             };
             let n = self.named(s, span);
             self.out.services.push(n);
+        }
+    }
+
+    /// A service's `env`, which must not set PORT (recast sets it).
+    fn service_env(&mut self, r: &mut Reader<'_>) -> Option<BTreeMap<String, String>> {
+        let env = r.attr("env").and_then(|a| self.string_map(a, true));
+        if let (Some(env), Some(a)) = (&env, r.body.get_attribute("env"))
+            && env.contains_key("PORT")
+        {
+            self.err_hint(
+                span_of(&a.value),
+                "`env` must not set PORT",
+                Some("recast sets $PORT from the service's `port` (or a free port with network = \"host\")".into()),
+            );
+        }
+        env
+    }
+
+    /// A service's `rollout` block (at most one; rolling by default), checked against an
+    /// exclusive volume (`exclusive_at`: where, and the volume's name).
+    fn service_rollout(
+        &mut self,
+        r: &mut Reader<'_>,
+        instances: Option<u32>,
+        exclusive_at: Option<&(Range<usize>, String)>,
+    ) -> Option<Rollout> {
+        let rollouts = r.blocks("rollout");
+        self.at_most_one(&rollouts, "a service takes at most one rollout block");
+        let mut rollout = match rollouts.first() {
+            Some(rb) => self.rollout(rb, instances.unwrap_or(1)),
+            None => Some(Rollout {
+                strategy: default_rolling(),
+                analysis: None,
+                auto_rollback: true,
+                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            }),
+        };
+        if let Some((at, volume)) = exclusive_at {
+            self.exclusive_service(
+                r,
+                at,
+                volume,
+                instances,
+                rollouts.first().copied(),
+                &mut rollout,
+            );
+        }
+        rollout
+    }
+
+    /// An error at the second of `blocks`, if there is one: `msg` says at most one is taken.
+    fn at_most_one(&mut self, blocks: &[&Block], msg: &str) {
+        if let Some(extra) = blocks.get(1) {
+            self.err(span_of(&extra.ident), msg);
         }
     }
 
@@ -1322,12 +1344,7 @@ impl<'a> Cx<'a> {
     /// A service's `guard` block (at most one).
     fn service_guard(&mut self, r: &mut Reader<'_>) -> Option<Guard> {
         let guards = r.blocks("guard");
-        if let Some(extra) = guards.get(1) {
-            self.err(
-                span_of(&extra.ident),
-                "a service takes at most one guard block",
-            );
-        }
+        self.at_most_one(&guards, "a service takes at most one guard block");
         guards.first().and_then(|gb| {
             if !self.no_labels(gb) {
                 return None;
@@ -1522,6 +1539,7 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A `rollout` block for a service of `instances` instances.
     fn rollout(&mut self, b: &Block, instances: u32) -> Option<Rollout> {
         if !self.no_labels(b) {
             return None;
@@ -1556,31 +1574,74 @@ impl<'a> Cx<'a> {
             .map_or(Some(DEFAULT_PROGRESS_DEADLINE), |a| {
                 self.positive_duration(a)
             });
-        let analysis = match analysis_blocks.as_slice() {
-            [] => None,
-            [ab, rest @ ..] => {
-                if let Some(extra) = rest.first() {
-                    self.err(
-                        span_of(&extra.ident),
-                        "a rollout takes at most one analysis block",
-                    );
+        self.at_most_one(
+            &analysis_blocks,
+            "a rollout takes at most one analysis block",
+        );
+        let analysis = analysis_blocks.first().and_then(|ab| self.analysis(ab));
+        let strategy_name = strategy_name?;
+        self.misplaced_knobs(
+            strategy_name,
+            &[
+                max_surge,
+                max_unavailable,
+                min_healthy_time,
+                preview_listen,
+                auto_promote_after,
+                scale_down_delay,
+                sticky,
+            ],
+            &steps,
+        );
+        let strategy = match strategy_name {
+            "recreate" => Strategy::Recreate,
+            "rolling" => self.rolling(
+                max_surge.map(|(a, _)| a),
+                max_unavailable.map(|(a, _)| a),
+                min_healthy_time.map(|(a, _)| a),
+                instances,
+                &r.span,
+            )?,
+            "blue_green" => {
+                let preview = preview_listen.and_then(|(a, _)| {
+                    let addr = self.parsed(a, values::listen)?;
+                    let n = self.named(addr, span_of(&a.value));
+                    self.out.listens.push(n);
+                    Some(addr)
+                });
+                Strategy::BlueGreen {
+                    preview_listen: preview,
+                    auto_promote_after: auto_promote_after.and_then(|(a, _)| self.duration(a)),
+                    scale_down_delay: scale_down_delay
+                        .map_or(Some(Duration::from_secs(30)), |(a, _)| self.duration(a))?,
                 }
-                self.analysis(ab)
+            }
+            _ => {
+                let out = self.canary_steps(&steps, &r.span);
+                Strategy::Canary {
+                    steps: out,
+                    sticky: sticky.and_then(|(a, _)| self.boolean(a)).unwrap_or(false),
+                }
             }
         };
-        let strategy_name = strategy_name?;
-        for (a, owner) in [
-            max_surge,
-            max_unavailable,
-            min_healthy_time,
-            preview_listen,
-            auto_promote_after,
-            scale_down_delay,
-            sticky,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        self.finish(r);
+        Some(Rollout {
+            strategy,
+            analysis,
+            auto_rollback: auto_rollback?,
+            progress_deadline: progress_deadline?,
+        })
+    }
+
+    /// An error at every knob (an attribute, with the strategy it belongs to) and `step` block
+    /// that does not belong to strategy `strategy_name`.
+    fn misplaced_knobs(
+        &mut self,
+        strategy_name: &str,
+        knobs: &[Option<(&Attribute, &'static str)>],
+        steps: &[&Block],
+    ) {
+        for (a, owner) in knobs.iter().flatten().copied() {
             if owner != strategy_name {
                 self.err_hint(
                     span_of(&a.key),
@@ -1601,98 +1662,81 @@ impl<'a> Cx<'a> {
                 Some("steps belong to strategy \"canary\"".into()),
             );
         }
-        let strategy = match strategy_name {
-            "recreate" => Strategy::Recreate,
-            "rolling" => {
-                let surge = max_surge.map_or(Some(Count::Absolute(1)), |(a, _)| self.count(a));
-                let unavail =
-                    max_unavailable.map_or(Some(Count::Absolute(0)), |(a, _)| self.count(a));
-                let mht = min_healthy_time.map_or(Some(Duration::ZERO), |(a, _)| self.duration(a));
-                let (surge, unavail) = (surge?, unavail?);
-                if surge.resolve(instances, true) == 0 && unavail.resolve(instances, false) == 0 {
-                    let at = max_surge
-                        .or(max_unavailable)
-                        .map_or(r.span.clone(), |(a, _)| span_of(&a.value));
+    }
+
+    /// Strategy "rolling" from its knobs: `max_surge` and `max_unavailable` must not both be 0
+    /// for `instances`.
+    fn rolling(
+        &mut self,
+        max_surge: Option<&Attribute>,
+        max_unavailable: Option<&Attribute>,
+        min_healthy_time: Option<&Attribute>,
+        instances: u32,
+        span: &Range<usize>,
+    ) -> Option<Strategy> {
+        let surge = max_surge.map_or(Some(Count::Absolute(1)), |a| self.count(a));
+        let unavail = max_unavailable.map_or(Some(Count::Absolute(0)), |a| self.count(a));
+        let mht = min_healthy_time.map_or(Some(Duration::ZERO), |a| self.duration(a));
+        let (surge, unavail) = (surge?, unavail?);
+        if surge.resolve(instances, true) == 0 && unavail.resolve(instances, false) == 0 {
+            let at = max_surge
+                .or(max_unavailable)
+                .map_or(span.clone(), |a| span_of(&a.value));
+            self.err_hint(
+                at,
+                "`max_surge` and `max_unavailable` are both 0, so the rollout could never make progress",
+                Some("allow at least one: max_surge = 1".into()),
+            );
+            return None;
+        }
+        Some(Strategy::Rolling {
+            max_surge: surge,
+            max_unavailable: unavail,
+            min_healthy_time: mht?,
+        })
+    }
+
+    /// The `step` blocks of strategy "canary" (at least one; weights increase strictly).
+    fn canary_steps(&mut self, steps: &[&Block], span: &Range<usize>) -> Vec<Step> {
+        let mut out: Vec<Step> = Vec::new();
+        for sb in steps {
+            if !self.no_labels(sb) {
+                continue;
+            }
+            let mut sr = self.reader(sb, "step".into());
+            let weight = self.required(&mut sr, "weight").and_then(|a| {
+                let w = self.integer(a, 1, 100)? as u8;
+                if let Some(prev) = out.last()
+                    && w <= prev.weight
+                {
                     self.err_hint(
-                        at,
-                        "`max_surge` and `max_unavailable` are both 0, so the rollout could never make progress",
-                        Some("allow at least one: max_surge = 1".into()),
+                        span_of(&a.value),
+                        format!(
+                            "canary weights must increase strictly, but {w} follows {}",
+                            prev.weight
+                        ),
+                        Some(
+                            "each step sends a larger share of requests to the new release".into(),
+                        ),
                     );
                     return None;
                 }
-                Strategy::Rolling {
-                    max_surge: surge,
-                    max_unavailable: unavail,
-                    min_healthy_time: mht?,
-                }
+                Some(w)
+            });
+            let pause = sr.attr("pause").and_then(|a| self.duration(a));
+            self.finish(sr);
+            if let Some(weight) = weight {
+                out.push(Step { weight, pause });
             }
-            "blue_green" => {
-                let preview = preview_listen.and_then(|(a, _)| {
-                    let addr = self.parsed(a, values::listen)?;
-                    let n = self.named(addr, span_of(&a.value));
-                    self.out.listens.push(n);
-                    Some(addr)
-                });
-                Strategy::BlueGreen {
-                    preview_listen: preview,
-                    auto_promote_after: auto_promote_after.and_then(|(a, _)| self.duration(a)),
-                    scale_down_delay: scale_down_delay
-                        .map_or(Some(Duration::from_secs(30)), |(a, _)| self.duration(a))?,
-                }
-            }
-            _ => {
-                let mut out: Vec<Step> = Vec::new();
-                for sb in &steps {
-                    if !self.no_labels(sb) {
-                        continue;
-                    }
-                    let mut sr = self.reader(sb, "step".into());
-                    let weight = self.required(&mut sr, "weight").and_then(|a| {
-                        let w = self.integer(a, 1, 100)? as u8;
-                        if let Some(prev) = out.last()
-                            && w <= prev.weight
-                        {
-                            self.err_hint(
-                                span_of(&a.value),
-                                format!(
-                                    "canary weights must increase strictly, but {w} follows {}",
-                                    prev.weight
-                                ),
-                                Some(
-                                    "each step sends a larger share of requests to the new release"
-                                        .into(),
-                                ),
-                            );
-                            return None;
-                        }
-                        Some(w)
-                    });
-                    let pause = sr.attr("pause").and_then(|a| self.duration(a));
-                    self.finish(sr);
-                    if let Some(weight) = weight {
-                        out.push(Step { weight, pause });
-                    }
-                }
-                if steps.is_empty() {
-                    self.err_hint(
-                        r.span.clone(),
-                        "strategy \"canary\" needs at least one step",
-                        Some("add step { weight = 10  pause = \"30s\" }".into()),
-                    );
-                }
-                Strategy::Canary {
-                    steps: out,
-                    sticky: sticky.and_then(|(a, _)| self.boolean(a)).unwrap_or(false),
-                }
-            }
-        };
-        self.finish(r);
-        Some(Rollout {
-            strategy,
-            analysis,
-            auto_rollback: auto_rollback?,
-            progress_deadline: progress_deadline?,
-        })
+        }
+        if steps.is_empty() {
+            self.err_hint(
+                span.clone(),
+                "strategy \"canary\" needs at least one step",
+                Some("add step { weight = 10  pause = \"30s\" }".into()),
+            );
+        }
+        out
     }
 
     fn analysis(&mut self, b: &Block) -> Option<Analysis> {

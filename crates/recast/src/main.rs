@@ -286,9 +286,19 @@ fn main() -> ExitCode {
     raise_open_file_limit();
     // Everything recast creates is private unless it sets a mode itself (image files keep theirs).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// long: the dispatch table, one arm per command, each only unpacking its arguments.
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = || output::data_dir(cli.data_dir.as_deref());
-    let result = match cli.command {
+    match cli.command {
         Command::Validate { spec, json } => validate::run(&spec.file, json),
         Command::Build {
             spec,
@@ -395,12 +405,5 @@ fn main() -> ExitCode {
         } => data_dir().and_then(|d| {
             deploy::destroy(&spec.file, &d, &services, volumes, yes, all_projects, json)
         }),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }

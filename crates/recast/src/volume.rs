@@ -103,28 +103,9 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
             yes,
             json,
         } => {
-            if !yes {
-                let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-                if !interactive || json {
-                    bail!(
-                        "refusing to restore volume {volume} of {service} without confirmation: {}\n  hint: pass --yes (the service's instances stop, the volume's content is replaced by snapshot {snapshot}, the live release starts again)",
-                        if json {
-                            "--json leaves no room for a question"
-                        } else {
-                            "there is no terminal to ask on"
-                        }
-                    );
-                }
-                eprint!(
-                    "Stop {service}, replace volume {volume} with snapshot {snapshot} and start it again? The data written since is lost. [y/N] "
-                );
-                std::io::stderr().flush()?;
-                let mut answer = String::new();
-                std::io::stdin().read_line(&mut answer)?;
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    eprintln!("nothing restored");
-                    return Ok(ExitCode::FAILURE);
-                }
+            if !yes && !confirm_restore(&service, &volume, &snapshot, json)? {
+                eprintln!("nothing restored");
+                return Ok(ExitCode::FAILURE);
             }
             let v: v1::VolumeRestored = client.post_as(
                 "/v1/volumes/restore",
@@ -148,4 +129,31 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ask before a restore replaces a volume's content; refused without a terminal or with `--json`.
+fn confirm_restore(
+    service: &str,
+    volume: &str,
+    snapshot: &str,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !interactive || json {
+        bail!(
+            "refusing to restore volume {volume} of {service} without confirmation: {}\n  hint: pass --yes (the service's instances stop, the volume's content is replaced by snapshot {snapshot}, the live release starts again)",
+            if json {
+                "--json leaves no room for a question"
+            } else {
+                "there is no terminal to ask on"
+            }
+        );
+    }
+    eprint!(
+        "Stop {service}, replace volume {volume} with snapshot {snapshot} and start it again? The data written since is lost. [y/N] "
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

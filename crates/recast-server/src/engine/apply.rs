@@ -123,42 +123,45 @@ impl Ctl {
             let svc_model = project.services.get(&sp.service).cloned();
             let digest = sp.digest.clone().unwrap_or_default();
             let service = sp.service.clone();
-            tasks.push((service, tokio::spawn(async move {
-                let svc = ctl.svc(&name, &sp.service);
-                let outcome = match (sp.action, svc_model) {
-                    (Action::Unchanged, _) => ServiceOutcome {
-                        service: sp.service.clone(),
-                        release: sp.current_release,
-                        outcome: ServiceChange::Unchanged,
-                        reason: None,
-                    },
-                    (Action::Remove, _) => {
-                        ctl.log(apply, format!("removing service {}", sp.service));
-                        match ctl.destroy_service(&svc, false).await {
-                            Ok(()) => ServiceOutcome {
-                                service: sp.service.clone(),
-                                release: None,
-                                outcome: ServiceChange::Removed,
-                                reason: None,
-                            },
-                            Err(e) => ServiceOutcome {
-                                service: sp.service.clone(),
-                                release: sp.current_release,
-                                outcome: ServiceChange::Failed,
-                                reason: Some(format!("removing service {}: {e}", sp.service)),
-                            },
+            tasks.push((
+                service,
+                tokio::spawn(async move {
+                    let svc = ctl.svc(&name, &sp.service);
+                    let outcome = match (sp.action, svc_model) {
+                        (Action::Unchanged, _) => ServiceOutcome {
+                            service: sp.service.clone(),
+                            release: sp.current_release,
+                            outcome: ServiceChange::Unchanged,
+                            reason: None,
+                        },
+                        (Action::Remove, _) => {
+                            ctl.log(apply, format!("removing service {}", sp.service));
+                            match ctl.destroy_service(&svc, false).await {
+                                Ok(()) => ServiceOutcome {
+                                    service: sp.service.clone(),
+                                    release: None,
+                                    outcome: ServiceChange::Removed,
+                                    reason: None,
+                                },
+                                Err(e) => ServiceOutcome {
+                                    service: sp.service.clone(),
+                                    release: sp.current_release,
+                                    outcome: ServiceChange::Failed,
+                                    reason: Some(format!("removing service {}: {e}", sp.service)),
+                                },
+                            }
                         }
-                    }
-                    (_, Some(model)) => ctl.deploy(apply, &svc, &model, &digest).await,
-                    (_, None) => ServiceOutcome {
-                        service: sp.service.clone(),
-                        release: None,
-                        outcome: ServiceChange::Failed,
-                        reason: Some("not in the spec".into()),
-                    },
-                };
-                ctl.outcome(apply, outcome);
-            })));
+                        (_, Some(model)) => ctl.deploy(apply, &svc, &model, &digest).await,
+                        (_, None) => ServiceOutcome {
+                            service: sp.service.clone(),
+                            release: None,
+                            outcome: ServiceChange::Failed,
+                            reason: Some("not in the spec".into()),
+                        },
+                    };
+                    ctl.outcome(apply, outcome);
+                }),
+            ));
         }
         for (service, t) in tasks {
             if let Err(e) = t.await {
@@ -458,7 +461,10 @@ impl Ctl {
             .filter(|h| h.events.iter().any(|e| e == event))
         {
             let body = hook_body(event, svc, release, message);
-            let what = format!("{}/{}: webhook {} on {event}", svc.project, svc.name, h.name);
+            let what = format!(
+                "{}/{}: webhook {} on {event}",
+                svc.project, svc.name, h.name
+            );
             tokio::task::spawn_blocking(move || {
                 // A notification never blocks a rollout; a failed one is said, not retried.
                 if let Err(e) = call_hook(&h, &body) {

@@ -46,7 +46,9 @@ impl Ctl {
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
-            let also = deleted.err().map(|d| format!("; removing it failed too: {d}"));
+            let also = deleted
+                .err()
+                .map(|d| format!("; removing it failed too: {d}"));
             return Err(format!(
                 "recording instance {} failed: {e}{}",
                 inst.id,
