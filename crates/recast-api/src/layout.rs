@@ -8,6 +8,7 @@
 //!   server.json (+ .tmp)     where the running server listens, for the CLI
 //!   server.lock              held (flock) by the running server
 //!   token                    the API token (0600)
+//!   dataplane.sock           the data plane's control socket (0600); dataplane.log its output
 //!   instances/<id>/          one instance: its record, overlay, logs, netns
 //!   instances/.creating-<id> an instance being created (renamed to `<id>` once recorded)
 //!   runc/                    runc's state of instances
@@ -111,6 +112,21 @@ impl DataDir {
     /// `token`: the API token.
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
+    }
+
+    /// `dataplane.sock`: the data plane's control socket (0600).
+    pub fn dataplane_socket(&self) -> PathBuf {
+        self.root.join("dataplane.sock")
+    }
+
+    /// `dataplane.sock.<pid>`: a data plane's socket before it takes the name.
+    pub fn dataplane_socket_tmp(&self, pid: u32) -> PathBuf {
+        self.root.join(format!("dataplane.sock.{pid}"))
+    }
+
+    /// `dataplane.log`: what the data plane says (its stdout and stderr).
+    pub fn dataplane_log(&self) -> PathBuf {
+        self.root.join("dataplane.log")
     }
 
     /// `instances/`: one directory per instance.

@@ -11,6 +11,13 @@
 //! - once a byte of the next request arrived, its headers must be complete within `header_read`.
 //!
 //! A request in flight (including a streaming response) is never cut by these timers.
+//!
+//! Closing gracefully (`serve_until`'s `closing` turns true): a connection with a request in flight
+//! answers it with `Connection: close` and closes; so does one whose next request arrives soon;
+//! an idle one closes once it has been idle for `CLOSING_IDLE_GRACE`. Closing an idle keep-alive
+//! connection at once would race with a client sending its next request (the request would be
+//! lost, answered by a reset); a client that sends often gets its `Connection: close` answer
+//! first, and one that has been quiet for a while is unlikely to send at that very moment.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -26,6 +33,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
 
 /// A client must send a request's headers within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +50,9 @@ pub const API_MAX_CONNECTIONS: usize = 512;
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Most connections being refused (a 503 being written) at once; beyond, they are just closed.
 const MAX_REFUSING: usize = 256;
+/// While closing gracefully, an idle keep-alive connection is closed once it has been idle this
+/// long (a busy one is closed by answering its next request with `Connection: close`).
+pub const CLOSING_IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// The limits of one listener.
 #[derive(Debug, Clone)]
@@ -101,17 +112,19 @@ pub fn process_budget() -> usize {
 #[derive(Clone, Default)]
 pub struct Gate {
     open: Arc<AtomicUsize>,
+    /// Woken when the count falls to zero.
+    none_open: Arc<Notify>,
 }
 
 /// Holds a connection's place under the limits; released on drop.
 pub struct Permit {
-    open: Arc<AtomicUsize>,
+    gate: Gate,
     budgeted: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.gate.leave();
         if self.budgeted {
             OPEN.fetch_sub(1, Ordering::SeqCst);
         }
@@ -121,6 +134,25 @@ impl Drop for Permit {
 impl Gate {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    fn leave(&self) {
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.none_open.notify_waiters();
+        }
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let none_open = self.none_open.notified();
+            tokio::pin!(none_open);
+            none_open.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            none_open.await;
+        }
     }
 
     /// A place for one more connection, or why there is none.
@@ -135,13 +167,13 @@ impl Gate {
         let budget = process_budget();
         if limits.budgeted && OPEN.fetch_add(1, Ordering::SeqCst) >= budget {
             OPEN.fetch_sub(1, Ordering::SeqCst);
-            self.open.fetch_sub(1, Ordering::SeqCst);
+            self.leave();
             return Err(format!(
                 "recast is at its limit of {budget} open client connections (from its open-file limit); try again later"
             ));
         }
         Ok(Permit {
-            open: self.open.clone(),
+            gate: self.clone(),
             budgeted: limits.budgeted,
         })
     }
@@ -214,7 +246,11 @@ struct Watch {
     last_done: AtomicU64,
     /// 1 + when the current request's head began (0: not reading a head).
     head_since: AtomicU64,
+    /// A byte of the next request's head has arrived (and its request has not started).
+    head_bytes: AtomicBool,
     in_flight: AtomicUsize,
+    /// The connection is closing gracefully: responses from now on carry `Connection: close`.
+    closing: AtomicBool,
 }
 
 impl Watch {
@@ -240,6 +276,19 @@ impl Watch {
             (now.saturating_sub(last) >= limits.idle.as_millis() as u64).then_some("idle timeout")
         }
     }
+
+    /// Whether a connection that is closing gracefully may be closed now: nothing in flight,
+    /// no byte of a next request, and idle for `CLOSING_IDLE_GRACE`.
+    fn may_close(&self) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) > 0 || self.head_bytes.load(Ordering::SeqCst) {
+            return false;
+        }
+        let last = self
+            .last_read
+            .load(Ordering::SeqCst)
+            .max(self.last_done.load(Ordering::SeqCst));
+        self.now().saturating_sub(last) >= CLOSING_IDLE_GRACE.as_millis() as u64
+    }
 }
 
 /// The client's socket, telling the watch when bytes arrive.
@@ -263,6 +312,7 @@ impl AsyncRead for Watched {
             let now = w.now();
             w.last_read.store(now, Ordering::SeqCst);
             if w.in_flight.load(Ordering::SeqCst) == 0 {
+                w.head_bytes.store(true, Ordering::SeqCst);
                 let _ =
                     w.head_since
                         .compare_exchange(0, now + 1, Ordering::SeqCst, Ordering::SeqCst);
@@ -341,13 +391,33 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // A receiver whose sender is gone never asks to close.
+    let (_, never) = watch::channel(false);
+    serve_until(stream, limits, never, handler).await;
+}
+
+/// `serve`, and once `closing` turns true, close gracefully: answer the request in flight (or the
+/// next one) with `Connection: close`, or close once idle for `CLOSING_IDLE_GRACE`.
+pub async fn serve_until<H, F, B>(
+    stream: TcpStream,
+    limits: &Limits,
+    mut closing: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let watch = Arc::new(Watch {
         start: Instant::now(),
         last_read: AtomicU64::new(0),
         last_done: AtomicU64::new(0),
         // The first request's headers are due `header_read` after the connection opened.
         head_since: AtomicU64::new(1),
+        head_bytes: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        closing: AtomicBool::new(false),
     });
     let io = Watched {
         inner: stream,
@@ -358,10 +428,21 @@ where
     let svc = hyper::service::service_fn(move |req| {
         w.in_flight.fetch_add(1, Ordering::SeqCst);
         w.head_since.store(0, Ordering::SeqCst);
+        w.head_bytes.store(false, Ordering::SeqCst);
         let in_flight = InFlight(w.clone());
         let fut = handler(req);
         async move {
-            let resp = fut.await;
+            let mut resp = fut.await;
+            // Checked once the answer is ready, so that a request in flight when closing began
+            // is answered with `Connection: close` (hyper then closes after the response).
+            if in_flight.0.closing.load(Ordering::SeqCst)
+                && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, std::convert::Infallible>(resp.map(|inner| Counted {
                 inner,
                 _in_flight: in_flight,
@@ -373,13 +454,26 @@ where
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let tick = (limits.header_read.min(limits.idle) / 10)
+    let mut tick = (limits.header_read.min(limits.idle) / 10)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    // Whether `closing` may still turn true.
+    let mut listening = true;
     loop {
         tokio::select! {
             _ = &mut conn => return,
+            r = closing.wait_for(|c| *c), if listening => {
+                listening = false;
+                if r.is_ok() {
+                    // Not hyper's `graceful_shutdown`: it closes an idle connection at once, and a
+                    // response whose head is already out without `Connection: close` right after
+                    // its body; either races with the client's next request.
+                    watch.closing.store(true, Ordering::SeqCst);
+                    tick = tick.min(CLOSING_IDLE_GRACE / 10);
+                }
+            }
             () = tokio::time::sleep(tick) => {
-                if watch.expired(limits).is_some() {
+                let closed = watch.closing.load(Ordering::SeqCst) && watch.may_close();
+                if closed || watch.expired(limits).is_some() {
                     // Dropping the connection closes the socket.
                     return;
                 }

@@ -9,6 +9,9 @@
 //! Per release it counts requests, 5xx, failed connections and a latency histogram.
 
 pub mod conn;
+pub mod fds;
+#[cfg(test)]
+mod handoff_tests;
 #[cfg(test)]
 mod limits_tests;
 mod metrics;
@@ -23,8 +26,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,7 +45,13 @@ const POOL_SLOTS: usize = 8;
 thread_local! {
     /// Which pool this thread uses (set by route threads; 0 elsewhere).
     static POOL_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Which route thread this is (0 elsewhere). An upstream connection is driven by the event
+    /// loop of the thread that made it, which ends with its route: only that thread reuses it,
+    /// not another route's thread on the same slot (a handoff within this process).
+    static POOL_OWNER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
+
+static NEXT_POOL_OWNER: AtomicU64 = AtomicU64::new(1);
 
 fn pool_slot() -> usize {
     POOL_SLOT.with(std::cell::Cell::get) % POOL_SLOTS
@@ -49,6 +60,24 @@ fn pool_slot() -> usize {
 /// Opens a connection to an instance (blocking: it may enter a network namespace).
 pub type Connector = Arc<dyn Fn() -> io::Result<std::net::TcpStream> + Send + Sync>;
 
+/// An idle upstream connection and the route thread that made it (`POOL_OWNER`).
+type Pooled = (u64, SendRequest<ProxyBody>);
+
+/// The most recently pooled connection this thread made; closed connections of other threads
+/// met on the way are dropped.
+fn take_own(idle: &mut Vec<Pooled>) -> Option<SendRequest<ProxyBody>> {
+    let owner = POOL_OWNER.with(std::cell::Cell::get);
+    for i in (0..idle.len()).rev() {
+        if idle[i].0 == owner {
+            return Some(idle.remove(i).1);
+        }
+        if idle[i].1.is_closed() {
+            idle.remove(i);
+        }
+    }
+    None
+}
+
 /// One instance as the proxy sees it.
 pub struct Backend {
     pub id: String,
@@ -56,7 +85,7 @@ pub struct Backend {
     connector: Connector,
     /// Idle upstream connections, one pool per route thread: a connection is only ever used by
     /// the thread (event loop) that made it.
-    idle: [Mutex<Vec<SendRequest<ProxyBody>>>; POOL_SLOTS],
+    idle: [Mutex<Vec<Pooled>>; POOL_SLOTS],
     inflight: AtomicUsize,
     /// Set when draining starts: a request that registers after it must go elsewhere.
     retired: std::sync::atomic::AtomicBool,
@@ -104,10 +133,11 @@ impl Backend {
 
     async fn sender(self: &Arc<Self>) -> io::Result<SendRequest<ProxyBody>> {
         loop {
-            let pooled = self.idle[pool_slot()]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
+            let pooled = take_own(
+                &mut self.idle[pool_slot()]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             let Some(mut s) = pooled else { break };
             if s.is_closed() {
                 continue;
@@ -139,8 +169,11 @@ impl Backend {
         let mut idle = self.idle[pool_slot()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= 512 {
+            idle.retain(|(_, s)| !s.is_closed());
+        }
         if idle.len() < 512 {
-            idle.push(s);
+            idle.push((POOL_OWNER.with(std::cell::Cell::get), s));
         }
     }
 }
@@ -217,6 +250,19 @@ impl Service {
         self.sticky.store(on, Ordering::Relaxed);
     }
 
+    /// The releases that have metrics.
+    pub fn releases(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The metrics of a release (created on first use).
     pub fn metrics(&self, release: i64) -> Arc<Metrics> {
         self.metrics
@@ -267,10 +313,16 @@ impl Service {
     }
 }
 
-/// A route's listener; serving stops when it is dropped.
+/// A route's listeners and the threads serving them; serving stops when it is dropped (the
+/// connections open are cut), or gracefully with `close_gracefully`.
 pub struct Route {
     pub addr: SocketAddr,
+    /// Stop accepting; every connection finishes its current request and closes.
+    closing: tokio::sync::watch::Sender<bool>,
+    /// End the route's threads now (their connections with them).
     stop: tokio::sync::watch::Sender<bool>,
+    /// Duplicates of the listening sockets, to hand to another process (`listeners`).
+    sockets: Vec<OwnedFd>,
     gate: conn::Gate,
     /// The upstream timeout in milliseconds (changeable while serving).
     timeout_ms: Arc<AtomicU64>,
@@ -300,6 +352,91 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.listen(1024)?.into_std()
 }
 
+/// `fd` as a listener if it is a listening TCP socket; an error naming what it is otherwise.
+fn listening_tcp(fd: OwnedFd, n: usize) -> io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let what = format!("descriptor {n} (fd {})", fd.as_raw_fd());
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let kind =
+        sockopt::socket_type(&fd).map_err(|e| invalid(format!("{what} is not a socket: {e}")))?;
+    let family = sockopt::socket_domain(&fd)
+        .map_err(|e| invalid(format!("{what}: cannot read its address family: {e}")))?;
+    if kind != SocketType::STREAM || ![AddressFamily::INET, AddressFamily::INET6].contains(&family)
+    {
+        let kind = match kind {
+            SocketType::STREAM => "stream",
+            SocketType::DGRAM => "datagram (UDP)",
+            SocketType::SEQPACKET => "seqpacket",
+            SocketType::RAW => "raw",
+            _ => "other",
+        };
+        let family = match family {
+            AddressFamily::INET => "IPv4",
+            AddressFamily::INET6 => "IPv6",
+            AddressFamily::UNIX => "Unix",
+            _ => "other",
+        };
+        return Err(invalid(format!(
+            "{what} is a {family} {kind} socket, not a TCP socket"
+        )));
+    }
+    let listening = sockopt::socket_acceptconn(&fd)
+        .map_err(|e| invalid(format!("{what}: cannot read SO_ACCEPTCONN: {e}")))?;
+    if !listening {
+        return Err(invalid(format!(
+            "{what} is a TCP socket that is not listening (no listen(2))"
+        )));
+    }
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// What the threads of one route share.
+struct Serving {
+    service: Arc<Service>,
+    limits: Arc<conn::Limits>,
+    gate: conn::Gate,
+    timeout_ms: Arc<AtomicU64>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One route thread: accept on `listener` until the route closes or stops, then keep serving
+/// the connections open until it stops.
+async fn serve_listener(listener: std::net::TcpListener, addr: SocketAddr, s: Serving) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        return;
+    };
+    let (mut closing, mut stop) = (s.closing.clone(), s.stop.clone());
+    let mut acceptor = conn::Acceptor::new(listener, format!("{} on {addr}", s.limits.what));
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = acceptor.accept() => a,
+            _ = closing.wait_for(|c| *c) => break,
+            _ = stop.changed() => return,
+        };
+        let Some((stream, permit)) = conn::admit(&s.gate, &s.limits, stream) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (svc, limits) = (s.service.clone(), s.limits.clone());
+        let (timeout_ms, closing) = (s.timeout_ms.clone(), s.closing.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handler = move |req| {
+                let t = timeout_ms.load(Ordering::Relaxed);
+                forward(svc.clone(), req, peer, Duration::from_millis(t))
+            };
+            conn::serve_until(stream, &limits, closing, handler).await;
+        });
+    }
+    // Closing: this process stops accepting at once (the socket itself lives on while another
+    // process holds it); the connections finish on this thread's event loop until told to stop.
+    drop(acceptor);
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 impl Route {
     /// Listen on `addr` and forward to `service` with the default limits and upstream timeout.
     pub async fn bind(addr: SocketAddr, service: Arc<Service>) -> io::Result<Route> {
@@ -325,13 +462,72 @@ impl Route {
         for _ in 1..route_threads() {
             listeners.push(reuseport_listener(addr)?);
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let gate = conn::Gate::default();
+        Route::serve(listeners, addr, service, timeout, limits)
+    }
+
+    /// Serve on listening sockets received from another process (or another `Route`'s
+    /// `listeners`): one thread per socket, as `bind_with`. Each must be a listening TCP socket
+    /// of the same address; an error names the one that is not.
+    pub fn from_listeners(
+        fds: Vec<OwnedFd>,
+        service: Arc<Service>,
+        timeout: Duration,
+        limits: conn::Limits,
+    ) -> io::Result<Route> {
+        if fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no listening socket given for the route",
+            ));
+        }
+        let listeners = fds
+            .into_iter()
+            .enumerate()
+            .map(|(n, fd)| listening_tcp(fd, n))
+            .collect::<io::Result<Vec<_>>>()?;
+        let addr = listeners[0].local_addr()?;
+        for (n, l) in listeners.iter().enumerate() {
+            let other = l.local_addr()?;
+            if other != addr {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("descriptor {n} listens on {other}, descriptor 0 on {addr}"),
+                ));
+            }
+        }
+        Route::serve(listeners, addr, service, timeout, limits)
+    }
+
+    /// Start a thread (and event loop) per listener.
+    fn serve(
+        listeners: Vec<std::net::TcpListener>,
+        addr: SocketAddr,
+        service: Arc<Service>,
+        timeout: Duration,
+        limits: conn::Limits,
+    ) -> io::Result<Route> {
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut route = Route {
+            addr,
+            closing,
+            stop,
+            sockets: Vec::with_capacity(listeners.len()),
+            gate: conn::Gate::default(),
+            timeout_ms: Arc::new(AtomicU64::new(timeout.as_millis().max(1) as u64)),
+        };
         let limits = Arc::new(limits);
-        let timeout_ms = Arc::new(AtomicU64::new(timeout.as_millis().max(1) as u64));
+        // On an error, dropping `route` stops the threads already started.
         for (slot, listener) in listeners.into_iter().enumerate() {
-            let (svc, mut stopped) = (service.clone(), stopped.clone());
-            let (gate, limits, timeout_ms) = (gate.clone(), limits.clone(), timeout_ms.clone());
+            route.sockets.push(OwnedFd::from(listener.try_clone()?));
+            let serving = Serving {
+                service: service.clone(),
+                limits: limits.clone(),
+                gate: route.gate.clone(),
+                timeout_ms: route.timeout_ms.clone(),
+                closing: closing_rx.clone(),
+                stop: stop_rx.clone(),
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -339,41 +535,34 @@ impl Route {
                 .name(format!("route-{addr}-{slot}"))
                 .spawn(move || {
                     POOL_SLOT.with(|s| s.set(slot));
-                    rt.block_on(async move {
-                        let Ok(listener) = TcpListener::from_std(listener) else {
-                            return;
-                        };
-                        let mut acceptor =
-                            conn::Acceptor::new(listener, format!("{} on {addr}", limits.what));
-                        loop {
-                            let (stream, peer) = tokio::select! {
-                                a = acceptor.accept() => a,
-                                _ = stopped.changed() => return,
-                            };
-                            let Some((stream, permit)) = conn::admit(&gate, &limits, stream) else {
-                                continue;
-                            };
-                            let _ = stream.set_nodelay(true);
-                            let (svc, limits) = (svc.clone(), limits.clone());
-                            let timeout_ms = timeout_ms.clone();
-                            tokio::spawn(async move {
-                                let _permit = permit;
-                                let handler = move |req| {
-                                    let t = timeout_ms.load(Ordering::Relaxed);
-                                    forward(svc.clone(), req, peer, Duration::from_millis(t))
-                                };
-                                conn::serve(stream, &limits, handler).await;
-                            });
-                        }
-                    });
+                    let owner = NEXT_POOL_OWNER.fetch_add(1, Ordering::Relaxed);
+                    POOL_OWNER.with(|o| o.set(owner));
+                    rt.block_on(serve_listener(listener, addr, serving));
                 })?;
         }
-        Ok(Route {
-            addr,
-            stop,
-            gate,
-            timeout_ms,
-        })
+        Ok(route)
+    }
+
+    /// Duplicates of the route's listening sockets (one per thread), to hand to another process
+    /// (`fds::send_fds`) that serves them with `from_listeners`. The sockets, and the connections
+    /// waiting in their accept queues, outlive this route while another process holds them.
+    pub fn listeners(&self) -> io::Result<Vec<OwnedFd>> {
+        self.sockets.iter().map(OwnedFd::try_clone).collect()
+    }
+
+    /// Stop accepting at once (this process closes its listeners; if another process holds the
+    /// same sockets, new connections go there), let every open connection finish its current
+    /// request and close (see `conn::serve_until`), and resolve when all are closed or at
+    /// `timeout`, with how many were still open then (they are cut).
+    pub fn close_gracefully(mut self, timeout: Duration) -> impl Future<Output = usize> + use<> {
+        let _ = self.closing.send(true);
+        self.sockets.clear();
+        async move {
+            let _ = tokio::time::timeout(timeout, self.gate.all_closed()).await;
+            let open = self.gate.open();
+            drop(self);
+            open
+        }
     }
 
     /// Change the upstream timeout of requests that start from now on.
@@ -390,7 +579,8 @@ impl Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        // Every route thread stops accepting and closes its listener.
+        // Every route thread stops accepting, closes its listener and ends with its connections.
+        let _ = self.closing.send(true);
         let _ = self.stop.send(true);
     }
 }

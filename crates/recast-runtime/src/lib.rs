@@ -174,7 +174,8 @@ impl Instance {
         }
         Some(lines.join("\n"))
     }
-    fn netns(&self) -> PathBuf {
+    /// Where its network namespace is pinned (a private-network instance's).
+    pub fn netns(&self) -> PathBuf {
         self.dir.join("netns")
     }
     fn merged(&self) -> PathBuf {
@@ -723,11 +724,8 @@ impl Runtime {
 
     /// Open a TCP connection to the instance's port (inside its network namespace if private).
     pub fn connect(&self, inst: &Instance, timeout: Duration) -> io::Result<TcpStream> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, inst.port));
-        match inst.network {
-            Network::Private => sys::connect_in(&inst.netns(), addr, timeout),
-            Network::Host => TcpStream::connect_timeout(&addr, timeout),
-        }
+        let netns = (inst.network == Network::Private).then(|| inst.netns());
+        connect_to(netns.as_deref(), inst.port, timeout)
     }
 
     /// Run `cmd` inside the instance; returns (exit status, combined output), or an error when
@@ -1240,6 +1238,16 @@ impl Runtime {
             Ok(_) => Some("changed since the instance was created".into()),
             Err(e) => Some(format!("unreadable ({e})")),
         }
+    }
+}
+
+/// Connect to `port` on 127.0.0.1 inside the network namespace pinned at `netns` (the host's
+/// when `None`), within `timeout`. What the proxy uses to reach an instance.
+pub fn connect_to(netns: Option<&Path>, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match netns {
+        Some(ns) => sys::connect_in(ns, addr, timeout),
+        None => TcpStream::connect_timeout(&addr, timeout),
     }
 }
 

@@ -11,17 +11,16 @@ use crate::plan::{self, Action};
 use crate::record::ReleaseRecord;
 use crate::rollout::{self, Controls, End, Rollout, Weights};
 use recast_api::DataDir;
+use recast_dataplane::proto as dp;
 use recast_image::build::{self, Options};
 use recast_image::{Digest, Store};
-use recast_proxy::{Backend, Group, Route, Table};
 use recast_runtime::health::{self, Status, Tracker};
 use recast_runtime::{Instance, InstanceSpec, Runtime, State as IState, new_id};
 use recast_spec::{Project, Service};
 use recast_state::{NewRelease, ReleaseOutcome, RolloutState, RouteRow, State};
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +78,6 @@ impl Run {
 pub struct Live {
     pub inst: Instance,
     pub release: i64,
-    pub backend: Arc<Backend>,
     /// Chosen by the engine to take traffic.
     pub active: bool,
     /// Per its health checks.
@@ -106,13 +104,29 @@ impl Live {
     pub fn unhealthy(&self) -> bool {
         self.tracker.status == Status::Unhealthy
     }
+
+    /// How the data plane reaches it.
+    fn backend(&self) -> dp::Backend {
+        dp::Backend {
+            id: self.inst.id.clone(),
+            release: self.release,
+            target: match self.inst.network {
+                recast_spec::Network::Private => dp::Target::Netns {
+                    path: self.inst.netns(),
+                },
+                recast_spec::Network::Host => dp::Target::Host,
+            },
+            port: self.inst.port,
+        }
+    }
 }
 
 /// A service under the engine's control.
 pub struct Svc {
     pub project: String,
     pub name: String,
-    pub proxy: Arc<recast_proxy::Service>,
+    /// The data plane that routes its traffic.
+    pub(crate) plane: Arc<recast_dataplane::Client>,
     pub live: Mutex<Vec<Live>>,
     /// One rollout or rollback at a time.
     pub(crate) busy: tokio::sync::Mutex<()>,
@@ -121,7 +135,11 @@ pub struct Svc {
     /// What a running rollout is doing, for `status`.
     pub rollout: Mutex<Option<String>>,
     /// Per-release weights while a rollout splits traffic explicitly.
-    weights: Mutex<Option<BTreeMap<i64, u32>>>,
+    pub(crate) weights: Mutex<Option<BTreeMap<i64, u32>>>,
+    /// Why nothing serves, while that is on purpose (a stop-first change).
+    unavailable: Mutex<Option<String>>,
+    /// Keep each client on one release while traffic is split.
+    sticky: AtomicBool,
     /// The analysis verdicts of the running (or last) rollout.
     pub verdicts: Mutex<Vec<Verdict>>,
     /// Guard bookkeeping: scans, crashes, last findings.
@@ -129,32 +147,93 @@ pub struct Svc {
 }
 
 impl Svc {
-    /// Rebuild the routing table from the active, healthy instances; switch atomically.
-    pub fn publish(&self) {
+    /// `project/service`: its name in the data plane.
+    pub fn key(&self) -> String {
+        key(&self.project, &self.name)
+    }
+
+    /// What the data plane should route for this service: a group per release of the active,
+    /// healthy instances (weighted by count unless a rollout split the traffic).
+    pub(crate) fn routing(&self) -> dp::ServiceState {
         let live = lock(&self.live);
         let weights = lock(&self.weights).clone();
-        let mut groups: BTreeMap<i64, Vec<Arc<Backend>>> = BTreeMap::new();
+        let mut groups: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for l in live
             .iter()
             .filter(|l| l.active && l.healthy && l.exited.is_none())
         {
-            groups.entry(l.release).or_default().push(l.backend.clone());
+            groups.entry(l.release).or_default().push(l.inst.id.clone());
         }
-        let groups = groups
-            .into_iter()
-            .map(|(release, backends)| {
-                let weight = match &weights {
-                    Some(w) => w.get(&release).copied().unwrap_or(0),
-                    None => backends.len() as u32,
-                };
-                Group {
+        let liveness = live.first().map_or(
+            dp::Liveness {
+                interval_ms: 1000,
+                timeout_ms: 500,
+                threshold: 3,
+            },
+            |l| dp::Liveness {
+                interval_ms: l.health.interval.as_millis() as u64,
+                timeout_ms: l.health.timeout.as_millis() as u64,
+                threshold: l.health.unhealthy_threshold,
+            },
+        );
+        dp::ServiceState {
+            key: self.key(),
+            name: self.name.clone(),
+            backends: live
+                .iter()
+                .filter(|l| l.exited.is_none())
+                .map(Live::backend)
+                .collect(),
+            groups: groups
+                .into_iter()
+                .map(|(release, backends)| dp::Group {
                     release,
-                    weight,
+                    weight: weights
+                        .as_ref()
+                        .map(|w| w.get(&release).copied().unwrap_or(0)),
                     backends,
-                }
-            })
-            .collect();
-        self.proxy.set_table(Table { groups });
+                })
+                .collect(),
+            unavailable: lock(&self.unavailable).clone(),
+            sticky: self.sticky.load(Ordering::SeqCst),
+            liveness,
+        }
+    }
+
+    /// Send the routing to the data plane; it switches atomically. A data plane that cannot be
+    /// reached is said on stderr (the next publish, or the heartbeat, sends everything again).
+    pub fn publish(&self) {
+        if let Err(e) = self.plane.set_service(self.routing()) {
+            eprintln!("recast: {}: routing not published: {e}", self.key());
+        }
+    }
+
+    /// While nothing can serve, requests get this answer; `None` ends it.
+    pub(crate) fn set_unavailable(&self, why: Option<String>) {
+        *lock(&self.unavailable) = why;
+        self.publish();
+    }
+
+    pub(crate) fn set_sticky(&self, on: bool) {
+        if self.sticky.swap(on, Ordering::SeqCst) != on {
+            self.publish();
+        }
+    }
+
+    /// A release's traffic counters so far (zero when the data plane cannot say).
+    pub fn metrics(&self, release: i64) -> recast_proxy::Snapshot {
+        self.all_metrics()
+            .get(&release)
+            .map(recast_proxy::Snapshot::from)
+            .unwrap_or_default()
+    }
+
+    /// Every release's traffic counters.
+    pub fn all_metrics(&self) -> BTreeMap<i64, dp::Counters> {
+        self.plane.metrics(&self.key()).unwrap_or_else(|e| {
+            eprintln!("recast: {}: no traffic counters: {e}", self.key());
+            BTreeMap::new()
+        })
     }
 
     fn count(&self, release: i64, f: impl Fn(&Live) -> bool) -> usize {
@@ -218,8 +297,10 @@ pub struct Ctl {
     pub rt: Arc<Runtime>,
     pub store: Store,
     svcs: Mutex<HashMap<String, Arc<Svc>>>,
-    routes: tokio::sync::Mutex<HashMap<String, (RouteRow, Route)>>,
-    previews: tokio::sync::Mutex<HashMap<String, Route>>,
+    /// The data plane of this directory: routes, routing tables, traffic counters.
+    pub plane: Arc<recast_dataplane::Client>,
+    /// The routes the data plane serves, by `project/route`.
+    routes: tokio::sync::Mutex<HashMap<String, RouteRow>>,
     applying: Mutex<HashMap<String, u64>>,
     applies: Mutex<HashMap<u64, ApplyStatus>>,
     next_apply: AtomicU64,
@@ -234,15 +315,17 @@ fn key(project: &str, service: &str) -> String {
 }
 
 impl Ctl {
-    pub fn new(data_dir: &Path, state: State, rt: Runtime, store: Store) -> Arc<Ctl> {
+    /// The control plane of `data_dir`; its data plane is started from `exe` (the `recast`
+    /// executable) when none answers.
+    pub fn new(data_dir: &Path, state: State, rt: Runtime, store: Store, exe: PathBuf) -> Arc<Ctl> {
         Arc::new(Ctl {
+            plane: Arc::new(recast_dataplane::Client::new(DataDir::new(data_dir), exe)),
             data_dir: DataDir::new(data_dir),
             state: Arc::new(state),
             rt: Arc::new(rt),
             store,
             svcs: Mutex::new(HashMap::new()),
             routes: tokio::sync::Mutex::new(HashMap::new()),
-            previews: tokio::sync::Mutex::new(HashMap::new()),
             applying: Mutex::new(HashMap::new()),
             applies: Mutex::new(HashMap::new()),
             next_apply: AtomicU64::new(1),
@@ -258,12 +341,14 @@ impl Ctl {
                 Arc::new(Svc {
                     project: project.into(),
                     name: service.into(),
-                    proxy: recast_proxy::Service::new(service),
+                    plane: self.plane.clone(),
                     live: Mutex::new(Vec::new()),
                     busy: tokio::sync::Mutex::new(()),
                     controls: Controls::default(),
                     rollout: Mutex::new(None),
                     weights: Mutex::new(None),
+                    unavailable: Mutex::new(None),
+                    sticky: AtomicBool::new(false),
                     verdicts: Mutex::new(Vec::new()),
                     guard: Mutex::new(Default::default()),
                 })
@@ -335,6 +420,29 @@ impl Ctl {
         }
     }
 
+    /// Have the data plane serve exactly these routes of `project` (unchanged ones keep
+    /// listening, a new timeout applies in place); an error names the routes that cannot listen.
+    pub(crate) async fn serve_routes(
+        &self,
+        project: &str,
+        rows: &[RouteRow],
+    ) -> Result<(), String> {
+        let mut routes = self.routes.lock().await;
+        let states = rows
+            .iter()
+            .map(route_state)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (plane, p) = (self.plane.clone(), project.to_string());
+        let served = tokio::task::spawn_blocking(move || plane.set_routes(&p, states))
+            .await
+            .map_err(|e| e.to_string())?;
+        routes.retain(|_, r| r.project != project);
+        for r in rows {
+            routes.insert(key(project, &r.name), r.clone());
+        }
+        served
+    }
+
     /// A failure that cannot fail the step it happened in (a background loop, housekeeping):
     /// said on stderr and recorded as event `kind`, never dropped.
     pub(crate) fn failed(&self, svc: &Svc, kind: &str, msg: &str) {
@@ -343,11 +451,17 @@ impl Ctl {
     }
 }
 
-/// Listen for a route with its upstream timeout and the proxy's connection limits.
-async fn bind_route(row: &RouteRow, addr: SocketAddr, svc: &Svc) -> std::io::Result<Route> {
-    let limits = recast_proxy::conn::Limits::route(format!("route {}", row.name));
-    let timeout = Duration::from_millis(row.timeout_ms.max(1));
-    Route::bind_with(addr, svc.proxy.clone(), timeout, limits).await
+/// A recorded route as the data plane serves it.
+fn route_state(row: &RouteRow) -> Result<dp::RouteState, String> {
+    Ok(dp::RouteState {
+        key: key(&row.project, &row.name),
+        listen: row
+            .listen
+            .parse()
+            .map_err(|_| format!("route {}: bad address {}", row.name, row.listen))?,
+        service: key(&row.project, &row.service),
+        timeout_ms: row.timeout_ms.max(1),
+    })
 }
 
 fn hook_body(event: &str, svc: &Svc, release: i64, message: &str) -> String {

@@ -698,7 +698,7 @@ mod tests {
         let store = recast_image::Store::open(&d.path().join("store")).expect("store");
         let rt = recast_runtime::Runtime::new(d.path(), store.clone()).expect("runtime");
         let state = recast_state::State::open(&d.path().join("state.db")).expect("state");
-        let ctl = Ctl::new(d.path(), state, rt, store);
+        let ctl = Ctl::new(d.path(), state, rt, store, "/bin/false".into());
         let svc = ctl.svc("p", "web");
         let e = ctl
             .replace(&svc, "web-r1-gone", "max_age")

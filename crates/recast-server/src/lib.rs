@@ -145,8 +145,11 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Serve
     let rt = recast_runtime::Runtime::new(data_dir, store.clone())
         .map_err(|e| ServerError::Runtime(e.to_string()))?;
     let state = recast_state::State::open(&layout.state_db())?;
-    let ctl = Ctl::new(data_dir, state, rt, store);
+    // The data plane runs from this same executable (`recast dataplane`).
+    let exe = std::env::current_exe().map_err(internal("finding recast's executable".into()))?;
+    let ctl = Ctl::new(data_dir, state, rt, store, exe);
     let notes = ctl.recover().await.map_err(ServerError::Runtime)?;
+    tokio::spawn(ctl.clone().keep_data_plane());
     tokio::spawn(ctl.clone().supervise());
     tokio::spawn(ctl.clone().guard());
     let listener = tokio::net::TcpListener::bind(listen)

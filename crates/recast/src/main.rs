@@ -130,11 +130,15 @@ enum Command {
     /// Manage the images in the store
     #[command(subcommand)]
     Image(image::Command),
-    /// The control plane: supervisor, proxy, API
+    /// The control plane: supervisor, API; starts the data plane (routes) when none runs
     Server {
         #[command(flatten)]
         api: Api,
     },
+    /// The data plane of a data directory: routes, routing tables, traffic counters. Started
+    /// and configured by `recast server`, and kept running when the server stops.
+    #[command(hide = true)]
+    Dataplane,
     /// Server in the foreground, and apply the spec (development and demos)
     Up {
         #[command(flatten)]
@@ -330,6 +334,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => lock::run(&spec.file, update, &refs, json),
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
+        Command::Dataplane => data_dir().and_then(|d| {
+            recast_dataplane::run(&d).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Server { api } => {
             data_dir().and_then(|d| serve::run(&d, api.listen, api.insecure_listen, None))
         }

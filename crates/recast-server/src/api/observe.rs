@@ -118,21 +118,26 @@ fn instance_rows(svc: &Svc) -> Vec<v1::InstanceStatus> {
         .unwrap_or_default()
 }
 
-/// A service's traffic split, per release group of its proxy, with each group's counters.
+/// A service's traffic split, per release group of its routing, with each group's counters.
 fn traffic_rows(svc: &Svc) -> Vec<v1::Traffic> {
-    let table = svc.proxy.table();
-    let total: u32 = table.groups.iter().map(|g| g.weight).sum();
-    table
+    let routing = svc.routing();
+    let counters = svc.all_metrics();
+    let weight = |g: &recast_dataplane::proto::Group| g.weight.unwrap_or(g.backends.len() as u32);
+    let total: u32 = routing.groups.iter().map(weight).sum();
+    routing
         .groups
         .iter()
         .map(|g| {
-            let m = svc.proxy.metrics(g.release).snapshot();
+            let m = counters
+                .get(&g.release)
+                .map(Snapshot::from)
+                .unwrap_or_default();
             v1::Traffic {
                 release: g.release,
                 percent: if total == 0 {
                     0.0
                 } else {
-                    f64::from(g.weight) * 100.0 / f64::from(total)
+                    f64::from(weight(g)) * 100.0 / f64::from(total)
                 },
                 instances: g.backends.len(),
                 requests: m.requests,
@@ -195,8 +200,9 @@ fn release_counters(ctl: &Ctl, routes: &[RouteRow]) -> Vec<(String, Snapshot)> {
         }
         releases.sort_unstable();
         releases.dedup();
+        let counters = svc.all_metrics();
         for r in releases {
-            let m = svc.proxy.metrics(r).snapshot();
+            let m = counters.get(&r).map(Snapshot::from).unwrap_or_default();
             let l = format!(
                 "route=\"{route}\",service=\"{}\",project=\"{}\",release=\"{r}\"",
                 svc.name, svc.project

@@ -182,7 +182,6 @@ impl Ctl {
 
     /// Make the listening routes match the project's spec.
     pub(super) async fn sync_routes(&self, project: &str, spec: &Project) -> Result<(), String> {
-        let mut routes = self.routes.lock().await;
         let rows: Vec<RouteRow> = spec
             .routes
             .values()
@@ -194,41 +193,7 @@ impl Ctl {
                 timeout_ms: r.timeout.as_millis().max(1) as u64,
             })
             .collect();
-        // Keep other projects' routes and this project's unchanged ones (a new timeout applies
-        // in place); drop the rest.
-        routes.retain(|k, (row, route)| {
-            if row.project != project {
-                return true;
-            }
-            let Some(r) = rows.iter().find(|r| &key(project, &r.name) == k) else {
-                return false;
-            };
-            let same = RouteRow {
-                timeout_ms: r.timeout_ms,
-                ..row.clone()
-            };
-            if &same != r {
-                return false;
-            }
-            route.set_timeout(Duration::from_millis(r.timeout_ms.max(1)));
-            *row = same;
-            true
-        });
-        for row in &rows {
-            let k = key(project, &row.name);
-            if routes.contains_key(&k) {
-                continue;
-            }
-            let addr: SocketAddr = row
-                .listen
-                .parse()
-                .map_err(|_| format!("route {}: bad address {}", row.name, row.listen))?;
-            let svc = self.svc(project, &row.service);
-            let route = bind_route(row, addr, &svc)
-                .await
-                .map_err(|e| format!("route {}: cannot listen on {addr}: {e}", row.name))?;
-            routes.insert(k, (row.clone(), route));
-        }
+        self.serve_routes(project, &rows).await?;
         self.state
             .set_routes(project, &rows)
             .map_err(|e| e.to_string())

@@ -129,30 +129,27 @@ impl Ctl {
             self.destroy_service(s, volumes).await?;
             removed.push(s.name.clone());
         }
-        let mut routes = self.routes.lock().await;
-        let projects: Vec<String> = targets.iter().map(|s| s.project.clone()).collect();
-        routes.retain(|_, (row, _)| {
-            !(projects.contains(&row.project)
-                && (services.is_empty() || services.contains(&row.service)))
-        });
+        let mut projects: Vec<String> = targets.iter().map(|s| s.project.clone()).collect();
+        projects.dedup();
         for p in projects {
-            let rows: Vec<RouteRow> = routes
-                .values()
-                .filter(|(r, _)| r.project == p)
-                .map(|(r, _)| r.clone())
+            let rows: Vec<RouteRow> = self
+                .route_rows()
+                .await
+                .into_iter()
+                .filter(|r| {
+                    r.project == p && !(services.is_empty() || services.contains(&r.service))
+                })
                 .collect();
+            self.serve_routes(&p, &rows)
+                .await
+                .map_err(ServerError::Runtime)?;
             self.state.set_routes(&p, &rows)?;
         }
         Ok(removed)
     }
 
     pub async fn route_rows(&self) -> Vec<RouteRow> {
-        self.routes
-            .lock()
-            .await
-            .values()
-            .map(|(r, _)| r.clone())
-            .collect()
+        self.routes.lock().await.values().cloned().collect()
     }
 
     /// Take over what an earlier server left: running instances of live releases return to
@@ -301,24 +298,15 @@ impl Ctl {
         Ok(())
     }
 
-    /// Routes listen again as they were recorded.
+    /// Routes the data plane serves as recorded (those it serves already keep listening).
     async fn listen_again(&self, notes: &mut Vec<String>) -> Result<(), String> {
-        let rows = self.state.routes().map_err(|e| e.to_string())?;
-        let mut routes = self.routes.lock().await;
-        for row in rows {
-            let Ok(addr) = row.listen.parse::<SocketAddr>() else {
-                notes.push(format!(
-                    "route {} has a bad address {}",
-                    row.name, row.listen
-                ));
-                continue;
-            };
-            let svc = self.svc(&row.project, &row.service);
-            match bind_route(&row, addr, &svc).await {
-                Ok(route) => {
-                    routes.insert(key(&row.project, &row.name), (row, route));
-                }
-                Err(e) => notes.push(format!("route {} cannot listen on {addr}: {e}", row.name)),
+        let mut by_project: BTreeMap<String, Vec<RouteRow>> = BTreeMap::new();
+        for row in self.state.routes().map_err(|e| e.to_string())? {
+            by_project.entry(row.project.clone()).or_default().push(row);
+        }
+        for (project, rows) in by_project {
+            if let Err(e) = self.serve_routes(&project, &rows).await {
+                notes.push(e);
             }
         }
         Ok(())

@@ -2,11 +2,12 @@
 //! recast's proxy) and the [`Journal`] that records a rollout in the state store, the apply's
 //! log and the project's webhooks.
 
-use super::{Ctl, Svc, hook_body, key, lock};
+use super::{Ctl, Svc, hook_body, lock};
 use crate::analysis::Verdict;
 use crate::engine::Run;
 use crate::rollout::{Fleet, Inst, Journal, Preview, Weights};
-use recast_proxy::{Group, Route, Snapshot, Table};
+use recast_dataplane::proto as dp;
+use recast_proxy::Snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,41 +69,27 @@ impl Fleet for LocalFleet {
     }
 
     fn unavailable(&self, why: Option<String>) {
-        self.svc.proxy.set_unavailable(why);
+        self.svc.set_unavailable(why);
     }
 
     fn sticky(&self, on: bool) {
-        self.svc.proxy.set_sticky(on);
+        self.svc.set_sticky(on);
     }
 
     fn metrics(&self, release: i64) -> Snapshot {
-        self.svc.proxy.metrics(release).snapshot()
+        self.svc.metrics(release)
     }
 
     async fn preview(&self, p: Option<Preview>) -> Result<(), String> {
-        let k = key(&self.svc.project, &self.svc.name);
-        let Some(p) = p else {
-            self.ctl.previews.lock().await.remove(&k);
-            return Ok(());
-        };
-        let pv = recast_proxy::Service::new(&format!("{}-preview", self.svc.name));
-        let backends = lock(&self.svc.live)
-            .iter()
-            .filter(|l| p.ids.contains(&l.inst.id))
-            .map(|l| l.backend.clone())
-            .collect();
-        pv.set_table(Table {
-            groups: vec![Group {
-                release: p.release,
-                weight: 1,
-                backends,
-            }],
+        let preview = p.map(|p| dp::PreviewState {
+            listen: p.listen,
+            release: p.release,
+            backends: p.ids,
         });
-        let route = Route::bind(p.listen, pv)
+        let (plane, key) = (self.ctl.plane.clone(), self.svc.key());
+        tokio::task::spawn_blocking(move || plane.set_preview(&key, preview))
             .await
-            .map_err(|e| format!("preview on {}: {e}", p.listen))?;
-        self.ctl.previews.lock().await.insert(k, route);
-        Ok(())
+            .map_err(|e| e.to_string())?
     }
 
     async fn checkpoint(&self, new: &Run, old: &Run) -> Result<Vec<String>, String> {

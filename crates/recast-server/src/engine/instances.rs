@@ -70,20 +70,9 @@ impl Ctl {
         active: bool,
         healthy: bool,
     ) {
-        let rt = self.rt.clone();
-        let conn_inst = inst.clone();
-        let connector: recast_proxy::Connector =
-            Arc::new(move || rt.connect(&conn_inst, Duration::from_secs(2)));
-        let backend = Backend::new(
-            inst.id.clone(),
-            release,
-            connector,
-            svc.proxy.metrics(release),
-        );
         lock(&svc.live).push(Live {
             inst,
             release,
-            backend,
             active,
             healthy,
             exited: None,
@@ -142,12 +131,19 @@ impl Ctl {
             *live = keep;
             out
         };
+        // The data plane keeps them (out of every table) for the drain.
+        svc.publish();
         let mut tasks = Vec::new();
         for l in gone {
             let rt = self.rt.clone();
             let state = self.state.clone();
+            let (plane, key) = (self.plane.clone(), svc.key());
             tasks.push(tokio::spawn(async move {
-                l.backend.drain(DRAIN_TIMEOUT).await;
+                let id = l.inst.id.clone();
+                // Stopped anyway after the drain timeout, or when the data plane cannot say.
+                let _drained =
+                    tokio::task::spawn_blocking(move || plane.drain(&key, &id, DRAIN_TIMEOUT))
+                        .await;
                 let inst = l.inst.clone();
                 let stopped = tokio::task::spawn_blocking(move || {
                     // The service's stop signal, SIGKILL after its stop_timeout.
@@ -208,6 +204,19 @@ impl Ctl {
 
     /// Probe instances when due; take unhealthy or exited ones out of rotation (and back in
     /// when they recover). Runs forever.
+    /// Once a second, make sure the data plane answers: one that crashed or was stopped is
+    /// started again and told everything again (`recast_dataplane::Client`). Runs forever.
+    pub async fn keep_data_plane(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let plane = self.plane.clone();
+            let kept = tokio::task::spawn_blocking(move || plane.keep()).await;
+            if let Ok(Err(e)) = kept {
+                eprintln!("recast: the data plane: {e}");
+            }
+        }
+    }
+
     pub async fn supervise(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;

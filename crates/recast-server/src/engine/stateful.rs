@@ -167,7 +167,7 @@ impl Ctl {
         self.stop_all(svc, vec![id.to_string()]).await;
         let deadline = Instant::now() + run.service.rollout.progress_deadline;
         if svc.count(run.number, |l| l.active && l.healthy) == 0 {
-            svc.proxy.set_unavailable(Some(format!(
+            svc.set_unavailable(Some(format!(
                 "instance {id} is being replaced ({why}; the service runs one instance at a time); retry shortly"
             )));
         }
@@ -180,7 +180,7 @@ impl Ctl {
             Ok(new)
         }
         .await;
-        svc.proxy.set_unavailable(None);
+        svc.set_unavailable(None);
         let new = started?;
         if active {
             svc.set_active(std::slice::from_ref(&new), true);
@@ -285,14 +285,14 @@ impl Ctl {
                 svc.name
             ));
         }
-        svc.proxy.set_unavailable(Some(format!(
+        svc.set_unavailable(Some(format!(
             "rolling back from release {} to release {} (stopped first); retry shortly",
             cur.number, run.number
         )));
         let result = self
             .rollback_stopping_first_inner(svc, cur, run, restore, t0)
             .await;
-        svc.proxy.set_unavailable(None);
+        svc.set_unavailable(None);
         result
     }
 
@@ -428,13 +428,13 @@ impl Ctl {
             .map_err(ServerError::Internal)?;
         let stopped = svc.ids(|_| true);
         let n_stopped = stopped.len();
-        svc.proxy.set_unavailable(Some(format!(
+        svc.set_unavailable(Some(format!(
             "volume {volume} is being restored from a snapshot; retry shortly"
         )));
         let result = self
             .restore_volume_inner(svc, &snap, stopped, run.as_ref())
             .await;
-        svc.proxy.set_unavailable(None);
+        svc.set_unavailable(None);
         let started = result.map_err(ServerError::Runtime)?;
         Ok(VolumeRestored {
             service: svc.name.clone(),

@@ -157,6 +157,31 @@ impl Server {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+
+    /// The ids of the instances, sorted.
+    pub fn instance_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data.join("instances"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The pid of the data plane serving this directory, if one answers.
+    pub fn data_plane_pid(&self) -> Option<u32> {
+        let mut s =
+            std::os::unix::net::UnixStream::connect(self.data.join("dataplane.sock")).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"{\"op\":\"hello\"}\n").ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
 }
 
 impl Drop for Server {
@@ -170,6 +195,13 @@ impl Drop for Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // The data plane outlives servers by design; a test's goes with its test.
+        if let Some(pid) = self.data_plane_pid() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
     }
 }
@@ -522,14 +554,27 @@ fn a_concurrent_apply_is_refused_and_a_killed_server_converges() {
         stderr(&second)
     );
     wait_for("the green instances", 20, || server.instances() == 6);
+    let blue: Vec<String> = server
+        .instance_ids()
+        .into_iter()
+        .filter(|id| id.starts_with("web-r1-"))
+        .collect();
+    assert_eq!(blue.len(), 3, "{blue:?}");
 
-    // SIGKILL mid-rollout, then a new server.
+    // SIGKILL mid-rollout: the route keeps serving the live release with no control plane.
     server.kill9();
-    assert_eq!(body_now(p.port), "", "the proxy died with the server");
+    assert_eq!(
+        body_now(p.port),
+        "v1 from hello 0.1.0\n",
+        "the route died with the server"
+    );
+    // A new server takes over: the live release's instances are kept as they are (same ids),
+    // the interrupted rollout's go.
     server.spawn();
     wait_for("convergence", 30, || {
         server.instances() == 3 && body_now(p.port) == "v1 from hello 0.1.0\n"
     });
+    assert_eq!(server.instance_ids(), blue, "the live release was replaced");
     let h = server.rc(p.path(), &["history", "web", "--json"]);
     let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
     let r2 = &hv["releases"][1];
