@@ -95,28 +95,45 @@ impl Client {
         exchange(&mut c.reader, &mut c.writer, &Request::Hello)
     }
 
+    /// When the data plane serving the directory runs another executable than ours (recast
+    /// was upgraded) or speaks another protocol, replace it by one of ours that takes its
+    /// listening sockets over (no connection dropped). Returns what it did.
+    pub fn upgrade(&self) -> Result<Option<String>, String> {
+        let Some(Reply::Hello {
+            protocol, pid, exe, ..
+        }) = running(&self.dir)
+        else {
+            return Ok(None);
+        };
+        if protocol == proto::PROTOCOL && exe == proto::exe_identity() {
+            return Ok(None);
+        }
+        *lock(&self.conn) = None;
+        let mut child = self.spawn(&["--takeover"])?;
+        std::thread::spawn(move || child.wait());
+        let t0 = Instant::now();
+        loop {
+            match running(&self.dir) {
+                Some(Reply::Hello { pid: new, .. }) if new != pid => {
+                    return Ok(Some(format!(
+                        "data plane upgraded without dropping a connection (pid {pid} handed its listeners to pid {new})"
+                    )));
+                }
+                _ if t0.elapsed() > START_TIMEOUT => {
+                    return Err(format!(
+                        "the new data plane did not take over within {START_TIMEOUT:?}; see {}",
+                        self.dir.dataplane_log().display()
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
     /// Start a data plane from our executable and wait until it answers.
     fn start(&self) -> Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt;
+        let mut child = self.spawn(&[])?;
         let log_path = self.dir.dataplane_log();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.exe)
-            .arg("dataplane")
-            .arg("--data-dir")
-            .arg(self.dir.root())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            // Its own process group: a terminal's Ctrl-C to the server is not for it.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("starting the data plane ({}): {e}", self.exe.display()))?;
         let t0 = Instant::now();
         loop {
             if let Some(Reply::Hello { .. }) = running(&self.dir) {
@@ -140,6 +157,32 @@ impl Client {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// `recast dataplane [args]` from our executable, in its own process group, its output
+    /// appended to `dataplane.log`.
+    fn spawn(&self, args: &[&str]) -> Result<std::process::Child, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let log_path = self.dir.dataplane_log();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        Command::new(&self.exe)
+            .arg("dataplane")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.root())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            // Its own process group: a terminal's Ctrl-C to the server is not for it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting the data plane ({}): {e}", self.exe.display()))
     }
 
     /// A live connection in `conn`, to a data plane that holds everything we told (started and

@@ -8,7 +8,9 @@ use recast_api::DataDir;
 use recast_proxy::{Backend, Group, Route, Table};
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +19,12 @@ const KEEP_RETIRED: Duration = Duration::from_secs(120);
 
 /// With nothing to serve and nothing configured for this long, the process exits.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// How long open connections have to finish when the process stops or hands over.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// The handoff names a preview's listeners `preview:<service key>`.
+const PREVIEW: &str = "preview:";
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -104,6 +112,8 @@ pub(crate) struct Plane {
     routes: tokio::sync::Mutex<BTreeMap<String, Vec<(RouteState, Route)>>>,
     previews: tokio::sync::Mutex<HashMap<String, (PreviewState, Route)>>,
     since_ms: u64,
+    /// A newer data plane took the listeners over: this one drains and exits.
+    handed_off: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -129,6 +139,7 @@ impl Plane {
             routes: tokio::sync::Mutex::new(BTreeMap::new()),
             previews: tokio::sync::Mutex::new(HashMap::new()),
             since_ms: now_ms(),
+            handed_off: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -296,6 +307,91 @@ impl Plane {
         self.config().await.is_idle()
     }
 
+    /// The configuration and duplicates of every listening socket (routes, then previews as
+    /// `preview:<service>`), for a newer data plane.
+    async fn handoff_parts(&self) -> std::io::Result<(Config, Vec<OwnedFd>, Vec<(String, usize)>)> {
+        let config = self.config().await;
+        let (mut fds, mut parts) = (Vec::new(), Vec::new());
+        for rs in self.routes.lock().await.values() {
+            for (r, route) in rs {
+                let l = route.listeners()?;
+                parts.push((r.key.clone(), l.len()));
+                fds.extend(l);
+            }
+        }
+        for (k, (_, route)) in self.previews.lock().await.iter() {
+            let l = route.listeners()?;
+            parts.push((format!("{PREVIEW}{k}"), l.len()));
+            fds.extend(l);
+        }
+        Ok((config, fds, parts))
+    }
+
+    /// Serve a route (or preview) on listening sockets handed over by an older data plane.
+    fn adopt_listeners(&self, config: &Config, key: &str, fds: Vec<OwnedFd>) -> Result<(), String> {
+        if let Some(svc) = key.strip_prefix(PREVIEW) {
+            let p = config
+                .previews
+                .get(svc)
+                .ok_or_else(|| format!("handoff: listeners of an unknown preview {svc}"))?;
+            let backends = lock(&self.services)
+                .get(svc)
+                .map(|s| p.backends.iter().filter_map(|id| s.find(id)).collect())
+                .unwrap_or_default();
+            let pv = recast_proxy::Service::new(&format!("{svc}-preview"));
+            pv.set_table(Table {
+                groups: vec![Group {
+                    release: p.release,
+                    weight: 1,
+                    backends,
+                }],
+            });
+            let limits = recast_proxy::conn::Limits::route(format!("preview of {svc}"));
+            let route = Route::from_listeners(fds, pv, recast_proxy::UPSTREAM_TIMEOUT, limits)
+                .map_err(|e| format!("handoff of the preview of {svc}: {e}"))?;
+            let mut previews = self.previews.blocking_lock();
+            previews.insert(svc.to_string(), (p.clone(), route));
+            return Ok(());
+        }
+        let (project, state) = config
+            .routes
+            .iter()
+            .find_map(|(p, rs)| rs.iter().find(|r| r.key == key).map(|r| (p, r)))
+            .ok_or_else(|| format!("handoff: listeners of an unknown route {key}"))?;
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let limits = recast_proxy::conn::Limits::route(format!("route {name}"));
+        let timeout = Duration::from_millis(state.timeout_ms.max(1));
+        let route = Route::from_listeners(fds, self.proxy_of(&state.service), timeout, limits)
+            .map_err(|e| format!("handoff of route {name}: {e}"))?;
+        self.routes
+            .blocking_lock()
+            .entry(project.clone())
+            .or_default()
+            .push((state.clone(), route));
+        Ok(())
+    }
+
+    /// Stop accepting everywhere and let open connections finish (at most `timeout`).
+    async fn close_all(&self, timeout: Duration) {
+        let routes: Vec<Route> = std::mem::take(&mut *self.routes.lock().await)
+            .into_values()
+            .flatten()
+            .map(|(_, r)| r)
+            .chain(
+                std::mem::take(&mut *self.previews.lock().await)
+                    .into_values()
+                    .map(|(_, r)| r),
+            )
+            .collect();
+        let closing: Vec<_> = routes
+            .into_iter()
+            .map(|r| tokio::spawn(r.close_gracefully(timeout)))
+            .collect();
+        for c in closing {
+            let _ = c.await;
+        }
+    }
+
     pub async fn handle(&self, req: Request) -> Reply {
         match req {
             Request::Hello => Reply::Hello {
@@ -360,11 +456,70 @@ fn serve_conn(plane: Arc<Plane>, rt: tokio::runtime::Handle, stream: UnixStream)
                 return;
             }
         };
+        if req == Request::Handoff {
+            match hand_off(&plane, &rt, &writer, &mut reader) {
+                Ok(()) => plane.handed_off.store(true, Ordering::SeqCst),
+                Err(e) => eprintln!("recast dataplane: handoff failed, still serving: {e}"),
+            }
+            return;
+        }
         let reply = rt.block_on(plane.handle(req));
         if proto::write_msg(&mut writer, &reply).is_err() {
             return;
         }
     }
+}
+
+/// Give a newer data plane the configuration and the listening sockets (`SCM_RIGHTS`), and
+/// wait until it says it serves them (its hello). Until then nothing changes here.
+fn hand_off(
+    plane: &Plane,
+    rt: &tokio::runtime::Handle,
+    sock: &UnixStream,
+    reader: &mut BufReader<UnixStream>,
+) -> Result<(), String> {
+    let (config, fds, listeners) = rt
+        .block_on(plane.handoff_parts())
+        .map_err(|e| e.to_string())?;
+    let reply =
+        serde_json::to_vec(&Reply::Handoff { config, listeners }).map_err(|e| e.to_string())?;
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    recast_proxy::fds::send_fds(sock, &reply, &borrowed).map_err(|e| e.to_string())?;
+    match proto::read_msg::<Request>(reader) {
+        Ok(Some(Request::Hello)) => {
+            let mut w = sock;
+            let _ = proto::write_msg(&mut w, &rt.block_on(plane.handle(Request::Hello)));
+            Ok(())
+        }
+        other => Err(format!("the new data plane did not take over ({other:?})")),
+    }
+}
+
+/// Take the listeners and configuration of the data plane serving `dir`; returns the connection
+/// to acknowledge on once this one listens on the control socket.
+fn take_over(dir: &DataDir, plane: &Plane) -> Result<UnixStream, String> {
+    let sock = UnixStream::connect(dir.dataplane_socket())
+        .map_err(|e| format!("no data plane to take over: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut w = &sock;
+    proto::write_msg(&mut w, &Request::Handoff).map_err(|e| e.to_string())?;
+    let (payload, fds) = recast_proxy::fds::recv_fds(&sock, recast_proxy::fds::MAX_FDS)
+        .map_err(|e| e.to_string())?;
+    let Reply::Handoff { config, listeners } =
+        serde_json::from_slice(&payload).map_err(|e| format!("a malformed handoff: {e}"))?
+    else {
+        return Err("the data plane refused the handoff".into());
+    };
+    for s in &config.services {
+        plane.set_service(s.clone());
+    }
+    let mut fds = fds.into_iter();
+    for (key, n) in listeners {
+        let taken: Vec<OwnedFd> = fds.by_ref().take(n).collect();
+        plane.adopt_listeners(&config, &key, taken)?;
+    }
+    Ok(sock)
 }
 
 /// Is a data plane answering on this directory's socket? Its hello if so.
@@ -394,14 +549,17 @@ fn listen(dir: &DataDir) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// Run the data plane of `data_dir` until it is told to stop (SIGTERM/SIGINT) or has had
-/// nothing to do for a while. Refuses when another one already answers on the directory.
-pub fn run(data_dir: &std::path::Path) -> Result<(), String> {
+/// Run the data plane of `data_dir` until it is told to stop (SIGTERM/SIGINT: open
+/// connections finish first), a newer one took over, or it has had nothing to do for a while.
+/// With `takeover`, the one serving the directory hands this one its listening sockets and
+/// configuration, then drains and exits; without, another one answering is an error.
+pub fn run(data_dir: &std::path::Path, takeover: bool) -> Result<(), String> {
     let dir = DataDir::new(data_dir);
     let signals = recast_runtime::signals::forward();
-    if let Some(Reply::Hello { pid, .. }) = running(&dir) {
+    let old = running(&dir);
+    if let (Some(Reply::Hello { pid, .. }), false) = (&old, takeover) {
         return Err(format!(
-            "a data plane already serves {} (pid {pid})",
+            "a data plane already serves {} (pid {pid})\n  hint: `recast dataplane --takeover` replaces it without dropping a connection",
             data_dir.display()
         ));
     }
@@ -411,7 +569,18 @@ pub fn run(data_dir: &std::path::Path) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let plane = Arc::new(Plane::new());
+    let _rt_guard = rt.enter();
+    let handed = match old {
+        Some(_) if takeover => Some(take_over(&dir, &plane)?),
+        _ => None,
+    };
     let listener = listen(&dir)?;
+    if let Some(sock) = handed {
+        // We serve: the old one may go.
+        let mut w = &sock;
+        let _ = proto::write_msg(&mut w, &Request::Hello);
+        let _ = proto::read_msg::<Reply>(&mut BufReader::new(&sock));
+    }
     {
         let (plane, handle) = (plane.clone(), rt.handle().clone());
         std::thread::Builder::new()
@@ -433,7 +602,13 @@ pub fn run(data_dir: &std::path::Path) -> Result<(), String> {
     let mut idle_since = None;
     loop {
         if signals.recv_timeout(Duration::from_millis(200)).is_ok() {
-            eprintln!("recast dataplane: stopping");
+            eprintln!("recast dataplane: stopping; open connections finish first");
+            rt.block_on(plane.close_all(DRAIN));
+            return Ok(());
+        }
+        if plane.handed_off.load(Ordering::SeqCst) {
+            eprintln!("recast dataplane: a newer data plane took over; draining");
+            rt.block_on(plane.close_all(DRAIN));
             return Ok(());
         }
         let idle = rt.block_on(plane.idle());

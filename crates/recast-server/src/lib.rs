@@ -148,7 +148,13 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Serve
     // The data plane runs from this same executable (`recast dataplane`).
     let exe = std::env::current_exe().map_err(internal("finding recast's executable".into()))?;
     let ctl = Ctl::new(data_dir, state, rt, store, exe);
-    let notes = ctl.recover().await.map_err(ServerError::Runtime)?;
+    let plane = ctl.plane.clone();
+    let upgraded = tokio::task::spawn_blocking(move || plane.upgrade())
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(ServerError::Runtime)?;
+    let mut notes = ctl.recover().await.map_err(ServerError::Runtime)?;
+    notes.extend(upgraded);
     tokio::spawn(ctl.clone().keep_data_plane());
     tokio::spawn(ctl.clone().supervise());
     tokio::spawn(ctl.clone().guard());

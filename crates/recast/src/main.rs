@@ -138,7 +138,12 @@ enum Command {
     /// The data plane of a data directory: routes, routing tables, traffic counters. Started
     /// and configured by `recast server`, and kept running when the server stops.
     #[command(hide = true)]
-    Dataplane,
+    Dataplane {
+        /// Take the listening sockets over from the data plane serving the directory (an
+        /// upgrade: no connection is dropped), which then drains and exits
+        #[arg(long)]
+        takeover: bool,
+    },
     /// Server in the foreground, and apply the spec (development and demos)
     Up {
         #[command(flatten)]
@@ -334,8 +339,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => lock::run(&spec.file, update, &refs, json),
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
-        Command::Dataplane => data_dir().and_then(|d| {
-            recast_dataplane::run(&d).map_err(anyhow::Error::msg)?;
+        Command::Dataplane { takeover } => data_dir().and_then(|d| {
+            recast_dataplane::run(&d, takeover).map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Server { api } => {

@@ -243,7 +243,7 @@ fn the_measured_split_matches_the_weight() {
         let (status, body, c) = get(conn).expect("get");
         assert_eq!(status, 200);
         v2 += usize::from(body.starts_with("v2 "));
-        conn = c;
+        conn = c.expect("the route keeps the connection alive");
     }
     let pct = v2 as f64 / 20.0;
     assert!(

@@ -118,9 +118,25 @@ impl Server {
         s
     }
 
-    fn spawn(&mut self) {
+    /// `recast server` on a data directory prepared by the caller (e.g. recorded state).
+    pub fn start_in(d: tempfile::TempDir) -> Server {
+        let mut s = Server {
+            child: None,
+            data: d.path().to_path_buf(),
+            _data_dir: Some(d),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        self.spawn_from(Path::new(env!("CARGO_BIN_EXE_recast")));
+    }
+
+    /// Start the server from another `recast` executable (an upgrade).
+    pub fn spawn_from(&mut self, exe: &Path) {
         let _ = std::fs::remove_file(self.data.join("server.json"));
-        let child = Command::new(env!("CARGO_BIN_EXE_recast"))
+        let child = Command::new(exe)
             .args(["server", "--listen", "127.0.0.1:0"])
             .env("RECAST_DATA_DIR", &self.data)
             .stdout(Stdio::null())
@@ -135,7 +151,7 @@ impl Server {
         }
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("SIGKILL");
             c.wait().expect("wait");
@@ -235,6 +251,7 @@ impl Load {
             l.threads.push(std::thread::spawn(move || {
                 let mut conn: Option<TcpStream> = None;
                 while !stop.load(Ordering::Relaxed) {
+                    let reused = conn.is_some();
                     let s = match conn.take() {
                         Some(s) => s,
                         None => match TcpStream::connect(("127.0.0.1", port)) {
@@ -250,12 +267,16 @@ impl Load {
                         Ok((200, body, s)) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             *bodies.lock().expect("lock").entry(body).or_default() += 1;
-                            conn = Some(s);
+                            conn = s;
                         }
                         Ok((status, body, _)) => failures
                             .lock()
                             .expect("lock")
                             .push(format!("{status}: {body}")),
+                        // A kept-alive connection the server closed before answering anything:
+                        // the request is sent again on a new one, as HTTP clients do
+                        // (RFC 9110 §9.2.2); a new connection that fails so is a failure.
+                        Err(e) if reused && closed_unanswered(&e) => {}
                         Err(e) => failures.lock().expect("lock").push(format!("request: {e}")),
                     }
                 }
@@ -272,6 +293,16 @@ impl Load {
         });
     }
 
+    /// Requests that succeeded so far.
+    pub fn succeeded(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed so far.
+    pub fn failed(&self) -> usize {
+        self.failures.lock().expect("lock").len()
+    }
+
     /// Stop and return (successful requests, failures, bodies).
     pub fn finish(mut self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -286,13 +317,23 @@ impl Load {
     }
 }
 
-/// One keep-alive GET /: (status, body, the connection for reuse).
-pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, TcpStream)> {
+/// One keep-alive GET /: (status, body, the connection for reuse unless the server said
+/// `Connection: close`).
+pub fn get(mut s: TcpStream) -> std::io::Result<(u16, String, Option<TcpStream>)> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let (head, body) = read_message(&mut s)?;
     let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, body, s))
+    let close = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("connection: close"));
+    Ok((status, body, (!close).then_some(s)))
+}
+
+/// The connection was closed (or reset) before a byte of the answer came.
+pub fn closed_unanswered(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | BrokenPipe)
 }
 
 /// Read one HTTP/1.1 message (request or response, sized by content-length): (head, body).
@@ -301,6 +342,12 @@ pub fn read_message(s: &mut TcpStream) -> std::io::Result<(String, String)> {
     let mut chunk = [0u8; 4096];
     loop {
         let n = s.read(&mut chunk)?;
+        if n == 0 && buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed before answering",
+            ));
+        }
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

@@ -2,10 +2,12 @@
 
 mod attacks;
 mod canary;
+mod dataplane;
 mod debian;
 mod deploy;
 mod guard;
 mod guard_real;
+mod handoff;
 mod hostile_images;
 mod hostile_registry;
 mod images;
@@ -18,6 +20,7 @@ mod postgres;
 mod private;
 mod project;
 mod runsteps;
+mod upgrade;
 mod validate;
 
 use std::path::{Path, PathBuf};

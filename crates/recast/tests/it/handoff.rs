@@ -1,0 +1,47 @@
+//! Upgrading recast under load (issue 14): a server started from a newer executable hands the
+//! data plane's listening sockets to a data plane of its own, which serves them while the old
+//! one drains and exits — no request fails.
+
+use crate::deploy::{Load, Project, Server, ok, wait_for};
+
+#[test]
+fn a_newer_recast_takes_the_routes_over_without_dropping_a_request() {
+    let mut server = Server::start();
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let old = server
+        .data_plane_pid()
+        .expect("a data plane serves the route");
+    let load = Load::start(p.port);
+    load.flowing(200);
+
+    // "Upgrade": the same build under another path is another executable to recast.
+    let bin = tempfile::tempdir().expect("tmp");
+    let newer = bin.path().join("recast");
+    std::fs::copy(env!("CARGO_BIN_EXE_recast"), &newer).expect("copy recast");
+    server.kill9();
+    load.flowing(200);
+    server.spawn_from(&newer);
+    wait_for("the newer data plane", 30, || {
+        server.data_plane_pid().is_some_and(|pid| pid != old)
+    });
+    wait_for("the old data plane to drain and exit", 40, || {
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+    });
+    load.flowing(500);
+    let (served, failures, bodies) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {served}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(bodies.keys().collect::<Vec<_>>(), ["v1 from hello 0.1.0\n"]);
+    // The newer control plane drives the newer data plane: a rollout still works.
+    p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    wait_for("release 2 served", 20, || {
+        crate::deploy::body_now(p.port) == "v2 from hello 0.1.0\n"
+    });
+}
