@@ -314,7 +314,7 @@ impl Client {
         match self.call(&Request::Metrics {
             service: service.to_string(),
         })? {
-            Reply::Metrics { releases } => Ok(releases),
+            Reply::Metrics { releases } => Ok(releases.into_iter().collect()),
             other => Err(format!("the data plane answered {other:?} to metrics")),
         }
     }

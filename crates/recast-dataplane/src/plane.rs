@@ -261,10 +261,10 @@ impl Plane {
         }
     }
 
-    fn metrics(&self, service: &str) -> BTreeMap<i64, Counters> {
+    fn metrics(&self, service: &str) -> Vec<(i64, Counters)> {
         let svcs = lock(&self.services);
         let Some(svc) = svcs.get(service) else {
-            return BTreeMap::new();
+            return Vec::new();
         };
         let mut releases: Vec<i64> = svc.proxy.releases();
         releases.extend(svc.state.backends.iter().map(|b| b.release));

@@ -141,14 +141,14 @@ fn settled(server: &Server, p: &Project) -> Option<i64> {
 /// `kill -9` the server, check that the route keeps serving with no control plane, start a new
 /// server, wait until it has settled, and check what a user sees. `rollout` is the rollout under
 /// way at the kill (from release, to release), if any. Returns the live release and whether the
-/// kill interrupted the rollout.
+/// kill interrupted the rollout, and the releases the data plane routed at the kill.
 fn kill_and_restart(
     server: &mut Server,
     p: &Project,
     load: &Load,
     rollout: Option<(i64, i64)>,
     gone: Duration,
-) -> (i64, bool) {
+) -> (i64, bool, Vec<i64>) {
     server.kill9();
     // What the data plane routes now is exactly what the dead server last told it.
     let at_kill = table(server);
@@ -220,7 +220,7 @@ fn kill_and_restart(
             );
         }
     }
-    (live, interrupted)
+    (live, interrupted, at_kill.into_keys().collect())
 }
 
 fn body(n: i64) -> String {
@@ -260,7 +260,7 @@ fn killed_while_idle_the_routes_keep_serving_and_instances_are_kept() {
     for _ in 0..3 {
         std::thread::sleep(rng.ms(0, 400));
         let gone = rng.ms(0, 800);
-        let (live, _) = kill_and_restart(&mut server, &p, &load, None, gone);
+        let (live, _, _) = kill_and_restart(&mut server, &p, &load, None, gone);
         assert_eq!(live, 1);
         assert_eq!(ids_of(&server, 1), ids, "the live release was replaced");
     }
@@ -298,7 +298,8 @@ fn killed_mid_rolling_update_the_rollout_is_rolled_back_without_a_failed_request
             !ids_of(&server, n).is_empty()
         });
         std::thread::sleep(rng.ms(0, 2000));
-        let (now, cut) = kill_and_restart(&mut server, &p, &load, Some((live, n)), rng.ms(0, 500));
+        let (now, cut, _) =
+            kill_and_restart(&mut server, &p, &load, Some((live, n)), rng.ms(0, 500));
         eprintln!(
             "rolling: kill during release {n}: {}",
             if cut {
@@ -344,7 +345,7 @@ fn killed_during_a_canary_pause_the_canary_is_rolled_back_and_the_stable_release
             table(&server).get(&n).is_some_and(|ids| !ids.is_empty())
         });
         std::thread::sleep(rng.ms(0, 1500));
-        let (live, cut) = kill_and_restart(&mut server, &p, &load, Some((1, n)), rng.ms(0, 500));
+        let (live, cut, _) = kill_and_restart(&mut server, &p, &load, Some((1, n)), rng.ms(0, 500));
         assert!(cut, "the kill was during the pause");
         assert_eq!(live, 1);
         assert_eq!(
@@ -370,22 +371,35 @@ fn killed_around_a_blue_green_switch_one_release_serves_and_no_request_fails() {
     ok(&server.rc(p.path(), &["apply", "--yes"]));
     let load = Load::start(p.port);
     load.flowing(50);
-    let mut outcomes = Vec::new();
+    let mut kills = Vec::new();
     let mut live = 1;
-    for n in 2..=4 {
+    for n in 2..=6 {
         p.write(&env(n), rollout, "");
         ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
-        wait_for("the green instances", 20, || ids_of(&server, n).len() == 3);
-        // Green starts, is healthy, waits 300 ms, switches: kill anywhere in that window.
-        std::thread::sleep(rng.ms(0, 1200));
-        let (now, cut) = kill_and_restart(&mut server, &p, &load, Some((live, n)), rng.ms(0, 500));
-        outcomes.push(if cut { "before the switch" } else { "after it" });
+        wait_for("green to be healthy", 20, || {
+            status(&server, &p)["services"][0]["rollout"]
+                .as_str()
+                .is_some_and(|r| r.contains("green healthy; promoting in"))
+        });
+        // The switch is at most 300 ms from here (status is read late): kill around it.
+        let delay = rng.ms(0, 450);
+        std::thread::sleep(delay);
+        let (now, cut, routed) =
+            kill_and_restart(&mut server, &p, &load, Some((live, n)), rng.ms(0, 500));
+        kills.push(format!(
+            "{delay:?}: routed {routed:?} at the kill, {}",
+            if cut {
+                "interrupted, rolled back"
+            } else {
+                "finished"
+            }
+        ));
         live = now;
         assert_eq!(body_now(p.port), body(live));
     }
-    eprintln!("blue_green: kills {outcomes:?}");
+    eprintln!("blue_green: kills after green was healthy: {kills:#?}");
     load.flowing(50);
-    no_failures(load, "3 kills around blue/green switches");
+    no_failures(load, "5 kills around blue/green switches");
 }
 
 #[test]
@@ -473,6 +487,7 @@ fn an_instance_killed_while_the_server_is_down_leaves_rotation_within_its_thresh
     );
     load.flowing(50);
     let (n, all_failures, _) = load.finish();
+    eprintln!("failed requests (all while the dead instance was in rotation): {all_failures:?}");
     assert_eq!(
         all_failures.len(),
         failed,

@@ -293,11 +293,6 @@ impl Load {
         });
     }
 
-    /// Requests that succeeded so far.
-    pub fn succeeded(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
     /// Requests that failed so far.
     pub fn failed(&self) -> usize {
         self.failures.lock().expect("lock").len()
