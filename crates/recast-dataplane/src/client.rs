@@ -293,6 +293,23 @@ impl Client {
         })
     }
 
+    /// Close every preview the data plane has (after a restart no rollout runs, so none is
+    /// wanted; an interrupted blue/green rollout may have left one).
+    pub fn close_previews(&self) -> Result<Vec<String>, String> {
+        if running(&self.dir).is_none() {
+            return Ok(Vec::new());
+        }
+        let Reply::Config { config } = self.call(&Request::Config)? else {
+            return Err("the data plane answered something else than its configuration".into());
+        };
+        let mut closed = Vec::new();
+        for (service, p) in config.previews {
+            self.set_preview(&service, None)?;
+            closed.push(format!("closed the preview of {service} on {}", p.listen));
+        }
+        Ok(closed)
+    }
+
     /// Wait until a backend out of rotation has no request in flight (false at `timeout`).
     /// On its own connection, so other requests do not wait behind it.
     pub fn drain(&self, service: &str, backend: &str, timeout: Duration) -> Result<bool, String> {

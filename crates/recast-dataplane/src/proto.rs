@@ -354,9 +354,10 @@ mod tests {
     #[test]
     fn a_line_over_the_limit_or_malformed_is_an_error() {
         let long = vec![b'x'; MAX_LINE + 2];
-        let e = read_msg::<Request>(&mut &long[..]).unwrap_err();
+        let e = read_msg::<Request>(&mut &long[..]).expect_err("a line over the limit");
         assert!(e.to_string().contains("over"), "{e}");
-        let e = read_msg::<Request>(&mut &b"{\"op\":\"explode\"}\n"[..]).unwrap_err();
+        let e =
+            read_msg::<Request>(&mut &b"{\"op\":\"explode\"}\n"[..]).expect_err("an unknown op");
         assert!(e.to_string().contains("malformed"), "{e}");
     }
 }

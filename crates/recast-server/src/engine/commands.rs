@@ -179,6 +179,11 @@ impl Ctl {
         self.end_interrupted(&mut notes)?;
         self.settle_live(&mut notes).await?;
         self.listen_again(&mut notes).await?;
+        let plane = self.plane.clone();
+        let closed = tokio::task::spawn_blocking(move || plane.close_previews())
+            .await
+            .map_err(|e| e.to_string())??;
+        notes.extend(closed);
         Ok(notes)
     }
 
