@@ -89,10 +89,7 @@ impl Client {
 
     /// The running data plane's hello, starting one when none answers.
     pub fn hello(&self) -> Result<Reply, String> {
-        let mut conn = lock(&self.conn);
-        self.connected(&mut conn)?;
-        let c = conn.as_mut().ok_or("no data plane")?;
-        exchange(&mut c.reader, &mut c.writer, &Request::Hello)
+        self.call(&Request::Hello)
     }
 
     /// When the data plane serving the directory runs another executable than ours (recast
@@ -308,6 +305,23 @@ impl Client {
             closed.push(format!("closed the preview of {service} on {}", p.listen));
         }
         Ok(closed)
+    }
+
+    /// The instances the running data plane routes traffic to now (in a group of a service's
+    /// table), by id; none when no data plane runs. A restarted control plane keeps them in
+    /// rotation until it has settled, so what served at a crash goes on serving.
+    pub fn routed(&self) -> Result<std::collections::BTreeSet<String>, String> {
+        if running(&self.dir).is_none() {
+            return Ok(Default::default());
+        }
+        let Reply::Config { config } = self.call(&Request::Config)? else {
+            return Err("the data plane answered something else than its configuration".into());
+        };
+        Ok(config
+            .services
+            .iter()
+            .flat_map(|s| s.groups.iter().flat_map(|g| g.backends.iter().cloned()))
+            .collect())
     }
 
     /// Wait until a backend out of rotation has no request in flight (false at `timeout`).

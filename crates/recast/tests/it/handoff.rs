@@ -45,3 +45,36 @@ fn a_newer_recast_takes_the_routes_over_without_dropping_a_request() {
         crate::deploy::body_now(p.port) == "v2 from hello 0.1.0\n"
     });
 }
+
+#[test]
+fn a_data_plane_that_dies_is_started_again_and_told_everything() {
+    let server = Server::start();
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let first = server
+        .data_plane_pid()
+        .expect("a data plane serves the route");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The server notices within its heartbeat, starts another and gives it the routes and the
+    // routing tables again.
+    let t = std::time::Instant::now();
+    wait_for("the route to serve again", 20, || {
+        crate::deploy::body_now(p.port) == "v1 from hello 0.1.0\n"
+    });
+    let again = server.data_plane_pid().expect("a data plane again");
+    assert_ne!(again, first);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "the route was down {:?}",
+        t.elapsed()
+    );
+    // And it is the whole configuration: a rollout through it works.
+    p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(crate::deploy::body_now(p.port), "v2 from hello 0.1.0\n");
+}
