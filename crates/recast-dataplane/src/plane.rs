@@ -20,6 +20,9 @@ const KEEP_RETIRED: Duration = Duration::from_secs(120);
 /// With nothing to serve and nothing configured for this long, the process exits.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
 
+/// A control connection with no request for this long is closed.
+const CONTROL_IDLE: Duration = Duration::from_secs(120);
+
 /// How long open connections have to finish when the process stops or hands over.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -437,6 +440,15 @@ impl Plane {
 
 /// Serve one control connection until the peer closes it.
 fn serve_conn(plane: Arc<Plane>, rt: tokio::runtime::Handle, stream: UnixStream) {
+    // A control connection quiet this long is closed (the control plane's heartbeat keeps
+    // its own busy, and it connects again when one was closed); a reply is written in 10 s.
+    if stream.set_read_timeout(Some(CONTROL_IDLE)).is_err()
+        || stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .is_err()
+    {
+        return;
+    }
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
