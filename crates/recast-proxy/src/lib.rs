@@ -19,10 +19,10 @@ mod metrics;
 pub use metrics::{Metrics, Snapshot};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -37,7 +37,51 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// What a route answers a client with: the instance's body (tracked until it ends), an
+/// upgrade's empty body, or recast's own short error text. An enum rather than a boxed body: no
+/// allocation or dynamic call per request.
+enum ProxyBody {
+    Relayed(Tracked),
+    Upgrade(Incoming),
+    Error(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Relayed(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upgrade(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Error(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(never))) => match never {},
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Relayed(b) => b.is_end_stream(),
+            ProxyBody::Upgrade(b) => b.is_end_stream(),
+            ProxyBody::Error(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Relayed(b) => b.size_hint(),
+            ProxyBody::Upgrade(b) => b.size_hint(),
+            ProxyBody::Error(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Upstream connections send the client's request body as it came (no boxing).
+type Upstream = SendRequest<Incoming>;
 
 /// Most route threads (and upstream pools per backend).
 const POOL_SLOTS: usize = 8;
@@ -61,11 +105,11 @@ fn pool_slot() -> usize {
 pub type Connector = Arc<dyn Fn() -> io::Result<std::net::TcpStream> + Send + Sync>;
 
 /// An idle upstream connection and the route thread that made it (`POOL_OWNER`).
-type Pooled = (u64, SendRequest<ProxyBody>);
+type Pooled = (u64, Upstream);
 
 /// The most recently pooled connection this thread made; closed connections of other threads
 /// met on the way are dropped.
-fn take_own(idle: &mut Vec<Pooled>) -> Option<SendRequest<ProxyBody>> {
+fn take_own(idle: &mut Vec<Pooled>) -> Option<Upstream> {
     let owner = POOL_OWNER.with(std::cell::Cell::get);
     for i in (0..idle.len()).rev() {
         if idle[i].0 == owner {
@@ -131,7 +175,23 @@ impl Backend {
         self.inflight() == 0
     }
 
-    async fn sender(self: &Arc<Self>) -> io::Result<SendRequest<ProxyBody>> {
+    /// A pooled connection of this thread that can take a request right now (no waiting, so no
+    /// timer); one that is not ready yet stays pooled for `sender`.
+    fn ready_now(&self) -> Option<Upstream> {
+        let mut idle = self.idle[pool_slot()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let s = take_own(&mut idle)?;
+        if s.is_ready() {
+            return Some(s);
+        }
+        if !s.is_closed() {
+            idle.push((POOL_OWNER.with(std::cell::Cell::get), s));
+        }
+        None
+    }
+
+    async fn sender(self: &Arc<Self>) -> io::Result<Upstream> {
         loop {
             let pooled = take_own(
                 &mut self.idle[pool_slot()]
@@ -162,7 +222,7 @@ impl Backend {
         Ok(sender)
     }
 
-    fn put_back(&self, s: SendRequest<ProxyBody>) {
+    fn put_back(&self, s: Upstream) {
         if s.is_closed() {
             return;
         }
@@ -424,9 +484,11 @@ async fn serve_listener(listener: std::net::TcpListener, addr: SocketAddr, s: Se
         let (timeout_ms, closing) = (s.timeout_ms.clone(), s.closing.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // The client's address as `X-Forwarded-For` says it, made once per connection.
+            let peer = HeaderValue::from_str(&peer.ip().to_string()).ok();
             let handler = move |req| {
                 let t = timeout_ms.load(Ordering::Relaxed);
-                forward(svc.clone(), req, peer, Duration::from_millis(t))
+                forward(svc.clone(), req, peer.clone(), Duration::from_millis(t))
             };
             conn::serve_until(stream, &limits, closing, handler).await;
         });
@@ -588,7 +650,7 @@ impl Drop for Route {
 /// Keeps a backend counted as in use until the response body is done, then pools the connection.
 struct InUse {
     backend: Arc<Backend>,
-    sender: Option<SendRequest<ProxyBody>>,
+    sender: Option<Upstream>,
 }
 
 impl Drop for InUse {
@@ -600,6 +662,7 @@ impl Drop for InUse {
     }
 }
 
+/// An instance's response body; the connection goes back to the pool when it ends.
 struct Tracked {
     inner: Incoming,
     in_use: Option<InUse>,
@@ -632,11 +695,9 @@ impl Body for Tracked {
 }
 
 fn error_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(format!("recast: {msg}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(ProxyBody::Error(Full::new(Bytes::from(format!(
+        "recast: {msg}\n"
+    )))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -671,10 +732,12 @@ fn timed_out(
 async fn forward(
     svc: Arc<Service>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Option<HeaderValue>,
     timeout: Duration,
 ) -> Response<ProxyBody> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    // One clock read for the deadline and the first attempt's latency.
+    let mut started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + timeout);
     let mut table = svc.table();
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let retryable = !has_body(&req) && !upgrade;
@@ -685,9 +748,12 @@ async fn forward(
     forward_headers(&mut parts.headers, upgrade, peer);
     parts.version = hyper::Version::HTTP_11;
     // The request goes out as it came in; a failed send hands it back for the retry.
-    let mut out = Some(Request::from_parts(parts, body.boxed()));
+    let mut out = Some(Request::from_parts(parts, body));
     let mut tried: Option<String> = None;
-    for _attempt in 0..3 {
+    for attempt in 0..3 {
+        if attempt > 0 {
+            started = Instant::now();
+        }
         let Some(backend) = svc.pick(&table, tried.as_deref(), pinned) else {
             return no_healthy_instance(&svc);
         };
@@ -702,29 +768,32 @@ async fn forward(
             table = svc.table();
             continue;
         }
-        let started = Instant::now();
-        let m = backend.metrics.clone();
-        let mut sender = match tokio::time::timeout_at(deadline, backend.sender()).await {
-            Err(_) => return timed_out(&backend, &m, started, timeout),
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                m.connect_failed();
-                tried = Some(backend.id.clone());
-                if retryable {
-                    table = svc.table();
-                    continue;
+        let m = &backend.metrics;
+        let ready = backend.ready_now();
+        let mut sender = match ready {
+            Some(s) => s,
+            None => match tokio::time::timeout_at(deadline, backend.sender()).await {
+                Err(_) => return timed_out(&backend, m, started, timeout),
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    m.connect_failed();
+                    tried = Some(backend.id.clone());
+                    if retryable {
+                        table = svc.table();
+                        continue;
+                    }
+                    return error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("cannot reach instance {}: {e}", backend.id),
+                    );
                 }
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("cannot reach instance {}: {e}", backend.id),
-                );
-            }
+            },
         };
         let Some(request) = out.take() else { break };
         let sent = match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
             Ok(sent) => sent,
             // The connection is dropped, never pooled: it may still deliver the late answer.
-            Err(_) => return timed_out(&backend, &m, started, timeout),
+            Err(_) => return timed_out(&backend, m, started, timeout),
         };
         match sent {
             Ok(resp) => {
@@ -763,19 +832,49 @@ fn pinned_release(headers: &hyper::HeaderMap) -> Option<i64> {
         .find_map(|c| c.trim().strip_prefix("recast-release=")?.parse().ok())
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The request's headers as they go to the instance: no hop-by-hop headers (but `Upgrade` when
-/// `upgrade`), no proxy credentials, and the client `peer` appended to `X-Forwarded-For`.
-fn forward_headers(headers: &mut hyper::HeaderMap, upgrade: bool, peer: SocketAddr) {
-    strip_hop_by_hop(headers, upgrade);
-    // Credentials for a proxy are for recast, never for the instance.
-    headers.remove(header::PROXY_AUTHORIZATION);
-    let fwd = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+/// `upgrade`), no proxy credentials, and the client `peer` (its IP address) appended to
+/// `X-Forwarded-For`.
+fn forward_headers(headers: &mut hyper::HeaderMap, upgrade: bool, peer: Option<HeaderValue>) {
+    // One pass over the names finds what needs work; most requests need none.
+    let (mut hop, mut credentials, mut forwarded) = (false, false, false);
+    for name in headers.keys() {
+        hop |= is_hop_by_hop(name);
+        credentials |= name == header::PROXY_AUTHORIZATION;
+        forwarded |= name == X_FORWARDED_FOR;
+    }
+    if hop {
+        strip_hop_by_hop(headers, upgrade);
+    }
+    if credentials {
+        // Credentials for a proxy are for recast, never for the instance.
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    let Some(peer) = peer else { return };
+    if !forwarded {
+        headers.insert(X_FORWARDED_FOR, peer);
+        return;
+    }
+    let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let ip = peer.to_str().unwrap_or_default();
+    let fwd = match prev {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// Whether a header concerns one connection only (see `strip_hop_by_hop`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 /// 503 for a service with no instance to pick, saying why when the server said (then with
@@ -807,13 +906,15 @@ fn no_healthy_instance(svc: &Service) -> Response<ProxyBody> {
 fn relay(
     mut resp: Response<Incoming>,
     mut in_use: InUse,
-    sender: SendRequest<ProxyBody>,
+    sender: Upstream,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     sticky: bool,
     pinned: Option<i64>,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
+    if resp.headers().keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
+    }
     if switching {
         if let Some(client) = client_upgrade {
             let server = hyper::upgrade::on(&mut resp);
@@ -827,7 +928,7 @@ fn relay(
             });
         }
         let (p, b) = resp.into_parts();
-        return Response::from_parts(p, b.boxed());
+        return Response::from_parts(p, ProxyBody::Upgrade(b));
     }
     in_use.sender = Some(sender);
     let release = in_use.backend.release;
@@ -840,11 +941,10 @@ fn relay(
     let (p, b) = resp.into_parts();
     Response::from_parts(
         p,
-        Tracked {
+        ProxyBody::Relayed(Tracked {
             inner: b,
             in_use: Some(in_use),
-        }
-        .boxed(),
+        }),
     )
 }
 

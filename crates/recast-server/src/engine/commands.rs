@@ -194,6 +194,17 @@ impl Ctl {
         running: Vec<Instance>,
         notes: &mut Vec<String>,
     ) -> Result<(), String> {
+        // What the data plane routes now served until the kill; it stays in rotation until
+        // `settle_live` has the live release at strength (else a rollout cut after its last old
+        // instance went would leave nothing to serve while the old release starts again).
+        let plane = self.plane.clone();
+        let routed = tokio::task::spawn_blocking(move || plane.routed())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|e| {
+                notes.push(format!("could not read what the data plane routes: {e}"));
+                Default::default()
+            });
         for inst in running {
             let recast_runtime::Owner::Service(owner) = inst.owner() else {
                 // Not a service instance: a throwaway one whose command is gone goes.
@@ -228,7 +239,10 @@ impl Ctl {
             let is_live = live.is_some_and(|l| l.number == n);
             let svc = self.svc(&p, &s);
             match release {
-                Some(run) => self.adopt(&svc, inst, n, run.service.health, is_live, true),
+                Some(run) => {
+                    let active = is_live || routed.contains(&inst.id);
+                    self.adopt(&svc, inst, n, run.service.health, active, true)
+                }
                 None => {
                     // No record of its release: nothing to run it by; it goes.
                     notes.push(format!(
@@ -246,7 +260,9 @@ impl Ctl {
         Ok(())
     }
 
-    /// Rollouts the earlier server left unfinished are recorded as rolled back.
+    /// Rollouts the earlier server left unfinished are recorded as ended. Making the new release
+    /// current is a rollout's commit point: one that got that far succeeded (only its last
+    /// records were missing); any other is recorded as rolled back.
     fn end_interrupted(&self, notes: &mut Vec<String>) -> Result<(), String> {
         const WHY: &str = "interrupted: the server stopped during the rollout";
         for r in self
@@ -254,29 +270,41 @@ impl Ctl {
             .unfinished_rollouts()
             .map_err(|e| e.to_string())?
         {
+            let live = self
+                .state
+                .current(&r.project, &r.service)
+                .map_err(|e| e.to_string())?
+                .is_some_and(|c| c.number == r.to_release);
+            let (state, outcome, reason, kind, what) = if live {
+                let done = "done (recorded after a server restart)";
+                (
+                    RolloutState::Succeeded,
+                    ReleaseOutcome::Succeeded,
+                    None,
+                    "rollout.finished",
+                    done,
+                )
+            } else {
+                let back = "rolled back after a server restart";
+                (
+                    RolloutState::RolledBack,
+                    ReleaseOutcome::RolledBack,
+                    Some(WHY),
+                    "rollout.rolled_back",
+                    back,
+                )
+            };
             self.state
-                .finish_rollout(r.id, RolloutState::RolledBack, WHY)
+                .finish_rollout(r.id, state, reason.unwrap_or(what))
                 .and_then(|()| {
-                    self.state.set_outcome(
-                        &r.project,
-                        &r.service,
-                        r.to_release,
-                        ReleaseOutcome::RolledBack,
-                        Some(WHY),
-                    )
+                    self.state
+                        .set_outcome(&r.project, &r.service, r.to_release, outcome, reason)
                 })
                 .map_err(|e| e.to_string())?;
             let svc = self.svc(&r.project, &r.service);
-            self.try_event(
-                &svc,
-                "rollout.rolled_back",
-                &format!(
-                    "release {} rolled back after a server restart",
-                    r.to_release
-                ),
-            )?;
+            self.try_event(&svc, kind, &format!("release {}: {what}", r.to_release))?;
             notes.push(format!(
-                "rolled back the interrupted rollout of {}/{} to release {}",
+                "the interrupted rollout of {}/{} to release {}: {what}",
                 r.project, r.service, r.to_release
             ));
         }

@@ -97,7 +97,9 @@ pub async fn switch_back<F: Fleet>(fleet: &F, to: &Run, from: i64) -> Result<boo
 
 /// After a control-plane restart: the live release at full strength and in rotation, every
 /// other instance (an interrupted rollout's, a warm blue one) retired. Instances of the live
-/// release that still run are kept as they are. Returns what it did.
+/// release that still run are kept as they are, and what is in rotation stays there until the
+/// live release is back at strength (a rollout cut after its last old instance went serves
+/// from the new release meanwhile). Returns what it did.
 pub async fn settle<F: Fleet>(fleet: &F, live: &Run) -> Result<Vec<String>, String> {
     let mut notes = Vec::new();
     let stale: Vec<String> = fleet
@@ -106,16 +108,12 @@ pub async fn settle<F: Fleet>(fleet: &F, live: &Run) -> Result<Vec<String>, Stri
         .filter(|i| i.release != live.number || i.exited.is_some())
         .map(|i| i.id)
         .collect();
-    if !stale.is_empty() {
-        notes.push(format!(
-            "retired instance(s) {} (not of live release {})",
-            stale.join(", "),
-            live.number
-        ));
-        fleet.switch(&[], &stale, Weights::ByCount);
-        fleet.retire(stale).await;
-    }
-    let kept: Vec<String> = fleet.instances().into_iter().map(|i| i.id).collect();
+    let kept: Vec<String> = fleet
+        .instances()
+        .into_iter()
+        .filter(|i| !stale.contains(&i.id))
+        .map(|i| i.id)
+        .collect();
     fleet.switch(&kept, &[], Weights::ByCount);
     let want = live.service.instances as usize;
     if kept.len() < want {
@@ -127,6 +125,15 @@ pub async fn settle<F: Fleet>(fleet: &F, live: &Run) -> Result<Vec<String>, Stri
             live.number
         ));
         fleet.switch(&ids, &[], Weights::ByCount);
+    }
+    if !stale.is_empty() {
+        notes.push(format!(
+            "retired instance(s) {} (not of live release {})",
+            stale.join(", "),
+            live.number
+        ));
+        fleet.switch(&[], &stale, Weights::ByCount);
+        fleet.retire(stale).await;
     }
     Ok(notes)
 }

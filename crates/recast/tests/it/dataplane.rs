@@ -321,6 +321,58 @@ fn killed_mid_rolling_update_the_rollout_is_rolled_back_without_a_failed_request
 }
 
 #[test]
+fn killed_as_the_last_old_instance_leaves_a_rolling_update_the_new_one_keeps_serving() {
+    // The narrowest moment: every old instance is out of rotation, the rollout not yet recorded
+    // as done. The new server rolls back to a release with no instance left; the new release's
+    // instances serve until the old one runs again.
+    let mut server = Server::start();
+    let p = Project::new();
+    let rollout = r#"strategy = "rolling""#;
+    p.write(&env(1), rollout, "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let load = Load::start(p.port);
+    load.flowing(50);
+    let (mut live, mut hit) = (1, 0);
+    for n in 2..=4 {
+        p.write(&env(n), rollout, "");
+        ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+        // Kill the moment the data plane routes only the new release and no old instance is left.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = table(&server);
+            if t.len() == 1
+                && t.get(&n).is_some_and(|ids| ids.len() == 3)
+                && ids_of(&server, live).is_empty()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rollout never switched: {t:?}"
+            );
+        }
+        let (now, cut, _) =
+            kill_and_restart(&mut server, &p, &load, Some((live, n)), Duration::ZERO);
+        eprintln!(
+            "last old instance: release {n}: {}",
+            if cut {
+                "interrupted, rolled back"
+            } else {
+                "recorded as done"
+            }
+        );
+        hit += usize::from(cut);
+        live = now;
+        assert_eq!(body_now(p.port), body(live));
+    }
+    load.flowing(50);
+    no_failures(
+        load,
+        &format!("3 kills as the last old instance left ({hit} interrupted)"),
+    );
+}
+
+#[test]
 fn killed_during_a_canary_pause_the_canary_is_rolled_back_and_the_stable_release_kept() {
     let mut rng = Rng::seeded("canary");
     let mut server = Server::start();
@@ -420,9 +472,12 @@ fn an_instance_killed_while_the_server_is_down_leaves_rotation_within_its_thresh
     let bound = interval * threshold + interval + Duration::from_millis(300);
     let metrics = || {
         let m = data_plane(&server, &format!(r#"{{"op":"metrics","service":"{key}"}}"#));
-        m["releases"]["1"]["connect_failures"]
-            .as_u64()
-            .expect("connect_failures")
+        // `releases`: a list of [release, counters] pairs.
+        m["releases"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r[0] == 1))
+            .and_then(|r| r[1]["connect_failures"].as_u64())
+            .unwrap_or_else(|| panic!("no connect_failures of release 1 in {m}"))
     };
     let (failures_before, attempts_before) = (load.failed(), metrics());
     let pid = std::fs::read_to_string(server.data.join("instances").join(&ids[1]).join("pid"))

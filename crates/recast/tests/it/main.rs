@@ -3,6 +3,7 @@
 mod attacks;
 mod canary;
 mod dataplane;
+mod dataplane_stock;
 mod debian;
 mod deploy;
 mod guard;

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-const DOCKERFILE: &str = r#"FROM debian:12
+pub(crate) const DOCKERFILE: &str = r#"FROM debian:12
 ARG DEBIAN_FRONTEND=noninteractive
 ARG APT_REPO
 RUN echo "deb [trusted=yes] ${APT_REPO} ./" > /etc/apt/sources.list \
@@ -24,7 +24,7 @@ EXPOSE 80
 CMD ["nginx", "-g", "daemon off;"]
 "#;
 
-fn site(dir: &Path, version: &str) -> String {
+pub(crate) fn site(dir: &Path, version: &str) -> String {
     let body = format!("<h1>recast nginx site {version}</h1>\n");
     fs::create_dir_all(dir.join("site/css")).expect("mkdir site");
     fs::write(dir.join("site/index.html"), &body).expect("write the site");
@@ -34,10 +34,10 @@ fn site(dir: &Path, version: &str) -> String {
 
 /// nginx writes its pid (`/run`), request-body and proxy temporaries (`/var/lib/nginx`) and its
 /// logs (`/var/log/nginx`, opened before the configuration is read).
-const NGINX_TMPFS: &str = r#"["/run", "/var/lib/nginx", "/var/log/nginx"]"#;
+pub(crate) const NGINX_TMPFS: &str = r#"["/run", "/var/lib/nginx", "/var/log/nginx"]"#;
 
 /// The spec; the test block gives no `port`: it tests where the service serves (80).
-fn spec(archive: &Path, repo: &str, route_port: u16, body: &str, tmpfs: &str) -> String {
+pub(crate) fn spec(archive: &Path, repo: &str, route_port: u16, body: &str, tmpfs: &str) -> String {
     format!(
         r#"
 base "debian:12" {{
