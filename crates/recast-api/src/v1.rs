@@ -160,6 +160,24 @@ named! {
     }
 }
 
+named! {
+    /// What a route carries (`route { protocol }`).
+    RouteProtocol ("route protocol") {
+        /// HTTP/1.1 requests, each routed on its own (retries, 504s, per-request metrics).
+        Http = "http",
+        /// Layer 4: each connection goes to one instance and is copied both ways until it
+        /// closes.
+        Tcp = "tcp",
+    }
+}
+
+impl Default for RouteProtocol {
+    /// Routes written before `protocol` existed are HTTP.
+    fn default() -> RouteProtocol {
+        RouteProtocol::Http
+    }
+}
+
 // ---- Every answer that is not a success ------------------------------------------------------
 
 /// The body of every non-2xx answer: one message, its hints on `  hint: ` lines.
@@ -848,6 +866,9 @@ mod tests {
         }
         for v in FindingKind::ALL {
             assert_eq!(v.as_str().parse::<FindingKind>(), Ok(*v));
+        }
+        for v in RouteProtocol::ALL {
+            assert_eq!(v.as_str().parse::<RouteProtocol>(), Ok(*v));
         }
     }
 

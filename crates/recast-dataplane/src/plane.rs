@@ -2,10 +2,10 @@
 
 use crate::liveness;
 use crate::proto::{
-    self, Config, Counters, PreviewState, Reply, Request, RouteState, ServiceState,
+    self, Config, Counters, PreviewState, Reply, Request, RouteProtocol, RouteState, ServiceState,
 };
 use recast_api::DataDir;
-use recast_proxy::{Backend, Group, Route, Table};
+use recast_proxy::{Backend, Group, Route, Table, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -109,10 +109,72 @@ impl Svc {
     }
 }
 
+/// A route's listeners: HTTP requests or TCP connections (`RouteState::protocol`).
+enum Listening {
+    Http(Route),
+    Tcp(TcpRoute),
+}
+
+impl Listening {
+    /// Listen as `state` says, forwarding to `service`.
+    async fn bind(
+        state: &RouteState,
+        service: Arc<recast_proxy::Service>,
+    ) -> std::io::Result<Listening> {
+        let limits = route_limits(&state.key);
+        Ok(match state.protocol {
+            RouteProtocol::Http => {
+                let timeout = Duration::from_millis(state.timeout_ms.max(1));
+                Listening::Http(Route::bind_with(state.listen, service, timeout, limits).await?)
+            }
+            RouteProtocol::Tcp => {
+                Listening::Tcp(TcpRoute::bind(state.listen, service, limits).await?)
+            }
+        })
+    }
+
+    /// Serve sockets handed over by an older data plane as `state` says.
+    fn adopt(
+        state: &RouteState,
+        fds: Vec<OwnedFd>,
+        service: Arc<recast_proxy::Service>,
+    ) -> std::io::Result<Listening> {
+        let limits = route_limits(&state.key);
+        Ok(match state.protocol {
+            RouteProtocol::Http => {
+                let timeout = Duration::from_millis(state.timeout_ms.max(1));
+                Listening::Http(Route::from_listeners(fds, service, timeout, limits)?)
+            }
+            RouteProtocol::Tcp => Listening::Tcp(TcpRoute::from_listeners(fds, service, limits)?),
+        })
+    }
+
+    fn listeners(&self) -> std::io::Result<Vec<OwnedFd>> {
+        match self {
+            Listening::Http(r) => r.listeners(),
+            Listening::Tcp(r) => r.listeners(),
+        }
+    }
+
+    /// Stop accepting; open connections finish (HTTP: their current request) up to `timeout`.
+    async fn close_gracefully(self, timeout: Duration) -> usize {
+        match self {
+            Listening::Http(r) => r.close_gracefully(timeout).await,
+            Listening::Tcp(r) => r.close_gracefully(timeout).await,
+        }
+    }
+}
+
+/// The limits of the route with key `project/name`.
+fn route_limits(key: &str) -> recast_proxy::conn::Limits {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    recast_proxy::conn::Limits::route(format!("route {name}"))
+}
+
 /// Everything one data plane holds.
 pub(crate) struct Plane {
     pub services: Mutex<HashMap<String, Svc>>,
-    routes: tokio::sync::Mutex<BTreeMap<String, Vec<(RouteState, Route)>>>,
+    routes: tokio::sync::Mutex<BTreeMap<String, Vec<(RouteState, Listening)>>>,
     previews: tokio::sync::Mutex<HashMap<String, (PreviewState, Route)>>,
     since_ms: u64,
     /// A newer data plane took the listeners over: this one drains and exits.
@@ -189,12 +251,16 @@ impl Plane {
         let mut all = self.routes.lock().await;
         let mut kept = Vec::new();
         for (old, route) in all.remove(project).unwrap_or_default() {
-            match wanted
-                .iter()
-                .find(|w| w.key == old.key && w.listen == old.listen && w.service == old.service)
-            {
+            match wanted.iter().find(|w| {
+                w.key == old.key
+                    && w.listen == old.listen
+                    && w.service == old.service
+                    && w.protocol == old.protocol
+            }) {
                 Some(w) => {
-                    route.set_timeout(Duration::from_millis(w.timeout_ms.max(1)));
+                    if let Listening::Http(r) = &route {
+                        r.set_timeout(Duration::from_millis(w.timeout_ms.max(1)));
+                    }
                     kept.push((w.clone(), route));
                 }
                 // Closed before anything new binds, so a route may move to its old address.
@@ -207,9 +273,7 @@ impl Plane {
                 continue;
             }
             let name = w.key.rsplit('/').next().unwrap_or(&w.key).to_string();
-            let limits = recast_proxy::conn::Limits::route(format!("route {name}"));
-            let timeout = Duration::from_millis(w.timeout_ms.max(1));
-            match Route::bind_with(w.listen, self.proxy_of(&w.service), timeout, limits).await {
+            match Listening::bind(&w, self.proxy_of(&w.service)).await {
                 Ok(route) => kept.push((w, route)),
                 Err(e) => failed.push(format!("route {name}: cannot listen on {}: {e}", w.listen)),
             }
@@ -362,9 +426,7 @@ impl Plane {
             .find_map(|(p, rs)| rs.iter().find(|r| r.key == key).map(|r| (p, r)))
             .ok_or_else(|| format!("handoff: listeners of an unknown route {key}"))?;
         let name = key.rsplit('/').next().unwrap_or(key);
-        let limits = recast_proxy::conn::Limits::route(format!("route {name}"));
-        let timeout = Duration::from_millis(state.timeout_ms.max(1));
-        let route = Route::from_listeners(fds, self.proxy_of(&state.service), timeout, limits)
+        let route = Listening::adopt(state, fds, self.proxy_of(&state.service))
             .map_err(|e| format!("handoff of route {name}: {e}"))?;
         self.routes
             .blocking_lock()
@@ -376,14 +438,14 @@ impl Plane {
 
     /// Stop accepting everywhere and let open connections finish (at most `timeout`).
     async fn close_all(&self, timeout: Duration) {
-        let routes: Vec<Route> = std::mem::take(&mut *self.routes.lock().await)
+        let routes: Vec<Listening> = std::mem::take(&mut *self.routes.lock().await)
             .into_values()
             .flatten()
             .map(|(_, r)| r)
             .chain(
                 std::mem::take(&mut *self.previews.lock().await)
                     .into_values()
-                    .map(|(_, r)| r),
+                    .map(|(_, r)| Listening::Http(r)),
             )
             .collect();
         let closing: Vec<_> = routes

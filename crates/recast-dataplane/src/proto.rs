@@ -5,6 +5,7 @@
 //! routing, a project's routes, a preview), never a delta, so a message lost with a crashed
 //! control plane leaves nothing half-applied and a restarted one converges by sending again.
 
+pub use recast_api::v1::RouteProtocol;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
@@ -80,6 +81,10 @@ pub struct RouteState {
     /// The service key it forwards to.
     pub service: String,
     pub timeout_ms: u64,
+    /// HTTP (requests) or TCP (connections passed through); an older control plane does not
+    /// say, and its routes are HTTP.
+    #[serde(default)]
+    pub protocol: RouteProtocol,
 }
 
 /// A blue/green preview: the new release's instances on their own address.
@@ -290,6 +295,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().expect("addr"),
             service: "p/web".into(),
             timeout_ms: 30_000,
+            protocol: RouteProtocol::Tcp,
         };
         let config = Config {
             services: vec![service.clone()],
@@ -349,6 +355,19 @@ mod tests {
             let back: Reply = read_msg(&mut &line[..]).expect("read").expect("a message");
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn a_route_from_an_older_control_plane_is_http() {
+        let old = r#"{"key":"p/web","listen":"127.0.0.1:8080","service":"p/web","timeout_ms":5}"#;
+        let r: RouteState = serde_json::from_str(old).expect("an older route reads");
+        assert_eq!(r.protocol, RouteProtocol::Http);
+        let tcp = serde_json::to_string(&RouteState {
+            protocol: RouteProtocol::Tcp,
+            ..r
+        })
+        .expect("json");
+        assert!(tcp.contains(r#""protocol":"tcp""#), "{tcp}");
     }
 
     #[test]

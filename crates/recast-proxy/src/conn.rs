@@ -156,7 +156,7 @@ impl Gate {
     }
 
     /// A place for one more connection, or why there is none.
-    fn enter(&self, limits: &Limits) -> Result<Permit, String> {
+    pub(crate) fn enter(&self, limits: &Limits) -> Result<Permit, String> {
         if self.open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             self.open.fetch_sub(1, Ordering::SeqCst);
             return Err(format!(

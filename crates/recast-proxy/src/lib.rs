@@ -15,8 +15,10 @@ mod handoff_tests;
 #[cfg(test)]
 mod limits_tests;
 mod metrics;
+pub mod tcp;
 
 pub use metrics::{Metrics, Snapshot};
+pub use tcp::TcpRoute;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -247,6 +249,11 @@ pub struct Group {
     pub backends: Vec<Arc<Backend>>,
 }
 
+/// A value alone on its cache line(s) (128 bytes: adjacent-line prefetch pairs them on x86).
+#[derive(Default)]
+#[repr(align(128))]
+struct Slot<T>(T);
+
 /// A service's routing table: immutable; replaced as a whole.
 #[derive(Clone, Default)]
 pub struct Table {
@@ -256,7 +263,10 @@ pub struct Table {
 /// What a route forwards to: a service's current table and its metrics per release.
 pub struct Service {
     pub name: String,
-    table: RwLock<Arc<Table>>,
+    /// The table, one copy per route thread (`pool_slot`), each on its own cache line with its
+    /// own `Arc`: reading it per request writes nothing another thread reads (no cache line
+    /// moves between cores), where one shared lock and count would be written by every thread.
+    table: [Slot<RwLock<Arc<Table>>>; POOL_SLOTS],
     next: AtomicU64,
     metrics: Mutex<HashMap<i64, Arc<Metrics>>>,
     /// Keep each client on one release (cookie `recast-release`).
@@ -283,7 +293,7 @@ impl Service {
     pub fn new(name: &str) -> Arc<Service> {
         Arc::new(Service {
             name: name.to_string(),
-            table: RwLock::new(Arc::new(Table::default())),
+            table: Default::default(),
             next: AtomicU64::new(0),
             metrics: Mutex::new(HashMap::new()),
             sticky: std::sync::atomic::AtomicBool::new(false),
@@ -297,12 +307,18 @@ impl Service {
     }
 
     pub fn table(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.table[pool_slot()]
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Switch to a new table atomically; requests in flight keep the old one.
     pub fn set_table(&self, t: Table) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+        for slot in &self.table {
+            *slot.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t.clone());
+        }
     }
 
     /// Keep each client on the release it first got (a `recast-release` cookie).
@@ -759,9 +775,10 @@ async fn forward(
         };
         backend.inflight.fetch_add(1, Ordering::SeqCst);
         let in_use = InUse {
-            backend: backend.clone(),
+            backend,
             sender: None,
         };
+        let backend = &in_use.backend;
         if backend.retired.load(Ordering::SeqCst) {
             // It left the table while we picked it: pick again from the table as it is now.
             drop(in_use);
@@ -773,7 +790,7 @@ async fn forward(
         let mut sender = match ready {
             Some(s) => s,
             None => match tokio::time::timeout_at(deadline, backend.sender()).await {
-                Err(_) => return timed_out(&backend, m, started, timeout),
+                Err(_) => return timed_out(backend, m, started, timeout),
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     m.connect_failed();
@@ -793,7 +810,7 @@ async fn forward(
         let sent = match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
             Ok(sent) => sent,
             // The connection is dropped, never pooled: it may still deliver the late answer.
-            Err(_) => return timed_out(&backend, m, started, timeout),
+            Err(_) => return timed_out(backend, m, started, timeout),
         };
         match sent {
             Ok(resp) => {

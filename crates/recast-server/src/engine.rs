@@ -31,7 +31,8 @@ mod instances;
 mod stateful;
 pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
 
-/// How long a removed instance may take to finish its requests before it is stopped anyway.
+/// How long a removed instance may take to finish its requests before it is stopped anyway,
+/// when its release's `drain_timeout` cannot be read.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Lock, recovering from a poisoned mutex (the data stays usable: every update is whole).
@@ -461,6 +462,7 @@ fn route_state(row: &RouteRow) -> Result<dp::RouteState, String> {
             .map_err(|_| format!("route {}: bad address {}", row.name, row.listen))?,
         service: key(&row.project, &row.service),
         timeout_ms: row.timeout_ms.max(1),
+        protocol: row.protocol,
     })
 }
 

@@ -9,7 +9,7 @@
 //! gained since the release was recorded takes its default on both sides and changes nothing.
 
 use crate::record::{RecordError, ReleaseRecord, canonical_hash};
-use recast_spec::{Project, Service};
+use recast_spec::{Project, Protocol as RouteProtocol, Service};
 use recast_state::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -51,8 +51,8 @@ pub struct Recorded {
     pub current: BTreeMap<String, Current>,
     /// The highest release number of each service, failed releases included.
     pub last_numbers: BTreeMap<String, i64>,
-    /// Each route of the project: name → (listen address, service).
-    pub routes: BTreeMap<String, (String, String)>,
+    /// Each route of the project: name → (listen address, service, protocol).
+    pub routes: BTreeMap<String, (String, String, RouteProtocol)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ impl Recorded {
             .routes()?
             .into_iter()
             .filter(|r| r.project == project)
-            .map(|r| (r.name, (r.listen, r.service)))
+            .map(|r| (r.name, (r.listen, r.service, r.protocol)))
             .collect();
         Ok(Recorded {
             current,
@@ -221,25 +221,34 @@ pub fn plan(
     }
     let mut routes = Vec::new();
     for (rname, r) in &project.routes {
-        let want = (r.listen.to_string(), r.service.clone());
+        let want = (r.listen.to_string(), r.service.clone(), r.protocol);
         match recorded.routes.get(rname) {
-            None => routes.push(format!("add route {rname}: {} → {}", want.0, want.1)),
+            None => routes.push(format!("add route {rname}: {}", route_text(&want))),
             Some(have) if *have != want => routes.push(format!(
-                "change route {rname}: {} → {} (was {} → {})",
-                want.0, want.1, have.0, have.1
+                "change route {rname}: {} (was {})",
+                route_text(&want),
+                route_text(have)
             )),
             _ => {}
         }
     }
-    for (rname, (listen, svc)) in &recorded.routes {
+    for (rname, have) in &recorded.routes {
         if !project.routes.contains_key(rname) {
-            routes.push(format!("remove route {rname}: {listen} → {svc}"));
+            routes.push(format!("remove route {rname}: {}", route_text(have)));
         }
     }
     Plan {
         project: name.to_string(),
         services,
         routes,
+    }
+}
+
+/// A route as a plan line says it: "127.0.0.1:8080 → web", "… (tcp)" for a TCP route.
+fn route_text((listen, service, protocol): &(String, String, RouteProtocol)) -> String {
+    match protocol {
+        RouteProtocol::Http => format!("{listen} → {service}"),
+        RouteProtocol::Tcp => format!("{listen} → {service} (tcp)"),
     }
 }
 

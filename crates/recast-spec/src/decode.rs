@@ -1100,14 +1100,10 @@ impl<'a> Cx<'a> {
             .and_then(|a| self.tmpfs(a, &volumes))
             .unwrap_or_default();
         let stop_signal = r.attr("stop_signal").and_then(|a| self.stop_signal(a));
-        let stop_timeout = r.attr("stop_timeout").and_then(|a| {
-            let d = self.duration(a)?;
-            if d > Duration::from_secs(3600) {
-                self.err(span_of(&a.value), "`stop_timeout` must be at most 1h");
-                return None;
-            }
-            Some(d)
-        });
+        let stop_timeout = r.attr("stop_timeout").and_then(|a| self.at_most_an_hour(a));
+        let drain_timeout = r
+            .attr("drain_timeout")
+            .and_then(|a| self.at_most_an_hour(a));
         let rollout = self.service_rollout(&mut r, instances, exclusive_at.as_ref());
         let guard = self.service_guard(&mut r);
         self.finish(r);
@@ -1137,12 +1133,24 @@ impl<'a> Cx<'a> {
                 tmpfs,
                 stop_signal,
                 stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                drain_timeout: drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
                 rollout,
                 guard,
             };
             let n = self.named(s, span);
             self.out.services.push(n);
         }
+    }
+
+    /// A duration of at most an hour (`stop_timeout`, `drain_timeout`).
+    fn at_most_an_hour(&mut self, a: &Attribute) -> Option<Duration> {
+        let d = self.duration(a)?;
+        if d > Duration::from_secs(3600) {
+            let msg = format!("`{}` must be at most 1h", a.key.as_str());
+            self.err(span_of(&a.value), msg);
+            return None;
+        }
+        Some(d)
     }
 
     /// A service's `env`, which must not set PORT (recast sets it).
@@ -1818,12 +1826,24 @@ impl<'a> Cx<'a> {
         let service = self
             .required(&mut r, "service")
             .and_then(|a| self.reference(a, "service"));
-        let timeout = r
-            .attr("timeout")
-            .map_or(Some(Duration::from_secs(30)), |a| self.positive_duration(a));
+        let protocol = r.attr("protocol").map_or(Some(Protocol::Http), |a| {
+            self.choice(a, &[("http", Protocol::Http), ("tcp", Protocol::Tcp)])
+        });
+        let timeout = match r.attr("timeout") {
+            Some(a) if protocol == Some(Protocol::Tcp) => {
+                self.err_hint(
+                    span_of(&a.key),
+                    "`timeout` is for HTTP routes: it bounds the wait for response headers",
+                    Some("remove it; a tcp route passes connections through for as long as they last".into()),
+                );
+                None
+            }
+            Some(a) => self.positive_duration(a),
+            None => Some(Duration::from_secs(30)),
+        };
         self.finish(r);
-        if let (Some((name, span)), Some(listen), Some(service), Some(timeout)) =
-            (label, listen, service, timeout)
+        if let (Some((name, span)), Some(listen), Some(service), Some(timeout), Some(protocol)) =
+            (label, listen, service, timeout, protocol)
         {
             let n = self.named(
                 Route {
@@ -1831,6 +1851,7 @@ impl<'a> Cx<'a> {
                     listen,
                     service,
                     timeout,
+                    protocol,
                 },
                 span,
             );

@@ -232,6 +232,13 @@ fn default_stop_timeout() -> Duration {
     DEFAULT_STOP_TIMEOUT
 }
 
+/// `drain_timeout` when the spec sets none.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
 /// The longest service name: an instance id is `NAME-rRELEASE-XXXXXXXX` (release numbers up to
 /// ten digits, eight random hex digits) and is also the instance's hostname, which must fit in a
 /// 63-character DNS label (the kernel allows 64): 63 - 2 - 10 - 1 - 8.
@@ -268,6 +275,10 @@ pub struct Service {
     /// How long a stopping instance has after its stop signal before it is killed (SIGKILL).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
+    /// How long retiring an instance waits for its requests and connections in flight (after
+    /// it left rotation) before it is stopped anyway.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
     pub rollout: Rollout,
     /// Service-level override of the project guard.
     pub guard: Option<Guard>,
@@ -417,9 +428,15 @@ pub struct Route {
     /// Name of the service (the reference `service.NAME` resolved).
     pub service: String,
     /// How long an instance may take to answer a request (to its response headers) before the
-    /// client gets a 504.
+    /// client gets a 504 (HTTP routes only).
     pub timeout: Duration,
+    /// What the route carries: HTTP requests, or TCP connections passed through as they are.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
+
+/// What a route carries: `"http"` (the default) or `"tcp"`.
+pub use recast_api::v1::RouteProtocol as Protocol;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {

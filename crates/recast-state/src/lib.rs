@@ -5,7 +5,7 @@
 //! so a PostgreSQL backend can implement the same methods. The schema is versioned
 //! (`PRAGMA user_version`) and migrated forward on open.
 
-pub use recast_api::v1::{ReleaseOutcome, RolloutState, UnknownValue};
+pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -103,6 +103,9 @@ pub struct RouteRow {
     pub service: String,
     /// The route's upstream timeout (`route { timeout }`), in milliseconds.
     pub timeout_ms: u64,
+    /// HTTP or TCP (`route { protocol }`).
+    #[serde(default)]
+    pub protocol: RouteProtocol,
 }
 
 /// A copy of an exclusive volume, taken before a release started on it: the row is the API's
@@ -164,6 +167,8 @@ const MIGRATIONS: &[&str] = &[
         volume TEXT NOT NULL, before_release INTEGER NOT NULL, of_release INTEGER,
         path TEXT NOT NULL, created_ms INTEGER NOT NULL);
      CREATE INDEX snapshots_by_volume ON snapshots (project, service, volume, id);",
+    // 6: a route's protocol (routes recorded before it are HTTP).
+    "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http';",
 ];
 
 pub fn now_ms() -> i64 {
@@ -639,8 +644,8 @@ impl State {
             c.execute("DELETE FROM routes WHERE project = ?1", params![project])?;
             for r in routes {
                 c.execute(
-                    "INSERT INTO routes (project, name, listen, service, timeout_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![project, r.name, r.listen, r.service, r.timeout_ms as i64],
+                    "INSERT INTO routes (project, name, listen, service, timeout_ms, protocol) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![project, r.name, r.listen, r.service, r.timeout_ms as i64, r.protocol.as_str()],
                 )?;
             }
             Ok(())
@@ -650,15 +655,18 @@ impl State {
     pub fn routes(&self) -> Result<Vec<RouteRow>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT project, name, listen, service, timeout_ms FROM routes ORDER BY project, name",
+                "SELECT project, name, listen, service, timeout_ms, protocol FROM routes ORDER BY project, name",
             )?;
             st.query_map([], |r| {
+                let (project, name): (String, String) = (r.get(0)?, r.get(1)?);
+                let protocol = enum_col(r, 5, "routes", || format!("{project}/{name}"))?;
                 Ok(RouteRow {
-                    project: r.get(0)?,
-                    name: r.get(1)?,
+                    project,
+                    name,
                     listen: r.get(2)?,
                     service: r.get(3)?,
                     timeout_ms: r.get::<_, i64>(4)?.max(1) as u64,
+                    protocol,
                 })
             })?
             .collect()
@@ -757,6 +765,53 @@ mod tests {
         assert_eq!(
             (open.len(), open[0].step, open[0].detail.as_str()),
             (1, 1, "one new instance healthy")
+        );
+    }
+
+    #[test]
+    fn routes_keep_their_protocol_and_older_routes_are_http() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("state.db");
+        // A store as recast wrote it before migration 6, with a route in it.
+        {
+            let c = Connection::open(&path).expect("open");
+            for (i, m) in MIGRATIONS.iter().enumerate().take(5) {
+                c.execute_batch(&format!(
+                    "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
+                    i + 1
+                ))
+                .expect("migrate");
+            }
+            c.execute(
+                "INSERT INTO routes (project, name, listen, service, timeout_ms) VALUES ('p', 'www', '127.0.0.1:8080', 'web', 5000)",
+                [],
+            )
+            .expect("route");
+        }
+        let s = State::open(&path).expect("open migrates");
+        let old = s.routes().expect("routes");
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].protocol, RouteProtocol::Http);
+        let db = RouteRow {
+            project: "p".into(),
+            name: "db".into(),
+            listen: "127.0.0.1:15432".into(),
+            service: "db".into(),
+            timeout_ms: 30_000,
+            protocol: RouteProtocol::Tcp,
+        };
+        s.set_routes("p", &[old[0].clone(), db.clone()])
+            .expect("set routes");
+        drop(s);
+        let s = State::open(&path).expect("reopen");
+        assert_eq!(s.routes().expect("routes"), vec![db, old[0].clone()]);
+        s.with(|c| c.execute("UPDATE routes SET protocol = 'udp' WHERE name = 'db'", []))
+            .expect("tamper");
+        let text = s.routes().expect_err("an unknown protocol").to_string();
+        assert!(
+            text.contains("table routes, row p/db")
+                && text.contains("unknown route protocol \"udp\""),
+            "{text}"
         );
     }
 

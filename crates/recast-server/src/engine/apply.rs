@@ -191,6 +191,7 @@ impl Ctl {
                 listen: r.listen.to_string(),
                 service: r.service.clone(),
                 timeout_ms: r.timeout.as_millis().max(1) as u64,
+                protocol: r.protocol,
             })
             .collect();
         self.serve_routes(project, &rows).await?;

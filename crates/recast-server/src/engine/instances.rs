@@ -117,6 +117,15 @@ impl Ctl {
         Ok(())
     }
 
+    /// How long retiring an instance of `release` waits for its requests and connections: the
+    /// release's `drain_timeout` (`DRAIN_TIMEOUT` if its record cannot be read).
+    fn drain_timeout(&self, svc: &Svc, release: i64) -> Duration {
+        match self.state.release(&svc.project, &svc.name, release) {
+            Ok(Some(row)) => Run::from_row(&row).map_or(DRAIN_TIMEOUT, |r| r.service.drain_timeout),
+            _ => DRAIN_TIMEOUT,
+        }
+    }
+
     /// Take instances out of rotation, drain them, stop and delete them.
     pub(crate) async fn retire(&self, svc: &Arc<Svc>, ids: Vec<String>) {
         if ids.is_empty() {
@@ -138,12 +147,12 @@ impl Ctl {
             let rt = self.rt.clone();
             let state = self.state.clone();
             let (plane, key) = (self.plane.clone(), svc.key());
+            let drain = self.drain_timeout(svc, l.release);
             tasks.push(tokio::spawn(async move {
                 let id = l.inst.id.clone();
                 // Stopped anyway after the drain timeout, or when the data plane cannot say.
                 let _drained =
-                    tokio::task::spawn_blocking(move || plane.drain(&key, &id, DRAIN_TIMEOUT))
-                        .await;
+                    tokio::task::spawn_blocking(move || plane.drain(&key, &id, drain)).await;
                 let inst = l.inst.clone();
                 let stopped = tokio::task::spawn_blocking(move || {
                     // The service's stop signal, SIGKILL after its stop_timeout.

@@ -45,6 +45,7 @@ fn service(name: &str, strategy: Strategy) -> Service {
         tmpfs: Vec::new(),
         stop_signal: None,
         stop_timeout: recast_spec::DEFAULT_STOP_TIMEOUT,
+        drain_timeout: recast_spec::DEFAULT_DRAIN_TIMEOUT,
         rollout: Rollout {
             strategy,
             analysis: None,
@@ -198,7 +199,13 @@ fn a_service_gone_from_the_spec_is_removed() {
 fn routes_added_changed_and_removed() {
     let web = service("web", rolling());
     let mut proj = project(std::slice::from_ref(&web));
-    for (name, listen) in [("main", "127.0.0.1:8080"), ("admin", "127.0.0.1:9001")] {
+    use recast_spec::Protocol::{Http, Tcp};
+    for (name, listen, protocol) in [
+        ("main", "127.0.0.1:8080", Http),
+        ("admin", "127.0.0.1:9001", Http),
+        ("db", "127.0.0.1:15432", Tcp),
+        ("cache", "127.0.0.1:6379", Tcp),
+    ] {
         proj.routes.insert(
             name.into(),
             recast_spec::Route {
@@ -206,24 +213,32 @@ fn routes_added_changed_and_removed() {
                 listen: listen.parse().expect("address parses"),
                 service: "web".into(),
                 timeout: secs(30),
+                protocol,
             },
         );
     }
     let mut r = recorded(&[(1, &web, A)]);
+    r.routes.insert(
+        "admin".into(),
+        ("127.0.0.1:9000".into(), "web".into(), Http),
+    );
     r.routes
-        .insert("admin".into(), ("127.0.0.1:9000".into(), "web".into()));
+        .insert("old".into(), ("127.0.0.1:7000".into(), "web".into(), Tcp));
     r.routes
-        .insert("old".into(), ("127.0.0.1:7000".into(), "web".into()));
+        .insert("db".into(), ("127.0.0.1:15432".into(), "web".into(), Http));
+    r.routes
+        .insert("cache".into(), ("127.0.0.1:6379".into(), "web".into(), Tcp));
     let p = plan(&proj, "shop", &digests(A), &r);
     assert_eq!(
         p.routes,
         [
             "change route admin: 127.0.0.1:9001 → web (was 127.0.0.1:9000 → web)",
+            "change route db: 127.0.0.1:15432 → web (tcp) (was 127.0.0.1:15432 → web)",
             "add route main: 127.0.0.1:8080 → web",
-            "remove route old: 127.0.0.1:7000 → web",
+            "remove route old: 127.0.0.1:7000 → web (tcp)",
         ]
     );
-    assert_eq!(p.changes(), 3);
+    assert_eq!(p.changes(), 4);
 }
 
 /// The steps of an update of `svc` (a first release is the same for every strategy).

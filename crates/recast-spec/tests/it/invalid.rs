@@ -739,6 +739,42 @@ case!(
 );
 
 case!(
+    route_unknown_protocol,
+    "service \"a\" {\n  image = image.app\n  port = 80\n}\nroute \"db\" {\n  listen = \"127.0.0.1:15432\"\n  service = service.a\n  protocol = \"tpc\"\n}\n",
+    [
+        8,
+        14,
+        "invalid `protocol` \"tpc\": expected \"http\" or \"tcp\" | hint: did you mean \"tcp\"?"
+    ]
+);
+
+case!(
+    timeout_on_a_tcp_route,
+    "service \"a\" {\n  image = image.app\n  port = 80\n}\nroute \"db\" {\n  listen = \"127.0.0.1:15432\"\n  service = service.a\n  protocol = \"tcp\"\n  timeout = \"5s\"\n}\n",
+    [
+        9,
+        3,
+        "`timeout` is for HTTP routes: it bounds the wait for response headers | hint: remove it; a tcp route passes connections through for as long as they last"
+    ]
+);
+
+case!(
+    drain_timeout_over_an_hour,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  drain_timeout = \"2h\"\n}\n",
+    [4, 19, "`drain_timeout` must be at most 1h"]
+);
+
+case!(
+    drain_timeout_not_a_duration,
+    "service \"a\" {\n  image = image.app\n  port = 80\n  drain_timeout = \"soon\"\n}\n",
+    [
+        4,
+        19,
+        "invalid duration \"soon\": expected numbers with units (ms, s, m, h, d), like \"250ms\" or \"1m30s\""
+    ]
+);
+
+case!(
     volume_on_tmp,
     "service \"a\" {\n  image = image.app\n  port = 80\n  volume \"t\" { mount = \"/tmp\" }\n}\n",
     [

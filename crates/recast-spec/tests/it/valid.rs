@@ -94,6 +94,7 @@ service "web" {
   cpus    = 0.5
   user_namespace = true
   tmpfs          = ["/run", "/var/lib/nginx/"]
+  drain_timeout  = "45s"
   rollout {
     strategy = "canary"
     sticky   = true
@@ -158,6 +159,12 @@ route "web" {
 route "api" {
   listen  = "[::1]:9090"
   service = service.api
+}
+
+route "db" {
+  listen   = "127.0.0.1:15432"
+  service  = service.admin
+  protocol = "tcp"
 }
 
 guard {
@@ -384,6 +391,7 @@ fn every_block_and_knob() {
             tmpfs: vec![s("/run"), s("/var/lib/nginx")],
             stop_signal: None,
             stop_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(45),
             rollout: Rollout {
                 strategy: Strategy::Canary {
                     steps: vec![
@@ -463,10 +471,14 @@ fn every_block_and_knob() {
             name: s("api"),
             listen: "[::1]:9090".parse().expect("addr"),
             service: s("api"),
-            timeout: Duration::from_secs(30)
+            timeout: Duration::from_secs(30),
+            protocol: Protocol::Http,
         }
     );
     assert_eq!(p.routes["web"].timeout, Duration::from_secs(5));
+    assert_eq!(p.routes["db"].protocol, Protocol::Tcp);
+    assert_eq!(p.routes["db"].service, "admin");
+    assert_eq!(api.drain_timeout, DEFAULT_DRAIN_TIMEOUT, "30s unless set");
     assert_eq!(
         p.guard,
         Guard {

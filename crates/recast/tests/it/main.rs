@@ -21,6 +21,7 @@ mod postgres;
 mod private;
 mod project;
 mod runsteps;
+mod tcp_routes;
 mod upgrade;
 mod validate;
 

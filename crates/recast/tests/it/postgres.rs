@@ -27,7 +27,7 @@ RUN echo "deb [trusted=yes] ${APT_REPO} ./" > /etc/apt/sources.list"#;
 
 /// No cluster is made or started while the package installs; the entrypoint makes it in the
 /// volume on first start, as the postgres user.
-fn postgres_dockerfile() -> String {
+pub(crate) fn postgres_dockerfile() -> String {
     format!(
         r#"FROM debian:12
 {APT} \
@@ -48,7 +48,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
 
 /// initdb on an empty volume, then the postmaster in the foreground (trust on loopback inside
 /// the instance's own network namespace).
-const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
+pub(crate) const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
 set -e
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   /usr/lib/postgresql/15/bin/initdb -D "$PGDATA" --auth=trust --username=postgres
@@ -86,7 +86,7 @@ image "{name}" {{
     )
 }
 
-fn postgres_spec(archive: &Path, repo: &str, release: &str) -> String {
+pub(crate) fn postgres_spec(archive: &Path, repo: &str, release: &str) -> String {
     format!(
         r#"{}
 service "postgres" {{
@@ -247,7 +247,7 @@ impl Drop for Watch {
 }
 
 /// The single instance of `service` (from `recast status --json`).
-fn instance(server: &Server, dir: &Path, service: &str) -> String {
+pub(crate) fn instance(server: &Server, dir: &Path, service: &str) -> String {
     let o = server.rc(dir, &["status", service, "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", stderr(&o)));
@@ -305,7 +305,7 @@ fn rows(server: &Server, dir: &Path) -> String {
     )
 }
 
-fn project(dir: &Path, name: &str, dockerfile: &str) {
+pub(crate) fn project(dir: &Path, name: &str, dockerfile: &str) {
     fs::create_dir_all(dir.join(name)).expect("mkdir context");
     fs::write(dir.join(name).join("Dockerfile"), dockerfile).expect("Dockerfile");
 }
@@ -547,7 +547,7 @@ fn get_now(port: u16) -> Option<(u16, String)> {
 }
 
 /// The recorded events so far: (at_ms, kind, message).
-fn events(server: &Server) -> Vec<(i64, String, String)> {
+pub(crate) fn events(server: &Server) -> Vec<(i64, String, String)> {
     let info: Value =
         serde_json::from_slice(&fs::read(server.data.join("server.json")).expect("server.json"))
             .expect("server.json is JSON");
