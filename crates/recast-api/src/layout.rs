@@ -10,7 +10,8 @@
 //!   token                    the API token (0600)
 //!   dataplane.sock           the data plane's control socket (0600); dataplane.log its output
 //!   instances/<id>/          one instance: its record, overlay, logs, netns
-//!   instances/.creating-<id> an instance being created (renamed to `<id>` once recorded)
+//!   instances/.creating-<id>.<pid>  an instance being created by process <pid> (renamed to
+//!                            `<id>` once recorded)
 //!   runc/                    runc's state of instances
 //!   runc-build/<id>          runc's state of a build step's container
 //!   builds/<id>/             a build step's container; builds/<id>.<pid>.tar its layer
@@ -139,12 +140,14 @@ impl DataDir {
         Ok(self.instances().join(component("instance", id)?))
     }
 
-    /// `instances/.creating-<id>/`: the instance `id` while it is created.
-    pub fn creating_instance(&self, id: &str) -> Result<PathBuf, BadName> {
+    /// `instances/.creating-<id>.<pid>/`: the instance `id` while process `pid` creates it.
+    /// The creator's pid follows a `.`: a directory whose creator died before it wrote the record
+    /// is known as garbage by its name alone.
+    pub fn creating_instance(&self, id: &str, pid: u32) -> Result<PathBuf, BadName> {
         let id = component("instance", id)?;
         Ok(self
             .instances()
-            .join(format!("{}{id}", DataDir::CREATING_PREFIX)))
+            .join(format!("{}{id}.{pid}", DataDir::CREATING_PREFIX)))
     }
 
     /// `runc/`: runc's state (`--root`) of instances.
@@ -348,9 +351,9 @@ mod tests {
             p("instances/web-r1-0a1b2c3d")
         );
         assert_eq!(
-            d.creating_instance("web-r1-0a1b2c3d")
+            d.creating_instance("web-r1-0a1b2c3d", 42)
                 .expect("a valid name"),
-            p("instances/.creating-web-r1-0a1b2c3d")
+            p("instances/.creating-web-r1-0a1b2c3d.42")
         );
         assert_eq!(d.runc_root(), p("runc"));
         assert_eq!(d.build_runc_root(), p("runc-build"));
@@ -424,7 +427,7 @@ mod tests {
             );
             assert_eq!(d.instance(bad).expect_err("refused").what, "instance");
             assert_eq!(
-                d.creating_instance(bad).expect_err("refused").what,
+                d.creating_instance(bad, 1).expect_err("refused").what,
                 "instance"
             );
             assert_eq!(d.build(bad).expect_err("refused").what, "build");

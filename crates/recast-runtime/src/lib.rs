@@ -332,7 +332,10 @@ impl Runtime {
         }
         let bad_id = |e| Error::msg(format!("cannot start instance {:?}: {e}", spec.id));
         let dir = self.data_dir.instance(&spec.id).map_err(bad_id)?;
-        let creating = self.data_dir.creating_instance(&spec.id).map_err(bad_id)?;
+        let creating = self
+            .data_dir
+            .creating_instance(&spec.id, std::process::id())
+            .map_err(bad_id)?;
         if dir.exists() {
             return Err(Error::msg(format!("instance {} already exists", spec.id)));
         }
@@ -804,10 +807,16 @@ impl Runtime {
         for id in known {
             // A name read from the directory is one plain component.
             let dir = self.data_dir.instances().join(&id);
-            if id.starts_with(CREATING) {
+            if let Some(rest) = id.strip_prefix(CREATING) {
                 // Being created: its record is written, then the directory is renamed. Only
-                // the creator's death makes it garbage.
-                if load(&dir).is_some_and(|i| ours(&i) && !process_alive(i.owner_pid)) {
+                // the creator's death makes it garbage — known from the record, or (when the
+                // creator died before writing it) from the creator's pid in the name.
+                let creator = rest.rsplit_once('.').and_then(|(_, pid)| pid.parse().ok());
+                let dead = match load(&dir) {
+                    Some(i) => ours(&i) && !process_alive(i.owner_pid),
+                    None => creator.is_some_and(|pid| !process_alive(pid)),
+                };
+                if dead {
                     let _ = fs::remove_dir_all(&dir);
                     r.cleaned.push((id, "half-created".into()));
                 }

@@ -481,6 +481,15 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
         format!(r#"{{"id":"t-halfmade","image":"{}","image_name":"box","owner":"test","owner_pid":1,"network":"private","port":8080,"pid":null,"phase":"creating","created_ms":0}}"#, f.image),
     )
     .expect("write");
+    // Directories whose creator died before it wrote their record: known by the pid in the
+    // name (a dead one goes; one of a live process is being created right now and stays).
+    let orphan = f.dir.path().join("instances/.creating-t-orphan.4194304");
+    std::fs::create_dir_all(&orphan).expect("mkdir");
+    let busy = f
+        .dir
+        .path()
+        .join(format!("instances/.creating-t-busy.{}", std::process::id()));
+    std::fs::create_dir_all(&busy).expect("mkdir");
     let deadline = Instant::now() + Duration::from_secs(5);
     while f.rt.state(&dead) == State::Running {
         assert!(
@@ -499,10 +508,19 @@ fn a_new_runtime_takes_over_running_instances_and_cleans_up_dead_ones() {
     );
     let mut cleaned: Vec<&str> = r.cleaned.iter().map(|(id, _)| id.as_str()).collect();
     cleaned.sort();
-    let mut want = vec![dead.id.as_str(), "t-halfmade"];
+    let mut want = vec![dead.id.as_str(), "t-halfmade", ".creating-t-orphan.4194304"];
     want.sort();
     assert_eq!(cleaned, want);
     assert_gone(&rt2, f.dir.path(), &dead);
+    assert!(
+        !orphan.exists(),
+        "a record-less directory of a dead creator stays"
+    );
+    assert!(
+        busy.exists(),
+        "a directory a live process is creating was removed"
+    );
+    std::fs::remove_dir(&busy).expect("rmdir");
 
     // The new runtime checks, reads and stops what it took over.
     let taken = &r.running[0];

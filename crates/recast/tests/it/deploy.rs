@@ -136,11 +136,17 @@ impl Server {
     /// Start the server from another `recast` executable (an upgrade).
     pub fn spawn_from(&mut self, exe: &Path) {
         let _ = std::fs::remove_file(self.data.join("server.json"));
+        // What the server says goes to a file a failing test shows (`logs`).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("server-test.log"))
+            .expect("server log");
         let child = Command::new(exe)
             .args(["server", "--listen", "127.0.0.1:0"])
             .env("RECAST_DATA_DIR", &self.data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("recast server");
         self.child = Some(child);
@@ -168,18 +174,33 @@ impl Server {
             .expect("run recast")
     }
 
+    /// How many instances the data directory holds (one being created, `.creating-…`, is not
+    /// one yet).
     pub fn instances(&self) -> usize {
-        std::fs::read_dir(self.data.join("instances"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.instance_ids().len()
     }
 
-    /// The ids of the instances, sorted.
+    /// The last lines of what the servers and the data plane said, for a failing test.
+    pub fn logs(&self) -> String {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(self.data.join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "--- servers:\n{}\n--- data plane:\n{}",
+            tail("server-test.log"),
+            tail("dataplane.log")
+        )
+    }
+
+    /// The ids of the instances, sorted (not those still being created).
     pub fn instance_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.data.join("instances"))
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default();
@@ -613,9 +634,17 @@ fn a_concurrent_apply_is_refused_and_a_killed_server_converges() {
     // A new server takes over: the live release's instances are kept as they are (same ids),
     // the interrupted rollout's go.
     server.spawn();
-    wait_for("convergence", 30, || {
-        server.instances() == 3 && body_now(p.port) == "v1 from hello 0.1.0\n"
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(server.instances() == 3 && body_now(p.port) == "v1 from hello 0.1.0\n") {
+        assert!(
+            Instant::now() < deadline,
+            "no convergence: instances {:?}, body {:?}\n{}",
+            server.instance_ids(),
+            body_now(p.port),
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(server.instance_ids(), blue, "the live release was replaced");
     let h = server.rc(p.path(), &["history", "web", "--json"]);
     let hv: serde_json::Value = serde_json::from_slice(&h.stdout).expect("json");
