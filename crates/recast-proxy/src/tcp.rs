@@ -456,4 +456,42 @@ mod tests {
             .expect("join");
         assert_eq!(open, 0);
     }
+
+    /// A newer route takes the listening sockets over: connections keep being accepted (by the
+    /// new one), an open connection on the old one lives until it closes, none is refused.
+    #[tokio::test]
+    async fn a_handed_over_route_keeps_accepting_and_the_old_one_finishes_its_connections() {
+        let svc = Service::new("db");
+        svc.set_table(Table {
+            groups: vec![group(1, 1, vec![backend(&svc, "a", 1, echo("a").await)])],
+        });
+        let old = bind(&svc).await;
+        let addr = old.addr;
+        let (_, mut held) = open(addr).await;
+        let limits = conn::Limits::route("tcp route test (new)");
+        let new =
+            TcpRoute::from_listeners(old.listeners().expect("listeners"), svc.clone(), limits)
+                .expect("served from the handed-over sockets");
+        assert_eq!(new.addr, addr);
+        let closing = tokio::spawn(old.close_gracefully(Duration::from_secs(20)));
+        // Every new connection is served: by the new route once the old stopped accepting.
+        for _ in 0..20 {
+            let (name, _) = open(addr).await;
+            assert_eq!(name, "a");
+        }
+        held.write_all(b"more").await.expect("write");
+        let mut echo = [0u8; 4];
+        held.read_exact(&mut echo)
+            .await
+            .expect("the old connection still works");
+        assert_eq!(&echo, b"more");
+        drop(held);
+        let open_left = tokio::time::timeout(Duration::from_secs(5), closing)
+            .await
+            .expect("the old route closed once its connection ended")
+            .expect("join");
+        assert_eq!(open_left, 0);
+        let (name, _) = open(addr).await;
+        assert_eq!(name, "a", "the new route serves after the old one is gone");
+    }
 }
