@@ -139,6 +139,8 @@ pub struct Svc {
     pub(crate) weights: Mutex<Option<BTreeMap<i64, u32>>>,
     /// Why nothing serves, while that is on purpose (a stop-first change).
     unavailable: Mutex<Option<String>>,
+    /// Held while a routing is computed and sent.
+    publishing: Mutex<()>,
     /// Keep each client on one release while traffic is split.
     sticky: AtomicBool,
     /// The analysis verdicts of the running (or last) rollout.
@@ -201,10 +203,14 @@ impl Svc {
         }
     }
 
-    /// Send the routing to the data plane; it switches atomically. A data plane that cannot be
-    /// reached is said on stderr (the next publish, or the heartbeat, sends everything again).
+    /// Send the routing to the data plane; it switches atomically. Publishes of one service are
+    /// one at a time, each with the routing as it is when its turn comes, so an older routing
+    /// never arrives after a newer one. A data plane that cannot be reached is said on stderr
+    /// (the next publish, or the heartbeat, sends everything again).
     pub fn publish(&self) {
-        if let Err(e) = self.plane.set_service(self.routing()) {
+        let _one_at_a_time = lock(&self.publishing);
+        let routing = self.routing();
+        if let Err(e) = blocking(|| self.plane.set_service(routing)) {
             eprintln!("recast: {}: routing not published: {e}", self.key());
         }
     }
@@ -231,7 +237,7 @@ impl Svc {
 
     /// Every release's traffic counters.
     pub fn all_metrics(&self) -> BTreeMap<i64, dp::Counters> {
-        self.plane.metrics(&self.key()).unwrap_or_else(|e| {
+        blocking(|| self.plane.metrics(&self.key())).unwrap_or_else(|e| {
             eprintln!("recast: {}: no traffic counters: {e}", self.key());
             BTreeMap::new()
         })
@@ -349,6 +355,7 @@ impl Ctl {
                     rollout: Mutex::new(None),
                     weights: Mutex::new(None),
                     unavailable: Mutex::new(None),
+                    publishing: Mutex::new(()),
                     sticky: AtomicBool::new(false),
                     verdicts: Mutex::new(Vec::new()),
                     guard: Mutex::new(Default::default()),
@@ -449,6 +456,17 @@ impl Ctl {
     pub(crate) fn failed(&self, svc: &Svc, kind: &str, msg: &str) {
         eprintln!("recast: {}/{}: {kind}: {msg}", svc.project, svc.name);
         self.event(svc, kind, msg);
+    }
+}
+
+/// Run a call to the data plane (a local socket; seconds when it must be started again) without
+/// holding up the async tasks that share this worker thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

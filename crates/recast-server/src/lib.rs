@@ -149,10 +149,14 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Serve
     let exe = std::env::current_exe().map_err(internal("finding recast's executable".into()))?;
     let ctl = Ctl::new(data_dir, state, rt, store, exe);
     let plane = ctl.plane.clone();
-    let upgraded = tokio::task::spawn_blocking(move || plane.upgrade())
-        .await
-        .map_err(|e| ServerError::Internal(e.to_string()))?
-        .map_err(ServerError::Runtime)?;
+    // A failed upgrade leaves the running data plane serving: said, never fatal.
+    let upgraded = match tokio::task::spawn_blocking(move || plane.upgrade()).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Some(format!(
+            "the data plane was not upgraded (it keeps serving): {e}"
+        )),
+        Err(e) => Some(format!("the data plane was not upgraded: {e}")),
+    };
     let mut notes = ctl.recover().await.map_err(ServerError::Runtime)?;
     notes.extend(upgraded);
     tokio::spawn(ctl.clone().keep_data_plane());

@@ -177,13 +177,15 @@ impl Ctl {
             .collect();
         self.take_over(found.running, &mut notes).await?;
         self.end_interrupted(&mut notes)?;
-        self.settle_live(&mut notes).await?;
-        self.listen_again(&mut notes).await?;
+        // No rollout runs now: a preview an interrupted blue/green left goes before its
+        // instances do.
         let plane = self.plane.clone();
         let closed = tokio::task::spawn_blocking(move || plane.close_previews())
             .await
             .map_err(|e| e.to_string())??;
         notes.extend(closed);
+        self.settle_live(&mut notes).await?;
+        self.listen_again(&mut notes).await?;
         Ok(notes)
     }
 
@@ -316,6 +318,17 @@ impl Ctl {
     async fn settle_live(self: &Arc<Self>, notes: &mut Vec<String>) -> Result<(), String> {
         for (p, s) in self.state.all_services().map_err(|e| e.to_string())? {
             let Some(cur) = self.state.current(&p, &s).map_err(|e| e.to_string())? else {
+                // No live release (an interrupted first rollout): nothing of it may run.
+                let svc = self.svc(&p, &s);
+                let all = svc.ids(|_| true);
+                if !all.is_empty() {
+                    notes.push(format!(
+                        "{p}/{s}: retired {} (no live release)",
+                        all.join(", ")
+                    ));
+                    svc.switch(&[], &all, Weights::ByCount);
+                    self.retire(&svc, all).await;
+                }
                 continue;
             };
             let run = Run::from_row(&cur)?;

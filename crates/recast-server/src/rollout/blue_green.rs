@@ -48,7 +48,8 @@ pub(super) async fn run<F: Fleet, J: Journal>(
     r.checkpoint().await?;
     r.fleet.preview(None).await?;
     // The switch: green in, blue out, in one table swap.
-    let blue = r.ids(|i| i.release == old.number);
+    // Everything not green: the old release and anything an earlier stopped rollout left.
+    let blue = r.ids(|i| i.release != new);
     r.fleet.switch(&green, &blue, Weights::ByCount);
     r.journal.step(
         3,

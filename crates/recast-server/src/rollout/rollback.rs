@@ -108,6 +108,22 @@ pub async fn settle<F: Fleet>(fleet: &F, live: &Run) -> Result<Vec<String>, Stri
         .filter(|i| i.release != live.number || i.exited.is_some())
         .map(|i| i.id)
         .collect();
+    let retire_stale = |notes: &mut Vec<String>| {
+        if !stale.is_empty() {
+            notes.push(format!(
+                "retired instance(s) {} (not of live release {})",
+                stale.join(", "),
+                live.number
+            ));
+            fleet.switch(&[], &stale, Weights::ByCount);
+        }
+    };
+    // A service that stops first never runs two releases at once, even after a restart.
+    let stop_first = live.service.stops_first();
+    if stop_first && !stale.is_empty() {
+        retire_stale(&mut notes);
+        fleet.retire(stale.clone()).await;
+    }
     let kept: Vec<String> = fleet
         .instances()
         .into_iter()
@@ -126,13 +142,9 @@ pub async fn settle<F: Fleet>(fleet: &F, live: &Run) -> Result<Vec<String>, Stri
         ));
         fleet.switch(&ids, &[], Weights::ByCount);
     }
-    if !stale.is_empty() {
-        notes.push(format!(
-            "retired instance(s) {} (not of live release {})",
-            stale.join(", "),
-            live.number
-        ));
-        fleet.switch(&[], &stale, Weights::ByCount);
+    // Otherwise what served goes only once the live release is whole again.
+    if !stop_first && !stale.is_empty() {
+        retire_stale(&mut notes);
         fleet.retire(stale).await;
     }
     Ok(notes)
