@@ -416,6 +416,49 @@ fn route_threads() -> usize {
         .clamp(1, POOL_SLOTS)
 }
 
+/// A route's listening sockets on `addr`: one (`SO_REUSEPORT`) per thread, after an exclusive
+/// bind, so another process on the address is an error ("address in use"), never a silent share
+/// of its traffic. Returns them and the address bound (a port 0 resolved).
+pub(crate) fn route_listeners(
+    addr: SocketAddr,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    let listeners = (0..route_threads())
+        .map(|_| reuseport_listener(addr))
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((listeners, addr))
+}
+
+/// Listening sockets handed over from another process (or another route), checked: each a
+/// listening TCP socket, all on one address; an error names the descriptor that is not.
+pub(crate) fn handed_listeners(
+    fds: Vec<OwnedFd>,
+    what: &str,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    if fds.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no listening socket given for the {what}"),
+        ));
+    }
+    let listeners = fds
+        .into_iter()
+        .enumerate()
+        .map(|(n, fd)| listening_tcp(fd, n))
+        .collect::<io::Result<Vec<_>>>()?;
+    let addr = listeners[0].local_addr()?;
+    for (n, l) in listeners.iter().enumerate() {
+        let other = l.local_addr()?;
+        if other != addr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {n} listens on {other}, descriptor 0 on {addr}"),
+            ));
+        }
+    }
+    Ok((listeners, addr))
+}
+
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -532,14 +575,7 @@ impl Route {
         timeout: Duration,
         limits: conn::Limits,
     ) -> io::Result<Route> {
-        // An exclusive bind first: another process on this address is an error ("address in
-        // use"), never a silent share of its traffic through SO_REUSEPORT.
-        let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
-        let first = reuseport_listener(addr)?;
-        let mut listeners = vec![first];
-        for _ in 1..route_threads() {
-            listeners.push(reuseport_listener(addr)?);
-        }
+        let (listeners, addr) = route_listeners(addr)?;
         Route::serve(listeners, addr, service, timeout, limits)
     }
 
@@ -552,27 +588,7 @@ impl Route {
         timeout: Duration,
         limits: conn::Limits,
     ) -> io::Result<Route> {
-        if fds.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no listening socket given for the route",
-            ));
-        }
-        let listeners = fds
-            .into_iter()
-            .enumerate()
-            .map(|(n, fd)| listening_tcp(fd, n))
-            .collect::<io::Result<Vec<_>>>()?;
-        let addr = listeners[0].local_addr()?;
-        for (n, l) in listeners.iter().enumerate() {
-            let other = l.local_addr()?;
-            if other != addr {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("descriptor {n} listens on {other}, descriptor 0 on {addr}"),
-                ));
-            }
-        }
+        let (listeners, addr) = handed_listeners(fds, "route")?;
         Route::serve(listeners, addr, service, timeout, limits)
     }
 

@@ -11,7 +11,7 @@
 //! sit idle for hours. A connection over the route's limit is closed at once (no HTTP answer:
 //! the client speaks another protocol).
 
-use crate::{InUse, Service, conn, listening_tcp, reuseport_listener, route_threads};
+use crate::{InUse, Service, conn, handed_listeners, route_listeners};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -50,12 +50,7 @@ impl TcpRoute {
         service: Arc<Service>,
         limits: conn::Limits,
     ) -> io::Result<TcpRoute> {
-        // An exclusive bind first: another process on this address is an error.
-        let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
-        let mut listeners = vec![reuseport_listener(addr)?];
-        for _ in 1..route_threads() {
-            listeners.push(reuseport_listener(addr)?);
-        }
+        let (listeners, addr) = route_listeners(addr)?;
         TcpRoute::serve(listeners, addr, service, limits)
     }
 
@@ -66,27 +61,7 @@ impl TcpRoute {
         service: Arc<Service>,
         limits: conn::Limits,
     ) -> io::Result<TcpRoute> {
-        if fds.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no listening socket given for the tcp route",
-            ));
-        }
-        let listeners = fds
-            .into_iter()
-            .enumerate()
-            .map(|(n, fd)| listening_tcp(fd, n))
-            .collect::<io::Result<Vec<_>>>()?;
-        let addr = listeners[0].local_addr()?;
-        for (n, l) in listeners.iter().enumerate() {
-            let other = l.local_addr()?;
-            if other != addr {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("descriptor {n} listens on {other}, descriptor 0 on {addr}"),
-                ));
-            }
-        }
+        let (listeners, addr) = handed_listeners(fds, "tcp route")?;
         TcpRoute::serve(listeners, addr, service, limits)
     }
 
