@@ -8,6 +8,7 @@
 
 use crate::debian::{AptRepo, base_image_archive};
 use crate::deploy::{Load, Server, free_port, ok, wait_for};
+use crate::postgres::{POSTGRES_ENTRYPOINT, postgres_dockerfile};
 use crate::{stderr, stdout};
 use serde_json::Value;
 use std::fs;
@@ -36,37 +37,6 @@ CMD ["nginx", "-g", "daemon off;"]
 "#
     )
 }
-
-/// Debian's postgresql-common would create and start a cluster while the package installs:
-/// neither happens (no main cluster, no service start); the cluster is made by the entrypoint,
-/// as the postgres user, in the volume, on first start.
-fn postgres_dockerfile() -> String {
-    format!(
-        r#"FROM debian:12
-{APT} \
- && mkdir -p /etc/postgresql-common/createcluster.d \
- && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/recast.conf \
- && printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d \
- && apt-get update \
- && apt-get install -y --no-install-recommends postgresql-15 \
- && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d
-COPY entrypoint.sh /usr/local/bin/entrypoint.sh
-ENV PGDATA=/var/lib/postgresql/data
-USER postgres
-EXPOSE 5432
-CMD ["/usr/local/bin/entrypoint.sh"]
-"#
-    )
-}
-
-const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
-set -e
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  /usr/lib/postgresql/15/bin/initdb -D "$PGDATA" --auth=trust --username=postgres
-fi
-exec /usr/lib/postgresql/15/bin/postgres -D "$PGDATA" \
-  -c listen_addresses=127.0.0.1 -c unix_socket_directories=/run/postgresql
-"#;
 
 fn busybox_dockerfile() -> String {
     format!(
