@@ -223,6 +223,17 @@ impl DataDir {
         self.rootfs_dir().join(format!(".{hex}.stale{pid}"))
     }
 
+    /// `networks/`: one directory per project network.
+    pub fn networks(&self) -> PathBuf {
+        self.root.join("networks")
+    }
+
+    /// `networks/<project>/`: the project's network (its namespace pin, address leases, the
+    /// egress process).
+    pub fn network(&self, project: &str) -> Result<PathBuf, BadName> {
+        Ok(self.networks().join(component("project", project)?))
+    }
+
     /// `volumes/`: the volumes of every service.
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")

@@ -7,6 +7,7 @@
 //! in rotation still accepts connections (one that stops is taken out).
 
 pub mod client;
+mod dns;
 mod liveness;
 mod plane;
 pub mod proto;

@@ -121,7 +121,12 @@ impl Listening {
         state: &RouteState,
         service: Arc<recast_proxy::Service>,
     ) -> std::io::Result<Listening> {
-        let limits = route_limits(&state.key);
+        if let Some(netns) = &state.netns {
+            let socket = || recast_runtime::tcp_socket_in(netns);
+            let fds = recast_proxy::listening_sockets(state.listen, &socket)?;
+            return Listening::adopt(state, fds, service);
+        }
+        let limits = route_limits(state);
         Ok(match state.protocol {
             RouteProtocol::Http => {
                 let timeout = Duration::from_millis(state.timeout_ms.max(1));
@@ -139,7 +144,7 @@ impl Listening {
         fds: Vec<OwnedFd>,
         service: Arc<recast_proxy::Service>,
     ) -> std::io::Result<Listening> {
-        let limits = route_limits(&state.key);
+        let limits = route_limits(state);
         Ok(match state.protocol {
             RouteProtocol::Http => {
                 let timeout = Duration::from_millis(state.timeout_ms.max(1));
@@ -165,10 +170,16 @@ impl Listening {
     }
 }
 
-/// The limits of the route with key `project/name`.
-fn route_limits(key: &str) -> recast_proxy::conn::Limits {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    recast_proxy::conn::Limits::route(format!("route {name}"))
+/// The limits of route `state` (key `project/name`), with who may connect.
+fn route_limits(state: &RouteState) -> recast_proxy::conn::Limits {
+    let name = state.key.rsplit('/').next().unwrap_or(&state.key);
+    let mut limits = recast_proxy::conn::Limits::route(format!("route {name}"));
+    limits.allow = state.allow.as_ref().map(|nets| {
+        nets.iter()
+            .map(|&(addr, prefix)| recast_proxy::conn::Network { addr, prefix })
+            .collect()
+    });
+    limits
 }
 
 /// Everything one data plane holds.
@@ -176,6 +187,8 @@ pub(crate) struct Plane {
     pub services: Mutex<HashMap<String, Svc>>,
     routes: tokio::sync::Mutex<BTreeMap<String, Vec<(RouteState, Listening)>>>,
     previews: tokio::sync::Mutex<HashMap<String, (PreviewState, Route)>>,
+    /// Per project network (routes listening in a namespace), its resolver.
+    resolvers: Mutex<HashMap<String, crate::dns::Resolver>>,
     since_ms: u64,
     /// A newer data plane took the listeners over: this one drains and exits.
     handed_off: std::sync::atomic::AtomicBool,
@@ -203,6 +216,7 @@ impl Plane {
             services: Mutex::new(HashMap::new()),
             routes: tokio::sync::Mutex::new(BTreeMap::new()),
             previews: tokio::sync::Mutex::new(HashMap::new()),
+            resolvers: Mutex::new(HashMap::new()),
             since_ms: now_ms(),
             handed_off: std::sync::atomic::AtomicBool::new(false),
         }
@@ -256,6 +270,9 @@ impl Plane {
                     && w.listen == old.listen
                     && w.service == old.service
                     && w.protocol == old.protocol
+                    && w.netns == old.netns
+                    && w.allow == old.allow
+                    && w.resolves_outside == old.resolves_outside
             }) {
                 Some(w) => {
                     if let Listening::Http(r) = &route {
@@ -278,10 +295,53 @@ impl Plane {
                 Err(e) => failed.push(format!("route {name}: cannot listen on {}: {e}", w.listen)),
             }
         }
+        if let Err(e) = self.resolve_names(project, &kept) {
+            failed.push(e);
+        }
         if !kept.is_empty() {
             all.insert(project.to_string(), kept);
         }
         failed
+    }
+
+    /// Answer the names of the services whose routes listen in a project network (`routes` of
+    /// `project`), or stop answering when there are none.
+    fn resolve_names(
+        &self,
+        project: &str,
+        routes: &[(RouteState, Listening)],
+    ) -> Result<(), String> {
+        let mut resolvers = lock(&self.resolvers);
+        let Some(netns) = routes.iter().find_map(|(r, _)| r.netns.clone()) else {
+            resolvers.remove(project);
+            return Ok(());
+        };
+        let mut names = crate::dns::Known::default();
+        for (r, _) in routes {
+            let name = r
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix("@network"));
+            if let (Some(name), std::net::IpAddr::V4(a)) = (name, r.listen.ip()) {
+                names.names.insert(name.to_string(), a);
+                if r.resolves_outside {
+                    names.outside.push(a);
+                }
+            }
+        }
+        if let Some(r) = resolvers.get(project) {
+            *r.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+            return Ok(());
+        }
+        let r = crate::dns::Resolver::start(&netns, names).map_err(|e| {
+            format!(
+                "the resolver of {project}: cannot listen on {}: {e}",
+                crate::dns::LISTEN
+            )
+        })?;
+        resolvers.insert(project.to_string(), r);
+        Ok(())
     }
 
     /// Open, replace or close a service's preview listener.

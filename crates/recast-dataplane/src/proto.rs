@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Bumped when a message changes meaning; a peer with another version is replaced (handoff).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The longest line either side reads: a whole project's state fits many times over.
 pub const MAX_LINE: usize = 16 << 20;
@@ -85,6 +85,16 @@ pub struct RouteState {
     /// say, and its routes are HTTP.
     #[serde(default)]
     pub protocol: RouteProtocol,
+    /// Listen inside this network namespace (a project network) instead of the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Accept only clients from these networks (address, prefix length); `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<(std::net::IpAddr, u8)>>,
+    /// In a project network: the route's service may resolve names outside the project (it
+    /// has egress); its instances are the /24 of the route's address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolves_outside: bool,
 }
 
 /// A blue/green preview: the new release's instances on their own address.
@@ -296,6 +306,17 @@ mod tests {
             service: "p/web".into(),
             timeout_ms: 30_000,
             protocol: RouteProtocol::Tcp,
+            netns: None,
+            allow: None,
+            resolves_outside: false,
+        };
+        let internal = RouteState {
+            key: "p/api@network".into(),
+            listen: "10.89.1.1:8080".parse().expect("addr"),
+            netns: Some("/d/networks/p/netns".into()),
+            allow: Some(vec![("10.89.2.0".parse().expect("ip"), 24)]),
+            resolves_outside: true,
+            ..route.clone()
         };
         let config = Config {
             services: vec![service.clone()],
@@ -315,6 +336,10 @@ mod tests {
             Request::SetRoutes {
                 project: "p".into(),
                 routes: vec![route],
+            },
+            Request::SetRoutes {
+                project: "p#network".into(),
+                routes: vec![internal],
             },
             Request::Drain {
                 service: "p/web".into(),

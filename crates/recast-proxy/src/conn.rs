@@ -25,7 +25,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -65,6 +65,35 @@ pub struct Limits {
     /// Whether these connections count toward the process's budget (`process_budget`): routes
     /// do; the API does not, so that a flood of route clients never locks the operator out.
     pub budgeted: bool,
+    /// The networks clients may connect from; `None`: any.
+    pub allow: Option<Arc<[Network]>>,
+}
+
+/// An IP network: an address and how many leading bits of it count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` is in this network (an IPv4 address never is in an IPv6 network, and back).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix).min(width);
+            if keep == 0 { 0 } else { bits >> (width - keep) }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n).into(), 32, self.prefix)
+                    == masked(u32::from(a).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(n.into(), 128, self.prefix) == masked(a.into(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Limits {
@@ -75,6 +104,7 @@ impl Limits {
             idle: ROUTE_IDLE_TIMEOUT,
             max_connections: ROUTE_MAX_CONNECTIONS,
             budgeted: true,
+            allow: None,
         }
     }
 
@@ -85,6 +115,7 @@ impl Limits {
             idle: API_IDLE_TIMEOUT,
             max_connections: API_MAX_CONNECTIONS,
             budgeted: false,
+            allow: None,
         }
     }
 }
@@ -197,6 +228,7 @@ pub struct Acceptor {
     listener: TcpListener,
     what: String,
     backoff: Duration,
+    allow: Option<Arc<[Network]>>,
 }
 
 impl Acceptor {
@@ -205,12 +237,28 @@ impl Acceptor {
             listener,
             what: what.into(),
             backoff: Duration::ZERO,
+            allow: None,
         }
+    }
+
+    /// Accept only clients from these networks (`Limits::allow`); others are reset at once.
+    pub fn allowing(mut self, allow: Option<Arc<[Network]>>) -> Acceptor {
+        self.allow = allow;
+        self
     }
 
     pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             match self.listener.accept().await {
+                Ok((stream, peer))
+                    if self
+                        .allow
+                        .as_ref()
+                        .is_some_and(|a| !a.iter().any(|n| n.contains(peer.ip()))) =>
+                {
+                    // Reset (SO_LINGER 0): the client learns at once that it may not connect.
+                    let _ = rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO));
+                }
                 Ok(a) => {
                     if !self.backoff.is_zero() {
                         eprintln!("recast: {}: accepting connections again", self.what);

@@ -83,7 +83,40 @@ impl Body for ProxyBody {
 }
 
 /// Upstream connections send the client's request body as it came (no boxing).
-type Upstream = SendRequest<Incoming>;
+type Upstream = SendRequest<UpBody>;
+
+/// What goes upstream as a request's body: the client's, or nothing (a request without a body,
+/// which can then be sent again when an instance closes a kept-alive connection unanswered).
+enum UpBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Client(b) => b.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Most route threads (and upstream pools per backend).
 const POOL_SLOTS: usize = 8;
@@ -422,9 +455,55 @@ fn route_threads() -> usize {
 pub(crate) fn route_listeners(
     addr: SocketAddr,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let host_socket = || {
+        Ok(rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?)
+    };
+    route_listeners_with(addr, &host_socket)
+}
+
+/// A route's listening sockets on `addr` made from the TCP sockets `socket` returns (made in
+/// another network namespace, say), as [`route_listeners`] makes them; for `from_listeners`.
+pub fn listening_sockets(
+    addr: SocketAddr,
+    socket: &dyn Fn() -> io::Result<OwnedFd>,
+) -> io::Result<Vec<OwnedFd>> {
+    let (listeners, _) = route_listeners_with(addr, socket)?;
+    Ok(listeners.into_iter().map(OwnedFd::from).collect())
+}
+
+fn route_listeners_with(
+    addr: SocketAddr,
+    socket: &dyn Fn() -> io::Result<OwnedFd>,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let tcp = || {
+        let s = std::net::TcpStream::from(socket()?);
+        s.set_nonblocking(true)?;
+        Ok::<_, io::Error>(tokio::net::TcpSocket::from_std_stream(s))
+    };
+    let first = tcp()?;
+    first.set_reuseaddr(true)?;
+    first.bind(addr)?;
+    let addr = first.local_addr()?;
+    drop(first);
     let listeners = (0..route_threads())
-        .map(|_| reuseport_listener(addr))
+        .map(|_| {
+            let s = tcp()?;
+            s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
+            s.bind(addr)?;
+            s.listen(1024)?.into_std()
+        })
         .collect::<io::Result<Vec<_>>>()?;
     Ok((listeners, addr))
 }
@@ -457,18 +536,6 @@ pub(crate) fn handed_listeners(
         }
     }
     Ok((listeners, addr))
-}
-
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)?.into_std()
 }
 
 /// `fd` as a listener if it is a listening TCP socket; an error naming what it is otherwise.
@@ -528,7 +595,8 @@ async fn serve_listener(listener: std::net::TcpListener, addr: SocketAddr, s: Se
         return;
     };
     let (mut closing, mut stop) = (s.closing.clone(), s.stop.clone());
-    let mut acceptor = conn::Acceptor::new(listener, format!("{} on {addr}", s.limits.what));
+    let mut acceptor = conn::Acceptor::new(listener, format!("{} on {addr}", s.limits.what))
+        .allowing(s.limits.allow.clone());
     loop {
         let (stream, peer) = tokio::select! {
             a = acceptor.accept() => a,
@@ -779,8 +847,16 @@ async fn forward(
     let pinned = sticky.then(|| pinned_release(&parts.headers)).flatten();
     forward_headers(&mut parts.headers, upgrade, peer);
     parts.version = hyper::Version::HTTP_11;
-    // The request goes out as it came in; a failed send hands it back for the retry.
-    let mut out = Some(Request::from_parts(parts, body));
+    // The request goes out as it came in; a failed send hands it back for the retry. One without
+    // a body and of a safe method is kept, to be sent again if an instance closes a kept-alive
+    // connection without answering (RFC 9110 §9.2.2; nginx's `proxy_next_upstream error`).
+    let again = (retryable && parts.method.is_safe()).then(|| parts.clone());
+    let first = if retryable {
+        UpBody::Empty
+    } else {
+        UpBody::Client(body)
+    };
+    let mut out = Some(Request::from_parts(parts, first));
     let mut tried: Option<String> = None;
     for attempt in 0..3 {
         if attempt > 0 {
@@ -834,10 +910,17 @@ async fn forward(
                 return relay(resp, in_use, sender, client_upgrade, sticky, pinned);
             }
             Err(mut e) => {
-                m.connect_failed();
-                tried = Some(backend.id.clone());
                 // Nothing was answered; a request without a body can go elsewhere.
                 out = e.take_message();
+                if out.is_none() && e.error().is_incomplete_message() {
+                    // A kept-alive connection the instance closed: not the instance failing.
+                    out = again
+                        .as_ref()
+                        .map(|p| Request::from_parts(p.clone(), UpBody::Empty));
+                } else {
+                    m.connect_failed();
+                    tried = Some(backend.id.clone());
+                }
                 if retryable && out.is_some() {
                     table = svc.table();
                     continue;

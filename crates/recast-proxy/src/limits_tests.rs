@@ -55,6 +55,7 @@ fn limits(header_ms: u64, idle_ms: u64, max_connections: usize) -> conn::Limits 
         idle: Duration::from_millis(idle_ms),
         max_connections,
         budgeted: true,
+        allow: None,
     }
 }
 
@@ -268,6 +269,28 @@ async fn connections_beyond_the_cap_get_a_503_that_says_so() {
         }
         assert!(Instant::now() < deadline, "no place freed: {head}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `allow_from`: a client from a network the route does not allow is reset at once, before it
+/// can send anything; one from an allowed network is served.
+#[tokio::test]
+async fn only_allowed_networks_may_connect() {
+    let net = |a: &str, prefix| conn::Network {
+        addr: a.parse().expect("ip"),
+        prefix,
+    };
+    assert!(net("10.89.3.0", 24).contains("10.89.3.77".parse().expect("ip")));
+    assert!(!net("10.89.3.0", 24).contains("10.89.4.1".parse().expect("ip")));
+    assert!(!net("10.89.3.0", 24).contains("::1".parse().expect("ip")));
+    assert!(net("0.0.0.0", 0).contains("192.0.2.1".parse().expect("ip")));
+    for (allow, served) in [(net("10.89.3.0", 24), false), (net("127.0.0.0", 8), true)] {
+        let mut l = limits(5_000, 5_000, 100);
+        l.allow = Some(vec![allow].into());
+        let (route, _svc) = route(l, Duration::from_secs(5)).await;
+        let mut s = TcpStream::connect(route.addr).await.expect("connect");
+        let answer = request(&mut s, "/").await;
+        assert_eq!(answer.is_some(), served, "allow {allow:?}: {answer:?}");
     }
 }
 

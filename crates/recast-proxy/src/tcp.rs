@@ -149,7 +149,8 @@ async fn accept_loop(listener: std::net::TcpListener, addr: SocketAddr, s: Servi
         return;
     };
     let (mut closing, mut stop) = (s.closing.clone(), s.stop.clone());
-    let mut acceptor = conn::Acceptor::new(listener, format!("{} on {addr}", s.limits.what));
+    let mut acceptor = conn::Acceptor::new(listener, format!("{} on {addr}", s.limits.what))
+        .allowing(s.limits.allow.clone());
     loop {
         let (stream, _) = tokio::select! {
             a = acceptor.accept() => a,

@@ -481,6 +481,7 @@ fn step_instance_spec(id: &str, req: &RunRequest<'_>, private: bool) -> Instance
         owner: "build".into(),
         stop_signal: None,
         stop_timeout: std::time::Duration::ZERO,
+        attach: None,
     }
 }
 

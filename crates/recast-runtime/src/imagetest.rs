@@ -78,6 +78,7 @@ fn run_checks(
         owner: "test".into(),
         stop_signal: None,
         stop_timeout: Duration::from_secs(5),
+        attach: None,
     };
     let deadline = Instant::now() + test.timeout;
     let inst = rt

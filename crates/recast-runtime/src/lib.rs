@@ -16,6 +16,7 @@ mod buildstep;
 pub mod health;
 pub mod imagetest;
 pub mod logs;
+mod network;
 mod rootfs;
 pub mod signals;
 mod spec;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use network::{Attach, GATEWAY, ProjectNetwork};
 pub use recast_spec::Network;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,8 @@ pub struct InstanceSpec {
     pub stop_signal: Option<String>,
     /// How long [`Runtime::stop_gracefully`] waits after the stop signal before SIGKILL.
     pub stop_timeout: Duration,
+    /// The project network it joins (private network only); `None`: loopback only.
+    pub attach: Option<Attach>,
 }
 
 /// What recast remembers of an instance (`instance.json`).
@@ -128,6 +132,11 @@ pub struct Instance {
     /// Milliseconds between the stop signal and SIGKILL.
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
+    /// Its address on its project's network, and that project (`Attach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_network: Option<String>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -364,6 +373,8 @@ impl Runtime {
             config_blake3: None,
             stop_signal: default_stop_signal(),
             stop_timeout_ms: spec.stop_timeout.as_millis().min(u64::MAX as u128) as u64,
+            address: None,
+            project_network: None,
             dir: creating.clone(),
         };
         // The record first, then the directory under its name: a recovery never sees an
@@ -453,6 +464,11 @@ impl Runtime {
             )
         })?;
         let netns = self.instance_netns(spec, inst)?;
+        let joined = network::joins(spec);
+        let names = match joined {
+            Some(at) => self.join(inst, at)?,
+            None => Vec::new(),
+        };
         let volumes = self.instance_volumes(spec, inst, host_uid, host_gid)?;
         let tmpfs = tmpfs_mounts(&lower, &spec.tmpfs, spec.memory.unwrap_or(DEFAULT_MEMORY))?;
         let mut config = spec::runtime_spec(
@@ -465,6 +481,9 @@ impl Runtime {
         );
         if let Some(mounts) = config["mounts"].as_array_mut() {
             mounts.extend(tmpfs);
+            mounts.extend(names.iter().map(|(host, at)| {
+                serde_json::json!({"destination": at, "type": "bind", "source": host, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
+            }));
         }
         // The spec holds the service's environment: private (0600). Its hash is kept in
         // instance.json, so the guard can tell when it is changed (`config_drift`).
@@ -476,15 +495,25 @@ impl Runtime {
                 e,
             )
         })?;
-        let pid = self.start_runc(inst, &of)?;
+        // A namespace runc makes (in a user namespace) is plugged in between `runc create` and
+        // `runc start`; one recast made, before runc runs.
+        let late = spec.network == Network::Private && spec.user_namespace;
+        if let (Some(at), false) = (joined, late) {
+            self.plug(inst, at)?;
+        }
+        let pid = self.start_runc(inst, &of, !late)?;
         inst.pid = Some(pid);
-        if spec.network == Network::Private && spec.user_namespace {
+        if late {
             sys::pin_netns(pid, &inst.netns()).map_err(|e| {
                 Error::io(
                     format!("pinning the network namespace of instance {}", inst.id),
                     e,
                 )
             })?;
+            if let Some(at) = joined {
+                self.plug(inst, at)?;
+            }
+            self.runc_start(inst, &of)?;
         }
         inst.phase = "running".into();
         save(inst)
@@ -599,7 +628,8 @@ impl Runtime {
 
     /// Start the instance prepared in its directory with `runc run --detach`, its output
     /// appended to its logs; returns its pid. A failure quotes the end of its stderr log.
-    fn start_runc(&self, inst: &Instance, of: &str) -> Result<i32> {
+    /// `runc run --detach` (`run`), or `runc create` to be followed by [`Runtime::runc_start`].
+    fn start_runc(&self, inst: &Instance, of: &str, run: bool) -> Result<i32> {
         let dir = &inst.dir;
         let open_log = |p: PathBuf| {
             fs::OpenOptions::new()
@@ -611,7 +641,11 @@ impl Runtime {
         };
         let out = self
             .runc()
-            .args(["run", "--detach", "--bundle"])
+            .args(if run {
+                &["run", "--detach", "--bundle"][..]
+            } else {
+                &["create", "--bundle"][..]
+            })
             .arg(dir)
             .arg("--pid-file")
             .arg(dir.join("pid"))
@@ -634,6 +668,25 @@ impl Runtime {
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| Error::msg(format!("runc left no pid for instance {}", inst.id)))?;
         Ok(pid)
+    }
+
+    /// Start an instance `runc create` made.
+    fn runc_start(&self, inst: &Instance, of: &str) -> Result<()> {
+        let out = self
+            .runc()
+            .args(["start", &inst.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| Error::io(format!("running runc for instance {}", inst.id), e))?;
+        if !out.status.success() {
+            return Err(Error::msg(format!(
+                "runc could not start instance {} of {of}: {}",
+                inst.id,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the instance still runs; an exit is recorded with its status.
@@ -718,6 +771,7 @@ impl Runtime {
             }
         }
         self.remove_cgroups(&inst.id);
+        self.release_address(inst);
         for m in [inst.merged(), inst.netns()] {
             sys::unmount(&m).map_err(|e| Error::io(format!("unmounting {}", m.display()), e))?;
         }
@@ -839,6 +893,8 @@ impl Runtime {
                     config_blake3: None,
                     stop_signal: default_stop_signal(),
                     stop_timeout_ms: 0,
+                    address: None,
+                    project_network: None,
                     dir,
                 };
                 // Whose it was is unknown: only a caller that claims unknown owners (the
@@ -883,6 +939,15 @@ impl Runtime {
                 }
             }
         }
+        // Addresses leased by instances that are gone (a crash between delete's steps).
+        let live: Vec<String> = fs::read_dir(self.data_dir.instances())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.release_stale_addresses(&live);
         Ok(r)
     }
 
@@ -1248,6 +1313,18 @@ impl Runtime {
             Err(e) => Some(format!("unreadable ({e})")),
         }
     }
+}
+
+/// An IPv4 TCP socket made inside the network namespace pinned at `netns`: the data plane
+/// listens with it on a project network.
+pub fn tcp_socket_in(netns: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    sys::tcp_socket_in(netns)
+}
+
+/// An IPv4 UDP socket made inside the network namespace pinned at `netns` (the resolver of a
+/// project network).
+pub fn udp_socket_in(netns: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    sys::udp_socket_in(netns)
 }
 
 /// Connect to `port` on 127.0.0.1 inside the network namespace pinned at `netns` (the host's

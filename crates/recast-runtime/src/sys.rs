@@ -157,7 +157,7 @@ pub fn mount_overlay(
 pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let ns = File::open(netns)?;
     if let SocketAddr::V4(v4) = addr {
-        return connect_timeout(socket_in(ns)?, v4, timeout);
+        return connect_timeout(socket_in(ns, libc::SOCK_STREAM)?, v4, timeout);
     }
     std::thread::spawn(move || {
         // SAFETY: ns is an open namespace file; setns only affects this short-lived thread.
@@ -168,17 +168,32 @@ pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> io::Resu
     .map_err(|_| io::Error::other("the connect thread panicked"))?
 }
 
-type SocketRequest = (File, std::sync::mpsc::SyncSender<io::Result<OwnedFd>>);
+type SocketRequest = (
+    File,
+    libc::c_int,
+    std::sync::mpsc::SyncSender<io::Result<OwnedFd>>,
+);
 
-/// An IPv4 TCP socket made in the network namespace `ns` by the socket thread.
-fn socket_in(ns: File) -> io::Result<OwnedFd> {
+/// An IPv4 TCP socket made in the network namespace pinned at `netns` (to listen there).
+pub fn tcp_socket_in(netns: &Path) -> io::Result<OwnedFd> {
+    socket_in(File::open(netns)?, libc::SOCK_STREAM)
+}
+
+/// An IPv4 UDP socket made in the network namespace pinned at `netns`.
+pub fn udp_socket_in(netns: &Path) -> io::Result<OwnedFd> {
+    socket_in(File::open(netns)?, libc::SOCK_DGRAM)
+}
+
+/// An IPv4 socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`) made in the network namespace `ns` by
+/// the socket thread.
+fn socket_in(ns: File, kind: libc::c_int) -> io::Result<OwnedFd> {
     use std::sync::mpsc;
     static THREAD: std::sync::Mutex<Option<mpsc::Sender<SocketRequest>>> =
         std::sync::Mutex::new(None);
     let (reply, answer) = mpsc::sync_channel(1);
     {
         let mut t = THREAD.lock().unwrap_or_else(|p| p.into_inner());
-        let mut req = (ns, reply);
+        let mut req = (ns, kind, reply);
         for _ in 0..2 {
             let sender = match t.as_ref() {
                 Some(s) => s.clone(),
@@ -211,15 +226,13 @@ fn socket_thread() -> io::Result<std::sync::mpsc::Sender<SocketRequest>> {
     std::thread::Builder::new()
         .name("recast-netns".into())
         .spawn(move || {
-            for (ns, reply) in rx {
+            for (ns, kind, reply) in rx {
                 let made = (|| {
                     // SAFETY: ns is an open namespace file; setns affects only this thread,
                     // which does nothing but make sockets.
                     check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
                     // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
-                    let fd = unsafe {
-                        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-                    };
+                    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
                     if fd < 0 {
                         return Err(io::Error::last_os_error());
                     }

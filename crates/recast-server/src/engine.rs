@@ -28,6 +28,7 @@ mod apply;
 mod commands;
 mod fleet;
 mod instances;
+mod network;
 mod stateful;
 pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
 
@@ -315,6 +316,8 @@ pub struct Ctl {
     hooks: Mutex<HashMap<String, Vec<recast_spec::Webhook>>>,
     /// Each project's guard settings, from its last apply.
     pub(crate) guards: Mutex<HashMap<String, recast_spec::Guard>>,
+    /// Each project's service names and their addresses on its network (`network.rs`).
+    networks: Mutex<HashMap<String, Vec<(String, std::net::Ipv4Addr)>>>,
 }
 
 fn key(project: &str, service: &str) -> String {
@@ -338,6 +341,7 @@ impl Ctl {
             next_apply: AtomicU64::new(1),
             hooks: Mutex::new(HashMap::new()),
             guards: Mutex::new(HashMap::new()),
+            networks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -481,6 +485,9 @@ fn route_state(row: &RouteRow) -> Result<dp::RouteState, String> {
         service: key(&row.project, &row.service),
         timeout_ms: row.timeout_ms.max(1),
         protocol: row.protocol,
+        netns: None,
+        allow: None,
+        resolves_outside: false,
     })
 }
 

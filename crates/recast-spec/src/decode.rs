@@ -562,8 +562,20 @@ impl<'a> Cx<'a> {
 
     /// `image.NAME` or `service.NAME`; recorded for resolution once every file is read.
     fn reference(&mut self, a: &Attribute, kind_name: &'static str) -> Option<String> {
-        let span = span_of(&a.value);
-        let parts = match &a.value {
+        self.reference_in(a.key.as_str(), &a.value, kind_name, false)
+    }
+
+    /// A reference written as the value of `key`, or as an element of its list (`in_list`,
+    /// which changes only how the messages show it).
+    fn reference_in(
+        &mut self,
+        key: &str,
+        e: &Expression,
+        kind_name: &'static str,
+        in_list: bool,
+    ) -> Option<String> {
+        let span = span_of(e);
+        let parts = match e {
             Expression::Traversal(t) => match &t.expr {
                 Expression::Variable(v) => {
                     let mut parts = vec![v.as_str().to_string()];
@@ -581,6 +593,13 @@ impl<'a> Cx<'a> {
             _ => None,
         };
         let example = format!("{kind_name}.NAME");
+        let write = |x: &str| {
+            if in_list {
+                format!("{key} = [{x}]")
+            } else {
+                format!("{key} = {x}")
+            }
+        };
         match parts.as_deref() {
             Some([k, name]) if k == kind_name && !name.is_empty() => {
                 self.out.refs.push(Ref {
@@ -595,39 +614,41 @@ impl<'a> Cx<'a> {
                 self.err_hint(
                     span,
                     format!(
-                        "`{}` must reference {} {kind_name}, found a reference to `{k}`",
-                        a.key.as_str(),
+                        "`{key}` must reference {} {kind_name}, found a reference to `{k}`",
                         article(kind_name)
                     ),
-                    Some(format!("write {} = {example}", a.key.as_str())),
+                    Some(format!("write {}", write(&example))),
                 );
                 None
             }
             Some(_) => {
                 self.err_hint(
                     span,
-                    format!("invalid reference in `{}`", a.key.as_str()),
-                    Some(format!("write {} = {example}", a.key.as_str())),
+                    format!("invalid reference in `{key}`"),
+                    Some(format!("write {}", write(&example))),
                 );
                 None
             }
             None => {
-                let hint = match self.str_of(&a.value) {
+                let hint = match self.str_of(e) {
                     Ok(s) => format!(
-                        "write a reference without quotes: {} = {kind_name}.{s}",
-                        a.key.as_str()
+                        "write a reference without quotes: {}",
+                        write(&format!("{kind_name}.{s}"))
                     ),
-                    Err(()) => format!("write {} = {example}", a.key.as_str()),
+                    Err(()) => format!("write {}", write(&example)),
                 };
-                self.err_hint(
-                    span,
+                let msg = if in_list {
                     format!(
-                        "`{}` must be a reference like {example}, found {}",
-                        a.key.as_str(),
-                        kind(&a.value)
-                    ),
-                    Some(hint),
-                );
+                        "`{key}` must be a list of references like {example}, found {} in it",
+                        kind(e)
+                    )
+                } else {
+                    format!(
+                        "`{key}` must be a reference like {example}, found {}",
+                        kind(e)
+                    )
+                };
+                self.err_hint(span, msg, Some(hint));
                 None
             }
         }
@@ -1104,6 +1125,35 @@ impl<'a> Cx<'a> {
         let drain_timeout = r
             .attr("drain_timeout")
             .and_then(|a| self.at_most_an_hour(a));
+        let protocol = r
+            .attr("protocol")
+            .and_then(|a| self.choice(a, &[("http", Protocol::Http), ("tcp", Protocol::Tcp)]));
+        let allow_from = r.attr("allow_from").map(|a| (a, self.allow_from(a)));
+        let egress = r.attr("egress").map(|a| (a, self.egress(a)));
+        if network == Some(Network::Host) {
+            let on_host = [
+                allow_from.as_ref().map(|(a, _)| *a),
+                egress
+                    .as_ref()
+                    .filter(|(_, e)| e.as_ref().is_some_and(|e| *e != Egress::All))
+                    .map(|(a, _)| *a),
+            ];
+            for a in on_host.into_iter().flatten() {
+                self.err_hint(
+                    span_of(&a.key),
+                    format!(
+                        "`{}` does not apply to a service with network = \"host\": its instances are not on the project network",
+                        a.key.as_str()
+                    ),
+                    Some("remove it, or use network = \"private\"".into()),
+                );
+            }
+        }
+        let allow_from = allow_from.and_then(|(_, v)| v);
+        let egress = match egress {
+            Some((_, e)) => e,
+            None => Some(Egress::All),
+        };
         let rollout = self.service_rollout(&mut r, instances, exclusive_at.as_ref());
         let guard = self.service_guard(&mut r);
         self.finish(r);
@@ -1115,8 +1165,10 @@ impl<'a> Cx<'a> {
             Some(health),
             Some(rollout),
             Some(network),
-        ) = (label, image, instances, port, health, rollout, network)
-        {
+            Some(egress),
+        ) = (
+            label, image, instances, port, health, rollout, network, egress,
+        ) {
             let s = Service {
                 name,
                 image,
@@ -1134,12 +1186,126 @@ impl<'a> Cx<'a> {
                 stop_signal,
                 stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
                 drain_timeout: drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+                protocol,
+                allow_from,
+                egress,
                 rollout,
                 guard,
             };
             let n = self.named(s, span);
             self.out.services.push(n);
         }
+    }
+
+    /// `allow_from = [service.web, …]`: the services that may connect, each once (itself
+    /// included if listed); `[]` lets none connect.
+    fn allow_from(&mut self, a: &Attribute) -> Option<Vec<String>> {
+        let Expression::Array(arr) = &a.value else {
+            let hint = match &a.value {
+                Expression::Traversal(_) => "write a list: allow_from = [service.NAME]",
+                _ => "write allow_from = [service.NAME, …], or [] to let no service connect",
+            };
+            self.err_hint(
+                span_of(&a.value),
+                format!(
+                    "`allow_from` must be a list of service references, found {}",
+                    kind(&a.value)
+                ),
+                Some(hint.into()),
+            );
+            return None;
+        };
+        let mut out: Vec<String> = Vec::new();
+        let mut ok = true;
+        for e in arr.iter() {
+            let Some(name) = self.reference_in("allow_from", e, "service", true) else {
+                ok = false;
+                continue;
+            };
+            if out.contains(&name) {
+                self.err(
+                    span_of(e),
+                    format!("service `{name}` is listed twice in `allow_from`"),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(name);
+        }
+        ok.then_some(out)
+    }
+
+    /// `egress = "none" | "all" | ["10.0.0.0/8", "db.example.com:5432", …]`; `[]` is "none".
+    fn egress(&mut self, a: &Attribute) -> Option<Egress> {
+        let expected = "expected \"none\", \"all\" or a list of destinations";
+        let Expression::Array(arr) = &a.value else {
+            let Ok(s) = self.str_of(&a.value) else {
+                self.err_hint(
+                    span_of(&a.value),
+                    format!(
+                        "`egress` must be a string or a list of strings, found {}",
+                        kind(&a.value)
+                    ),
+                    Some("write egress = \"none\", \"all\" or [\"HOST[:PORT]\", …]".into()),
+                );
+                return None;
+            };
+            match s.as_str() {
+                "none" => return Some(Egress::None),
+                "all" => return Some(Egress::All),
+                _ => {}
+            }
+            let hint = did_you_mean(&s, ["none", "all"])
+                .map(|h| h.replace('`', "\""))
+                .or_else(|| {
+                    values::destination(&s)
+                        .is_ok()
+                        .then(|| format!("write a list: egress = [\"{s}\"]"))
+                });
+            self.err_hint(
+                span_of(&a.value),
+                format!("invalid `egress` \"{s}\": {expected}"),
+                hint,
+            );
+            return None;
+        };
+        let mut out: Vec<Destination> = Vec::new();
+        let mut ok = true;
+        for e in arr.iter() {
+            let Ok(s) = self.str_of(e) else {
+                self.err(
+                    span_of(e),
+                    format!(
+                        "`egress` must be a list of strings, found {} in it",
+                        kind(e)
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            match values::destination(&s) {
+                Ok(d) if out.contains(&d) => {
+                    self.err(
+                        span_of(e),
+                        format!("egress destination \"{s}\" is listed twice"),
+                    );
+                    ok = false;
+                }
+                Ok(d) => out.push(d),
+                Err(msg) => {
+                    self.err(span_of(e), msg);
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(if out.is_empty() {
+            Egress::None
+        } else {
+            Egress::Only(out)
+        })
     }
 
     /// A duration of at most an hour (`stop_timeout`, `drain_timeout`).

@@ -279,6 +279,17 @@ pub struct Service {
     /// it left rotation) before it is stopped anyway.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// What the other services of the project speak to it on `NAME:PORT`: HTTP requests or TCP
+    /// connections passed through. Unset: HTTP when its health check is HTTP, else TCP
+    /// ([`Service::internal_protocol`]).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// The services of the project that may connect to it by name; unset: all of them.
+    #[serde(default)]
+    pub allow_from: Option<Vec<String>>,
+    /// Where its instances may connect outside the project.
+    #[serde(default)]
+    pub egress: Egress,
     pub rollout: Rollout,
     /// Service-level override of the project guard.
     pub guard: Option<Guard>,
@@ -299,6 +310,15 @@ impl Service {
     /// The volumes no two instances may share (`exclusive = true`).
     pub fn exclusive_volumes(&self) -> impl Iterator<Item = &Volume> {
         self.volumes.iter().filter(|v| v.exclusive)
+    }
+
+    /// The protocol of its `NAME:PORT` address inside the project (see [`Service::protocol`]).
+    pub fn internal_protocol(&self) -> Protocol {
+        match (self.protocol, &self.health.check) {
+            (Some(p), _) => p,
+            (None, HealthCheck::Http { .. }) => Protocol::Http,
+            (None, _) => Protocol::Tcp,
+        }
     }
 
     /// Old instances stop before new ones start, in rollouts and replacements alike.
@@ -335,6 +355,26 @@ pub enum Network {
     Private,
     /// The host's network; each instance gets a unique `$PORT`.
     Host,
+}
+
+/// Where an instance may connect outside its project: nowhere, anywhere the host can, or only
+/// to the destinations listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    None,
+    #[default]
+    All,
+    Only(Vec<Destination>),
+}
+
+/// One allowed destination of `egress`: an address or network, or a host name (resolved when
+/// an instance starts), with a port or any port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// An IP address, a CIDR network (`10.0.0.0/8`) or a host name.
+    pub host: String,
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -288,3 +288,252 @@ mod signal_tests {
         }
     }
 }
+
+/// One entry of a service's `egress` list: an IP address, a CIDR network (`10.0.0.0/8`,
+/// `fd00::/8`) or a DNS host name, optionally followed by `:PORT` (an IPv6 address or network
+/// with a port is written in brackets: `[::1]:80`).
+///
+/// The host is returned in canonical form (addresses as Rust prints them, names in lowercase),
+/// so that equal destinations compare equal. A network with host bits set is refused, naming
+/// the network meant.
+pub fn destination(s: &str) -> Result<crate::model::Destination, String> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let bad = |why: &str| format!("invalid egress destination \"{s}\": {why}");
+    let expected = "expected an IP address, a CIDR network or a host name, optionally with :PORT, like \"10.0.0.0/8\" or \"db.example.com:5432\"";
+    if s.is_empty() {
+        return Err(bad(expected));
+    }
+    // Split off the port; `bracketed`: the host was written in brackets (IPv6 only).
+    let (host, port, bracketed) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err(bad("missing ']' after the IPv6 address"));
+        };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Err(bad("expected :PORT after ']'")),
+            },
+        };
+        (inside, port, true)
+    } else if s.matches(':').count() > 1 {
+        // An IPv6 address or network without a port.
+        (s, None, false)
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p), false),
+            None => (s, None, false),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let n = (!p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u32>().ok())
+                .flatten()
+                .filter(|n| (1..=65535).contains(n));
+            match n {
+                Some(n) => Some(n as u16),
+                None => return Err(bad(&format!("port \"{p}\" must be 1-65535"))),
+            }
+        }
+    };
+    let v6_hint = || format!("{expected}; an IPv6 address with a port is written [ADDR]:PORT");
+    let with_port = |host: &str, v6: bool| match port {
+        Some(p) if v6 => format!("[{host}]:{p}"),
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let host = if let Some((addr, prefix)) = host.split_once('/') {
+        let Ok(ip) = addr.parse::<IpAddr>() else {
+            return Err(bad(&format!("\"{addr}\" is not an IP address")));
+        };
+        if bracketed && ip.is_ipv4() {
+            return Err(bad("brackets are for IPv6 addresses only"));
+        }
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits =
+            (!prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| prefix.parse::<u32>().ok())
+                .flatten()
+                .filter(|n| *n <= max);
+        let Some(bits) = bits else {
+            return Err(bad(&format!("prefix length \"{prefix}\" must be 0-{max}")));
+        };
+        let net = match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                IpAddr::from((u32::from(a) & mask).to_be_bytes())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        let canonical = format!("{net}/{bits}");
+        if net != ip {
+            return Err(bad(&format!(
+                "{ip}/{bits} has host bits set; write \"{}\"",
+                with_port(&canonical, ip.is_ipv6())
+            )));
+        }
+        canonical
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        if bracketed && ip.is_ipv4() {
+            return Err(bad("brackets are for IPv6 addresses only"));
+        }
+        ip.to_string()
+    } else if bracketed {
+        return Err(bad(&format!(
+            "\"{host}\" in brackets is not an IPv6 address"
+        )));
+    } else if host.contains(':') {
+        return Err(bad(&v6_hint()));
+    } else {
+        host_name(host).map_err(|why| bad(&format!("{why}; {expected}")))?
+    };
+    Ok(crate::model::Destination { host, port })
+}
+
+/// A DNS host name (RFC 1123), in lowercase: labels of letters, digits and '-' (not at either
+/// end), 1 to 63 characters each, at most 253 in all, the last not all digits (that would be a
+/// mistyped address).
+fn host_name(s: &str) -> Result<String, String> {
+    if s.len() > 253 {
+        return Err("a host name has at most 253 characters".into());
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 {
+            return Err("each part of a host name between dots has 1 to 63 characters".into());
+        }
+        if !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err("a host name has only letters, digits, '-' and '.'".into());
+        }
+        if l.starts_with('-') || l.ends_with('-') {
+            return Err("a part of a host name neither starts nor ends with '-'".into());
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("not an IP address, and a host name does not end in digits only".into());
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod destination_tests {
+    use super::destination;
+    use crate::model::Destination;
+
+    fn d(host: &str, port: Option<u16>) -> Result<Destination, String> {
+        Ok(Destination {
+            host: host.into(),
+            port,
+        })
+    }
+
+    #[test]
+    fn addresses_networks_and_names_with_or_without_a_port() {
+        assert_eq!(destination("10.0.0.0/8"), d("10.0.0.0/8", None));
+        assert_eq!(destination("192.168.1.5"), d("192.168.1.5", None));
+        assert_eq!(destination("10.213.0.2:8081"), d("10.213.0.2", Some(8081)));
+        assert_eq!(
+            destination("db.example.com:5432"),
+            d("db.example.com", Some(5432))
+        );
+        assert_eq!(destination("DB.Example.COM"), d("db.example.com", None));
+        assert_eq!(destination("10.0.0.0/8:443"), d("10.0.0.0/8", Some(443)));
+        assert_eq!(destination("[::1]:80"), d("::1", Some(80)));
+        assert_eq!(destination("[::1]"), d("::1", None));
+        assert_eq!(destination("::1"), d("::1", None));
+        assert_eq!(destination("fd00:0::/8"), d("fd00::/8", None));
+        assert_eq!(destination("[fd00::/16]:5432"), d("fd00::/16", Some(5432)));
+        assert_eq!(destination("0.0.0.0/0"), d("0.0.0.0/0", None));
+        assert_eq!(destination("10.0.0.1/32"), d("10.0.0.1/32", None));
+        assert_eq!(destination("localhost:65535"), d("localhost", Some(65535)));
+        assert_eq!(destination("a-b.c1:1"), d("a-b.c1", Some(1)));
+        assert_eq!(destination("1password.com"), d("1password.com", None));
+        // Without brackets every colon belongs to the IPv6 address.
+        assert_eq!(destination("::1:80"), d("::1:80", None));
+    }
+
+    #[test]
+    fn host_bits_set_names_the_network() {
+        assert_eq!(
+            destination("10.1.2.3/8"),
+            Err("invalid egress destination \"10.1.2.3/8\": 10.1.2.3/8 has host bits set; write \"10.0.0.0/8\"".into())
+        );
+        assert_eq!(
+            destination("10.1.2.3/8:443"),
+            Err("invalid egress destination \"10.1.2.3/8:443\": 10.1.2.3/8 has host bits set; write \"10.0.0.0/8:443\"".into())
+        );
+        assert_eq!(
+            destination("[fd00::1/8]:80"),
+            Err("invalid egress destination \"[fd00::1/8]:80\": fd00::1/8 has host bits set; write \"[fd00::/8]:80\"".into())
+        );
+    }
+
+    #[test]
+    fn malformed_entries_are_refused_naming_the_value() {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "::/129",
+            "10.0.0.1:0",
+            "10.0.0.1:65536",
+            "10.0.0.1:",
+            "10.0.0.1:http",
+            "10.0.0.1:+80",
+            "10.0.0.256",
+            "10.0.0",
+            "12345",
+            "db_1.example.com",
+            "-db.example.com",
+            "db-.example.com",
+            "db..example.com",
+            ".example.com",
+            "example.com.",
+            "fd00::1:99999",
+            "[::1",
+            "[::1]80",
+            "[10.0.0.1]:80",
+            "[db.example.com]:80",
+            "[::1]:",
+            "fe80::1%eth0",
+            "db.example.com/8",
+            "http://db.example.com",
+            "*.example.com",
+            "db example.com",
+        ] {
+            let err = destination(bad).expect_err(bad);
+            assert!(
+                err.starts_with(&format!("invalid egress destination \"{bad}\": ")),
+                "{bad}: {err}"
+            );
+        }
+        let long = format!("{}.com", "a".repeat(64));
+        assert!(destination(&long).is_err());
+        let long = vec!["a".repeat(63); 4].join(".") + ".com";
+        assert!(destination(&long).is_err(), "over 253 characters");
+        assert_eq!(
+            destination("10.0.0.1:0"),
+            Err("invalid egress destination \"10.0.0.1:0\": port \"0\" must be 1-65535".into())
+        );
+        assert_eq!(
+            destination("10.0.0.0/33"),
+            Err(
+                "invalid egress destination \"10.0.0.0/33\": prefix length \"33\" must be 0-32"
+                    .into()
+            )
+        );
+        assert_eq!(
+            destination("fd00::1:99999"),
+            Err("invalid egress destination \"fd00::1:99999\": expected an IP address, a CIDR network or a host name, optionally with :PORT, like \"10.0.0.0/8\" or \"db.example.com:5432\"; an IPv6 address with a port is written [ADDR]:PORT".into())
+        );
+    }
+}

@@ -33,6 +33,7 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
         owner: "run".into(),
         stop_signal: None,
         stop_timeout: Duration::from_secs(10),
+        attach: None,
     };
     let inst = rt.start(&spec)?;
     eprintln!(

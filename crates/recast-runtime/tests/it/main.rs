@@ -110,6 +110,7 @@ impl Fixture {
             owner: "test".into(),
             stop_signal: None,
             stop_timeout: Duration::from_secs(5),
+            attach: None,
         }
     }
 

@@ -194,6 +194,8 @@ impl Ctl {
                 protocol: r.protocol,
             })
             .collect();
+        let services: Vec<Service> = spec.services.values().cloned().collect();
+        self.sync_network(project, &services).await?;
         self.serve_routes(project, &rows).await?;
         self.state
             .set_routes(project, &rows)

@@ -144,6 +144,9 @@ impl Ctl {
                 .await
                 .map_err(ServerError::Runtime)?;
             self.state.set_routes(&p, &rows)?;
+            if let Some(e) = self.recall_networks(Some(&p)).await.into_iter().next() {
+                return Err(ServerError::Runtime(e));
+            }
         }
         Ok(removed)
     }
@@ -184,6 +187,7 @@ impl Ctl {
             .await
             .map_err(|e| e.to_string())??;
         notes.extend(closed);
+        notes.extend(self.recall_networks(None).await);
         self.settle_live(&mut notes).await?;
         self.listen_again(&mut notes).await?;
         Ok(notes)

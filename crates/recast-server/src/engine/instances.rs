@@ -29,6 +29,7 @@ impl Ctl {
             owner: format!("service:{}/{}/{}", svc.project, svc.name, run.number),
             stop_signal: s.stop_signal.clone(),
             stop_timeout: s.stop_timeout,
+            attach: self.attach_for(&svc.project, s),
         };
         let rt = self.rt.clone();
         let inst = tokio::task::spawn_blocking(move || rt.start(&spec))

@@ -46,6 +46,9 @@ fn service(name: &str, strategy: Strategy) -> Service {
         stop_signal: None,
         stop_timeout: recast_spec::DEFAULT_STOP_TIMEOUT,
         drain_timeout: recast_spec::DEFAULT_DRAIN_TIMEOUT,
+        protocol: None,
+        allow_from: None,
+        egress: Default::default(),
         rollout: Rollout {
             strategy,
             analysis: None,

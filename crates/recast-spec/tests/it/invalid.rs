@@ -794,6 +794,217 @@ case!(
     ]
 );
 
+// ---- networks: protocol, allow_from, egress ---------------------------------------------------
+
+/// Two services, "web" and "a"; `attrs` go into "a", whose first attribute line is 8 (after
+/// `image` and `port`).
+const NET: &str = "service \"web\" {\n  image = image.app\n  port = 80\n}\nservice \"a\" {\n  image = image.app\n  port = 80\n";
+
+macro_rules! net_case {
+    ($name:ident, $attrs:expr, [$($line:expr, $col:expr, $msg:expr);+ $(;)?]) => {
+        #[test]
+        fn $name() {
+            let expected: Vec<String> = vec![$(at($line, $col, $msg)),+];
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            check(true, &format!("{NET}{}}}\n", $attrs), &expected);
+        }
+    };
+}
+
+net_case!(
+    service_protocol_unknown,
+    "  protocol = \"udp\"\n",
+    [
+        8,
+        14,
+        "invalid `protocol` \"udp\": expected \"http\" or \"tcp\""
+    ]
+);
+
+net_case!(
+    allow_from_unknown_service_suggests_the_closest,
+    "  allow_from = [service.web, service.wbe]\n",
+    [8, 30, "unknown service `wbe` | hint: did you mean `web`?"]
+);
+
+net_case!(
+    allow_from_unknown_service_lists_those_defined,
+    "  allow_from = [service.database]\n",
+    [
+        8,
+        17,
+        "unknown service `database` | hint: defined services: web, a"
+    ]
+);
+
+net_case!(
+    allow_from_listed_twice,
+    "  allow_from = [service.web, service.a, service.web]\n",
+    [8, 41, "service `web` is listed twice in `allow_from`"]
+);
+
+net_case!(
+    allow_from_not_a_list,
+    "  allow_from = service.web\n",
+    [
+        8,
+        16,
+        "`allow_from` must be a list of service references, found a reference | hint: write a list: allow_from = [service.NAME]"
+    ]
+);
+
+net_case!(
+    allow_from_a_string,
+    "  allow_from = \"web\"\n",
+    [
+        8,
+        16,
+        "`allow_from` must be a list of service references, found a string | hint: write allow_from = [service.NAME, …], or [] to let no service connect"
+    ]
+);
+
+net_case!(
+    allow_from_quoted_name_in_the_list,
+    "  allow_from = [\"web\"]\n",
+    [
+        8,
+        17,
+        "`allow_from` must be a list of references like service.NAME, found a string in it | hint: write a reference without quotes: allow_from = [service.web]"
+    ]
+);
+
+net_case!(
+    allow_from_an_image,
+    "  allow_from = [image.app]\n",
+    [
+        8,
+        17,
+        "`allow_from` must reference a service, found a reference to `image` | hint: write allow_from = [service.NAME]"
+    ]
+);
+
+net_case!(
+    egress_unknown_word_suggests,
+    "  egress = \"al\"\n",
+    [
+        8,
+        12,
+        "invalid `egress` \"al\": expected \"none\", \"all\" or a list of destinations | hint: did you mean \"all\"?"
+    ]
+);
+
+net_case!(
+    egress_one_destination_needs_a_list,
+    "  egress = \"10.0.0.0/8\"\n",
+    [
+        8,
+        12,
+        "invalid `egress` \"10.0.0.0/8\": expected \"none\", \"all\" or a list of destinations | hint: write a list: egress = [\"10.0.0.0/8\"]"
+    ]
+);
+
+net_case!(
+    egress_not_a_string_or_list,
+    "  egress = false\n",
+    [
+        8,
+        12,
+        "`egress` must be a string or a list of strings, found a bool | hint: write egress = \"none\", \"all\" or [\"HOST[:PORT]\", …]"
+    ]
+);
+
+net_case!(
+    egress_network_with_host_bits,
+    "  egress = [\"192.168.1.5\", \"10.1.2.3/8\"]\n",
+    [
+        8,
+        28,
+        "invalid egress destination \"10.1.2.3/8\": 10.1.2.3/8 has host bits set; write \"10.0.0.0/8\""
+    ]
+);
+
+net_case!(
+    every_bad_egress_entry_is_reported,
+    "  egress = [\n    \"db.example.com:0\",\n    \"db_1.example.com\",\n    \"fd00::1:54321\",\n    \"10.0.0.0/33\",\n    443,\n  ]\n",
+    [
+        9,
+        5,
+        "invalid egress destination \"db.example.com:0\": port \"0\" must be 1-65535";
+        10,
+        5,
+        "invalid egress destination \"db_1.example.com\": a host name has only letters, digits, '-' and '.'; expected an IP address, a CIDR network or a host name, optionally with :PORT, like \"10.0.0.0/8\" or \"db.example.com:5432\"";
+        11,
+        5,
+        "invalid egress destination \"fd00::1:54321\": expected an IP address, a CIDR network or a host name, optionally with :PORT, like \"10.0.0.0/8\" or \"db.example.com:5432\"; an IPv6 address with a port is written [ADDR]:PORT";
+        12,
+        5,
+        "invalid egress destination \"10.0.0.0/33\": prefix length \"33\" must be 0-32";
+        13,
+        5,
+        "`egress` must be a list of strings, found a number in it"
+    ]
+);
+
+net_case!(
+    egress_listed_twice,
+    "  egress = [\"db.example.com:5432\", \"10.0.0.0/8\", \"DB.example.com:5432\"]\n",
+    [
+        8,
+        50,
+        "egress destination \"DB.example.com:5432\" is listed twice"
+    ]
+);
+
+net_case!(
+    egress_on_the_host_network,
+    "  network = \"host\"\n  egress = [\"10.0.0.0/8\"]\n",
+    [
+        9,
+        3,
+        "`egress` does not apply to a service with network = \"host\": its instances are not on the project network | hint: remove it, or use network = \"private\""
+    ]
+);
+
+net_case!(
+    egress_none_on_the_host_network,
+    "  egress = []\n  network = \"host\"\n",
+    [
+        8,
+        3,
+        "`egress` does not apply to a service with network = \"host\": its instances are not on the project network | hint: remove it, or use network = \"private\""
+    ]
+);
+
+net_case!(
+    allow_from_on_the_host_network,
+    "  network = \"host\"\n  allow_from = [service.web]\n  egress = \"all\"\n",
+    [
+        9,
+        3,
+        "`allow_from` does not apply to a service with network = \"host\": its instances are not on the project network | hint: remove it, or use network = \"private\""
+    ]
+);
+
+#[test]
+fn allow_from_names_a_service_of_another_file() {
+    let dir = project(&[
+        (
+            "a.hcl",
+            &format!(
+                "{APP}service \"web\" {{\n  image = image.app\n  port = 80\n  allow_from = [service.api, service.ap]\n}}\n"
+            ),
+        ),
+        (
+            "b.hcl",
+            "service \"api\" {\n  image = image.app\n  port = 81\n}\n",
+        ),
+    ]);
+    assert_eq!(
+        render(dir.path()),
+        ["a.hcl:12:30: unknown service `ap` | hint: did you mean `api`?"]
+    );
+}
+
 // ---- several problems and several files --------------------------------------------------------
 
 #[test]

@@ -95,6 +95,7 @@ service "web" {
   user_namespace = true
   tmpfs          = ["/run", "/var/lib/nginx/"]
   drain_timeout  = "45s"
+  egress         = "all"
   rollout {
     strategy = "canary"
     sticky   = true
@@ -125,6 +126,16 @@ service "web" {
 service "api" {
   image = image.web
   port  = 9090
+  protocol   = "http"
+  allow_from = [service.web, service.api]
+  egress = [
+    "10.0.0.0/8",
+    "192.168.1.5",
+    "10.213.0.2:8081",
+    "db.example.com:5432",
+    "10.0.0.0/8:443",
+    "[::1]:80",
+  ]
   health {
     exec = ["/bin/app", "--ping"]
   }
@@ -139,6 +150,8 @@ service "api" {
 service "admin" {
   image = image.base
   port  = 7000
+  allow_from = []
+  egress     = "none"
   rollout {
     strategy           = "blue_green"
     preview_listen     = "127.0.0.1:7001"
@@ -392,6 +405,9 @@ fn every_block_and_knob() {
             stop_signal: None,
             stop_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(45),
+            protocol: None,
+            allow_from: None,
+            egress: Default::default(),
             rollout: Rollout {
                 strategy: Strategy::Canary {
                     steps: vec![
@@ -444,6 +460,34 @@ fn every_block_and_knob() {
     );
     assert!(api.rollout.auto_rollback);
     assert_eq!(api.rollout.progress_deadline, Duration::from_secs(600));
+    assert_eq!(api.protocol, Some(Protocol::Http));
+    assert_eq!(
+        api.internal_protocol(),
+        Protocol::Http,
+        "set, though its health check is exec"
+    );
+    assert_eq!(api.allow_from, Some(vec![s("web"), s("api")]));
+    let dest = |host: &str, port: Option<u16>| Destination {
+        host: s(host),
+        port,
+    };
+    assert_eq!(
+        api.egress,
+        Egress::Only(vec![
+            dest("10.0.0.0/8", None),
+            dest("192.168.1.5", None),
+            dest("10.213.0.2", Some(8081)),
+            dest("db.example.com", Some(5432)),
+            dest("10.0.0.0/8", Some(443)),
+            dest("::1", Some(80)),
+        ])
+    );
+    let web = &p.services["web"];
+    assert_eq!(
+        web.internal_protocol(),
+        Protocol::Http,
+        "its health is http"
+    );
 
     let admin = &p.services["admin"];
     assert_eq!(
@@ -464,6 +508,13 @@ fn every_block_and_knob() {
         (50, 0, 3)
     );
     assert_eq!(admin.health.check, HealthCheck::Tcp);
+    assert_eq!(
+        admin.internal_protocol(),
+        Protocol::Tcp,
+        "its health is tcp"
+    );
+    assert_eq!(admin.allow_from, Some(vec![]), "no service may connect");
+    assert_eq!(admin.egress, Egress::None);
 
     assert_eq!(
         p.routes["api"],
@@ -609,4 +660,41 @@ fn an_exclusive_volume_makes_the_rollout_recreate() {
     assert_eq!(worker.rollout.strategy, Strategy::Recreate);
     assert_eq!(worker.rollout.strategy.name(), "recreate");
     assert_eq!(worker.exclusive_volumes().count(), 0);
+}
+
+#[test]
+fn network_attributes_default_and_infer() {
+    let spec = "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\n\
+service \"plain\" {\n  image = image.app\n  port = 80\n}\n\
+service \"exec\" {\n  image = image.app\n  port = 81\n  health {\n    exec = [\"/x\"]\n  }\n  egress = []\n}\n\
+service \"http\" {\n  image = image.app\n  port = 82\n  health {\n    http = \"/\"\n  }\n  protocol = \"tcp\"\n  allow_from = [service.http]\n}\n\
+service \"host\" {\n  image = image.app\n  port = 83\n  network = \"host\"\n  protocol = \"http\"\n}\n";
+    let dir = project(&[("recast.hcl", spec)]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let plain = &p.services["plain"];
+    assert_eq!(
+        (plain.protocol, &plain.allow_from, &plain.egress),
+        (None, &None, &Egress::All),
+        "unset: inferred protocol, everyone may connect, egress all"
+    );
+    assert_eq!(
+        plain.internal_protocol(),
+        Protocol::Tcp,
+        "default health is tcp"
+    );
+    let exec = &p.services["exec"];
+    assert_eq!(exec.internal_protocol(), Protocol::Tcp);
+    assert_eq!(exec.egress, Egress::None, "[] is none");
+    let http = &p.services["http"];
+    assert_eq!(
+        http.internal_protocol(),
+        Protocol::Tcp,
+        "set wins over http health"
+    );
+    assert_eq!(http.allow_from, Some(vec![s("http")]), "itself is allowed");
+    let host = &p.services["host"];
+    assert_eq!(
+        (host.internal_protocol(), &host.egress),
+        (Protocol::Http, &Egress::All)
+    );
 }

@@ -15,6 +15,7 @@ mod images;
 mod instances;
 mod limits;
 mod lock;
+mod network;
 mod nginx;
 mod operate;
 mod postgres;

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Benchmark: service -> service traffic through recast's project network vs direct (issue 18).
+
+The network is made as the runtime makes it (crates/recast-runtime/src/network.rs), in network
+namespaces pinned in a temporary directory (`unshare --net=FILE`, so no /run/netns name is left
+behind): a project namespace with the bridge `br0` (10.89.0.1/16) and the service addresses
+10.89.1.1/32 (service "api", HTTP) and 10.89.3.1/32 (service "bulk", TCP) on it; an "api instance"
+namespace (eth0 10.89.1.2/16) and a "client instance" namespace (eth0 10.89.2.2/16), each on an
+*isolated* veth port of br0 with a default route via 10.89.0.1. The real data plane
+(`recast dataplane --data-dir TMP`) is told, over its socket as the control plane does, to listen
+inside the project namespace (`set_routes` for "bench#network" with `netns`) and to forward to
+backends in the api instance's namespace (`target: netns`, 127.0.0.1:PORT there).
+
+1. HTTP: wrk -t1 -c32 in the client namespace -> http://10.89.1.1:8080/ -> data plane -> nginx
+   (1 worker, 1 KiB static file, as bench/proxy.py's backend) on 127.0.0.1:8080 in the api namespace.
+   Anchor: wrk in the api namespace against the same nginx over loopback.
+2. TCP bulk: iperf3 -n SIZE (one stream) from the client namespace -> 10.89.3.1:5201, a
+   `protocol = "tcp"` internal listener -> iperf3 -s on 127.0.0.1:5201 in the api namespace.
+   Anchor: the iperf3 client in the api namespace against the same server over loopback.
+
+Each round measures direct then recast (HTTP, then TCP); medians of ROUNDS are compared.
+
+Usage: bench/network.py [SECONDS] [ROUNDS] [GIB]   (needs wrk, nginx, iperf3 and iproute2 from
+Debian; cargo build --release -p recast; root)
+"""
+import json, os, re, shutil, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proxy import RECAST, DataPlane, nginx, temp_paths  # noqa: E402
+
+SECS = sys.argv[1] if len(sys.argv) > 1 else "5"
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+GIB = sys.argv[3] if len(sys.argv) > 3 else "2"
+HTTP_PORT, TCP_PORT = 8080, 5201
+API_ADDR, BULK_ADDR = "10.89.1.1", "10.89.3.1"
+
+
+def ip(ns, script):
+    """Run an `ip -batch` script inside namespace `ns`."""
+    r = subprocess.run(["nsenter", f"--net={ns}", "--", "ip", "-batch", "-"], input=script, text=True, capture_output=True)
+    if r.returncode != 0:
+        sys.exit(f"ip in {ns} failed: {r.stderr.strip()}\nscript:\n{script}")
+
+
+def netns(d, name, pinned):
+    """A new network namespace pinned at d/ns/name, its loopback up."""
+    os.makedirs(os.path.join(d, "ns"), exist_ok=True)
+    path = os.path.join(d, "ns", name)
+    open(path, "w").close()
+    subprocess.run(["unshare", f"--net={path}", "true"], check=True)
+    pinned.append(path)
+    ip(path, "link set lo up\n")
+    return path
+
+
+def instance(project, inst, addr, host_end):
+    """Plug `inst` into the project's bridge as the runtime does (`Runtime::plug`)."""
+    ip(project, f"link add {host_end} type veth peer name eth0 netns {inst}\n"
+                f"link set {host_end} master br0\n"
+                f"link set {host_end} type bridge_slave isolated on\n"
+                f"link set {host_end} up\n")
+    ip(inst, f"addr add {addr}/16 dev eth0\nlink set eth0 up\nroute add default via 10.89.0.1\n")
+
+
+def wait_in(ns, host, port):
+    """Until something accepts connections on host:port inside `ns` (10 s)."""
+    code = ("import socket,sys,time\n"
+            "for _ in range(500):\n"
+            " try:\n"
+            f"  socket.create_connection(('{host}',{port}),timeout=0.2).close(); sys.exit(0)\n"
+            " except OSError: time.sleep(0.02)\n"
+            "sys.exit(1)\n")
+    if subprocess.run(["nsenter", f"--net={ns}", "--", sys.executable, "-c", code]).returncode != 0:
+        sys.exit(f"nothing listens on {host}:{port} in {ns}")
+
+
+def wrk(ns, url):
+    out = subprocess.run(["nsenter", f"--net={ns}", "--", "wrk", "-t1", "-c32", f"-d{SECS}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return rps, p99, (int(errors.group(1)) if errors else 0), (sock.group(1) if sock else "none")
+
+
+def iperf(ns, host):
+    """GB/s (10^9 bytes) the receiver got from one stream of GIB GiB, and the sender's CPU %."""
+    r = subprocess.run(["nsenter", f"--net={ns}", "--", "iperf3", "-c", host, "-p", str(TCP_PORT), "-n", f"{GIB}G", "-J"],
+                       capture_output=True, text=True)
+    j = json.loads(r.stdout)
+    if "error" in j:
+        sys.exit(f"iperf3 to {host} in {ns}: {j['error']}")
+    end = j["end"]
+    return end["sum_received"]["bits_per_second"] / 8e9, end["sum_received"]["bytes"], end["cpu_utilization_percent"]
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_by_process():
+    """CPU ticks so far of every process, by pid, with its command name."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    head, rest = f.read().rsplit(")", 1)
+                fields = rest.split()
+                out[int(pid)] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def busy(mine, seconds=1.0):
+    """Other processes that used over 10% of a core in the next `seconds` (a compiler, tests)."""
+    a = cpu_by_process()
+    time.sleep(seconds)
+    b = cpu_by_process()
+    hz = os.sysconf("SC_CLK_TCK")
+    return [f"{name} ({pid}) {100 * (t - a[pid][1]) / hz / seconds:.0f}%" for pid, (name, t) in b.items()
+            if pid in a and pid not in mine and (t - a[pid][1]) / hz / seconds > 0.1]
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    if not os.path.exists(RECAST):
+        sys.exit("build it first: cargo build --release -p recast")
+    for tool in ("wrk", "nginx", "iperf3", "ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (apt-get install wrk nginx iperf3 iproute2 util-linux)")
+    d = tempfile.mkdtemp(prefix="recast-bench-network-")
+    procs, pinned, plane = [], [], None
+    try:
+        os.chmod(d, 0o755)  # nginx workers run as nobody
+        project = netns(d, "project", pinned)
+        api = netns(d, "api", pinned)
+        client = netns(d, "client", pinned)
+        ip(project, f"link add br0 type bridge\naddr add 10.89.0.1/16 dev br0\nlink set br0 up\n"
+                    f"addr replace {API_ADDR}/32 dev br0\naddr replace {BULK_ADDR}/32 dev br0\n")
+        instance(project, api, "10.89.1.2", "rbenchapi")
+        instance(project, client, "10.89.2.2", "rbenchclient")
+
+        os.makedirs(f"{d}/www", mode=0o755)
+        with open(f"{d}/www/index.html", "wb") as f:
+            f.write(b"x" * 1024)
+        conf = f"""worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "api")}
+  server {{ listen 127.0.0.1:{HTTP_PORT}; location / {{ root {d}/www; }} }} }}"""
+        os.makedirs(f"{d}/api", exist_ok=True)
+        with open(f"{d}/api/nginx.conf", "w") as f:
+            f.write(f"pid {d}/api/nginx.pid;\nerror_log {d}/api/error.log;\n" + conf)
+        procs.append(subprocess.Popen(["nsenter", f"--net={api}", "--", "nginx", "-p", f"{d}/api", "-c", f"{d}/api/nginx.conf", "-g", "daemon off;"]))
+        procs.append(subprocess.Popen(["nsenter", f"--net={api}", "--", "iperf3", "-s", "-B", "127.0.0.1", "-p", str(TCP_PORT)],
+                                      stdout=subprocess.DEVNULL))
+        wait_in(api, "127.0.0.1", HTTP_PORT)
+        wait_in(api, "127.0.0.1", TCP_PORT)
+
+        os.makedirs(f"{d}/recast", mode=0o700)
+        plane = DataPlane(f"{d}/recast")
+        # The data plane's liveness check connects to each backend every interval; iperf3's server
+        # takes any connection for a client's (and logs an error), so "bulk" is checked rarely.
+        for name, port, every in (("api", HTTP_PORT, 1000), ("bulk", TCP_PORT, 600_000)):
+            liveness = {"interval_ms": every, "timeout_ms": 500, "threshold": 3}
+            plane.ask({"op": "set_service", "service": {
+                "key": f"bench/{name}", "name": name,
+                "backends": [{"id": f"{name}-1", "release": 1, "target": {"kind": "netns", "path": api}, "port": port}],
+                "groups": [{"release": 1, "weight": None, "backends": [f"{name}-1"]}],
+                "unavailable": None, "sticky": False, "liveness": liveness}})
+        plane.ask({"op": "set_routes", "project": "bench#network", "routes": [
+            {"key": "bench/api@network", "listen": f"{API_ADDR}:{HTTP_PORT}", "service": "bench/api",
+             "timeout_ms": 30000, "protocol": "http", "netns": project, "allow": None},
+            {"key": "bench/bulk@network", "listen": f"{BULK_ADDR}:{TCP_PORT}", "service": "bench/bulk",
+             "timeout_ms": 30000, "protocol": "tcp", "netns": project, "allow": None}]})
+        wait_in(client, API_ADDR, HTTP_PORT)
+        wait_in(client, BULK_ADDR, TCP_PORT)
+
+        direct_url, recast_url = f"http://127.0.0.1:{HTTP_PORT}/", f"http://{API_ADDR}:{HTTP_PORT}/"
+        wrk(client, recast_url)  # warm up
+        wrk(api, direct_url)
+        mine = {os.getpid(), plane.proc.pid} | {p.pid for p in procs}
+        others = busy(mine)
+        hz = os.sysconf("SC_CLK_TCK")
+        http = {"direct": [], "recast": []}
+        tcp = {"direct": [], "recast": [], "bridge": []}
+        plane_cpu = {"http": [], "tcp": []}
+        for _ in range(ROUNDS):
+            http["direct"].append(wrk(api, direct_url))
+            t0, c0 = time.perf_counter(), cpu_ticks(plane.proc.pid)
+            http["recast"].append(wrk(client, recast_url))
+            plane_cpu["http"].append((cpu_ticks(plane.proc.pid) - c0) / hz / (time.perf_counter() - t0))
+            tcp["direct"].append(iperf(api, "127.0.0.1"))
+            t0, c0 = time.perf_counter(), cpu_ticks(plane.proc.pid)
+            tcp["recast"].append(iperf(client, BULK_ADDR))
+            plane_cpu["tcp"].append((cpu_ticks(plane.proc.pid) - c0) / hz / (time.perf_counter() - t0))
+            tcp["bridge"].append(iperf(client, "10.89.0.1"))
+        others += busy(mine)
+
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        h = {k: (med([r[0] for r in v]), med([r[1] for r in v]), sum(r[2] for r in v), v[-1][3]) for k, v in http.items()}
+        t = {k: (med([r[0] for r in v]), v[-1][1], med([r[2]["host_total"] for r in v]), med([r[2]["remote_total"] for r in v])) for k, v in tcp.items()}
+        print(f"internal network benchmark: {ROUNDS} rounds (medians), recast dataplane process, project network as the runtime makes it")
+        print(f"  HTTP, wrk -t1 -c32 -d{SECS}s, 1 KiB static file (nginx, 1 worker)")
+        for k, label in (("direct", "direct (one netns, loopback)"), ("recast", "client -> 10.89.1.1 -> api")):
+            rps, p99, non2xx, sock = h[k]
+            print(f"    {label:<30} {rps:>9.0f} req/s   p99 {p99:6.2f} ms   non-2xx {non2xx}   socket errors {sock}")
+        print(f"    data plane CPU during recast runs: {med(plane_cpu['http']):.2f} cores")
+        print(f"    recast / direct requests/s   {h['recast'][0] / h['direct'][0]:.3f}x   (goal >= 0.8x)")
+        print(f"    recast / direct p99          {h['recast'][1] / h['direct'][1]:.3f}x")
+        print(f"  TCP bulk, iperf3 one stream, {GIB} GiB per run")
+        for k, label in (("direct", "direct (one netns, loopback)"), ("recast", "client -> 10.89.3.1 -> api")):
+            gbs, nbytes, snd, rcv = t[k]
+            print(f"    {label:<30} {gbs:>6.2f} GB/s   ({nbytes} bytes; sender CPU {snd:.0f}%, receiver CPU {rcv:.0f}%)")
+        gbs, nbytes, snd, rcv = t["bridge"]
+        print(f"    (breakdown: client -> 10.89.0.1, a receiver in the project netns, no proxy: {gbs:.2f} GB/s)")
+        print(f"    data plane CPU during recast runs: {med(plane_cpu['tcp']):.2f} cores")
+        print(f"    recast / direct throughput   {t['recast'][0] / t['direct'][0]:.3f}x   (goal >= 0.9x)")
+        if os.environ.get("BENCH_VERBOSE"):
+            for k, v in http.items():
+                print(f"  http {k} runs: " + "  ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in v))
+            for k, v in tcp.items():
+                print(f"  tcp {k} runs: " + "  ".join(f"{r[0]:.2f}" for r in v))
+            print("  data plane cores, http: " + "  ".join(f"{c:.2f}" for c in plane_cpu["http"])
+                  + "   tcp: " + "  ".join(f"{c:.2f}" for c in plane_cpu["tcp"]))
+        if others:
+            print("  note: other busy processes during the run: " + "; ".join(sorted(set(others))))
+    finally:
+        if plane is not None:
+            plane.stop()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for path in reversed(pinned):
+            subprocess.run(["umount", path], stderr=subprocess.DEVNULL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
