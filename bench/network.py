@@ -91,6 +91,9 @@ def iperf(ns, host):
                        capture_output=True, text=True)
     j = json.loads(r.stdout)
     if "error" in j:
+        for n in (ns, os.path.join(os.path.dirname(ns), "project")):
+            print(n, subprocess.run(["nsenter", f"--net={n}", "--", "ss", "-tlnp"], capture_output=True, text=True).stdout)
+        print(open(os.path.join(os.path.dirname(os.path.dirname(ns)), "iperf3.log")).read())
         sys.exit(f"iperf3 to {host} in {ns}: {j['error']}")
     end = j["end"]
     return end["sum_received"]["bits_per_second"] / 8e9, end["sum_received"]["bytes"], end["cpu_utilization_percent"]
@@ -159,10 +162,15 @@ http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "api")}
         with open(f"{d}/api/nginx.conf", "w") as f:
             f.write(f"pid {d}/api/nginx.pid;\nerror_log {d}/api/error.log;\n" + conf)
         procs.append(subprocess.Popen(["nsenter", f"--net={api}", "--", "nginx", "-p", f"{d}/api", "-c", f"{d}/api/nginx.conf", "-g", "daemon off;"]))
+        iperf_log = open(f"{d}/iperf3.log", "wb")
         procs.append(subprocess.Popen(["nsenter", f"--net={api}", "--", "iperf3", "-s", "-B", "127.0.0.1", "-p", str(TCP_PORT)],
-                                      stdout=subprocess.DEVNULL))
+                                      stdout=iperf_log, stderr=iperf_log))
+        # Not a comparison target, a breakdown: the same path through veth and bridge, no proxy.
+        procs.append(subprocess.Popen(["nsenter", f"--net={project}", "--", "iperf3", "-s", "-B", "10.89.0.1", "-p", str(TCP_PORT)],
+                                      stdout=iperf_log, stderr=iperf_log))
         wait_in(api, "127.0.0.1", HTTP_PORT)
         wait_in(api, "127.0.0.1", TCP_PORT)
+        wait_in(project, "10.89.0.1", TCP_PORT)
 
         os.makedirs(f"{d}/recast", mode=0o700)
         plane = DataPlane(f"{d}/recast")

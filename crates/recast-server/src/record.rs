@@ -160,9 +160,9 @@ mod tests {
     /// `release-schema1.hcl`), with the hash it stored beside it.
     const SCHEMA_1: &str = include_str!("../tests/fixtures/release-schema1.json");
     /// Its hash under today's model: a field the model gains (with its default) is part of
-    /// the canonical form, so this changes with the model (last: `drain_timeout`), never with
+    /// the canonical form, so this changes with the model (last: `protocol`, `allow_from`, `egress`), never with
     /// the schema a record was written in.
-    const SCHEMA_1_HASH: &str = "23ebf108040322d30614d5dc9aaa7de582660af796c433a310fe3f9c812e8ff0";
+    const SCHEMA_1_HASH: &str = "71199a8d925d403da5a4ad24f8de1a3796f0a97bd3a70f07d751c8fab3e9fc2e";
     /// The same release as a recast before `stop_timeout`, `tmpfs`, `user_namespace` and
     /// exclusive volumes wrote it (optional fields absent too).
     const SCHEMA_1_OLDER: &str =

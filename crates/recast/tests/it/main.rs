@@ -16,6 +16,7 @@ mod instances;
 mod limits;
 mod lock;
 mod network;
+mod network_db;
 mod nginx;
 mod operate;
 mod postgres;

@@ -180,3 +180,204 @@ fn services_reach_each_other_by_name_and_a_rollout_behind_a_name_drops_nothing()
         .unwrap_or_default();
     assert!(left.is_empty(), "networks left: {left:?}");
 }
+
+/// A host outside recast that the test makes itself: a network namespace with its own address,
+/// joined to the host by a veth pair, serving "outside PORT" over HTTP on two ports. Traffic to it
+/// never leaves the machine. Removed (namespace, veth, servers) when dropped.
+struct TestHost {
+    pin: tempfile::TempDir,
+    servers: Vec<std::process::Child>,
+    host_end: String,
+}
+
+const TEST_HOST: &str = "10.213.77.2";
+
+impl TestHost {
+    fn start(ports: &[u16]) -> TestHost {
+        let pin = tempfile::tempdir().expect("tmp");
+        let ns = pin.path().join("netns");
+        let sh = |cmd: &str| {
+            let o = std::process::Command::new("sh")
+                .args(["-ec", cmd])
+                .output()
+                .expect("sh");
+            assert!(
+                o.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let host_end = format!("rtest{}", std::process::id() % 100_000);
+        fs::write(&ns, b"").expect("pin");
+        sh(&format!(
+            "unshare --net={ns} true
+             ip link add {host_end} type veth peer name eth0 netns {ns}
+             ip addr add 10.213.77.1/30 dev {host_end}
+             ip link set {host_end} up
+             nsenter --net={ns} ip addr add {TEST_HOST}/30 dev eth0
+             nsenter --net={ns} ip link set eth0 up
+             nsenter --net={ns} ip link set lo up",
+            ns = ns.display()
+        ));
+        let www = pin.path().join("www");
+        let mut servers = Vec::new();
+        for port in ports {
+            let dir = www.join(port.to_string());
+            fs::create_dir_all(&dir).expect("www");
+            fs::write(dir.join("index.html"), format!("outside {port}\n")).expect("page");
+            servers.push(
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", ns.display()))
+                    .args(["python3", "-m", "http.server", &port.to_string()])
+                    .args(["--bind", TEST_HOST, "--directory"])
+                    .arg(&dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("python3"),
+            );
+        }
+        let host = TestHost {
+            pin,
+            servers,
+            host_end,
+        };
+        for port in ports {
+            wait_for("the test host's server", 10, || {
+                std::process::Command::new("curl")
+                    .args(["-sf", "-m", "1", &format!("http://{TEST_HOST}:{port}/")])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+        }
+        host
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg(self.pin.path().join("netns"))
+            .status();
+    }
+}
+
+/// The host's interfaces (names), to check recast adds none.
+fn host_links() -> Vec<String> {
+    let o = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    let mut names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The processes whose command line mentions `text`.
+fn processes_with(text: &str) -> usize {
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+        })
+        .count()
+}
+
+/// `egress`: "all" (the default) reaches a host outside, "none" reaches nothing outside, a list
+/// reaches what it lists and nothing else. Two data directories with the same project run side
+/// by side; when their projects are destroyed, nothing recast added remains (no interface on
+/// the host, no egress process, no network directory).
+#[test]
+fn egress_is_all_none_or_a_list_and_leaves_nothing_behind() {
+    let links_before = host_links();
+    let host = TestHost::start(&[8081, 8082]);
+    let with_test_host = host_links();
+    // Egress per service: `open` the default, `closed` none, `listed` and `unlisted` the same
+    // list (port 8081 of the test host only).
+    let project = |ports: &[u16]| {
+        let outside = |port: u16| format!("http://{TEST_HOST}:{port}/");
+        let dir = tempfile::tempdir().expect("tmp");
+        let spec = format!(
+            "project = \"shop\"\n{}{}{}{}",
+            caller("open", &outside(8081), ports[0]),
+            caller("closed", &outside(8081), ports[1]),
+            caller("listed", &outside(8081), ports[2]),
+            caller("unlisted", &outside(8082), ports[3]),
+        )
+        .replace(
+            "service \"closed\" {",
+            "service \"closed\" {\n  egress = \"none\"",
+        )
+        .replace(
+            "service \"listed\" {",
+            &format!("service \"listed\" {{\n  egress = [\"{TEST_HOST}:8081\"]"),
+        )
+        .replace(
+            "service \"unlisted\" {",
+            &format!("service \"unlisted\" {{\n  egress = [\"{TEST_HOST}:8081\"]"),
+        );
+        write_project(dir.path(), &spec);
+        dir
+    };
+    // Two data directories, the same project (same name, same addresses inside) in each.
+    let (first, second) = (Server::start(), Server::start());
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let other_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let (dir, other_dir) = (project(&ports), project(&other_ports));
+    ok(&first.rc(dir.path(), &["apply", "--yes"]));
+    ok(&second.rc(other_dir.path(), &["apply", "--yes"]));
+    let expected = |p: &[u16]| {
+        [
+            (p[0], Some("outside 8081")),
+            (p[1], None),
+            (p[2], Some("outside 8081")),
+            (p[3], None),
+        ]
+    };
+    for (port, want) in expected(&ports).into_iter().chain(expected(&other_ports)) {
+        let got = body_now(port);
+        match want {
+            Some(w) => assert_eq!(got.trim(), w, "route {port}"),
+            None => assert!(
+                got.contains("call failed") && !got.contains("outside"),
+                "route {port} must not reach the test host: {got:?}"
+            ),
+        }
+    }
+    assert_eq!(
+        host_links(),
+        with_test_host,
+        "recast added no interface to the host"
+    );
+    for (s, d) in [(&first, &dir), (&second, &other_dir)] {
+        ok(&s.rc(d.path(), &["destroy", "--yes"]));
+        let left: Vec<_> = fs::read_dir(s.data.join("networks"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "networks left: {left:?}");
+        assert_eq!(
+            processes_with(&format!("{}/networks", s.data.display())),
+            0,
+            "no egress process is left"
+        );
+    }
+    drop(host);
+    assert_eq!(host_links(), links_before, "the test host is gone too");
+}

@@ -262,7 +262,7 @@ pub(crate) fn instance(server: &Server, dir: &Path, service: &str) -> String {
 }
 
 /// `psql -Atc SQL` inside the instance (through `runc exec`), as the postgres superuser.
-fn psql(server: &Server, id: &str, sql: &str) -> String {
+pub(crate) fn psql(server: &Server, id: &str, sql: &str) -> String {
     let o = Command::new("runc")
         .arg("--root")
         .arg(server.data.join("runc"))
