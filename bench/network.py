@@ -32,6 +32,8 @@ SECS = sys.argv[1] if len(sys.argv) > 1 else "5"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 GIB = sys.argv[3] if len(sys.argv) > 3 else "2"
 HTTP_PORT, TCP_PORT = 8080, 5201
+REF_HTTP_PORT, REF_TCP_PORT = 8081, 5202
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 API_ADDR, BULK_ADDR = "10.89.1.1", "10.89.3.1"
 
 
@@ -85,9 +87,9 @@ def wrk(ns, url):
     return rps, p99, (int(errors.group(1)) if errors else 0), (sock.group(1) if sock else "none")
 
 
-def iperf(ns, host):
+def iperf(ns, host, port=TCP_PORT):
     """GB/s (10^9 bytes) the receiver got from one stream of GIB GiB, and the sender's CPU %."""
-    r = subprocess.run(["nsenter", f"--net={ns}", "--", "iperf3", "-c", host, "-p", str(TCP_PORT), "-n", f"{GIB}G", "-J"],
+    r = subprocess.run(["nsenter", f"--net={ns}", "--", "iperf3", "-c", host, "-p", str(port), "-n", f"{GIB}G", "-J"],
                        capture_output=True, text=True)
     j = json.loads(r.stdout)
     if "error" in j:
@@ -106,29 +108,40 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def cpu_by_process():
-    """CPU ticks so far of every process, by pid, with its command name."""
-    out = {}
+def busy_jiffies():
+    """CPU ticks spent so far by the whole machine (all cores, user + system)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]  # all but idle and iowait
+
+
+def tree_ticks(roots):
+    """CPU ticks so far of `roots` and all their descendants (exited children reaped by them
+    count in their cutime/cstime)."""
+    procs = {}
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/stat") as f:
-                    head, rest = f.read().rsplit(")", 1)
-                fields = rest.split()
-                out[int(pid)] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+                    fields = f.read().rsplit(")", 1)[1].split()
+                procs[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
             except (OSError, IndexError, ValueError):
                 pass
-    return out
+    seen, todo, total = set(), list(roots), 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in procs:
+            continue
+        seen.add(pid)
+        total += procs[pid][1]
+        todo.extend(c for c, (ppid, _) in procs.items() if ppid == pid)
+    return total
 
 
-def busy(mine, seconds=1.0):
-    """Other processes that used over 10% of a core in the next `seconds` (a compiler, tests)."""
-    a = cpu_by_process()
-    time.sleep(seconds)
-    b = cpu_by_process()
-    hz = os.sysconf("SC_CLK_TCK")
-    return [f"{name} ({pid}) {100 * (t - a[pid][1]) / hz / seconds:.0f}%" for pid, (name, t) in b.items()
-            if pid in a and pid not in mine and (t - a[pid][1]) / hz / seconds > 0.1]
+def running_builds():
+    """Compilers and test runners running right now (they share the 2 cores)."""
+    out = subprocess.run(["ps", "-eo", "comm="], capture_output=True, text=True).stdout.split()
+    return sorted({c for c in out if c in ("cargo", "rustc", "cargo-nextest", "clippy-driver", "cc", "ld")})
 
 
 def main():
@@ -139,6 +152,8 @@ def main():
     for tool in ("wrk", "nginx", "iperf3", "ip", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing (apt-get install wrk nginx iperf3 iproute2 util-linux)")
+    if not os.path.exists(STREAM_MODULE):
+        sys.exit(f"{STREAM_MODULE} is missing (apt-get install libnginx-mod-stream)")
     d = tempfile.mkdtemp(prefix="recast-bench-network-")
     procs, pinned, plane = [], [], None
     try:
@@ -157,7 +172,7 @@ def main():
         conf = f"""worker_processes 1;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "api")}
-  server {{ listen 127.0.0.1:{HTTP_PORT}; location / {{ root {d}/www; }} }} }}"""
+  server {{ listen 127.0.0.1:{HTTP_PORT}; listen 10.89.1.2:{HTTP_PORT}; location / {{ root {d}/www; }} }} }}"""
         os.makedirs(f"{d}/api", exist_ok=True)
         with open(f"{d}/api/nginx.conf", "w") as f:
             f.write(f"pid {d}/api/nginx.pid;\nerror_log {d}/api/error.log;\n" + conf)
@@ -168,9 +183,29 @@ http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "api")}
         # Not a comparison target, a breakdown: the same path through veth and bridge, no proxy.
         procs.append(subprocess.Popen(["nsenter", f"--net={project}", "--", "iperf3", "-s", "-B", "10.89.0.1", "-p", str(TCP_PORT)],
                                       stdout=iperf_log, stderr=iperf_log))
+        # The reference proxy: nginx (2 workers, as bench/proxy.py's) in the project namespace, where
+        # recast's data plane listens, forwarding over the bridge to the api instance's address.
+        procs.append(subprocess.Popen(["nsenter", f"--net={api}", "--", "iperf3", "-s", "-B", "10.89.1.2", "-p", str(TCP_PORT)],
+                                      stdout=iperf_log, stderr=iperf_log))
+        os.makedirs(f"{d}/ref", exist_ok=True)
+        with open(f"{d}/ref/nginx.conf", "w") as f:
+            f.write(f"""load_module {STREAM_MODULE};
+pid {d}/ref/nginx.pid;
+error_log {d}/ref/error.log;
+worker_processes 2;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "ref")}
+  upstream api {{ server 10.89.1.2:{HTTP_PORT}; keepalive 64; }}
+  server {{ listen {API_ADDR}:{REF_HTTP_PORT};
+    location / {{ proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+stream {{ server {{ listen {BULK_ADDR}:{REF_TCP_PORT}; proxy_pass 10.89.1.2:{TCP_PORT}; }} }}
+""")
+        procs.append(subprocess.Popen(["nsenter", f"--net={project}", "--", "nginx", "-p", f"{d}/ref", "-c", f"{d}/ref/nginx.conf", "-g", "daemon off;"]))
         wait_in(api, "127.0.0.1", HTTP_PORT)
         wait_in(api, "127.0.0.1", TCP_PORT)
         wait_in(project, "10.89.0.1", TCP_PORT)
+        wait_in(client, API_ADDR, REF_HTTP_PORT)
+        wait_in(client, BULK_ADDR, REF_TCP_PORT)
 
         os.makedirs(f"{d}/recast", mode=0o700)
         plane = DataPlane(f"{d}/recast")
@@ -194,52 +229,64 @@ http {{ access_log off; keepalive_requests 100000; {temp_paths(d, "api")}
         direct_url, recast_url = f"http://127.0.0.1:{HTTP_PORT}/", f"http://{API_ADDR}:{HTTP_PORT}/"
         wrk(client, recast_url)  # warm up
         wrk(api, direct_url)
-        mine = {os.getpid(), plane.proc.pid} | {p.pid for p in procs}
-        others = busy(mine)
+        others = running_builds()
         hz = os.sysconf("SC_CLK_TCK")
-        http = {"direct": [], "recast": []}
-        tcp = {"direct": [], "recast": [], "bridge": []}
-        plane_cpu = {"http": [], "tcp": []}
+        roots = [os.getpid()]  # wrk and iperf3 clients are reaped by this process
+        roots += [plane.proc.pid] + [p.pid for p in procs]
+        w0, m0, t_start = busy_jiffies(), tree_ticks(roots), time.perf_counter()
+        runs = {k: [] for k in ("http direct", "http recast", "http nginx", "tcp direct", "tcp recast", "tcp nginx", "tcp bridge")}
+
+        def measure(kind, fn, *args):
+            """Run one measurement; keep its result, the cores the machine and the data plane used."""
+            t0, w, c = time.perf_counter(), busy_jiffies(), cpu_ticks(plane.proc.pid)
+            r = fn(*args)
+            dt = time.perf_counter() - t0
+            runs[kind].append((r, (busy_jiffies() - w) / hz / dt, (cpu_ticks(plane.proc.pid) - c) / hz / dt))
+
         for _ in range(ROUNDS):
-            http["direct"].append(wrk(api, direct_url))
-            t0, c0 = time.perf_counter(), cpu_ticks(plane.proc.pid)
-            http["recast"].append(wrk(client, recast_url))
-            plane_cpu["http"].append((cpu_ticks(plane.proc.pid) - c0) / hz / (time.perf_counter() - t0))
-            tcp["direct"].append(iperf(api, "127.0.0.1"))
-            t0, c0 = time.perf_counter(), cpu_ticks(plane.proc.pid)
-            tcp["recast"].append(iperf(client, BULK_ADDR))
-            plane_cpu["tcp"].append((cpu_ticks(plane.proc.pid) - c0) / hz / (time.perf_counter() - t0))
-            tcp["bridge"].append(iperf(client, "10.89.0.1"))
-        others += busy(mine)
+            measure("http direct", wrk, api, direct_url)
+            measure("http recast", wrk, client, recast_url)
+            measure("http nginx", wrk, client, f"http://{API_ADDR}:{REF_HTTP_PORT}/")
+            measure("tcp direct", iperf, api, "127.0.0.1")
+            measure("tcp recast", iperf, client, BULK_ADDR)
+            measure("tcp nginx", iperf, client, BULK_ADDR, REF_TCP_PORT)
+            measure("tcp bridge", iperf, client, "10.89.0.1")
+        other_load = ((busy_jiffies() - w0) - (tree_ticks(roots) - m0)) / hz / (time.perf_counter() - t_start)
+        others = sorted(set(others + running_builds()))
 
         med = lambda xs: sorted(xs)[len(xs) // 2]
-        h = {k: (med([r[0] for r in v]), med([r[1] for r in v]), sum(r[2] for r in v), v[-1][3]) for k, v in http.items()}
-        t = {k: (med([r[0] for r in v]), v[-1][1], med([r[2]["host_total"] for r in v]), med([r[2]["remote_total"] for r in v])) for k, v in tcp.items()}
+        m = {k: {"rate": med([r[0][0] for r in v]), "cores": med([r[1] for r in v]), "plane": med([r[2] for r in v]),
+                 # CPU of the whole machine per unit of work, median of the runs' own ratios
+                 "cost": med([r[1] / r[0][0] for r in v])} for k, v in runs.items()}
         print(f"internal network benchmark: {ROUNDS} rounds (medians), recast dataplane process, project network as the runtime makes it")
         print(f"  HTTP, wrk -t1 -c32 -d{SECS}s, 1 KiB static file (nginx, 1 worker)")
-        for k, label in (("direct", "direct (one netns, loopback)"), ("recast", "client -> 10.89.1.1 -> api")):
-            rps, p99, non2xx, sock = h[k]
-            print(f"    {label:<30} {rps:>9.0f} req/s   p99 {p99:6.2f} ms   non-2xx {non2xx}   socket errors {sock}")
-        print(f"    data plane CPU during recast runs: {med(plane_cpu['http']):.2f} cores")
-        print(f"    recast / direct requests/s   {h['recast'][0] / h['direct'][0]:.3f}x   (goal >= 0.8x)")
-        print(f"    recast / direct p99          {h['recast'][1] / h['direct'][1]:.3f}x")
+        for k, label in (("http direct", "direct (one netns, loopback)"), ("http recast", "client -> 10.89.1.1 -> api"),
+                         ("http nginx", "reference: nginx proxy")):
+            x, v = m[k], runs[k]
+            print(f"    {label:<40} {x['rate']:>9.0f} req/s   p99 {med([r[0][1] for r in v]):6.2f} ms   "
+                  f"non-2xx {sum(r[0][2] for r in v)}   socket errors {v[-1][0][3]}   "
+                  f"machine {x['cores']:.2f} cores, {x['cost'] * 1e6:.0f} us CPU/request")
+        d_, r_ = m["http direct"], m["http recast"]
+        print(f"    data plane during recast runs: {r_['plane']:.2f} cores, {r_['plane'] / r_['rate'] * 1e6:.0f} us CPU/request")
+        print(f"    recast / direct requests/s   {r_['rate'] / d_['rate']:.3f}x   (goal >= 0.8x)")
+        print(f"    recast / direct p99          {med([r[0][1] for r in runs['http recast']]) / med([r[0][1] for r in runs['http direct']]):.3f}x")
+        print(f"    nginx / direct requests/s    {m['http nginx']['rate'] / d_['rate']:.3f}x   (reference)")
         print(f"  TCP bulk, iperf3 one stream, {GIB} GiB per run")
-        for k, label in (("direct", "direct (one netns, loopback)"), ("recast", "client -> 10.89.3.1 -> api")):
-            gbs, nbytes, snd, rcv = t[k]
-            print(f"    {label:<30} {gbs:>6.2f} GB/s   ({nbytes} bytes; sender CPU {snd:.0f}%, receiver CPU {rcv:.0f}%)")
-        gbs, nbytes, snd, rcv = t["bridge"]
-        print(f"    (breakdown: client -> 10.89.0.1, a receiver in the project netns, no proxy: {gbs:.2f} GB/s)")
-        print(f"    data plane CPU during recast runs: {med(plane_cpu['tcp']):.2f} cores")
-        print(f"    recast / direct throughput   {t['recast'][0] / t['direct'][0]:.3f}x   (goal >= 0.9x)")
+        for k, label in (("tcp direct", "direct (one netns, loopback)"), ("tcp recast", "client -> 10.89.3.1 -> api"),
+                         ("tcp nginx", "reference: nginx stream proxy"),
+                         ("tcp bridge", "breakdown: bridge only, no proxy")):
+            x = m[k]
+            print(f"    {label:<40} {x['rate']:>6.2f} GB/s   machine {x['cores']:.2f} cores, {x['cost']:.2f} CPU-s/GB")
+        d_, r_ = m["tcp direct"], m["tcp recast"]
+        print(f"    data plane during recast runs: {r_['plane']:.2f} cores, {r_['plane'] / r_['rate']:.2f} CPU-s/GB")
+        print(f"    recast / direct throughput   {r_['rate'] / d_['rate']:.3f}x   (goal >= 0.9x)")
+        print(f"    nginx / direct throughput    {m['tcp nginx']['rate'] / d_['rate']:.3f}x   (reference)")
         if os.environ.get("BENCH_VERBOSE"):
-            for k, v in http.items():
-                print(f"  http {k} runs: " + "  ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in v))
-            for k, v in tcp.items():
-                print(f"  tcp {k} runs: " + "  ".join(f"{r[0]:.2f}" for r in v))
-            print("  data plane cores, http: " + "  ".join(f"{c:.2f}" for c in plane_cpu["http"])
-                  + "   tcp: " + "  ".join(f"{c:.2f}" for c in plane_cpu["tcp"]))
-        if others:
-            print("  note: other busy processes during the run: " + "; ".join(sorted(set(others))))
+            for k, v in runs.items():
+                print(f"  {k} runs (rate/machine cores/data plane cores): "
+                      + "  ".join(f"{r[0][0]:.{0 if k.startswith('http') else 2}f}/{r[1]:.2f}/{r[2]:.2f}" for r in v))
+        print(f"  CPU used by other processes during the run: {other_load:.2f} cores on average"
+              + (f" (running at start or end: {', '.join(others)})" if others else ""))
     finally:
         if plane is not None:
             plane.stop()

@@ -71,7 +71,8 @@ pub struct Stats {
 }
 
 /// Compare the tree at `root` with `index`. `exclude` are absolute paths inside the tree whose
-/// subtrees are not examined (volumes, `/tmp`, mount points).
+/// subtrees are not examined (volumes, `/tmp`, mount points); a directory missing from the image
+/// on the way to one is not a finding itself.
 pub fn scan(
     root: &Path,
     index: &FileIndex,
@@ -118,6 +119,16 @@ pub fn scan(
             seen.insert(path.clone());
             let ft = m.file_type();
             let Some(want) = expected.get(path.as_str()) else {
+                let on_the_way = |x: &String| {
+                    x.strip_prefix(path.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                };
+                if ft.is_dir() && exclude.iter().any(on_the_way) {
+                    // A directory the runtime made on the way to a mount point (`/etc` of an
+                    // image without one, for `/etc/hosts`): what else is in it is still checked.
+                    stack.push((e.path(), path));
+                    continue;
+                }
                 findings.push(Finding {
                     path: path.clone(),
                     kind: FindingKind::Added,
@@ -454,6 +465,25 @@ mod tests {
         )
         .expect("scan");
         assert_eq!(s.hashed, 0, "metadata vouches for untouched files");
+    }
+
+    /// A directory the runtime made on the way to a mount point is no drift; anything else
+    /// that appears in it is.
+    #[test]
+    fn a_directory_made_for_a_mount_point_is_not_drift_but_its_other_content_is() {
+        let d = tree();
+        let idx = index_of(d.path()).expect("index");
+        std::fs::create_dir_all(d.path().join("run/net")).expect("mkdir");
+        std::fs::write(d.path().join("run/net/hosts"), "").expect("mount point");
+        let exclude = ["/run/net/hosts".to_string()];
+        let (f, _) = scan(d.path(), &idx, &exclude, Mode::Metadata, None).expect("scan");
+        assert!(f.is_empty(), "{f:?}");
+        std::fs::write(d.path().join("run/net/evil"), "x").expect("add");
+        let (f, _) = scan(d.path(), &idx, &exclude, Mode::Metadata, None).expect("scan");
+        assert_eq!(
+            kinds(&f),
+            vec![("/run/net/evil".into(), FindingKind::Added, "file".into())]
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Runtime {
     fn ensure_network(&self, project: &str) -> Result<ProjectNetwork> {
         let dir = self.network_dir(project)?;
         let netns = dir.join("netns");
-        if dir.join("ready").exists() {
+        if dir.join("ready").exists() && is_netns(&netns) {
             return Ok(ProjectNetwork { netns });
         }
         let what = format!("making the network of project {project}");
@@ -129,7 +129,20 @@ impl Runtime {
                 .create(&d)
                 .map_err(|e| Error::io(format!("{what}: creating {}", d.display()), e))?;
         }
-        // A half-made one (a crash while making it) is made again from nothing.
+        // A half-made one (a crash while making it), or one whose namespace is gone (a
+        // reboot), is made again from nothing: its services get their addresses again (their
+        // numbers are kept), its egress process is started again.
+        stop_egress(&dir, &netns);
+        let _ = fs::remove_file(dir.join("ready"));
+        for e in fs::read_dir(dir.join("services"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "up") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         sys::unmount(&netns).map_err(|e| Error::io(format!("{what}: unmounting"), e))?;
         let _ = fs::remove_file(&netns);
         sys::create_netns(&netns).map_err(|e| Error::io(what.clone(), e))?;
@@ -341,7 +354,7 @@ impl Runtime {
     fn ensure_egress(&self, project: &str, net: &ProjectNetwork) -> Result<()> {
         let dir = self.network_dir(project)?;
         let pid_file = dir.join("egress.pid");
-        if read_pid(&pid_file).is_some_and(is_slirp) {
+        if read_pid(&pid_file).is_some_and(|p| is_slirp(p, &net.netns)) {
             return Ok(());
         }
         let what = format!("giving project {project} a way out (egress)");
@@ -384,7 +397,7 @@ impl Runtime {
         // Ready once tap0 has its address (slirp4netns configures it).
         let deadline = Instant::now() + Duration::from_secs(10);
         while !has_global_address(&net.netns) {
-            if Instant::now() > deadline || !is_slirp(child.id() as i32) {
+            if Instant::now() > deadline || !is_slirp(child.id() as i32, &net.netns) {
                 return Err(Error::msg(format!(
                     "{what}: slirp4netns did not bring tap0 up within 10s (see {})",
                     dir.join("egress.log").display()
@@ -403,19 +416,8 @@ impl Runtime {
         if !dir.exists() {
             return Ok(());
         }
-        if let Some(pid) = read_pid(&dir.join("egress.pid")).filter(|p| is_slirp(*p)) {
-            let _ = sys::kill(pid, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while sys::alive(pid) && Instant::now() < deadline {
-                if let sys::Child::Exited(_) = sys::try_wait(pid) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::try_wait(pid);
-        }
         let netns = dir.join("netns");
+        stop_egress(&dir, &netns);
         sys::unmount(&netns)
             .map_err(|e| Error::io(format!("unmounting {}", netns.display()), e))?;
         fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))
@@ -444,7 +446,12 @@ impl Runtime {
                 .flatten()
                 .flatten()
             {
-                if fs::read_to_string(e.path()).is_ok_and(|id| !live.contains(&id)) {
+                // Gone now, not only when `live` was read: an instance another process made
+                // meanwhile has its directory before its lease.
+                let gone = |id: &String| {
+                    !live.contains(id) && !self.data_dir.instance(id).is_ok_and(|d| d.exists())
+                };
+                if fs::read_to_string(e.path()).is_ok_and(|id| gone(&id)) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -463,14 +470,51 @@ fn read_pid(p: &Path) -> Option<i32> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is a live slirp4netns (not a reused pid).
-fn is_slirp(pid: i32) -> bool {
+/// Whether `pid` is a live slirp4netns on the namespace pinned at `netns` (not a reused pid,
+/// nor another project's or data directory's egress process after a reboot): one of its
+/// arguments is that file, however the data directory was spelled when it started.
+fn is_slirp(pid: i32, netns: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(want) = id(netns) else {
+        return false;
+    };
+    let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
     sys::alive(pid)
         && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            c.split(|b| *b == 0)
-                .next()
-                .is_some_and(|a| a.ends_with(b"slirp4netns"))
+            let mut args = c.split(|b| *b == 0);
+            args.next().is_some_and(|a| a.ends_with(b"slirp4netns"))
+                && args.any(|a| {
+                    !a.is_empty() && id(&cwd.join(std::ffi::OsStr::from_bytes(a))) == Some(want)
+                })
         })
+}
+
+/// Stop the egress process of the network in `dir` (pinned at `netns`), if it runs.
+fn stop_egress(dir: &Path, netns: &Path) {
+    if let Some(pid) = read_pid(&dir.join("egress.pid")).filter(|p| is_slirp(*p, netns)) {
+        let _ = sys::kill(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sys::alive(pid) && Instant::now() < deadline {
+            if let sys::Child::Exited(_) = sys::try_wait(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::try_wait(pid);
+    }
+}
+
+/// Whether `p` is a pinned network namespace (a mount of one, not the empty file it is
+/// mounted on, as after a reboot).
+fn is_netns(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(p), fs::metadata("/proc/self/ns/net")) {
+        (Ok(pin), Ok(ns)) => pin.dev() == ns.dev(),
+        _ => false,
+    }
 }
 
 fn has_global_address(netns: &Path) -> bool {

@@ -1,6 +1,8 @@
 //! Real containers through runc, built from the example service plus a static busybox (issue 4).
 //! These tests run as root, as recast does.
 
+mod network;
+
 use recast_image::build::{self, Options};
 use recast_image::{Digest, Store};
 use recast_runtime::health::{self, Status, Tracker, http_get};

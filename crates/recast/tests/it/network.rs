@@ -1,8 +1,8 @@
 //! Issue 18, point 1: services reach each other by name. A `web` service (busybox httpd whose
 //! index is a CGI script) calls `http://api:8080/` — the same port it listens on itself — and
 //! answers with what `api` said. Traffic from outside enters through web's route; web's calls
-//! to api pass recast's proxy on api's address in the project network, so api's rollout under
-//! load loses no request and a canary's split shows in what web says. `allow_from` keeps a
+//! to api pass recast's proxy on api's address in the project network, so api's canary rollout
+//! under load loses no request and its split shows in what web says. `allow_from` keeps a
 //! service that is not listed out; another project never sees this one's services.
 
 use crate::deploy::{Load, Server, free_port, ok, wait_for};
@@ -116,7 +116,11 @@ fn services_reach_each_other_by_name_and_a_rollout_behind_a_name_drops_nothing()
                 version,
                 r#"allow_from = [service.web]
   rollout {
-    strategy = "rolling"
+    strategy = "canary"
+    step {
+      weight = 50
+      pause  = "6s"
+    }
   }"#
             ),
             caller("web", "http://api:8080/", web),
@@ -126,6 +130,9 @@ fn services_reach_each_other_by_name_and_a_rollout_behind_a_name_drops_nothing()
     write_project(dir.path(), &spec("v1"));
     ok(&server.rc(dir.path(), &["apply", "--yes"]));
     assert_eq!(body_now(web).trim(), "api v1", "web reaches api by name");
+    // What the runtime binds for names (`/etc/hosts`, `/etc/resolv.conf`, and the `/etc` it made
+    // for them in an image without one) is not drift: the guard leaves the instances alone.
+    ok(&server.rc(dir.path(), &["drift"]));
     // `stranger` resolves the name, but api only lets web in.
     let refused = body_now(stranger);
     assert!(
@@ -133,11 +140,32 @@ fn services_reach_each_other_by_name_and_a_rollout_behind_a_name_drops_nothing()
         "stranger must not reach api: {refused:?}"
     );
 
-    // api rolls out while web calls it under load: no request fails, and web ends up on v2.
+    // api rolls out as a canary while web calls it under load: web's calls split between the
+    // releases at the step's weight, no request fails, and web ends up on v2.
     let load = Load::start(web);
     load.flowing(20);
     write_project(dir.path(), &spec("v2"));
-    ok(&server.rc(dir.path(), &["apply", "--yes"]));
+    let apply = {
+        let (data, cwd) = (server.data.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_recast"))
+                .args(["apply", "--yes"])
+                .current_dir(cwd)
+                .env("RECAST_DATA_DIR", data)
+                .output()
+                .expect("recast apply")
+        })
+    };
+    wait_for("the canary to take traffic", 60, || {
+        body_now(web).trim() == "api v2"
+    });
+    let sample: Vec<String> = (0..40).map(|_| body_now(web).trim().to_string()).collect();
+    let v2 = sample.iter().filter(|b| *b == "api v2").count();
+    assert!(
+        (8..=32).contains(&v2),
+        "a 50% canary behind a name: {v2} of 40 calls went to v2: {sample:?}"
+    );
+    ok(&apply.join().expect("apply thread"));
     load.flowing(20);
     let (served, failures, bodies) = load.finish();
     assert!(
