@@ -6,9 +6,7 @@
 
 use crate::debian::{AptRepo, base_image_archive};
 use crate::deploy::{Load, Server, body_now, free_port, ok};
-use crate::postgres::{
-    POSTGRES_ENTRYPOINT, instance, postgres_dockerfile, postgres_spec, project, psql,
-};
+use crate::postgres::{instance, postgres_context, postgres_spec, project, psql};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -81,10 +79,7 @@ fn an_app_reaches_postgres_as_db_5432_and_rolls_out_under_load_without_a_failed_
         .tempdir()
         .expect("tmp");
     let dir = p.path();
-    project(dir, "postgres", &postgres_dockerfile());
-    let ep = dir.join("postgres/entrypoint.sh");
-    fs::write(&ep, POSTGRES_ENTRYPOINT).expect("entrypoint");
-    fs::set_permissions(&ep, fs::Permissions::from_mode(0o755)).expect("chmod");
+    postgres_context(dir);
     project(dir, "app", &app_dockerfile());
     let cgi = dir.join("app/index.cgi");
     fs::write(&cgi, APP_CGI).expect("cgi");

@@ -305,6 +305,15 @@ fn rows(server: &Server, dir: &Path) -> String {
     )
 }
 
+/// The build context of the stock PostgreSQL image (`postgres_dockerfile`, its entrypoint) in
+/// `dir/postgres`.
+pub(crate) fn postgres_context(dir: &Path) {
+    project(dir, "postgres", &postgres_dockerfile());
+    let ep = dir.join("postgres/entrypoint.sh");
+    fs::write(&ep, POSTGRES_ENTRYPOINT).expect("entrypoint");
+    fs::set_permissions(&ep, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 pub(crate) fn project(dir: &Path, name: &str, dockerfile: &str) {
     fs::create_dir_all(dir.join(name)).expect("mkdir context");
     fs::write(dir.join(name).join("Dockerfile"), dockerfile).expect("Dockerfile");
@@ -320,10 +329,7 @@ fn postgres_keeps_its_data_across_recreate_and_a_rollback_restores_the_snapshot(
         .tempdir()
         .expect("tmp");
     let dir = p.path();
-    project(dir, "postgres", &postgres_dockerfile());
-    let ep = dir.join("postgres/entrypoint.sh");
-    fs::write(&ep, POSTGRES_ENTRYPOINT).expect("entrypoint");
-    fs::set_permissions(&ep, fs::Permissions::from_mode(0o755)).expect("chmod");
+    postgres_context(dir);
     let spec = |release: &str| {
         fs::write(
             dir.join("recast.hcl"),

@@ -7,14 +7,11 @@
 
 use crate::debian::{AptRepo, base_image_archive};
 use crate::deploy::{Server, free_port, ok, wait_for};
-use crate::postgres::{
-    POSTGRES_ENTRYPOINT, events, instance, postgres_dockerfile, postgres_spec, project,
-};
+use crate::postgres::{events, instance, postgres_context, postgres_spec};
 use crate::{recast, stderr, stdout};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,10 +221,7 @@ fn psql_through_a_tcp_route_survives_a_recreate_and_the_drain_waits_for_open_con
         .tempdir()
         .expect("tmp");
     let dir = p.path();
-    project(dir, "postgres", &postgres_dockerfile());
-    let ep = dir.join("postgres/entrypoint.sh");
-    fs::write(&ep, POSTGRES_ENTRYPOINT).expect("entrypoint");
-    fs::set_permissions(&ep, fs::Permissions::from_mode(0o755)).expect("chmod");
+    postgres_context(dir);
 
     spec(dir, &archive, &repo.url, port, "1");
     let t = Instant::now();
