@@ -653,6 +653,11 @@ fn take_over(dir: &DataDir, plane: &Plane) -> Result<UnixStream, String> {
         let taken: Vec<OwnedFd> = fds.by_ref().take(n).collect();
         plane.adopt_listeners(&config, &key, taken)?;
     }
+    // Each project network's resolver answers beside the old one's (`SO_REUSEPORT`) until it
+    // goes.
+    for (project, routes) in plane.routes.blocking_lock().iter() {
+        plane.resolve_names(project, routes)?;
+    }
     Ok(sock)
 }
 

@@ -38,6 +38,15 @@ fn a_newer_recast_takes_the_routes_over_without_dropping_a_request() {
         &failures[..failures.len().min(5)]
     );
     assert_eq!(bodies.keys().collect::<Vec<_>>(), ["v1 from hello 0.1.0\n"]);
+    // Inside the project network, the service's name and its address were handed over too.
+    let (name, call) = in_project_network(
+        &server,
+        "busybox nslookup web 10.89.0.1; curl -sS -m 5 http://10.89.1.1:8080/",
+    );
+    assert!(
+        name.contains("10.89.1.1") && call.contains("v1 from hello"),
+        "{name}\n{call}"
+    );
     // The newer control plane drives the newer data plane: a rollout still works.
     p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
     ok(&server.rc(p.path(), &["apply", "--yes"]));
@@ -77,4 +86,28 @@ fn a_data_plane_that_dies_is_started_again_and_told_everything() {
     p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
     ok(&server.rc(p.path(), &["apply", "--yes"]));
     assert_eq!(crate::deploy::body_now(p.port), "v2 from hello 0.1.0\n");
+}
+
+/// Run shell `cmds` (`;`-separated) in the network namespace of the server's one project network:
+/// (all output, the last command's output).
+fn in_project_network(server: &Server, cmds: &str) -> (String, String) {
+    let nets: Vec<_> = std::fs::read_dir(server.data.join("networks"))
+        .expect("networks")
+        .flatten()
+        .collect();
+    assert_eq!(nets.len(), 1, "one project network");
+    let run = |c: &str| {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", nets[0].path().join("netns").display()))
+            .args(["sh", "-c", c])
+            .output()
+            .expect("nsenter");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let (first, last) = cmds.rsplit_once("; ").unwrap_or((cmds, ""));
+    (run(first), run(last))
 }
