@@ -70,6 +70,13 @@ pub struct Stats {
     pub bytes_hashed: u64,
 }
 
+/// Whether `path` is a directory on the way to one of the mount points `exclude`.
+fn on_the_way(path: &str, exclude: &[String]) -> bool {
+    exclude
+        .iter()
+        .any(|x| x.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
+}
+
 /// Compare the tree at `root` with `index`. `exclude` are absolute paths inside the tree whose
 /// subtrees are not examined (volumes, `/tmp`, mount points); a directory missing from the image
 /// on the way to one is not a finding itself.
@@ -119,11 +126,7 @@ pub fn scan(
             seen.insert(path.clone());
             let ft = m.file_type();
             let Some(want) = expected.get(path.as_str()) else {
-                let on_the_way = |x: &String| {
-                    x.strip_prefix(path.as_str())
-                        .is_some_and(|r| r.starts_with('/'))
-                };
-                if ft.is_dir() && exclude.iter().any(on_the_way) {
+                if ft.is_dir() && on_the_way(&path, exclude) {
                     // A directory the runtime made on the way to a mount point (`/etc` of an
                     // image without one, for `/etc/hosts`): what else is in it is still checked.
                     stack.push((e.path(), path));

@@ -847,16 +847,8 @@ async fn forward(
     let pinned = sticky.then(|| pinned_release(&parts.headers)).flatten();
     forward_headers(&mut parts.headers, upgrade, peer);
     parts.version = hyper::Version::HTTP_11;
-    // The request goes out as it came in; a failed send hands it back for the retry. One without
-    // a body and of a safe method is kept, to be sent again if an instance closes a kept-alive
-    // connection without answering (RFC 9110 §9.2.2; nginx's `proxy_next_upstream error`).
-    let again = (retryable && parts.method.is_safe()).then(|| parts.clone());
-    let first = if retryable {
-        UpBody::Empty
-    } else {
-        UpBody::Client(body)
-    };
-    let mut out = Some(Request::from_parts(parts, first));
+    let (first, again) = outgoing(parts, body, retryable);
+    let mut out = Some(first);
     let mut tried: Option<String> = None;
     for attempt in 0..3 {
         if attempt > 0 {
@@ -910,10 +902,10 @@ async fn forward(
                 return relay(resp, in_use, sender, client_upgrade, sticky, pinned);
             }
             Err(mut e) => {
-                // Nothing was answered; a request without a body can go elsewhere.
+                // Nothing was answered; a request without a body can go elsewhere. A kept-alive
+                // connection the instance closed unanswered is not the instance failing.
                 out = e.take_message();
                 if out.is_none() && e.error().is_incomplete_message() {
-                    // A kept-alive connection the instance closed: not the instance failing.
                     out = again
                         .as_ref()
                         .map(|p| Request::from_parts(p.clone(), UpBody::Empty));
@@ -936,6 +928,21 @@ async fn forward(
         StatusCode::BAD_GATEWAY,
         &format!("no instance of service {} answered", svc.name),
     )
+}
+
+/// The request as it goes upstream (a failed send hands it back for the retry), and for a safe
+/// request without a body a copy of its head, to send it again if an instance closes a kept-alive
+/// connection without answering (RFC 9110 §9.2.2; nginx's `proxy_next_upstream error`).
+fn outgoing(
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    retryable: bool,
+) -> (Request<UpBody>, Option<hyper::http::request::Parts>) {
+    if !retryable {
+        return (Request::from_parts(parts, UpBody::Client(body)), None);
+    }
+    let again = parts.method.is_safe().then(|| parts.clone());
+    (Request::from_parts(parts, UpBody::Empty), again)
 }
 
 /// The release a sticky client is pinned to: its `recast-release` cookie.

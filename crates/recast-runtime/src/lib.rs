@@ -495,28 +495,41 @@ impl Runtime {
                 e,
             )
         })?;
-        // A namespace runc makes (in a user namespace) is plugged in between `runc create` and
-        // `runc start`; one recast made, before runc runs.
-        let late = spec.network == Network::Private && spec.user_namespace;
+        self.start_instance(spec, inst, &of, joined)?;
+        inst.phase = "running".into();
+        save(inst)
+    }
+
+    /// Start the container. A namespace runc makes (in a user namespace) is pinned once it
+    /// exists, and plugged into the project network between `runc create` and `runc start`; one
+    /// recast made is plugged in before `runc run`.
+    fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        inst: &mut Instance,
+        of: &str,
+        joined: Option<&Attach>,
+    ) -> Result<()> {
+        let runc_makes_netns = spec.network == Network::Private && spec.user_namespace;
+        let late = runc_makes_netns && joined.is_some();
         if let (Some(at), false) = (joined, late) {
             self.plug(inst, at)?;
         }
-        let pid = self.start_runc(inst, &of, !late)?;
+        let pid = self.start_runc(inst, of, !late)?;
         inst.pid = Some(pid);
-        if late {
+        if runc_makes_netns {
             sys::pin_netns(pid, &inst.netns()).map_err(|e| {
                 Error::io(
                     format!("pinning the network namespace of instance {}", inst.id),
                     e,
                 )
             })?;
-            if let Some(at) = joined {
-                self.plug(inst, at)?;
-            }
-            self.runc_start(inst, &of)?;
         }
-        inst.phase = "running".into();
-        save(inst)
+        if let (Some(at), true) = (joined, late) {
+            self.plug(inst, at)?;
+            self.runc_start(inst, of)?;
+        }
+        Ok(())
     }
 
     /// Let the user namespace of `spec`'s instance reach its directory `dir`: runc sets up the
@@ -940,14 +953,7 @@ impl Runtime {
             }
         }
         // Addresses leased by instances that are gone (a crash between delete's steps).
-        let live: Vec<String> = fs::read_dir(self.data_dir.instances())
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.release_stale_addresses(&live);
+        self.release_stale_addresses();
         Ok(r)
     }
 

@@ -435,7 +435,7 @@ impl Runtime {
     }
 
     /// Leases of instances that no longer exist are given back (after a crash).
-    pub(crate) fn release_stale_addresses(&self, live: &[String]) {
+    pub(crate) fn release_stale_addresses(&self) {
         let _changing = lock();
         for project in self.networks() {
             let Ok(dir) = self.network_dir(&project) else {
@@ -446,11 +446,9 @@ impl Runtime {
                 .flatten()
                 .flatten()
             {
-                // Gone now, not only when `live` was read: an instance another process made
-                // meanwhile has its directory before its lease.
-                let gone = |id: &String| {
-                    !live.contains(id) && !self.data_dir.instance(id).is_ok_and(|d| d.exists())
-                };
+                // Gone at this moment: an instance has its directory before its lease, and loses
+                // the lease before the directory.
+                let gone = |id: &str| !self.data_dir.instance(id).is_ok_and(|d| d.exists());
                 if fs::read_to_string(e.path()).is_ok_and(|id| gone(&id)) {
                     let _ = fs::remove_file(e.path());
                 }

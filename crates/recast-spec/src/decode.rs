@@ -1107,9 +1107,7 @@ impl<'a> Cx<'a> {
             }
             Some(d)
         });
-        let network = r.attr("network").map_or(Some(Network::Private), |a| {
-            self.choice(a, &[("private", Network::Private), ("host", Network::Host)])
-        });
+        let (network, protocol, allow_from, egress) = self.service_network(&mut r);
         let memory = r.attr("memory").and_then(|a| self.memory(a));
         let cpus = r.attr("cpus").and_then(|a| self.cpus(a));
         let user_namespace = r
@@ -1125,35 +1123,6 @@ impl<'a> Cx<'a> {
         let drain_timeout = r
             .attr("drain_timeout")
             .and_then(|a| self.at_most_an_hour(a));
-        let protocol = r
-            .attr("protocol")
-            .and_then(|a| self.choice(a, &[("http", Protocol::Http), ("tcp", Protocol::Tcp)]));
-        let allow_from = r.attr("allow_from").map(|a| (a, self.allow_from(a)));
-        let egress = r.attr("egress").map(|a| (a, self.egress(a)));
-        if network == Some(Network::Host) {
-            let on_host = [
-                allow_from.as_ref().map(|(a, _)| *a),
-                egress
-                    .as_ref()
-                    .filter(|(_, e)| e.as_ref().is_some_and(|e| *e != Egress::All))
-                    .map(|(a, _)| *a),
-            ];
-            for a in on_host.into_iter().flatten() {
-                self.err_hint(
-                    span_of(&a.key),
-                    format!(
-                        "`{}` does not apply to a service with network = \"host\": its instances are not on the project network",
-                        a.key.as_str()
-                    ),
-                    Some("remove it, or use network = \"private\"".into()),
-                );
-            }
-        }
-        let allow_from = allow_from.and_then(|(_, v)| v);
-        let egress = match egress {
-            Some((_, e)) => e,
-            None => Some(Egress::All),
-        };
         let rollout = self.service_rollout(&mut r, instances, exclusive_at.as_ref());
         let guard = self.service_guard(&mut r);
         self.finish(r);
@@ -1306,6 +1275,52 @@ impl<'a> Cx<'a> {
         } else {
             Egress::Only(out)
         })
+    }
+
+    /// A service's `network`, `protocol`, `allow_from` and `egress`; the last two only on the
+    /// project network (`network = "private"`).
+    fn service_network(
+        &mut self,
+        r: &mut Reader<'_>,
+    ) -> (
+        Option<Network>,
+        Option<Protocol>,
+        Option<Vec<String>>,
+        Option<Egress>,
+    ) {
+        let network = r.attr("network").map_or(Some(Network::Private), |a| {
+            self.choice(a, &[("private", Network::Private), ("host", Network::Host)])
+        });
+        let protocol = r
+            .attr("protocol")
+            .and_then(|a| self.choice(a, &[("http", Protocol::Http), ("tcp", Protocol::Tcp)]));
+        let allow_from = r.attr("allow_from").map(|a| (a, self.allow_from(a)));
+        let egress = r.attr("egress").map(|a| (a, self.egress(a)));
+        if network == Some(Network::Host) {
+            let on_host = [
+                allow_from.as_ref().map(|(a, _)| *a),
+                egress
+                    .as_ref()
+                    .filter(|(_, e)| e.as_ref().is_some_and(|e| *e != Egress::All))
+                    .map(|(a, _)| *a),
+            ];
+            for a in on_host.into_iter().flatten() {
+                self.err_hint(
+                    span_of(&a.key),
+                    format!(
+                        "`{}` does not apply to a service with network = \"host\": its instances are not on the project network",
+                        a.key.as_str()
+                    ),
+                    Some("remove it, or use network = \"private\"".into()),
+                );
+            }
+        }
+        let allow_from = allow_from.and_then(|(_, v)| v);
+        let egress = match egress {
+            Some((_, e)) => e,
+            None => Some(Egress::All),
+        };
+        (network, protocol, allow_from, egress)
     }
 
     /// A duration of at most an hour (`stop_timeout`, `drain_timeout`).
