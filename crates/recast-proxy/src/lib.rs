@@ -15,6 +15,7 @@ mod handoff_tests;
 #[cfg(test)]
 mod limits_tests;
 mod metrics;
+mod splice;
 pub mod tcp;
 
 pub use metrics::{Metrics, Snapshot};

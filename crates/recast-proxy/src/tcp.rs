@@ -218,13 +218,21 @@ pub(crate) async fn pass(svc: &Service, mut client: TcpStream) {
             Ok(mut upstream) => {
                 keepalive(&upstream);
                 backend.metrics.record(200, started.elapsed());
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut upstream,
-                    BUFFER,
-                    BUFFER,
-                )
-                .await;
+                match crate::splice::Pipes::new() {
+                    Ok(pipes) => {
+                        let _ = pipes.both_ways(&client, &upstream).await;
+                    }
+                    // Without descriptors for the pipes, the bytes are copied through buffers.
+                    Err(_) => {
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut client,
+                            &mut upstream,
+                            BUFFER,
+                            BUFFER,
+                        )
+                        .await;
+                    }
+                }
                 drop(in_use);
                 return;
             }
