@@ -18,15 +18,22 @@ backends in the api instance's namespace (`target: netns`, 127.0.0.1:PORT there)
    `protocol = "tcp"` internal listener -> iperf3 -s on 127.0.0.1:5201 in the api namespace.
    Anchor: the iperf3 client in the api namespace against the same server over loopback.
 
-Each round measures direct then recast (HTTP, then TCP); medians of ROUNDS are compared.
+For context, not goals: the same traffic through nginx as the proxy (2 workers, upstream keep-alive
+and the `stream` module, in the project namespace on 10.89.1.1:8081 / 10.89.3.1:5202, forwarding over
+the bridge to 10.89.1.2), and the TCP transfer over the bridge alone (client -> an iperf3 server in the
+project namespace, no proxy). Per run, the CPU the whole machine and the data plane used is counted, so
+the cost per request / per GB can be compared; and the CPU other processes used during the run.
 
-Usage: bench/network.py [SECONDS] [ROUNDS] [GIB]   (needs wrk, nginx, iperf3 and iproute2 from
-Debian; cargo build --release -p recast; root)
+Each round runs direct, recast, nginx (HTTP, then TCP, then the bridge alone); medians of ROUNDS are
+compared.
+
+Usage: bench/network.py [SECONDS] [ROUNDS] [GIB]   (root; cargo build --release -p recast; Debian's
+wrk, nginx, libnginx-mod-stream, iperf3, iproute2)
 """
 import json, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import RECAST, DataPlane, nginx, temp_paths  # noqa: E402
+from proxy import RECAST, DataPlane, temp_paths  # noqa: E402
 
 SECS = sys.argv[1] if len(sys.argv) > 1 else "5"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -88,17 +95,15 @@ def wrk(ns, url):
 
 
 def iperf(ns, host, port=TCP_PORT):
-    """GB/s (10^9 bytes) the receiver got from one stream of GIB GiB, and the sender's CPU %."""
+    """GB/s (10^9 bytes) the receiver got from one stream of GIB GiB, with what iperf3 said."""
     r = subprocess.run(["nsenter", f"--net={ns}", "--", "iperf3", "-c", host, "-p", str(port), "-n", f"{GIB}G", "-J"],
                        capture_output=True, text=True)
     j = json.loads(r.stdout)
     if "error" in j:
-        for n in (ns, os.path.join(os.path.dirname(ns), "project")):
-            print(n, subprocess.run(["nsenter", f"--net={n}", "--", "ss", "-tlnp"], capture_output=True, text=True).stdout)
-        print(open(os.path.join(os.path.dirname(os.path.dirname(ns)), "iperf3.log")).read())
-        sys.exit(f"iperf3 to {host} in {ns}: {j['error']}")
+        log = os.path.join(os.path.dirname(os.path.dirname(ns)), "iperf3.log")
+        sys.exit(f"iperf3 to {host}:{port} in {ns}: {j['error']}\nits servers said:\n{open(log).read()}")
     end = j["end"]
-    return end["sum_received"]["bits_per_second"] / 8e9, end["sum_received"]["bytes"], end["cpu_utilization_percent"]
+    return end["sum_received"]["bits_per_second"] / 8e9, end
 
 
 def cpu_ticks(pid):

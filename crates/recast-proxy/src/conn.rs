@@ -124,6 +124,13 @@ impl Limits {
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 static REFUSING: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether a connection may also take the four descriptors of two pipes (`splice.rs`): while
+/// the route connections open use at most a third of the budget, so that with their pipes they
+/// stay within the descriptors the budget counts on.
+pub(crate) fn room_for_pipes() -> bool {
+    OPEN.load(Ordering::Relaxed) < process_budget() / 3
+}
+
 /// How many route client connections the whole process may hold: each may need a second
 /// descriptor upstream, and recast keeps a reserve for itself (health probes, the state store,
 /// runc, the API).

@@ -218,12 +218,15 @@ pub(crate) async fn pass(svc: &Service, mut client: TcpStream) {
             Ok(mut upstream) => {
                 keepalive(&upstream);
                 backend.metrics.record(200, started.elapsed());
-                match crate::splice::Pipes::new() {
-                    Ok(pipes) => {
+                let pipes = conn::room_for_pipes()
+                    .then(crate::splice::Pipes::new)
+                    .and_then(Result::ok);
+                match pipes {
+                    Some(pipes) => {
                         let _ = pipes.both_ways(&client, &upstream).await;
                     }
                     // Without descriptors for the pipes, the bytes are copied through buffers.
-                    Err(_) => {
+                    None => {
                         let _ = tokio::io::copy_bidirectional_with_sizes(
                             &mut client,
                             &mut upstream,
