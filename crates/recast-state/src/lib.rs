@@ -1,12 +1,18 @@
 //! The state store: every release (what ran, when, how it ended), the instances of each service,
 //! the progress of every rollout step by step, routes, and an event log.
 //!
-//! One SQLite file (`<data-dir>/state.db`, WAL) behind this narrow API: only this crate knows SQL,
-//! so a PostgreSQL backend can implement the same methods. The schema is versioned
-//! (`PRAGMA user_version`) and migrated forward on open.
+//! One SQLite file (`<data-dir>/state.db`, WAL) or a PostgreSQL database behind this narrow
+//! API: only this crate knows SQL. Every query is written once (`db::Db` runs it on either); the
+//! schema is the same numbered migrations on both, versioned by `PRAGMA user_version` (SQLite) or
+//! the `schema_migrations` table (PostgreSQL), and migrated forward on open.
 
+mod db;
+mod pg;
+
+use db::{Db, DbErr, Dialect, Lite, Row};
+pub use pg::redact_url;
 pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Mutex;
@@ -32,6 +38,19 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// A PostgreSQL statement or connection failed. `url` never holds the password; `what` is
+    /// the statement's first words or the step (connecting, waiting for a connection).
+    #[error("state database {url}: {what}: {detail}")]
+    Postgres {
+        url: String,
+        what: String,
+        detail: String,
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+    /// A state URL names no backend recast has, or cannot be parsed.
+    #[error("state URL {url}: {reason}")]
+    Url { url: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -122,9 +141,17 @@ pub struct ProjectOwner {
     pub since_ms: i64,
 }
 
+/// The state store. `Sync`: SQLite serialises callers on one connection, PostgreSQL gives each a
+/// connection of a small pool.
 pub struct State {
-    conn: Mutex<Connection>,
-    path: String,
+    backend: Backend,
+    /// The file or the URL (without its password), for messages.
+    target: String,
+}
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(Box<pg::Pg>),
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -178,50 +205,9 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A row's value that names no variant of the enum it is read as: carried through rusqlite's
-/// conversion error to `State::with`, which turns it into `Error::Invalid`.
-#[derive(Debug)]
-struct BadValue {
-    table: &'static str,
-    row: String,
-    source: UnknownValue,
-}
-
-impl std::fmt::Display for BadValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "table {}, row {}: {}", self.table, self.row, self.source)
-    }
-}
-
-impl std::error::Error for BadValue {}
-
-/// Column `idx` of `r` read as an enum `T`; an unknown value is an error naming `table` and `row`.
-fn enum_col<T>(
-    r: &rusqlite::Row<'_>,
-    idx: usize,
-    table: &'static str,
-    row: impl FnOnce() -> String,
-) -> rusqlite::Result<T>
-where
-    T: std::str::FromStr<Err = UnknownValue>,
-{
-    let text: String = r.get(idx)?;
-    text.parse().map_err(|source| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            rusqlite::types::Type::Text,
-            Box::new(BadValue {
-                table,
-                row: row(),
-                source,
-            }),
-        )
-    })
-}
-
-fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+fn release_row(r: &Row<'_>) -> Result<Release, DbErr> {
     let (project, service, number): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-    let outcome = enum_col(r, 9, "releases", || {
+    let outcome = r.enum_col(9, "releases", || {
         format!("{project}/{service} release {number}")
     })?;
     Ok(Release {
@@ -242,7 +228,7 @@ fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
 
 const RELEASE_COLS: &str = "project, service, number, spec_hash, digest, image, spec, created_ms, created_by, outcome, reason, finished_ms";
 
-fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
+fn rollout_row(r: &Row<'_>) -> Result<Rollout, DbErr> {
     let id: i64 = r.get(0)?;
     Ok(Rollout {
         id,
@@ -251,7 +237,7 @@ fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
         from_release: r.get(3)?,
         to_release: r.get(4)?,
         strategy: r.get(5)?,
-        state: enum_col(r, 6, "rollouts", || format!("id {id}"))?,
+        state: r.enum_col(6, "rollouts", || format!("id {id}"))?,
         step: r.get(7)?,
         detail: r.get(8)?,
         started_ms: r.get(9)?,
@@ -259,7 +245,7 @@ fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
     })
 }
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+fn event_row(r: &Row<'_>) -> Result<Event, DbErr> {
     Ok(Event {
         id: r.get(0)?,
         at_ms: r.get(1)?,
@@ -270,11 +256,114 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
+fn snapshot_row(r: &Row<'_>) -> Result<Snapshot, DbErr> {
+    Ok(Snapshot {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        service: r.get(2)?,
+        volume: r.get(3)?,
+        before_release: r.get(4)?,
+        of_release: r.get(5)?,
+        path: r.get(6)?,
+        created_ms: r.get(7)?,
+    })
+}
+
 const ROLLOUT_COLS: &str = "id, project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms";
 
+/// Apply the migrations after the recorded version, up to `upto`, in one transaction. The two
+/// places the dialects differ: where the version is kept, and column types (`db::pg_schema`).
+fn migrate(c: &mut dyn Db, upto: usize) -> Result<(), DbErr> {
+    let dialect = c.dialect();
+    let version: i64 = match dialect {
+        Dialect::Sqlite => c.one("PRAGMA user_version", &[], |r| r.get(0))?,
+        Dialect::Postgres => {
+            // Two servers opening one database migrate one after the other.
+            c.batch(
+                "SELECT pg_advisory_xact_lock(7526411283);
+                 CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL);",
+            )?;
+            c.one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+                |r| r.get(0),
+            )?
+        }
+    };
+    for (i, m) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(upto)
+        .skip(version as usize)
+    {
+        let n = i as i64 + 1;
+        match dialect {
+            Dialect::Sqlite => c.batch(&format!("{m}; PRAGMA user_version = {n};"))?,
+            Dialect::Postgres => {
+                c.batch(&db::pg_schema(m))?;
+                c.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                    &[&n, &now_ms()],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl State {
-    /// Open (creating and migrating) the database at `path`.
+    /// Open (creating and migrating) the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<State> {
+        State::open_sqlite(path, MIGRATIONS.len())
+    }
+
+    /// Open the state named by `url`: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (or
+    /// `postgresql://`; `?host=/DIR` connects through the Unix socket in DIR; no TLS), else
+    /// `sqlite:PATH` or a plain path to a SQLite file.
+    pub fn open_url(url: &str) -> Result<State> {
+        State::open_url_upto(url, MIGRATIONS.len())
+    }
+
+    fn open_url_upto(url: &str, upto: usize) -> Result<State> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return State::open_postgres(url, upto);
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            return State::open_sqlite(Path::new(path), upto);
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(Error::Url {
+                url: redact_url(url),
+                reason: format!(
+                    "unknown scheme {scheme:?} (postgres://, postgresql://, sqlite: or a path)"
+                ),
+            });
+        }
+        State::open_sqlite(Path::new(url), upto)
+    }
+
+    /// Where the state is: the SQLite file, or the PostgreSQL URL without its password.
+    pub fn location(&self) -> &str {
+        &self.target
+    }
+
+    fn open_postgres(url: &str, upto: usize) -> Result<State> {
+        let target = redact_url(url);
+        let config = pg::parse_url(url).map_err(|reason| Error::Url {
+            url: target.clone(),
+            reason,
+        })?;
+        let s = State {
+            backend: Backend::Postgres(Box::new(pg::Pg::new(config, target.clone())?)),
+            target,
+        };
+        s.tx(|c| migrate(c, upto))?;
+        Ok(s)
+    }
+
+    fn open_sqlite(path: &Path, upto: usize) -> Result<State> {
         let p = path.display().to_string();
         let err = |source| Error::Db {
             path: p.clone(),
@@ -301,47 +390,77 @@ impl State {
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            conn.execute_batch(&format!(
-                "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
-                i + 1
-            ))
-            .map_err(err)?;
-        }
-        Ok(State {
-            conn: Mutex::new(conn),
-            path: p,
-        })
+        // Every statement is cached by its text.
+        conn.set_prepared_statement_cache_capacity(64);
+        let s = State {
+            backend: Backend::Sqlite(Mutex::new(conn)),
+            target: p,
+        };
+        s.tx(|c| migrate(c, upto))?;
+        Ok(s)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(|source| {
-            let source = match source {
-                rusqlite::Error::FromSqlConversionFailure(i, t, e) => {
-                    match e.downcast::<BadValue>() {
-                        Ok(bad) => {
-                            let BadValue { table, row, source } = *bad;
-                            return Error::Invalid {
-                                path: self.path.clone(),
-                                table,
-                                row,
-                                source,
-                            };
-                        }
-                        Err(e) => rusqlite::Error::FromSqlConversionFailure(i, t, e),
-                    }
-                }
-                other => other,
-            };
-            Error::Db {
-                path: self.path.clone(),
+    fn lite_err(&self, e: DbErr) -> Error {
+        match e {
+            DbErr::Bad(b) => Error::Invalid {
+                path: self.target.clone(),
+                table: b.table,
+                row: b.row,
+                source: b.source,
+            },
+            DbErr::Lite(source) => Error::Db {
+                path: self.target.clone(),
                 source,
+            },
+            DbErr::Pg { sql, source } => Error::Postgres {
+                url: self.target.clone(),
+                what: sql,
+                detail: source.to_string(),
+                source: Some(source),
+            },
+            DbErr::Timeout { sql } => Error::Postgres {
+                url: self.target.clone(),
+                what: sql,
+                detail: "no answer".into(),
+                source: None,
+            },
+        }
+    }
+
+    /// Run `f` on the database (once more on a new connection if a PostgreSQL one broke).
+    fn with<T>(&self, mut f: impl FnMut(&mut dyn Db) -> Result<T, DbErr>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut Lite(&conn)).map_err(|e| self.lite_err(e))
             }
-        })
+            Backend::Postgres(pg) => pg.run(false, f),
+        }
+    }
+
+    /// Run `f` in one transaction: all of its writes or none.
+    fn tx<T>(&self, mut f: impl FnMut(&mut dyn Db) -> Result<T, DbErr>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let mut run = |conn: &mut Connection| -> Result<T, DbErr> {
+                    let t = conn.transaction()?;
+                    let v = f(&mut Lite(&t))?;
+                    t.commit()?;
+                    Ok(v)
+                };
+                run(&mut conn).map_err(|e| self.lite_err(e))
+            }
+            Backend::Postgres(pg) => pg.run(true, f),
+        }
+    }
+
+    /// PostgreSQL only: how long one operation may spend reconnecting (10 s unless set).
+    #[cfg(test)]
+    fn set_retry_for(&mut self, d: std::time::Duration) {
+        if let Backend::Postgres(pg) = &mut self.backend {
+            pg.retry_for = d;
+        }
     }
 
     // ---- project ownership ----------------------------------------------------------------------
@@ -349,9 +468,9 @@ impl State {
     /// The directory that owns project `name`, if one was recorded.
     pub fn project_owner(&self, name: &str) -> Result<Option<ProjectOwner>> {
         self.with(|c| {
-            c.query_row(
+            c.opt(
                 "SELECT name, dir, since_ms FROM projects WHERE name = ?1",
-                params![name],
+                &[&name],
                 |r| {
                     Ok(ProjectOwner {
                         name: r.get(0)?,
@@ -360,18 +479,18 @@ impl State {
                     })
                 },
             )
-            .optional()
         })
     }
 
     /// Record `dir` as the owner of project `name` (replacing any earlier owner).
     pub fn set_project_owner(&self, name: &str, dir: &str) -> Result<()> {
+        let now = now_ms();
         self.with(|c| {
             c.execute(
                 "INSERT INTO projects (name, dir, since_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET dir = excluded.dir, since_ms = excluded.since_ms
                  WHERE projects.dir <> excluded.dir",
-                params![name, dir, now_ms()],
+                &[&name, &dir, &now],
             )
             .map(drop)
         })
@@ -390,17 +509,18 @@ impl State {
             spec_hash,
             by,
         } = *r;
-        self.with(|c| {
-            let n: i64 = c.query_row(
+        let (now, pending) = (now_ms(), ReleaseOutcome::Pending.as_str());
+        self.tx(|c| {
+            let n: i64 = c.one(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE project = ?1 AND service = ?2",
-                params![project, service],
+                &[&project, &service],
                 |r| r.get(0),
             )?;
-            c.execute(
-                &format!("INSERT INTO releases ({RELEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL)"),
-                params![project, service, n, spec_hash, digest, image, spec, now_ms(), by, ReleaseOutcome::Pending.as_str()],
-            )?;
-            c.query_row(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"), params![project, service, n], release_row)
+            c.one(
+                &format!("INSERT INTO releases ({RELEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL) RETURNING {RELEASE_COLS}"),
+                &[&project, &service, &n, &spec_hash, &digest, &image, &spec, &now, &by, &pending],
+                release_row,
+            )
         })
     }
 
@@ -416,7 +536,7 @@ impl State {
         self.with(|c| {
             c.execute(
                 "UPDATE releases SET outcome = ?4, reason = ?5, finished_ms = COALESCE(?6, finished_ms) WHERE project = ?1 AND service = ?2 AND number = ?3",
-                params![project, service, number, outcome.as_str(), reason, finished],
+                &[&project, &service, &number, &outcome.as_str(), &reason, &finished],
             )
             .map(drop)
         })
@@ -424,28 +544,34 @@ impl State {
 
     pub fn release(&self, project: &str, service: &str, number: i64) -> Result<Option<Release>> {
         self.with(|c| {
-            // Cached statements: the guard reads releases several times a second.
-            c.prepare_cached(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"))?
-                .query_row(params![project, service, number], release_row)
-                .optional()
+            c.opt(
+                &format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 AND number = ?3"),
+                &[&project, &service, &number],
+                release_row,
+            )
         })
     }
 
     /// Every release of a service, oldest first.
     pub fn releases(&self, project: &str, service: &str) -> Result<Vec<Release>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 ORDER BY number"))?;
-            st.query_map(params![project, service], release_row)?.collect()
+            c.rows(
+                &format!("SELECT {RELEASE_COLS} FROM releases WHERE project = ?1 AND service = ?2 ORDER BY number"),
+                &[&project, &service],
+                release_row,
+            )
         })
     }
 
     /// The release serving traffic, if any.
     pub fn current(&self, project: &str, service: &str) -> Result<Option<Release>> {
         let n: Option<i64> = self.with(|c| {
-            c.prepare_cached("SELECT current FROM services WHERE project = ?1 AND service = ?2")?
-                .query_row(params![project, service], |r| r.get(0))
-                .optional()
-                .map(Option::flatten)
+            c.opt(
+                "SELECT current FROM services WHERE project = ?1 AND service = ?2",
+                &[&project, &service],
+                |r| r.get::<Option<i64>>(0),
+            )
+            .map(Option::flatten)
         })?;
         match n {
             Some(n) => self.release(project, service, n),
@@ -458,7 +584,7 @@ impl State {
             c.execute(
                 "INSERT INTO services (project, service, current) VALUES (?1, ?2, ?3)
                  ON CONFLICT (project, service) DO UPDATE SET current = excluded.current",
-                params![project, service, number],
+                &[&project, &service, &number],
             )
             .map(drop)
         })
@@ -470,13 +596,12 @@ impl State {
         project: &str,
     ) -> Result<std::collections::BTreeMap<String, Release>> {
         let cols: Vec<String> = RELEASE_COLS.split(", ").map(|c| format!("r.{c}")).collect();
-        self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {} FROM services s JOIN releases r ON r.project = s.project AND r.service = s.service AND r.number = s.current WHERE s.project = ?1",
-                cols.join(", ")
-            ))?;
-            st.query_map(params![project], release_row)?.map(|r| r.map(|r| (r.service.clone(), r))).collect()
-        })
+        let sql = format!(
+            "SELECT {} FROM services s JOIN releases r ON r.project = s.project AND r.service = s.service AND r.number = s.current WHERE s.project = ?1",
+            cols.join(", ")
+        );
+        let rows = self.with(|c| c.rows(&sql, &[&project], release_row))?;
+        Ok(rows.into_iter().map(|r| (r.service.clone(), r)).collect())
     }
 
     /// The highest release number of every service of a project, in one query.
@@ -484,35 +609,45 @@ impl State {
         &self,
         project: &str,
     ) -> Result<std::collections::BTreeMap<String, i64>> {
-        self.with(|c| {
-            let mut st = c.prepare(
+        let rows = self.with(|c| {
+            c.rows(
                 "SELECT service, MAX(number) FROM releases WHERE project = ?1 GROUP BY service",
-            )?;
-            st.query_map(params![project], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
+                &[&project],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Every (project, service) with a current release.
     pub fn all_services(&self) -> Result<Vec<(String, String)>> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT project, service FROM services WHERE current IS NOT NULL ORDER BY project, service")?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            c.rows(
+                "SELECT project, service FROM services WHERE current IS NOT NULL ORDER BY project, service",
+                &[],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
     // ---- instances ------------------------------------------------------------------------------
 
     pub fn add_instance(&self, id: &str, project: &str, service: &str, release: i64) -> Result<()> {
+        let now = now_ms();
         self.with(|c| {
-            c.execute("INSERT OR REPLACE INTO instances (id, project, service, release, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)", params![id, project, service, release, now_ms()])
-                .map(drop)
+            c.execute(
+                "INSERT INTO instances (id, project, service, release, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET project = excluded.project, service = excluded.service,
+                    release = excluded.release, created_ms = excluded.created_ms",
+                &[&id, &project, &service, &release, &now],
+            )
+            .map(drop)
         })
     }
 
     pub fn remove_instance(&self, id: &str) -> Result<()> {
         self.with(|c| {
-            c.execute("DELETE FROM instances WHERE id = ?1", params![id])
+            c.execute("DELETE FROM instances WHERE id = ?1", &[&id])
                 .map(drop)
         })
     }
@@ -527,32 +662,34 @@ impl State {
         to: i64,
         strategy: &str,
     ) -> Result<i64> {
+        let (now, running) = (now_ms(), RolloutState::Running.as_str());
         self.with(|c| {
-            let now = now_ms();
-            c.execute(
+            c.one(
                 "INSERT INTO rollouts (project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, 0, 'started', ?6, ?6)",
-                params![project, service, from, to, strategy, now, RolloutState::Running.as_str()],
-            )?;
-            Ok(c.last_insert_rowid())
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, 0, 'started', ?6, ?6) RETURNING id",
+                &[&project, &service, &from, &to, &strategy, &now, &running],
+                |r| r.get(0),
+            )
         })
     }
 
     pub fn rollout_step(&self, id: i64, step: i64, detail: &str) -> Result<()> {
+        let now = now_ms();
         self.with(|c| {
             c.execute(
                 "UPDATE rollouts SET step = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, step, detail, now_ms()],
+                &[&id, &step, &detail, &now],
             )
             .map(drop)
         })
     }
 
     pub fn finish_rollout(&self, id: i64, state: RolloutState, detail: &str) -> Result<()> {
+        let now = now_ms();
         self.with(|c| {
             c.execute(
                 "UPDATE rollouts SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, state.as_str(), detail, now_ms()],
+                &[&id, &state.as_str(), &detail, &now],
             )
             .map(drop)
         })
@@ -560,20 +697,15 @@ impl State {
 
     /// Rollouts that were running when their server stopped.
     pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
-        self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {ROLLOUT_COLS} FROM rollouts WHERE state = ?1 ORDER BY id"
-            ))?;
-            st.query_map(params![RolloutState::Running.as_str()], rollout_row)?
-                .collect()
-        })
+        let sql = format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE state = ?1 ORDER BY id");
+        self.with(|c| c.rows(&sql, &[&RolloutState::Running.as_str()], rollout_row))
     }
 
     pub fn rollouts(&self, project: &str, service: &str) -> Result<Vec<Rollout>> {
-        self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE project = ?1 AND service = ?2 ORDER BY id"))?;
-            st.query_map(params![project, service], rollout_row)?.collect()
-        })
+        let sql = format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE project = ?1 AND service = ?2 ORDER BY id"
+        );
+        self.with(|c| c.rows(&sql, &[&project, &service], rollout_row))
     }
 
     // ---- volume snapshots -----------------------------------------------------------------------
@@ -587,65 +719,47 @@ impl State {
         of_release: Option<i64>,
         path: &str,
     ) -> Result<Snapshot> {
+        let at = now_ms();
         self.with(|c| {
-            let at = now_ms();
-            c.execute(
-                "INSERT INTO snapshots (project, service, volume, before_release, of_release, path, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![project, service, volume, before_release, of_release, path, at],
-            )?;
-            Ok(Snapshot {
-                id: c.last_insert_rowid(),
-                project: project.into(),
-                service: service.into(),
-                volume: volume.into(),
-                before_release,
-                of_release,
-                path: path.into(),
-                created_ms: at,
-            })
+            c.one(
+                "INSERT INTO snapshots (project, service, volume, before_release, of_release, path, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 RETURNING id, project, service, volume, before_release, of_release, path, created_ms",
+                &[&project, &service, &volume, &before_release, &of_release, &path, &at],
+                snapshot_row,
+            )
         })
     }
 
     /// A service's snapshots (of every volume), oldest first.
     pub fn snapshots(&self, project: &str, service: &str) -> Result<Vec<Snapshot>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.rows(
                 "SELECT id, project, service, volume, before_release, of_release, path, created_ms
                  FROM snapshots WHERE project = ?1 AND service = ?2 ORDER BY id",
-            )?;
-            st.query_map(params![project, service], |r| {
-                Ok(Snapshot {
-                    id: r.get(0)?,
-                    project: r.get(1)?,
-                    service: r.get(2)?,
-                    volume: r.get(3)?,
-                    before_release: r.get(4)?,
-                    of_release: r.get(5)?,
-                    path: r.get(6)?,
-                    created_ms: r.get(7)?,
-                })
-            })?
-            .collect()
+                &[&project, &service],
+                snapshot_row,
+            )
         })
     }
 
     pub fn remove_snapshot(&self, id: i64) -> Result<()> {
         self.with(|c| {
-            c.execute("DELETE FROM snapshots WHERE id = ?1", params![id])
+            c.execute("DELETE FROM snapshots WHERE id = ?1", &[&id])
                 .map(drop)
         })
     }
 
     // ---- routes and events ----------------------------------------------------------------------
 
-    /// Replace a project's routes.
+    /// Replace a project's routes (in one transaction).
     pub fn set_routes(&self, project: &str, routes: &[RouteRow]) -> Result<()> {
-        self.with(|c| {
-            c.execute("DELETE FROM routes WHERE project = ?1", params![project])?;
+        self.tx(|c| {
+            c.execute("DELETE FROM routes WHERE project = ?1", &[&project])?;
             for r in routes {
                 c.execute(
                     "INSERT INTO routes (project, name, listen, service, timeout_ms, protocol) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![project, r.name, r.listen, r.service, r.timeout_ms as i64, r.protocol.as_str()],
+                    &[&project, &r.name, &r.listen, &r.service, &(r.timeout_ms as i64), &r.protocol.as_str()],
                 )?;
             }
             Ok(())
@@ -654,265 +768,60 @@ impl State {
 
     pub fn routes(&self) -> Result<Vec<RouteRow>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.rows(
                 "SELECT project, name, listen, service, timeout_ms, protocol FROM routes ORDER BY project, name",
-            )?;
-            st.query_map([], |r| {
-                let (project, name): (String, String) = (r.get(0)?, r.get(1)?);
-                let protocol = enum_col(r, 5, "routes", || format!("{project}/{name}"))?;
-                Ok(RouteRow {
-                    project,
-                    name,
-                    listen: r.get(2)?,
-                    service: r.get(3)?,
-                    timeout_ms: r.get::<_, i64>(4)?.max(1) as u64,
-                    protocol,
-                })
-            })?
-            .collect()
+                &[],
+                |r| {
+                    let (project, name): (String, String) = (r.get(0)?, r.get(1)?);
+                    let protocol = r.enum_col(5, "routes", || format!("{project}/{name}"))?;
+                    Ok(RouteRow {
+                        project,
+                        name,
+                        listen: r.get(2)?,
+                        service: r.get(3)?,
+                        timeout_ms: r.get::<i64>(4)?.max(1) as u64,
+                        protocol,
+                    })
+                },
+            )
         })
     }
 
     pub fn event(&self, project: &str, service: &str, kind: &str, message: &str) -> Result<Event> {
+        let at = now_ms();
         self.with(|c| {
-            let at = now_ms();
-            c.execute("INSERT INTO events (at_ms, project, service, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)", params![at, project, service, kind, message])?;
-            Ok(Event { id: c.last_insert_rowid(), at_ms: at, project: project.into(), service: service.into(), kind: kind.into(), message: message.into() })
+            c.one(
+                "INSERT INTO events (at_ms, project, service, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)
+                 RETURNING id, at_ms, project, service, kind, message",
+                &[&at, &project, &service, &kind, &message],
+                event_row,
+            )
         })
     }
 
     /// Every event of one kind for a service, oldest first.
     pub fn events_of(&self, project: &str, service: &str, kind: &str) -> Result<Vec<Event>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.rows(
                 "SELECT id, at_ms, project, service, kind, message FROM events
                  WHERE project = ?1 AND service = ?2 AND kind = ?3 ORDER BY id",
-            )?;
-            st.query_map(params![project, service, kind], event_row)?
-                .collect()
+                &[&project, &service, &kind],
+                event_row,
+            )
         })
     }
 
     /// Events after `since` (an event id), oldest first.
     pub fn events(&self, since: i64, limit: i64) -> Result<Vec<Event>> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT id, at_ms, project, service, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-            st.query_map(params![since, limit], event_row)?
-            .collect()
+            c.rows(
+                "SELECT id, at_ms, project, service, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                &[&since, &limit],
+                event_row,
+            )
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn releases_number_up_and_survive_reopening() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("state.db");
-        {
-            let s = State::open(&path).expect("open");
-            let r1 = s
-                .new_release(&NewRelease {
-                    project: "p",
-                    service: "web",
-                    digest: "sha256:a",
-                    image: "web",
-                    spec: "{}",
-                    spec_hash: "h1",
-                    by: "test",
-                })
-                .expect("r1");
-            let r2 = s
-                .new_release(&NewRelease {
-                    project: "p",
-                    service: "web",
-                    digest: "sha256:b",
-                    image: "web",
-                    spec: "{}",
-                    spec_hash: "h2",
-                    by: "test",
-                })
-                .expect("r2");
-            assert_eq!((r1.number, r2.number), (1, 2));
-            s.set_outcome("p", "web", 1, ReleaseOutcome::Succeeded, None)
-                .expect("outcome");
-            s.set_current("p", "web", Some(1)).expect("current");
-            let id = s
-                .start_rollout("p", "web", Some(1), 2, "rolling")
-                .expect("rollout");
-            s.rollout_step(id, 1, "one new instance healthy")
-                .expect("step");
-        }
-        let s = State::open(&path).expect("reopen");
-        assert_eq!(
-            s.current("p", "web").expect("current").map(|r| r.number),
-            Some(1)
-        );
-        assert_eq!(s.releases("p", "web").expect("history").len(), 2);
-        assert_eq!(s.project_owner("p").expect("owner"), None);
-        s.set_project_owner("p", "/srv/a/svc").expect("own");
-        let first = s.project_owner("p").expect("owner").expect("recorded");
-        s.set_project_owner("p", "/srv/a/svc").expect("own again");
-        assert_eq!(s.project_owner("p").expect("owner"), Some(first));
-        s.set_project_owner("p", "/srv/b/svc").expect("move");
-        assert_eq!(
-            s.project_owner("p").expect("owner").map(|o| o.dir),
-            Some("/srv/b/svc".into())
-        );
-        let open = s.unfinished_rollouts().expect("rollouts");
-        assert_eq!(
-            (open.len(), open[0].step, open[0].detail.as_str()),
-            (1, 1, "one new instance healthy")
-        );
-    }
-
-    #[test]
-    fn routes_keep_their_protocol_and_older_routes_are_http() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("state.db");
-        // A store as recast wrote it before migration 6, with a route in it.
-        {
-            let c = Connection::open(&path).expect("open");
-            for (i, m) in MIGRATIONS.iter().enumerate().take(5) {
-                c.execute_batch(&format!(
-                    "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
-                    i + 1
-                ))
-                .expect("migrate");
-            }
-            c.execute(
-                "INSERT INTO routes (project, name, listen, service, timeout_ms) VALUES ('p', 'www', '127.0.0.1:8080', 'web', 5000)",
-                [],
-            )
-            .expect("route");
-        }
-        let s = State::open(&path).expect("open migrates");
-        let old = s.routes().expect("routes");
-        assert_eq!(old.len(), 1);
-        assert_eq!(old[0].protocol, RouteProtocol::Http);
-        let db = RouteRow {
-            project: "p".into(),
-            name: "db".into(),
-            listen: "127.0.0.1:15432".into(),
-            service: "db".into(),
-            timeout_ms: 30_000,
-            protocol: RouteProtocol::Tcp,
-        };
-        s.set_routes("p", &[old[0].clone(), db.clone()])
-            .expect("set routes");
-        drop(s);
-        let s = State::open(&path).expect("reopen");
-        assert_eq!(s.routes().expect("routes"), vec![db, old[0].clone()]);
-        s.with(|c| c.execute("UPDATE routes SET protocol = 'udp' WHERE name = 'db'", []))
-            .expect("tamper");
-        let text = s.routes().expect_err("an unknown protocol").to_string();
-        assert!(
-            text.contains("table routes, row p/db")
-                && text.contains("unknown route protocol \"udp\""),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn an_unknown_outcome_or_state_is_an_error_naming_table_row_and_value() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = State::open(&dir.path().join("state.db")).expect("open");
-        let r = s
-            .new_release(&NewRelease {
-                project: "p",
-                service: "web",
-                digest: "sha256:a",
-                image: "web",
-                spec: "{}",
-                spec_hash: "h1",
-                by: "test",
-            })
-            .expect("release");
-        assert_eq!(r.outcome, ReleaseOutcome::Pending);
-        assert_eq!(r.finished_ms, None);
-        s.set_outcome("p", "web", 1, ReleaseOutcome::RolledBack, Some("unhealthy"))
-            .expect("outcome");
-        let r = s.release("p", "web", 1).expect("read").expect("there");
-        assert_eq!(r.outcome, ReleaseOutcome::RolledBack);
-        assert!(
-            r.finished_ms.is_some(),
-            "a final outcome records when: {r:?}"
-        );
-        let id = s
-            .start_rollout("p", "web", None, 1, "rolling")
-            .expect("rollout");
-        assert_eq!(
-            s.unfinished_rollouts().expect("open")[0].state,
-            RolloutState::Running
-        );
-        s.finish_rollout(id, RolloutState::Failed, "stopped")
-            .expect("finish");
-        assert_eq!(
-            s.rollouts("p", "web").expect("rollouts")[0].state,
-            RolloutState::Failed
-        );
-
-        s.with(|c| {
-            c.execute("UPDATE releases SET outcome = 'sideways'", [])?;
-            c.execute("UPDATE rollouts SET state = 'upside_down'", [])
-        })
-        .expect("tamper");
-        let e = s.release("p", "web", 1).expect_err("an unknown outcome");
-        assert!(
-            matches!(
-                e,
-                Error::Invalid {
-                    table: "releases",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        let text = e.to_string();
-        assert!(
-            text.contains("table releases, row p/web release 1")
-                && text.contains("unknown release outcome \"sideways\""),
-            "{text}"
-        );
-        let text = s
-            .rollouts("p", "web")
-            .expect_err("an unknown state")
-            .to_string();
-        assert!(
-            text.contains(&format!("table rollouts, row id {id}"))
-                && text.contains("unknown rollout state \"upside_down\""),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn snapshots_are_recorded_per_service_and_survive_reopening() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("state.db");
-        {
-            let s = State::open(&path).expect("open");
-            s.add_snapshot("p", "db", "data", 2, Some(1), "/d/snapshots/p/db/data/2-x")
-                .expect("add");
-            s.add_snapshot("p", "other", "data", 5, None, "/y")
-                .expect("add");
-            let b = s
-                .add_snapshot("p", "db", "data", 3, Some(2), "/d/snapshots/p/db/data/3-x")
-                .expect("add");
-            s.remove_snapshot(b.id).expect("remove");
-        }
-        let s = State::open(&path).expect("reopen");
-        let all = s.snapshots("p", "db").expect("list");
-        assert_eq!(all.len(), 1, "{all:?}");
-        assert_eq!(
-            (
-                all[0].volume.as_str(),
-                all[0].before_release,
-                all[0].of_release
-            ),
-            ("data", 2, Some(1))
-        );
-        assert_eq!(all[0].path, "/d/snapshots/p/db/data/2-x");
-    }
-}
+mod tests;
