@@ -30,6 +30,30 @@ use std::sync::Arc;
 pub struct ServerInfo {
     pub addr: SocketAddr,
     pub pid: u32,
+    /// Where its state lives (`State::location`: a file, or a URL without its password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// Open the state of `data_dir`: at `url` (`--state`), else `$RECAST_STATE`, else where the
+/// server of the directory says its state is (`server.json`), else `<data-dir>/state.db`
+/// (SQLite, the embedded default). A PostgreSQL URL is `postgres://USER@HOST:PORT/DB`, with
+/// `?host=/socket/dir` for a Unix socket.
+pub fn open_state(data_dir: &Path, url: Option<&str>) -> Result<recast_state::State, ServerError> {
+    let from_env = std::env::var("RECAST_STATE").ok().filter(|v| !v.is_empty());
+    let recorded = || {
+        std::fs::read(info_path(data_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ServerInfo>(&b).ok())
+            .and_then(|i| i.state)
+            .filter(|s| s.contains("://"))
+    };
+    match url.map(str::to_string).or(from_env).or_else(recorded) {
+        Some(u) => Ok(recast_state::State::open_url(&u)?),
+        None => Ok(recast_state::State::open(
+            &DataDir::new(data_dir).state_db(),
+        )?),
+    }
 }
 
 /// `server.json` of `data_dir` ([`DataDir::server_info`]).
@@ -118,7 +142,11 @@ pub struct Started {
 
 /// Open the data directory, recover, and start serving the API on `listen`. Returns once the
 /// API is listening; everything keeps running on the current tokio runtime.
-pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, ServerError> {
+pub async fn start(
+    data_dir: &Path,
+    listen: SocketAddr,
+    state: Option<&str>,
+) -> Result<Started, ServerError> {
     let internal =
         |what: String| move |e: std::io::Error| ServerError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(data_dir)
@@ -144,7 +172,8 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Serve
         .map_err(|e| ServerError::Internal(e.to_string()))?;
     let rt = recast_runtime::Runtime::new(data_dir, store.clone())
         .map_err(|e| ServerError::Runtime(e.to_string()))?;
-    let state = recast_state::State::open(&layout.state_db())?;
+    let state = open_state(data_dir, state)?;
+    let state_location = state.location().to_string();
     // The data plane runs from this same executable (`recast dataplane`).
     let exe = std::env::current_exe().map_err(internal("finding recast's executable".into()))?;
     let ctl = Ctl::new(data_dir, state, rt, store, exe);
@@ -171,6 +200,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Started, Serve
     let info = serde_json::to_vec(&ServerInfo {
         addr,
         pid: std::process::id(),
+        state: Some(state_location),
     })
     .unwrap_or_default();
     let tmp = layout.server_info_tmp();

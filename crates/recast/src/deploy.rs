@@ -20,7 +20,7 @@ pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Resul
         .iter()
         .map(|b| (b.image.clone(), b.digest.to_string()))
         .collect();
-    let state = recast_state::State::open(&recast_api::DataDir::new(data_dir).state_db())?;
+    let state = recast_server::open_state(data_dir, None)?;
     let id = recast_server::project::Identity::of(&project);
     if let recast_server::project::Ownership::Moved { from } =
         recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?
@@ -520,7 +520,7 @@ pub fn destroy(
         })?;
         // Never destroy another directory's project of the same name.
         let id = recast_server::project::Identity::of(&p);
-        let state = recast_state::State::open(&recast_api::DataDir::new(data_dir).state_db())?;
+        let state = recast_server::open_state(data_dir, None)?;
         recast_server::project::check(&state, &id).map_err(|e| anyhow!("{e}"))?;
         Some(id.name)
     };

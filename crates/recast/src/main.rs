@@ -64,6 +64,10 @@ struct Api {
     /// everything it says cross the network readable by anyone on the path
     #[arg(long)]
     insecure_listen: bool,
+    /// Where the state lives: postgres://USER@HOST:PORT/DB (`?host=/socket/dir` for a Unix
+    /// socket) or sqlite:PATH; default: state.db in the data directory
+    #[arg(long, env = "RECAST_STATE")]
+    state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,11 +347,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             recast_dataplane::run(&d, takeover).map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Server { api } => {
-            data_dir().and_then(|d| serve::run(&d, api.listen, api.insecure_listen, None))
-        }
-        Command::Up { spec, api } => data_dir()
-            .and_then(|d| serve::run(&d, api.listen, api.insecure_listen, Some(&spec.file))),
+        Command::Server { api } => data_dir().and_then(|d| {
+            serve::run(
+                &d,
+                api.listen,
+                api.insecure_listen,
+                api.state.as_deref(),
+                None,
+            )
+        }),
+        Command::Up { spec, api } => data_dir().and_then(|d| {
+            serve::run(
+                &d,
+                api.listen,
+                api.insecure_listen,
+                api.state.as_deref(),
+                Some(&spec.file),
+            )
+        }),
         Command::Plan { spec, locked, json } => {
             data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, locked.locked, json))
         }

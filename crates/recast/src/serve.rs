@@ -28,6 +28,7 @@ pub fn run(
     data_dir: &Path,
     listen: SocketAddr,
     insecure_listen: bool,
+    state: Option<&str>,
     apply: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     if !listen.ip().is_loopback() && !insecure_listen {
@@ -40,7 +41,7 @@ pub fn run(
     let signals = recast_runtime::signals::forward();
     let rt = runtime()?;
     let code = rt.block_on(async {
-        let started = recast_server::start(data_dir, listen)
+        let started = recast_server::start(data_dir, listen, state)
             .await
             .map_err(|e| anyhow!(e))?;
         for n in &started.notes {

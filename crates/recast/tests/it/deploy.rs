@@ -103,15 +103,23 @@ route "web" {{
 pub struct Server {
     child: Option<Child>,
     pub data: PathBuf,
+    /// More arguments for `recast server` (e.g. `--state URL`).
+    pub args: Vec<String>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     pub fn start() -> Server {
         let d = tempfile::tempdir().expect("tmp");
+        Server::start_with(d, Vec::new())
+    }
+
+    /// `recast server` with more arguments (`--state URL`).
+    pub fn start_with(d: tempfile::TempDir, args: Vec<String>) -> Server {
         let mut s = Server {
             child: None,
             data: d.path().to_path_buf(),
+            args,
             _data_dir: Some(d),
         };
         s.spawn();
@@ -120,13 +128,7 @@ impl Server {
 
     /// `recast server` on a data directory prepared by the caller (e.g. recorded state).
     pub fn start_in(d: tempfile::TempDir) -> Server {
-        let mut s = Server {
-            child: None,
-            data: d.path().to_path_buf(),
-            _data_dir: Some(d),
-        };
-        s.spawn();
-        s
+        Server::start_with(d, Vec::new())
     }
 
     pub fn spawn(&mut self) {
@@ -144,6 +146,7 @@ impl Server {
             .expect("server log");
         let child = Command::new(exe)
             .args(["server", "--listen", "127.0.0.1:0"])
+            .args(&self.args)
             .env("RECAST_DATA_DIR", &self.data)
             .stdout(Stdio::null())
             .stderr(log)

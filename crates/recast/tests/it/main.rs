@@ -19,6 +19,9 @@ mod network;
 mod network_db;
 mod nginx;
 mod operate;
+#[path = "../../../recast-state/src/tests/cluster.rs"]
+mod pg_cluster;
+mod pgstate;
 mod postgres;
 mod private;
 mod project;
