@@ -89,6 +89,8 @@ pub(crate) enum DbErr {
         sql: String,
     },
     Bad(BadValue),
+    /// A copy refused or found different (`what` names the table).
+    Refused(String),
 }
 
 impl From<rusqlite::Error> for DbErr {

@@ -6,9 +6,11 @@
 //! schema is the same numbered migrations on both, versioned by `PRAGMA user_version` (SQLite) or
 //! the `schema_migrations` table (PostgreSQL), and migrated forward on open.
 
+mod copy;
 mod db;
 mod pg;
 
+pub use copy::{CopyReport, TableCount};
 use db::{Db, DbErr, Dialect, Lite, Row};
 pub use pg::redact_url;
 pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
@@ -51,6 +53,10 @@ pub enum Error {
     /// A state URL names no backend recast has, or cannot be parsed.
     #[error("state URL {url}: {reason}")]
     Url { url: String, reason: String },
+    /// A copy of a state (`copy_to`, `backup`) refused, or found a row different: `to` is the
+    /// state it ran on, `what` names the table.
+    #[error("state database {to}: {what}")]
+    Copy { to: String, what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -423,6 +429,10 @@ impl State {
                 what: sql,
                 detail: "no answer".into(),
                 source: None,
+            },
+            DbErr::Refused(what) => Error::Copy {
+                to: self.target.clone(),
+                what,
             },
         }
     }

@@ -153,6 +153,10 @@ impl Pg {
                 source: b.source,
             },
             DbErr::Lite(e) => self.plain_error("reading a row", e.to_string()),
+            DbErr::Refused(what) => Error::Copy {
+                to: self.url.clone(),
+                what,
+            },
         }
     }
 

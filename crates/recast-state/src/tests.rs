@@ -54,6 +54,8 @@ macro_rules! on_both {
     };
 }
 
+mod copy;
+
 on_both!(
     releases_number_up_and_survive_reopening,
     routes_keep_their_protocol_and_older_routes_are_http,

@@ -9,6 +9,7 @@ mod lock;
 mod output;
 mod run;
 mod serve;
+mod state;
 mod validate;
 mod volume;
 
@@ -210,6 +211,9 @@ enum Command {
     /// Volumes of deployed services and their snapshots
     #[command(subcommand)]
     Volume(volume::Command),
+    /// Move the state between SQLite and PostgreSQL, or back it up to a SQLite file
+    #[command(subcommand)]
+    State(state::Command),
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
         service: String,
@@ -392,6 +396,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => data_dir().and_then(|d| deploy::rollback(&d, &service, to, restore_volumes, json)),
         Command::Volume(cmd) => data_dir().and_then(|d| volume::run(&d, cmd)),
+        Command::State(cmd) => data_dir().and_then(|d| state::run(&d, cmd)),
         Command::Promote { service, json } => data_dir().and_then(|d| {
             deploy::control(&d, recast_api::v1::ControlAction::Promote, &service, json)
         }),

@@ -26,6 +26,7 @@ mod postgres;
 mod private;
 mod project;
 mod runsteps;
+mod state_cmd;
 mod tcp_routes;
 mod upgrade;
 mod validate;
