@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// The project network's gateway: the bridge in the project namespace.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
+/// The bridge's own MAC address (locally administered), fixed for its whole life.
+const BRIDGE_MAC: &str = "02:52:43:59:00:01";
 /// The resolver `slirp4netns` answers on (forwarding to the host's), reached through the
 /// project namespace's resolver on the gateway.
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
@@ -146,8 +148,13 @@ impl Runtime {
         sys::unmount(&netns).map_err(|e| Error::io(format!("{what}: unmounting"), e))?;
         let _ = fs::remove_file(&netns);
         sys::create_netns(&netns).map_err(|e| Error::io(what.clone(), e))?;
-        let script =
-            format!("link add br0 type bridge\naddr add {GATEWAY}/16 dev br0\nlink set br0 up\n");
+        // A bridge takes the lowest MAC address of its ports unless given one: as instances come
+        // and go, its address would change under the neighbour caches of the others, and their
+        // packets to the gateway and the services would go nowhere until those entries expire
+        // (seconds). Each project namespace is its own link, so one fixed address serves all.
+        let script = format!(
+            "link add br0 address {BRIDGE_MAC} type bridge\naddr add {GATEWAY}/16 dev br0\nlink set br0 up\n"
+        );
         run_in(&netns, "ip", &["-batch", "-"], &script, &what)?;
         fs::write(dir.join("ready"), b"")
             .map_err(|e| Error::io(format!("{what}: marking it ready"), e))?;

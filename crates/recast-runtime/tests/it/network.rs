@@ -419,11 +419,31 @@ fn network_a_lease_is_given_back_with_its_instance_and_a_stale_one_by_recovery()
         first.id,
         "the lease names its instance"
     );
-    // Deleted, its address is free for the next instance.
+    // Deleted, its address is free for the next instance. The bridge keeps its own address as
+    // its ports come and go (else the others' neighbour caches would point nowhere for seconds).
+    let netns = f.dir.path().join("networks").join(PROJECT).join("netns");
+    let bridge_mac = || {
+        let line = run_in(&netns, "ip", &["-br", "link", "show", "br0"]);
+        line.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mac = bridge_mac();
     f.delete_and_check_gone(&first);
     assert!(!lease.exists(), "the lease of a deleted instance is kept");
+    assert_eq!(
+        bridge_mac(),
+        mac,
+        "the bridge's address changed with its ports"
+    );
     let live = f.start(&spec(&f, "a", Egress::None, false));
     assert_eq!(address_in(&live, addr_a), ip, "the address was not reused");
+    assert_eq!(
+        bridge_mac(),
+        mac,
+        "the bridge's address changed with its ports"
+    );
 
     // A crash left the lease of an instance that no longer exists.
     let [_, _, s, _] = addr_a.octets();
