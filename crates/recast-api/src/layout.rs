@@ -234,6 +234,14 @@ impl DataDir {
         Ok(self.networks().join(component("project", project)?))
     }
 
+    /// `networks/<project>/services/<service>`: the service's number on its project's network.
+    pub fn network_service(&self, project: &str, service: &str) -> Result<PathBuf, BadName> {
+        Ok(self
+            .network(project)?
+            .join("services")
+            .join(component("service", service)?))
+    }
+
     /// `volumes/`: the volumes of every service.
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")

@@ -183,6 +183,16 @@ impl Instance {
         }
         Some(lines.join("\n"))
     }
+    /// The files the runtime bound into it (`network::NAME_FILES` on a project network): mount
+    /// points, not part of its image.
+    pub fn bound_files(&self) -> &'static [&'static str] {
+        if self.address.is_some() {
+            &network::NAME_FILES
+        } else {
+            &[]
+        }
+    }
+
     /// Where its network namespace is pinned (a private-network instance's).
     pub fn netns(&self) -> PathBuf {
         self.dir.join("netns")

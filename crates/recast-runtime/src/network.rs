@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// The project network's gateway: the bridge in the project namespace.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
+/// Where a joined instance finds the names it resolves (bound read-only by the runtime).
+pub const NAME_FILES: [&str; 2] = ["/etc/hosts", "/etc/resolv.conf"];
 /// The bridge's own MAC address (locally administered), fixed for its whole life.
 const BRIDGE_MAC: &str = "02:52:43:59:00:01";
 /// The resolver `slirp4netns` answers on (forwarding to the host's), reached through the
@@ -94,14 +96,6 @@ fn run_in(netns: &Path, program: &str, args: &[&str], stdin: &str, what: &str) -
         "{what}: {program} failed{hint}: {}",
         err.trim()
     )))
-}
-
-/// A name used as one path component under `networks/<project>/`.
-fn component<'a>(what: &str, name: &'a str) -> Result<&'a str> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(Error::msg(format!("bad {what} name {name:?}")));
-    }
-    Ok(name)
 }
 
 impl Runtime {
@@ -185,14 +179,17 @@ impl Runtime {
 
     /// The number of `service` in its project's network (1–254), leased once and kept.
     fn service_number(&self, project: &str, service: &str) -> Result<u8> {
-        let dir = self.network_dir(project)?.join("services");
         let what = format!("numbering service {service} of project {project}");
+        let file = self
+            .data_dir
+            .network_service(project, service)
+            .map_err(|e| Error::msg(format!("{what}: {e}")))?;
+        let dir = file.parent().unwrap_or(&file).to_path_buf();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(what.clone(), e))?;
-        let file = dir.join(component("service", service)?);
         if let Some(n) = fs::read_to_string(&file)
             .ok()
             .and_then(|n| n.trim().parse::<u8>().ok())
@@ -290,11 +287,11 @@ impl Runtime {
         }
         // The data plane answers the service names on the gateway and passes other names on.
         let files = [
-            ("hosts", hosts, "/etc/hosts"),
+            ("hosts", hosts, NAME_FILES[0]),
             (
                 "resolv.conf",
                 format!("nameserver {GATEWAY}\n"),
-                "/etc/resolv.conf",
+                NAME_FILES[1],
             ),
         ];
         let mut mounts = Vec::new();

@@ -551,10 +551,7 @@ fn scan_one(
     let mut exclude: Vec<String> = ["/proc", "/dev", "/sys", "/tmp"].map(String::from).to_vec();
     exclude.extend(run.service.volumes.iter().map(|v| v.mount.clone()));
     exclude.extend(run.service.tmpfs.iter().cloned());
-    if inst.address.is_some() {
-        // Bound by the runtime on a project network (`recast_runtime::Attach`).
-        exclude.extend(["/etc/hosts", "/etc/resolv.conf"].map(String::from));
-    }
+    exclude.extend(inst.bound_files().iter().map(|f| f.to_string()));
     let (files, stats) = recast_guard::scan(&inst.rootfs(), index, &exclude, mode, trusted)
         .map_err(|e| format!("scanning instance {}: {e}", inst.id))?;
     findings.extend(files);

@@ -7,9 +7,6 @@ use super::*;
 use recast_runtime::Attach;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// How long an instance may take to answer a request from another service (to its headers).
-const INTERNAL_TIMEOUT_MS: u64 = 30_000;
-
 impl Ctl {
     /// Give every service of `project` (`services`, all of them) its address and have the data
     /// plane listen there; with no services, the project's network goes. Remembers the names
@@ -54,7 +51,8 @@ impl Ctl {
                 key: key(project, &format!("{}@network", s.name)),
                 listen: SocketAddr::new(IpAddr::V4(addrs[&s.name]), s.port),
                 service: key(project, &s.name),
-                timeout_ms: INTERNAL_TIMEOUT_MS,
+                // As a route without a `timeout`: how long an instance may take to answer.
+                timeout_ms: recast_proxy::UPSTREAM_TIMEOUT.as_millis() as u64,
                 protocol: s.internal_protocol(),
                 netns: Some(netns.clone()),
                 allow: s.allow_from.as_ref().map(|from| {

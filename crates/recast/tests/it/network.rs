@@ -145,17 +145,7 @@ fn services_reach_each_other_by_name_and_a_rollout_behind_a_name_drops_nothing()
     let load = Load::start(web);
     load.flowing(20);
     write_project(dir.path(), &spec("v2"));
-    let apply = {
-        let (data, cwd) = (server.data.clone(), dir.path().to_path_buf());
-        std::thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_recast"))
-                .args(["apply", "--yes"])
-                .current_dir(cwd)
-                .env("RECAST_DATA_DIR", data)
-                .output()
-                .expect("recast apply")
-        })
-    };
+    let (_, apply) = crate::tcp_routes::apply_in_background(&server, dir.path());
     wait_for("the canary to take traffic", 60, || {
         body_now(web).trim() == "api v2"
     });

@@ -195,7 +195,10 @@ fn spec(dir: &Path, archive: &Path, repo: &str, port: u16, release: &str) {
 }
 
 /// Apply on another thread: when it started and how it ended.
-fn apply_in_background(server: &Server, dir: &Path) -> (i64, std::thread::JoinHandle<Output>) {
+pub(crate) fn apply_in_background(
+    server: &Server,
+    dir: &Path,
+) -> (i64, std::thread::JoinHandle<Output>) {
     let exe = env!("CARGO_BIN_EXE_recast");
     let (data, dir) = (server.data.clone(), dir.to_path_buf());
     let started = now_ms();
