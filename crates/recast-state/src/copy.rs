@@ -19,6 +19,8 @@ pub(crate) const TABLES: &[&str] = &[
     "events",
     "routes",
     "snapshots",
+    "hosts",
+    "leases",
 ];
 
 /// Rows copied, per table, in the order of [`TABLES`].

@@ -91,6 +91,8 @@ pub(crate) enum DbErr {
     Bad(BadValue),
     /// A copy refused or found different (`what` names the table).
     Refused(String),
+    /// A write of a project whose lease this state does not hold.
+    Fenced { project: String, detail: String },
 }
 
 impl From<rusqlite::Error> for DbErr {

@@ -8,9 +8,12 @@
 
 mod copy;
 mod db;
+mod lease;
 mod pg;
 
 pub use copy::{CopyReport, TableCount};
+pub use lease::{Host, Lease, Take};
+use lease::Scope;
 use db::{Db, DbErr, Dialect, Lite, Row};
 pub use pg::redact_url;
 pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
@@ -53,6 +56,13 @@ pub enum Error {
     /// A state URL names no backend recast has, or cannot be parsed.
     #[error("state URL {url}: {reason}")]
     Url { url: String, reason: String },
+    /// A write of a project this host does not (or no longer) hold the lease of.
+    #[error("state database {target}: project {project}: not written: {detail}")]
+    Fenced {
+        target: String,
+        project: String,
+        detail: String,
+    },
     /// A copy of a state (`copy_to`, `backup`) refused, or found a row different: `to` is the
     /// state it ran on, `what` names the table.
     #[error("state database {to}: {what}")]
@@ -153,6 +163,8 @@ pub struct State {
     backend: Backend,
     /// The file or the URL (without its password), for messages.
     target: String,
+    /// Set when acting as a host: the leases held, checked on every write of a project.
+    fence: Mutex<Option<lease::Fence>>,
 }
 
 enum Backend {
@@ -202,6 +214,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX snapshots_by_volume ON snapshots (project, service, volume, id);",
     // 6: a route's protocol (routes recorded before it are HTTP).
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http';",
+    // 7: hosts, and which of them acts for each project (`lease.rs`).
+    "CREATE TABLE hosts (
+        name TEXT PRIMARY KEY, instance TEXT NOT NULL, api TEXT NOT NULL,
+        standby_for TEXT NOT NULL, started_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL);
+     CREATE TABLE leases (
+        project TEXT PRIMARY KEY, host TEXT NOT NULL, token INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, move_to TEXT, serving_ms INTEGER);",
 ];
 
 pub fn now_ms() -> i64 {
@@ -364,6 +383,7 @@ impl State {
         let s = State {
             backend: Backend::Postgres(Box::new(pg::Pg::new(config, target.clone())?)),
             target,
+            fence: Mutex::new(None),
         };
         s.tx(|c| migrate(c, upto))?;
         Ok(s)
@@ -401,6 +421,7 @@ impl State {
         let s = State {
             backend: Backend::Sqlite(Mutex::new(conn)),
             target: p,
+            fence: Mutex::new(None),
         };
         s.tx(|c| migrate(c, upto))?;
         Ok(s)
@@ -429,6 +450,11 @@ impl State {
                 what: sql,
                 detail: "no answer".into(),
                 source: None,
+            },
+            DbErr::Fenced { project, detail } => Error::Fenced {
+                target: self.target.clone(),
+                project,
+                detail,
             },
             DbErr::Refused(what) => Error::Copy {
                 to: self.target.clone(),
@@ -495,7 +521,7 @@ impl State {
     /// Record `dir` as the owner of project `name` (replacing any earlier owner).
     pub fn set_project_owner(&self, name: &str, dir: &str) -> Result<()> {
         let now = now_ms();
-        self.with(|c| {
+        self.write(Scope::Project(name), false, |c| {
             c.execute(
                 "INSERT INTO projects (name, dir, since_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET dir = excluded.dir, since_ms = excluded.since_ms
@@ -520,7 +546,7 @@ impl State {
             by,
         } = *r;
         let (now, pending) = (now_ms(), ReleaseOutcome::Pending.as_str());
-        self.tx(|c| {
+        self.write(Scope::Project(project), true, |c| {
             let n: i64 = c.one(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE project = ?1 AND service = ?2",
                 &[&project, &service],
@@ -543,7 +569,7 @@ impl State {
         reason: Option<&str>,
     ) -> Result<()> {
         let finished = outcome.is_final().then(now_ms);
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.execute(
                 "UPDATE releases SET outcome = ?4, reason = ?5, finished_ms = COALESCE(?6, finished_ms) WHERE project = ?1 AND service = ?2 AND number = ?3",
                 &[&project, &service, &number, &outcome.as_str(), &reason, &finished],
@@ -590,7 +616,7 @@ impl State {
     }
 
     pub fn set_current(&self, project: &str, service: &str, number: Option<i64>) -> Result<()> {
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.execute(
                 "INSERT INTO services (project, service, current) VALUES (?1, ?2, ?3)
                  ON CONFLICT (project, service) DO UPDATE SET current = excluded.current",
@@ -644,7 +670,7 @@ impl State {
 
     pub fn add_instance(&self, id: &str, project: &str, service: &str, release: i64) -> Result<()> {
         let now = now_ms();
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.execute(
                 "INSERT INTO instances (id, project, service, release, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET project = excluded.project, service = excluded.service,
@@ -656,7 +682,7 @@ impl State {
     }
 
     pub fn remove_instance(&self, id: &str) -> Result<()> {
-        self.with(|c| {
+        self.write(Scope::Row("instances", id), false, |c| {
             c.execute("DELETE FROM instances WHERE id = ?1", &[&id])
                 .map(drop)
         })
@@ -673,7 +699,7 @@ impl State {
         strategy: &str,
     ) -> Result<i64> {
         let (now, running) = (now_ms(), RolloutState::Running.as_str());
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.one(
                 "INSERT INTO rollouts (project, service, from_release, to_release, strategy, state, step, detail, started_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?7, 0, 'started', ?6, ?6) RETURNING id",
@@ -685,7 +711,7 @@ impl State {
 
     pub fn rollout_step(&self, id: i64, step: i64, detail: &str) -> Result<()> {
         let now = now_ms();
-        self.with(|c| {
+        self.write(Scope::RowId("rollouts", id), false, |c| {
             c.execute(
                 "UPDATE rollouts SET step = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
                 &[&id, &step, &detail, &now],
@@ -696,7 +722,7 @@ impl State {
 
     pub fn finish_rollout(&self, id: i64, state: RolloutState, detail: &str) -> Result<()> {
         let now = now_ms();
-        self.with(|c| {
+        self.write(Scope::RowId("rollouts", id), false, |c| {
             c.execute(
                 "UPDATE rollouts SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
                 &[&id, &state.as_str(), &detail, &now],
@@ -730,7 +756,7 @@ impl State {
         path: &str,
     ) -> Result<Snapshot> {
         let at = now_ms();
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.one(
                 "INSERT INTO snapshots (project, service, volume, before_release, of_release, path, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -754,7 +780,7 @@ impl State {
     }
 
     pub fn remove_snapshot(&self, id: i64) -> Result<()> {
-        self.with(|c| {
+        self.write(Scope::RowId("snapshots", id), false, |c| {
             c.execute("DELETE FROM snapshots WHERE id = ?1", &[&id])
                 .map(drop)
         })
@@ -764,7 +790,7 @@ impl State {
 
     /// Replace a project's routes (in one transaction).
     pub fn set_routes(&self, project: &str, routes: &[RouteRow]) -> Result<()> {
-        self.tx(|c| {
+        self.write(Scope::Project(project), true, |c| {
             c.execute("DELETE FROM routes WHERE project = ?1", &[&project])?;
             for r in routes {
                 c.execute(
@@ -799,7 +825,7 @@ impl State {
 
     pub fn event(&self, project: &str, service: &str, kind: &str, message: &str) -> Result<Event> {
         let at = now_ms();
-        self.with(|c| {
+        self.write(Scope::Project(project), false, |c| {
             c.one(
                 "INSERT INTO events (at_ms, project, service, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)
                  RETURNING id, at_ms, project, service, kind, message",

@@ -157,6 +157,11 @@ impl Pg {
                 to: self.url.clone(),
                 what,
             },
+            DbErr::Fenced { project, detail } => Error::Fenced {
+                target: self.url.clone(),
+                project,
+                detail,
+            },
         }
     }
 

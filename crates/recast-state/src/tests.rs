@@ -55,6 +55,7 @@ macro_rules! on_both {
 }
 
 mod copy;
+mod lease;
 
 on_both!(
     releases_number_up_and_survive_reopening,

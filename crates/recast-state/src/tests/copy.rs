@@ -77,6 +77,18 @@ fn populate(s: &State) {
     s.add_snapshot("p", "db", "data", 2, Some(1), "/d/2")
         .expect("snapshot");
     s.remove_snapshot(gone.id).expect("remove snapshot");
+    let h = Host {
+        name: "a".into(),
+        instance: "i".into(),
+        api: "127.0.0.1:1".into(),
+        standby_for: vec!["p".into(), "q".into()],
+        started_ms: 0,
+        seen_ms: 0,
+    };
+    s.register_host(&h, 10_000).expect("host").expect("new");
+    s.take_lease("p", "a", 10_000, Take::IfFree)
+        .expect("lease")
+        .expect("free");
 }
 
 /// Every table's rows, as the copy reads them.
@@ -111,6 +123,8 @@ fn copies_row_for_row(src: &TestDb, dst: &TestDb) {
             ("events", 5),
             ("routes", 1),
             ("snapshots", 1),
+            ("hosts", 1),
+            ("leases", 1),
         ]
     );
     // Opened again: the same rows, through the copy's reader and the public API.
