@@ -27,9 +27,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod apply;
 mod commands;
 mod fleet;
+mod images;
 mod instances;
+mod lease;
 mod network;
 mod stateful;
+pub use lease::{HostConfig, Hosting, LEASE_TIME, request_move};
 pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
 
 /// How long a removed instance may take to finish its requests before it is stopped anyway,
@@ -55,6 +58,8 @@ pub struct Run {
     pub digest: Digest,
     pub image_name: String,
     pub service: Service,
+    /// Where the image can be pulled from when the store lacks it (`engine/images.rs`).
+    pub source: Option<crate::record::ImageSource>,
 }
 
 impl Run {
@@ -72,6 +77,7 @@ impl Run {
             digest,
             image_name: format!("{}:latest", record.image),
             service,
+            source: record.registry,
         })
     }
 }
@@ -318,6 +324,10 @@ pub struct Ctl {
     pub(crate) guards: Mutex<HashMap<String, recast_spec::Guard>>,
     /// Each project's service names and their addresses on its network (`network.rs`).
     networks: Mutex<HashMap<String, Vec<(String, std::net::Ipv4Addr)>>>,
+    /// Each project's registry and the pulls in flight (`engine/images.rs`).
+    images: images::Images,
+    /// This server among hosts: the projects it acts for (`lease.rs`).
+    pub hosting: Hosting,
 }
 
 fn key(project: &str, service: &str) -> String {
@@ -327,7 +337,15 @@ fn key(project: &str, service: &str) -> String {
 impl Ctl {
     /// The control plane of `data_dir`; its data plane is started from `exe` (the `recast`
     /// executable) when none answers.
-    pub fn new(data_dir: &Path, state: State, rt: Runtime, store: Store, exe: PathBuf) -> Arc<Ctl> {
+    pub fn new(
+        data_dir: &Path,
+        state: State,
+        rt: Runtime,
+        store: Store,
+        exe: PathBuf,
+        host: HostConfig,
+    ) -> Arc<Ctl> {
+        state.act_as(&host.name);
         Arc::new(Ctl {
             plane: Arc::new(recast_dataplane::Client::new(DataDir::new(data_dir), exe)),
             data_dir: DataDir::new(data_dir),
@@ -342,6 +360,8 @@ impl Ctl {
             hooks: Mutex::new(HashMap::new()),
             guards: Mutex::new(HashMap::new()),
             networks: Mutex::new(HashMap::new()),
+            images: images::Images::default(),
+            hosting: Hosting::new(host),
         })
     }
 
@@ -376,9 +396,10 @@ impl Ctl {
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(ServerError::NotFound(format!(
-                "no service \"{service}\" is deployed"
-            ))),
+            [] => Err(match project.and_then(|p| self.held_elsewhere(p)) {
+                Some(elsewhere) => ServerError::Conflict(elsewhere),
+                None => ServerError::NotFound(format!("no service \"{service}\" is deployed")),
+            }),
             _ => Err(ServerError::Invalid(format!(
                 "service \"{service}\" exists in several projects; name the project"
             ))),

@@ -699,7 +699,15 @@ mod tests {
         let store = recast_image::Store::open(&d.path().join("store")).expect("store");
         let rt = recast_runtime::Runtime::new(d.path(), store.clone()).expect("runtime");
         let state = recast_state::State::open(&d.path().join("state.db")).expect("state");
-        let ctl = Ctl::new(d.path(), state, rt, store, "/bin/false".into());
+        let host = crate::engine::HostConfig::new(Some("test"), &[], crate::engine::LEASE_TIME)
+            .expect("host");
+        let ctl = Ctl::new(d.path(), state, rt, store, "/bin/false".into(), host);
+        let lease = ctl
+            .state
+            .take_lease("p", "test", 10_000, recast_state::Take::IfFree)
+            .expect("state")
+            .expect("free");
+        ctl.state.hold(&lease);
         let svc = ctl.svc("p", "web");
         let e = ctl
             .replace(&svc, "web-r1-gone", "max_age")

@@ -146,27 +146,14 @@ pub async fn start(
     data_dir: &Path,
     listen: SocketAddr,
     state: Option<&str>,
+    host: engine::HostConfig,
 ) -> Result<Started, ServerError> {
     let internal =
         |what: String| move |e: std::io::Error| ServerError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(data_dir)
         .map_err(internal(format!("creating {}", data_dir.display())))?;
     let layout = DataDir::new(data_dir);
-    let lock_path = layout.server_lock();
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(internal(format!("creating {}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        let other = std::fs::read(info_path(data_dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ServerInfo>(&b).ok());
-        return Err(ServerError::Conflict(format!(
-            "a recast server is already running for data directory {}{}",
-            data_dir.display(),
-            other
-                .map(|o| format!(" (pid {}, API at {})", o.pid, o.addr))
-                .unwrap_or_default()
-        )));
-    }
+    let lock = lock_data_dir(data_dir)?;
     let token = Arc::new(token(data_dir)?);
     let store = recast_image::Store::open(&layout.store())
         .map_err(|e| ServerError::Internal(e.to_string()))?;
@@ -176,7 +163,17 @@ pub async fn start(
     let state_location = state.location().to_string();
     // The data plane runs from this same executable (`recast dataplane`).
     let exe = std::env::current_exe().map_err(internal("finding recast's executable".into()))?;
-    let ctl = Ctl::new(data_dir, state, rt, store, exe);
+    let ctl = Ctl::new(data_dir, state, rt, store, exe, host);
+    // Listening from here (connections wait until recovery is done), so the host registers
+    // with its API address.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(internal(format!("the API cannot listen on {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(internal(format!("the API's address on {listen}")))?;
+    ctl.register_host(addr).await?;
+    let mut notes = ctl.claim_leases().await.map_err(ServerError::Runtime)?;
     let plane = ctl.plane.clone();
     // A failed upgrade leaves the running data plane serving: said, never fatal.
     let upgraded = match tokio::task::spawn_blocking(move || plane.upgrade()).await {
@@ -186,17 +183,14 @@ pub async fn start(
         )),
         Err(e) => Some(format!("the data plane was not upgraded: {e}")),
     };
-    let mut notes = ctl.recover().await.map_err(ServerError::Runtime)?;
+    notes.extend(ctl.recover().await.map_err(ServerError::Runtime)?);
     notes.extend(upgraded);
+    ctl.serving_all().await;
     tokio::spawn(ctl.clone().keep_data_plane());
     tokio::spawn(ctl.clone().supervise());
     tokio::spawn(ctl.clone().guard());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(internal(format!("the API cannot listen on {listen}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(internal(format!("the API's address on {listen}")))?;
+    ctl.spawn_lease_keeper()
+        .map_err(internal("starting the lease keeper".into()))?;
     let info = serde_json::to_vec(&ServerInfo {
         addr,
         pid: std::process::id(),
@@ -239,7 +233,39 @@ pub async fn start(
     })
 }
 
-/// Forget the server's address on a clean stop (instances keep running for the next server).
-pub fn stopped(data_dir: &Path) {
+/// The data directory's `server.lock`, held for the life of the server; refused (naming the
+/// running server) when another holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
+    let lock_path = DataDir::new(data_dir).server_lock();
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| ServerError::Internal(format!("creating {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        let other = std::fs::read(info_path(data_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ServerInfo>(&b).ok());
+        return Err(ServerError::Conflict(format!(
+            "a recast server is already running for data directory {}{}",
+            data_dir.display(),
+            other
+                .map(|o| format!(" (pid {}, API at {})", o.pid, o.addr))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(lock)
+}
+
+/// Forget the server's address on a clean stop (instances keep running for the next server),
+/// and free its host name for the next start. Its leases stay its own: they name this host, so
+/// the next server under its name takes them at once (a standby only once they expire).
+pub fn stopped(data_dir: &Path, ctl: &Ctl) {
     let _ = std::fs::remove_file(info_path(data_dir));
+    if let Err(e) = ctl
+        .state
+        .host_stopped(&ctl.hosting.config.name, &ctl.hosting.instance)
+    {
+        eprintln!(
+            "recast: host {}: recording the stop: {e}",
+            ctl.hosting.config.name
+        );
+    }
 }

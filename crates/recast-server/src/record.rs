@@ -35,9 +35,24 @@ pub struct ReleaseRecord {
     /// The service, as the spec model serialised it when the record was written: decoded into
     /// the current model by [`ReleaseRecord::service`].
     pub service: Value,
+    /// Where the image can be pulled from when the project has a `registry` block (absent in
+    /// records written without one, and by earlier recasts). Not part of the release hash:
+    /// it says where the image is, not what the release runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<ImageSource>,
     /// Which release this is, for errors ("release 3 of web"); not stored.
     #[serde(skip)]
     origin: String,
+}
+
+/// Where a release's image was pushed: a registry reference pinned to the release's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// `HOST[:PORT]/PREFIX/IMAGE@sha256:…`.
+    pub reference: String,
+    /// Spoken to over plain HTTP (loopback hosts always are).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +87,15 @@ impl ReleaseRecord {
             // A `Service` is plain data (maps with string keys, no custom serialisers): turning
             // it into a `Value` cannot fail.
             service: serde_json::to_value(service).unwrap_or_default(),
+            registry: None,
             origin: format!("the new release of {}", service.name),
         }
+    }
+
+    /// The record, saying where its image can be pulled from (when it was pushed).
+    pub fn with_source(mut self, source: Option<ImageSource>) -> ReleaseRecord {
+        self.registry = source;
+        self
     }
 
     /// Decode a stored record of release `number` of `service`.
@@ -251,6 +273,35 @@ mod tests {
             back.hash().expect("record hashes"),
             r.hash().expect("record hashes")
         );
+    }
+
+    #[test]
+    fn the_image_source_is_kept_optional_and_outside_the_hash() {
+        let old = ReleaseRecord::parse(SCHEMA_1, "web", 3).expect("record parses");
+        assert_eq!(old.registry, None);
+        assert!(!old.to_json().contains("\"registry\""), "absent, not null");
+        let svc = old.service().expect("record fits the model");
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let source = ImageSource {
+            reference: format!("127.0.0.1:5000/team/web@{digest}"),
+            insecure: true,
+        };
+        let r = ReleaseRecord::from_spec(&svc, &digest, "web").with_source(Some(source.clone()));
+        let back = ReleaseRecord::parse(&r.to_json(), "web", 4).expect("record parses");
+        assert_eq!(back.registry, Some(source));
+        let plain = ReleaseRecord::from_spec(&svc, &digest, "web");
+        assert_eq!(
+            back.hash().expect("record hashes"),
+            plain.hash().expect("record hashes")
+        );
+        // Written without `insecure` (a later recast may drop defaults), it is false.
+        let mut v: Value = serde_json::from_str(&r.to_json()).expect("record is JSON");
+        v["registry"]
+            .as_object_mut()
+            .expect("an object")
+            .remove("insecure");
+        let again = ReleaseRecord::parse(&v.to_string(), "web", 4).expect("record parses");
+        assert_eq!(again.registry.map(|s| s.insecure), Some(false));
     }
 
     #[test]

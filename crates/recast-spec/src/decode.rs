@@ -50,6 +50,8 @@ pub(crate) struct Decoded {
     pub listens: Vec<Named<std::net::SocketAddr>>,
     /// `base` blocks: (normalised reference, reference as written, source).
     pub bases: Vec<Named<(String, String, Option<Base>)>>,
+    /// `registry` blocks (a broken one is `None`, still counted for "at most one").
+    pub registries: Vec<Named<Option<Registry>>>,
 }
 
 pub(crate) struct Cx<'a> {
@@ -135,7 +137,7 @@ impl<'a> Cx<'a> {
                     span_of(&a.key),
                     format!("unexpected attribute `{}` at the top level", a.key.as_str()),
                     Some(
-                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base"
+                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry"
                             .into(),
                     ),
                 ),
@@ -155,16 +157,22 @@ impl<'a> Cx<'a> {
                     }
                     "webhook" => self.webhook(b),
                     "base" => self.base_block(b),
+                    "registry" => self.registry(b),
                     other => self.err_hint(
                         span_of(&b.ident),
                         format!("unknown block `{other}`"),
-                        did_you_mean(other, ["image", "service", "route", "guard", "webhook", "base"])
-                            .or_else(|| {
-                                Some(
-                                    "top-level blocks are image, service, route, guard, webhook, base"
-                                        .into(),
-                                )
-                            }),
+                        did_you_mean(
+                            other,
+                            [
+                                "image", "service", "route", "guard", "webhook", "base", "registry",
+                            ],
+                        )
+                        .or_else(|| {
+                            Some(
+                                "top-level blocks are image, service, route, guard, webhook, base, registry"
+                                    .into(),
+                            )
+                        }),
                     ),
                 },
             }
@@ -1001,6 +1009,36 @@ impl<'a> Cx<'a> {
             let n = self.named((normalized, written, source), span);
             self.out.bases.push(n);
         }
+    }
+
+    /// `registry { url = "HOST[:PORT][/PREFIX]", insecure = false }`.
+    fn registry(&mut self, b: &Block) {
+        if !self.no_labels(b) {
+            return;
+        }
+        let mut r = self.reader(b, "registry".into());
+        let url = self.required(&mut r, "url").and_then(|a| {
+            let u = self.string(a)?;
+            match crate::reference::registry_url(&u) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    self.err_hint(
+                        span_of(&a.value),
+                        format!("invalid registry url \"{}\": {e}", crate::redact_url(&u)),
+                        Some("write url = \"HOST[:PORT]/PREFIX\", such as \"registry.example.com/team\" (plain HTTP: insecure = true)".into()),
+                    );
+                    None
+                }
+            }
+        });
+        let insecure = r.attr("insecure").map_or(Some(false), |a| self.boolean(a));
+        self.finish(r);
+        let registry = match (url, insecure) {
+            (Some(url), Some(insecure)) => Some(Registry { url, insecure }),
+            _ => None,
+        };
+        let n = self.named(registry, span_of(&b.ident));
+        self.out.registries.push(n);
     }
 
     fn image_test(&mut self, b: &Block) -> Option<ImageTest> {

@@ -29,6 +29,10 @@ pub struct Project {
     /// and the source that replaces it wherever a `from` or a Dockerfile `FROM` names it.
     #[serde(default)]
     pub bases: BTreeMap<String, Base>,
+    /// `registry { url = "HOST[:PORT][/PREFIX]" }`: where apply pushes every image it deploys,
+    /// and where a server lacking one pulls it from.
+    #[serde(default)]
+    pub registry: Option<Registry>,
 }
 
 impl Image {
@@ -498,6 +502,23 @@ impl Default for Guard {
 pub enum OnDrift {
     Replace,
     Report,
+}
+
+/// A project's `registry` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    /// `HOST[:PORT]` and an optional path prefix (`127.0.0.1:5000/team`), as written but for a
+    /// trailing `/`: no scheme, tag or digest.
+    pub url: String,
+    /// Plain HTTP (loopback hosts always are).
+    pub insecure: bool,
+}
+
+impl Registry {
+    /// The repository an image of the project is pushed to: `URL/IMAGE`.
+    pub fn repository(&self, image: &str) -> String {
+        format!("{}/{image}", self.url)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use crate::decode::{Cx, Decoded, Named, Ref};
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean, file_diag};
-use crate::model::{Base, Guard, Project};
+use crate::model::{Base, Guard, Project, Registry};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -127,6 +127,7 @@ fn cross_check(
         sources[file].diag(span.clone(), msg, hint)
     };
 
+    let registry = registry(&d, sources, diags);
     let bases = bases(d.bases, sources, diags);
     let mut images = dedupe("image", d.images, sources, diags, |i| &i.name);
     for image in images.values_mut() {
@@ -197,7 +198,49 @@ fn cross_check(
         guard,
         webhooks,
         bases,
+        registry,
     }
+}
+
+/// The project's registry: at most one block, and every image a service runs must make a
+/// repository name under its url.
+fn registry(d: &Decoded, sources: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Option<Registry> {
+    let [first, rest @ ..] = d.registries.as_slice() else {
+        return None;
+    };
+    for r in rest {
+        diags.push(sources[r.file].diag(
+            r.span.clone(),
+            "a project takes at most one registry block".into(),
+            Some(format!(
+                "the first is at {}",
+                place(sources, first.file, &first.span)
+            )),
+        ));
+    }
+    let registry = first.value.clone()?;
+    let deployed: Vec<&str> = d.services.iter().map(|s| s.value.image.as_str()).collect();
+    for image in d
+        .images
+        .iter()
+        .filter(|i| deployed.contains(&i.value.name.as_str()))
+    {
+        let name = &image.value.name;
+        if let Err(e) = crate::reference::registry_repository(&registry.url, name) {
+            diags.push(sources[image.file].diag(
+                image.span.clone(),
+                format!(
+                    "image \"{name}\" cannot be pushed to registry {}: {e}",
+                    registry.url
+                ),
+                Some(format!(
+                    "images are pushed as URL/IMAGE ({}); rename the image",
+                    registry.repository(name)
+                )),
+            ));
+        }
+    }
+    Some(registry)
 }
 
 /// Every reference to an image or service names one that is declared somewhere in the

@@ -161,6 +161,77 @@ pub fn parse(s: &str) -> Result<Reference, String> {
     })
 }
 
+/// Check a `registry { url = … }` value: `HOST[:PORT]` and an optional path prefix of
+/// repository components, with no scheme, tag or digest. Returns it without a trailing `/`, or
+/// what is wrong with it (a lowercase message without the input).
+pub fn registry_url(s: &str) -> Result<String, String> {
+    if s.contains("://") {
+        return Err("a registry url has no scheme".into());
+    }
+    let s = s.strip_suffix('/').unwrap_or(s);
+    if s.is_empty() {
+        return Err("the url is empty".into());
+    }
+    if s.split('/').next().is_some_and(|h| h.contains('@')) {
+        return Err(
+            "a registry url carries no credentials: recast reads RECAST_REGISTRY_USER and RECAST_REGISTRY_PASSWORD, or the Docker config"
+                .into(),
+        );
+    }
+    if s.contains('@') {
+        return Err("a registry url names no digest: recast pushes each image by its own".into());
+    }
+    let (host, prefix) = match s.split_once('/') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if !is_host(host) {
+        return Err(format!("invalid registry host \"{host}\""));
+    }
+    if !(host.contains(['.', ':']) || host == "localhost") {
+        return Err(format!(
+            "\"{host}\" does not read as a registry host: a host has a '.' or a port, or is localhost"
+        ));
+    }
+    if let Some(p) = prefix {
+        if p.contains(':') {
+            return Err("a registry url names no tag: recast tags each image itself".into());
+        }
+        if p.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err("the path prefix must be lowercase".into());
+        }
+        if !p.split('/').all(is_path_component) {
+            return Err(format!(
+                "invalid path prefix \"{p}\": components are lowercase letters and digits, separated by '.', '_', '__' or dashes, between single '/'"
+            ));
+        }
+    }
+    // Room for at least a one-letter image name.
+    if s.len() + 2 > MAX_NAME {
+        return Err(format!(
+            "the url is longer than {} characters",
+            MAX_NAME - 2
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Whether `url/image` (a checked [`registry_url`] and an image name) is a repository name a
+/// registry accepts; otherwise why not.
+pub fn registry_repository(url: &str, image: &str) -> Result<(), String> {
+    if !is_path_component(image) {
+        return Err(format!(
+            "\"{image}\" is not a repository name component (lowercase letters and digits, separated by '.', '_', '__' or dashes)"
+        ));
+    }
+    if url.len() + 1 + image.len() > MAX_NAME {
+        return Err(format!(
+            "the repository name {url}/{image} is longer than {MAX_NAME} characters"
+        ));
+    }
+    Ok(())
+}
+
 /// `[\w][\w.-]{0,127}`.
 fn is_tag(t: &str) -> bool {
     let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -236,6 +307,42 @@ fn is_host(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_urls_are_a_host_and_a_prefix() {
+        for (url, want) in [
+            ("127.0.0.1:5000", "127.0.0.1:5000"),
+            ("127.0.0.1:5000/team", "127.0.0.1:5000/team"),
+            ("registry.example.com/a/b-c/", "registry.example.com/a/b-c"),
+            ("localhost/x", "localhost/x"),
+            ("[::1]:5000/team", "[::1]:5000/team"),
+        ] {
+            assert_eq!(registry_url(url).as_deref(), Ok(want), "{url}");
+        }
+        for (url, why) in [
+            ("http://127.0.0.1:5000", "a registry url has no scheme"),
+            ("", "the url is empty"),
+            ("team/app", "\"team\" does not read as a registry host"),
+            ("127.0.0.1:5000/team:1", "a registry url names no tag"),
+            (
+                "127.0.0.1:5000/team@sha256:00",
+                "a registry url names no digest",
+            ),
+            ("127.0.0.1:5000/Team", "the path prefix must be lowercase"),
+            ("127.0.0.1:5000//team", "invalid path prefix"),
+            ("127.0.0.1:port", "invalid registry host"),
+            (
+                "me:pw@127.0.0.1:5000/x",
+                "a registry url carries no credentials",
+            ),
+        ] {
+            let e = registry_url(url).expect_err(url);
+            assert!(e.starts_with(why), "{url}: {e}");
+        }
+        assert!(registry_repository("127.0.0.1:5000/team", "web").is_ok());
+        assert!(registry_repository("127.0.0.1:5000/team", "web-").is_err());
+        assert!(registry_repository(&"a".repeat(250), "web-app").is_err());
+    }
 
     const D: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 

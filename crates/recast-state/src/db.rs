@@ -92,7 +92,10 @@ pub(crate) enum DbErr {
     /// A copy refused or found different (`what` names the table).
     Refused(String),
     /// A write of a project whose lease this state does not hold.
-    Fenced { project: String, detail: String },
+    Fenced {
+        project: String,
+        detail: String,
+    },
 }
 
 impl From<rusqlite::Error> for DbErr {

@@ -55,6 +55,9 @@ pub enum Take {
     IfFree,
     /// Only if it names this host (a restart, a rebuild, a hand-over).
     IfMine,
+    /// Only if the project has no lease yet, or it names this host (projects recorded before
+    /// leases existed are claimed by the first server that starts).
+    IfNew,
 }
 
 /// The leases this process holds, for checking writes.
@@ -325,7 +328,7 @@ impl State {
             let now = db_now(c)?;
             let cur = locked_lease(c, project, false)?;
             let free = match &cur {
-                None => how == Take::IfFree,
+                None => how != Take::IfMine,
                 Some(l) if l.host == host => true,
                 Some(l) => how == Take::IfFree && (l.host.is_empty() || l.expires_ms < now),
             };

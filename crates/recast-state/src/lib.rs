@@ -12,9 +12,9 @@ mod lease;
 mod pg;
 
 pub use copy::{CopyReport, TableCount};
-pub use lease::{Host, Lease, Take};
-use lease::Scope;
 use db::{Db, DbErr, Dialect, Lite, Row};
+use lease::Scope;
+pub use lease::{Host, Lease, Take};
 pub use pg::redact_url;
 pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
 use rusqlite::Connection;
@@ -601,18 +601,17 @@ impl State {
 
     /// The release serving traffic, if any.
     pub fn current(&self, project: &str, service: &str) -> Result<Option<Release>> {
-        let n: Option<i64> = self.with(|c| {
+        // One query, not two: the guard asks for every service on every tick, and on PostgreSQL
+        // each query is a round trip.
+        self.with(|c| {
             c.opt(
-                "SELECT current FROM services WHERE project = ?1 AND service = ?2",
+                "SELECT r.project, r.service, r.number, r.spec_hash, r.digest, r.image, r.spec, r.created_ms, r.created_by, r.outcome, r.reason, r.finished_ms
+                 FROM services s JOIN releases r ON r.project = s.project AND r.service = s.service AND r.number = s.current
+                 WHERE s.project = ?1 AND s.service = ?2",
                 &[&project, &service],
-                |r| r.get::<Option<i64>>(0),
+                release_row,
             )
-            .map(Option::flatten)
-        })?;
-        match n {
-            Some(n) => self.release(project, service, n),
-            None => Ok(None),
-        }
+        })
     }
 
     pub fn set_current(&self, project: &str, service: &str, number: Option<i64>) -> Result<()> {

@@ -3,6 +3,7 @@
 mod build;
 mod client;
 mod deploy;
+mod hosts;
 mod image;
 mod imagetest;
 mod lock;
@@ -69,6 +70,27 @@ struct Api {
     /// socket) or sqlite:PATH; default: state.db in the data directory
     #[arg(long, env = "RECAST_STATE")]
     state: Option<String>,
+    /// This server's name among the hosts sharing the state [default: the machine's hostname]
+    #[arg(long, env = "RECAST_HOST_NAME", value_name = "NAME")]
+    host_name: Option<String>,
+    /// Take over these projects (comma-separated, or `all`) when the host acting for them stops
+    /// renewing its lease
+    #[arg(long, value_name = "PROJECT|all")]
+    standby_for: Vec<String>,
+    /// How long a project's lease lasts without renewal: a standby takes it over after this
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    lease_time: u64,
+}
+
+impl Api {
+    fn host(&self) -> anyhow::Result<recast_server::engine::HostConfig> {
+        recast_server::engine::HostConfig::new(
+            self.host_name.as_deref(),
+            &self.standby_for,
+            std::time::Duration::from_secs(self.lease_time),
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +236,19 @@ enum Command {
     /// Move the state between SQLite and PostgreSQL, or back it up to a SQLite file
     #[command(subcommand)]
     State(state::Command),
+    /// Projects among hosts: hand one over to another host
+    #[command(subcommand)]
+    Project(hosts::Command),
+    /// The hosts sharing the state, and the projects each acts for
+    Hosts {
+        /// The state [default: $RECAST_STATE, else the running server's state, else state.db in
+        /// the data directory]
+        #[arg(long, value_name = "URL")]
+        state: Option<String>,
+        /// Print only JSON on stdout: {"hosts": [...], "leases": [...]}
+        #[arg(long)]
+        json: bool,
+    },
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
         service: String,
@@ -357,6 +392,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.listen,
                 api.insecure_listen,
                 api.state.as_deref(),
+                api.host()?,
                 None,
             )
         }),
@@ -366,6 +402,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.listen,
                 api.insecure_listen,
                 api.state.as_deref(),
+                api.host()?,
                 Some(&spec.file),
             )
         }),
@@ -397,6 +434,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => data_dir().and_then(|d| deploy::rollback(&d, &service, to, restore_volumes, json)),
         Command::Volume(cmd) => data_dir().and_then(|d| volume::run(&d, cmd)),
         Command::State(cmd) => data_dir().and_then(|d| state::run(&d, cmd)),
+        Command::Project(cmd) => data_dir().and_then(|d| hosts::run(&d, cmd)),
+        Command::Hosts { state, json } => {
+            data_dir().and_then(|d| hosts::list(&d, state.as_deref(), json))
+        }
         Command::Promote { service, json } => data_dir().and_then(|d| {
             deploy::control(&d, recast_api::v1::ControlAction::Promote, &service, json)
         }),

@@ -29,6 +29,7 @@ pub fn run(
     listen: SocketAddr,
     insecure_listen: bool,
     state: Option<&str>,
+    host: recast_server::engine::HostConfig,
     apply: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     if !listen.ip().is_loopback() && !insecure_listen {
@@ -41,7 +42,7 @@ pub fn run(
     let signals = recast_runtime::signals::forward();
     let rt = runtime()?;
     let code = rt.block_on(async {
-        let started = recast_server::start(data_dir, listen, state)
+        let started = recast_server::start(data_dir, listen, state, host)
             .await
             .map_err(|e| anyhow!(e))?;
         for n in &started.notes {
@@ -86,7 +87,7 @@ pub fn run(
         // Wait for a stop signal on a blocking thread.
         let _ = tokio::task::spawn_blocking(move || signals.recv()).await;
         eprintln!("recast server: stopping (instances keep running)");
-        recast_server::stopped(data_dir);
+        recast_server::stopped(data_dir, &started.ctl);
         drop(started);
         Ok::<_, anyhow::Error>(code)
     })?;

@@ -12,6 +12,14 @@ impl Ctl {
         })?;
         let identity = crate::project::Identity::of(&project);
         let name = identity.name.clone();
+        // Another host acting for it: refused now, naming that host.
+        if !self.state.holds(&name)
+            && let Some(l) = self.state.lease(&name)?
+            && l.expires_ms > self.state.db_now_ms()?
+            && let Some(elsewhere) = self.held_elsewhere(&name)
+        {
+            return Err(ServerError::Conflict(elsewhere));
+        }
         let id = self.next_apply.fetch_add(1, Ordering::Relaxed);
         let moved;
         {
@@ -26,8 +34,13 @@ impl Ctl {
                     now_ms().saturating_sub(started) / 1000
                 )));
             }
-            // Under the lock, so two directories cannot claim one name at once.
-            let ownership = crate::project::claim(&self.state, &identity)?;
+            // Under the lock, so two directories cannot claim one name at once. A project new to
+            // this host is claimed once its lease is taken (`act_for`).
+            let ownership = if self.state.holds(&name) {
+                crate::project::claim(&self.state, &identity)?
+            } else {
+                crate::project::check(&self.state, &identity)?
+            };
             applying.insert(name.clone(), id);
             moved = match ownership {
                 crate::project::Ownership::Moved { from } => Some(format!(
@@ -54,7 +67,16 @@ impl Ctl {
         }
         let ctl = self.clone();
         tokio::spawn(async move {
-            let result = ctl.apply(id, project, &name).await;
+            let result = match ctl.act_for(&name).await {
+                Ok(()) => crate::project::claim(&ctl.state, &identity)
+                    .map_err(|e| e.to_string())
+                    .map(drop),
+                Err(e) => Err(e),
+            };
+            let result = match result {
+                Ok(()) => ctl.apply(id, project, &name).await,
+                Err(e) => Err(e),
+            };
             let mut applies = lock(&ctl.applies);
             if let Some(a) = applies.get_mut(&id) {
                 match result {
@@ -114,6 +136,8 @@ impl Ctl {
         let recorded = plan::Recorded::gather(&self.state, name).map_err(|e| e.to_string())?;
         let plan = plan::plan(&project, name, &digests, &recorded);
         self.test_images(apply, &project, &plan, &built).await?;
+        self.push_images(apply, &project, name, &plan, &built)
+            .await?;
         // Routes first, so that traffic flows as soon as instances are healthy.
         self.sync_routes(name, &project).await?;
         let mut tasks = Vec::new();
@@ -216,7 +240,8 @@ impl Ctl {
             outcome: ServiceChange::Failed,
             reason: Some(reason),
         };
-        let record = ReleaseRecord::from_spec(model, digest, &model.image);
+        let record = ReleaseRecord::from_spec(model, digest, &model.image)
+            .with_source(self.image_source(&svc.project, &model.image, digest));
         let json = record.to_json();
         let rel = match self.state.new_release(&NewRelease {
             project: &svc.project,

@@ -147,6 +147,11 @@ impl Ctl {
             if let Some(e) = self.recall_networks(Some(&p)).await.into_iter().next() {
                 return Err(ServerError::Runtime(e));
             }
+            // A whole project destroyed: no host acts for it any more.
+            if services.is_empty() {
+                self.state
+                    .hand_over(&p, "", self.hosting.config.lease_time.as_millis() as i64)?;
+            }
         }
         Ok(removed)
     }
@@ -179,7 +184,6 @@ impl Ctl {
             .map(|(id, why)| format!("cleaned up instance {id}: {why}"))
             .collect();
         self.take_over(found.running, &mut notes).await?;
-        self.end_interrupted(&mut notes)?;
         // No rollout runs now: a preview an interrupted blue/green left goes before its
         // instances do.
         let plane = self.plane.clone();
@@ -187,14 +191,44 @@ impl Ctl {
             .await
             .map_err(|e| e.to_string())??;
         notes.extend(closed);
-        notes.extend(self.recall_networks(None).await);
-        self.settle_live(&mut notes).await?;
-        self.listen_again(&mut notes).await?;
+        // Routes of projects another host acts for now stop listening here.
+        let routes = self.state.routes().map_err(|e| e.to_string())?;
+        let mut others: Vec<String> = routes
+            .into_iter()
+            .map(|r| r.project)
+            .filter(|p| !self.state.holds(p))
+            .collect();
+        others.dedup();
+        for p in others {
+            if let Err(e) = self.serve_routes(&p, &[]).await {
+                notes.push(e);
+            }
+        }
+        self.restore(None, &mut notes).await?;
         Ok(notes)
+    }
+
+    /// Bring `only` (else every project this host acts for) back as recorded: interrupted
+    /// rollouts ended, its network, live releases at full strength, routes listening.
+    pub(crate) async fn restore(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), String> {
+        self.end_interrupted(only, notes)?;
+        notes.extend(self.recall_networks(only).await);
+        self.settle_live(only, notes).await?;
+        self.listen_again(only, notes).await
+    }
+
+    /// Whether `project` is one `restore(only)` brings back.
+    pub(super) fn restoring(&self, only: Option<&str>, project: &str) -> bool {
+        only.map_or_else(|| self.state.holds(project), |o| o == project)
     }
 
     /// Every running instance under supervision: a live release's in rotation as it is, any
     /// other (an interrupted rollout's, a warm blue one) out of it, for `settle_live` to retire.
+    /// Instances of a project another host acts for now go.
     async fn take_over(
         self: &Arc<Self>,
         running: Vec<Instance>,
@@ -235,6 +269,18 @@ impl Ctl {
                 continue;
             };
             let (p, s) = (p.to_string(), s.to_string());
+            if !self.state.holds(&p) {
+                notes.push(format!(
+                    "instance {} of {p}/{s} went: this host no longer acts for project {p}",
+                    inst.id
+                ));
+                let rt = self.rt.clone();
+                tokio::task::spawn_blocking(move || rt.delete(&inst))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             let release = self
                 .state
                 .release(&p, &s, n)
@@ -269,12 +315,14 @@ impl Ctl {
     /// Rollouts the earlier server left unfinished are recorded as ended. Making the new release
     /// current is a rollout's commit point: one that got that far succeeded (only its last
     /// records were missing); any other is recorded as rolled back.
-    fn end_interrupted(&self, notes: &mut Vec<String>) -> Result<(), String> {
+    fn end_interrupted(&self, only: Option<&str>, notes: &mut Vec<String>) -> Result<(), String> {
         const WHY: &str = "interrupted: the server stopped during the rollout";
         for r in self
             .state
             .unfinished_rollouts()
             .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| self.restoring(only, &r.project))
         {
             let live = self
                 .state
@@ -319,8 +367,15 @@ impl Ctl {
 
     /// Every live release at full strength and nothing else running, through the same
     /// `rollback::settle` the strategy tests check after a simulated restart.
-    async fn settle_live(self: &Arc<Self>, notes: &mut Vec<String>) -> Result<(), String> {
+    async fn settle_live(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), String> {
         for (p, s) in self.state.all_services().map_err(|e| e.to_string())? {
+            if !self.restoring(only, &p) {
+                continue;
+            }
             let Some(cur) = self.state.current(&p, &s).map_err(|e| e.to_string())? else {
                 // No live release (an interrupted first rollout): nothing of it may run.
                 let svc = self.svc(&p, &s);
@@ -349,9 +404,16 @@ impl Ctl {
     }
 
     /// Routes the data plane serves as recorded (those it serves already keep listening).
-    async fn listen_again(&self, notes: &mut Vec<String>) -> Result<(), String> {
+    async fn listen_again(
+        &self,
+        only: Option<&str>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), String> {
         let mut by_project: BTreeMap<String, Vec<RouteRow>> = BTreeMap::new();
         for row in self.state.routes().map_err(|e| e.to_string())? {
+            if !self.restoring(only, &row.project) {
+                continue;
+            }
             by_project.entry(row.project.clone()).or_default().push(row);
         }
         for (project, rows) in by_project {

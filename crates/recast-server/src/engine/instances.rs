@@ -4,6 +4,7 @@ use super::*;
 
 impl Ctl {
     pub(crate) async fn start_instance(&self, svc: &Arc<Svc>, run: &Run) -> Result<String, String> {
+        self.ensure_image(run).await?;
         let s = &run.service;
         let spec = InstanceSpec {
             id: new_id(&format!("{}-r{}", svc.name, run.number)),

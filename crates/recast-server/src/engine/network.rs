@@ -97,7 +97,7 @@ impl Ctl {
             Err(e) => return vec![format!("reading the services: {e}")],
         };
         for (p, s) in services {
-            if only.is_some_and(|o| o != p) {
+            if !self.restoring(only, &p) {
                 continue;
             }
             let live = self.state.current(&p, &s).map_err(|e| e.to_string());
@@ -107,6 +107,7 @@ impl Ctl {
                 Err(e) => notes.push(format!("{p}/{s}: {e}")),
             }
         }
+        // A network of a project this host does not act for goes too.
         for p in self.rt.networks() {
             if only.is_none_or(|o| o == p) {
                 by_project.entry(p).or_default();

@@ -73,6 +73,7 @@ fn project(services: &[Service]) -> Project {
         guard: recast_spec::Guard::default(),
         webhooks: BTreeMap::new(),
         bases: BTreeMap::new(),
+        registry: None,
     }
 }
 

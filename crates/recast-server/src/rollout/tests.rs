@@ -196,6 +196,7 @@ service "app" {{
         digest: Digest::of(number.to_string().as_bytes()),
         image_name: "app:latest".into(),
         service: project.services["app"].clone(),
+        source: None,
     }
 }
 

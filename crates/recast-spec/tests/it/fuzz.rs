@@ -21,7 +21,7 @@ impl Rng {
 const SEEDS: &[&str] = &[
     include_str!("../../../../examples/hello/recast.hcl"),
     "service \"a\" {\n  image = image.app\n  port = 80\n  rollout {\n    strategy = \"canary\"\n    step { weight = 10 }\n    analysis { max_error_rate = 0.1 }\n  }\n}\n",
-    "route \"r\" {\n  listen = \"[::1]:80\"\n  service = service.a\n}\nwebhook \"w\" {\n  url = \"http://x\"\n  events = [\"rollout.step\"]\n}\n",
+    "route \"r\" {\n  listen = \"[::1]:80\"\n  service = service.a\n}\nwebhook \"w\" {\n  url = \"http://x\"\n  events = [\"rollout.step\"]\n}\nregistry {\n  url = \"127.0.0.1:5000/team\"\n  insecure = true\n}\n",
 ];
 
 /// Fragments worth splicing in: syntax, keywords, odd values, non-ASCII.
@@ -39,6 +39,7 @@ const TOKENS: &[&str] = &[
     "service",
     "route",
     "guard",
+    "registry",
     "step",
     "weight",
     "-1",

@@ -81,7 +81,7 @@ case!(
     [
         1,
         1,
-        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base"
+        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry"
     ]
 );
 
@@ -709,6 +709,54 @@ case!(
         2,
         1,
         "a project takes at most one guard block | hint: the first is at DIR/recast.hcl:9:1"
+    ]
+);
+
+case!(
+    registry_problems,
+    "registry {\n  url = \"http://127.0.0.1:5000\"\n  insecure = \"yes\"\n  urls = \"x\"\n}\nregistry {\n  url = \"127.0.0.1:5000/team\"\n}\nregistry \"hub\" {\n  url = \"127.0.0.1:5000\"\n}\n",
+    [
+        2,
+        9,
+        "invalid registry url \"http://127.0.0.1:5000\": a registry url has no scheme | hint: write url = \"HOST[:PORT]/PREFIX\", such as \"registry.example.com/team\" (plain HTTP: insecure = true)";
+        3,
+        14,
+        "`insecure` must be a bool (true or false), found a string";
+        4,
+        3,
+        "unknown attribute `urls` in registry | hint: did you mean `url`?";
+        6,
+        1,
+        "a project takes at most one registry block | hint: the first is at DIR/recast.hcl:9:1";
+        9,
+        10,
+        "registry block takes no label";
+    ]
+);
+
+case!(
+    registry_without_url,
+    "registry {\n  insecure = true\n}\n",
+    [1, 1, "missing required attribute `url` in registry"]
+);
+
+case!(
+    registry_url_with_a_tag,
+    "registry {\n  url = \"registry.example.com/team:v1\"\n}\n",
+    [
+        2,
+        9,
+        "invalid registry url \"registry.example.com/team:v1\": a registry url names no tag: recast tags each image itself | hint: write url = \"HOST[:PORT]/PREFIX\", such as \"registry.example.com/team\" (plain HTTP: insecure = true)"
+    ]
+);
+
+case!(
+    registry_and_an_image_name_it_cannot_take,
+    "image \"web-\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\nservice \"web\" {\n  image = image.web-\n  port = 80\n}\nregistry {\n  url = \"127.0.0.1:5000/team\"\n}\n",
+    [
+        1,
+        7,
+        "image \"web-\" cannot be pushed to registry 127.0.0.1:5000/team: \"web-\" is not a repository name component (lowercase letters and digits, separated by '.', '_', '__' or dashes) | hint: images are pushed as URL/IMAGE (127.0.0.1:5000/team/web-); rename the image"
     ]
 );
 

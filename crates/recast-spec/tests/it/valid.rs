@@ -609,6 +609,44 @@ fn a_single_file_loads_only_that_file() {
 }
 
 #[test]
+fn a_registry_block_is_read_with_its_default() {
+    let dir = project(&[
+        (
+            "a.hcl",
+            "registry {\n  url = \"127.0.0.1:5000/team/apps/\"\n}\n",
+        ),
+        (
+            "b.hcl",
+            "image \"app\" {\n  from = \"scratch\"\n  cmd = [\"/x\"]\n}\nservice \"web\" {\n  image = image.app\n  port = 80\n}\n",
+        ),
+    ]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let r = p.registry.expect("a registry");
+    assert_eq!(
+        r,
+        Registry {
+            url: s("127.0.0.1:5000/team/apps"),
+            insecure: false
+        }
+    );
+    assert_eq!(r.repository("app"), "127.0.0.1:5000/team/apps/app");
+    let dir = project(&[(
+        "recast.hcl",
+        "registry {\n  url = \"registry.example.com\"\n  insecure = true\n}\n",
+    )]);
+    let p = load(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        p.registry,
+        Some(Registry {
+            url: s("registry.example.com"),
+            insecure: true
+        })
+    );
+    let dir = project(&[("recast.hcl", "project = \"x\"\n")]);
+    assert_eq!(load(dir.path()).map(|p| p.registry).ok(), Some(None));
+}
+
+#[test]
 fn project_name_is_read_from_the_top_level() {
     let dir = project(&[
         ("a.hcl", "project = \"shop\"\n"),

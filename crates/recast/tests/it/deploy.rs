@@ -1,5 +1,6 @@
 //! The server, apply, rollouts and rollback, under continuous load (issue 5).
 
+use crate::pg_cluster::{Shared, SharedDb};
 use crate::{example, stderr, stdout};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -99,6 +100,22 @@ route "web" {{
     }
 }
 
+/// Whether this run is the suite's PostgreSQL pass: `RECAST_TEST_STATE=postgres` (set by
+/// `scripts/test` for its second pass; unset or `sqlite`: the default, `state.db`).
+pub fn on_postgres() -> bool {
+    match std::env::var("RECAST_TEST_STATE").as_deref() {
+        Ok("postgres") => true,
+        Ok("" | "sqlite") | Err(_) => false,
+        Ok(other) => panic!("RECAST_TEST_STATE={other:?}: expected postgres or sqlite"),
+    }
+}
+
+/// The state a server of this run keeps its records in, if not the default `state.db`: on the
+/// PostgreSQL pass, a new database of its own in the cluster the whole run shares.
+pub fn test_state() -> Option<SharedDb> {
+    on_postgres().then(|| Shared::get().create_db())
+}
+
 /// `recast server` on a data directory; destroys what it deployed and stops on drop.
 pub struct Server {
     child: Option<Child>,
@@ -106,6 +123,8 @@ pub struct Server {
     /// More arguments for `recast server` (e.g. `--state URL`).
     pub args: Vec<String>,
     _data_dir: Option<tempfile::TempDir>,
+    /// On the PostgreSQL pass, the database `--state` names (dropped after the server stops).
+    pub db: Option<SharedDb>,
 }
 
 impl Server {
@@ -114,21 +133,55 @@ impl Server {
         Server::start_with(d, Vec::new())
     }
 
-    /// `recast server` with more arguments (`--state URL`).
+    /// `recast server` with more arguments (`--state URL`). Without a `--state` of the
+    /// caller's, it runs on the pass's backend (`test_state`), also after `spawn` again.
     pub fn start_with(d: tempfile::TempDir, args: Vec<String>) -> Server {
+        let db = if args.iter().any(|a| a == "--state") {
+            None
+        } else {
+            test_state()
+        };
+        Server::launch(d, args, db)
+    }
+
+    /// `recast server` with `args`, and `--state` naming `db` if there is one.
+    fn launch(d: tempfile::TempDir, mut args: Vec<String>, db: Option<SharedDb>) -> Server {
+        if let Some(db) = &db {
+            args.extend(["--state".to_string(), db.url()]);
+        }
         let mut s = Server {
             child: None,
             data: d.path().to_path_buf(),
             args,
             _data_dir: Some(d),
+            db,
         };
         s.spawn();
         s
     }
 
-    /// `recast server` on a data directory prepared by the caller (e.g. recorded state).
+    /// `recast server` on a data directory prepared by the caller (e.g. recorded state). On the
+    /// PostgreSQL pass its `state.db` is first moved into the server's database with `recast
+    /// state migrate` (as an installation moving to PostgreSQL would) and removed, so nothing
+    /// can read it by mistake.
     pub fn start_in(d: tempfile::TempDir) -> Server {
-        Server::start_with(d, Vec::new())
+        let Some(db) = test_state() else {
+            return Server::start_with(d, Vec::new());
+        };
+        let file = d.path().join("state.db");
+        if file.exists() {
+            let from = format!("sqlite:{}", file.display());
+            let out = Command::new(env!("CARGO_BIN_EXE_recast"))
+                .args(["state", "migrate", "--from", &from, "--to", &db.url()])
+                .env("RECAST_DATA_DIR", d.path())
+                .output()
+                .expect("run recast state migrate");
+            ok(&out);
+            for f in ["state.db", "state.db-wal", "state.db-shm"] {
+                std::fs::remove_file(d.path().join(f)).ok();
+            }
+        }
+        Server::launch(d, Vec::new(), Some(db))
     }
 
     pub fn spawn(&mut self) {
@@ -157,6 +210,23 @@ impl Server {
         while !self.data.join("server.json").exists() {
             assert!(Instant::now() < deadline, "the server did not start");
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // On the PostgreSQL pass the server must say its state is there: a test passing on a
+        // state.db nobody noticed would prove nothing about PostgreSQL.
+        if let Some(db) = &self.db {
+            let info = std::fs::read(self.data.join("server.json")).expect("server.json");
+            let info: serde_json::Value = serde_json::from_slice(&info).expect("server.json");
+            assert_eq!(
+                info["state"].as_str(),
+                Some(db.url().as_str()),
+                "where the server says its state is ({})",
+                self.data.join("server.json").display()
+            );
+            assert!(
+                !self.data.join("state.db").exists(),
+                "a server on PostgreSQL wrote {}",
+                self.data.join("state.db").display()
+            );
         }
     }
 

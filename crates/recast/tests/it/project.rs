@@ -1,7 +1,8 @@
 //! Project identity, credentials in webhook URLs, the spec paths the API reads, and the API
 //! token file (issue 10).
 
-use crate::deploy::{Server, body_now, free_port, ok, read_message, wait_for};
+use crate::deploy::{Server, body_now, free_port, ok, read_message, test_state, wait_for};
+use crate::pg_cluster::SharedDb;
 use crate::{example, stderr, stdout};
 use std::io::Write;
 use std::net::TcpStream;
@@ -224,18 +225,22 @@ fn an_explicitly_named_project_follows_its_directory_and_a_directory_name_does_n
     assert_eq!(body_now(a.port), "v1 from hello 0.1.0\n");
 }
 
-/// `recast server` on `data`, its stderr kept in `log`.
+/// `recast server` on `data`, its stderr kept in `log`; on the PostgreSQL pass, its state in
+/// `db`.
 struct LoggedServer {
     child: std::process::Child,
     data: PathBuf,
     log: PathBuf,
+    db: Option<SharedDb>,
 }
 
 impl LoggedServer {
     fn start(data: &Path) -> LoggedServer {
         let log = data.with_extension("log");
+        let db = test_state();
         let child = Command::new(env!("CARGO_BIN_EXE_recast"))
             .args(["server", "--listen", "127.0.0.1:0"])
+            .args(db.iter().flat_map(|db| ["--state".to_string(), db.url()]))
             .env("RECAST_DATA_DIR", data)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -245,6 +250,7 @@ impl LoggedServer {
             child,
             data: data.to_path_buf(),
             log,
+            db,
         };
         wait_for("the server", 30, || data.join("server.json").exists());
         s
@@ -409,10 +415,22 @@ webhook "chat" {{
         "the server log".into(),
         std::fs::read_to_string(&server.log).unwrap_or_default(),
     ));
-    for f in ["state.db", "state.db-wal"] {
-        let bytes = std::fs::read(server.data.join(f)).unwrap_or_default();
-        places.push((f.into(), String::from_utf8_lossy(&bytes).into_owned()));
+    // Every record the server keeps: state.db (read as bytes), or on the PostgreSQL pass the
+    // whole database as pg_dump writes it — never an empty stand-in.
+    let mut state = Vec::new();
+    if let Some(db) = &server.db {
+        state.push(("the state database".to_string(), db.dump()));
+    } else {
+        for f in ["state.db", "state.db-wal"] {
+            let bytes = std::fs::read(server.data.join(f)).unwrap_or_default();
+            state.push((f.into(), String::from_utf8_lossy(&bytes).into_owned()));
+        }
     }
+    assert!(
+        state.iter().any(|(_, text)| text.contains("hooked")),
+        "the state read holds the project's records: {state:?}"
+    );
+    places.extend(state);
     for (what, text) in &places {
         for secret in [PASS, SECRET, "alice"] {
             assert!(

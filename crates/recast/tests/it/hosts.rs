@@ -1,0 +1,348 @@
+//! Issue 15, point 5: hosts sharing one PostgreSQL state, each project acted for by the holder of
+//! its lease. Each "host" is a `recast server` with a data directory of its own (its own
+//! instances, data plane and project networks); they share only the state. A project moves on
+//! request; a standby takes a project over when its host dies (`kill -9` of the server, its data
+//! plane and its instances) or is cut off from PostgreSQL — and a cut-off host stops its
+//! instances before the standby may start its own.
+
+use crate::deploy::{Project, Server, body_now, ok, wait_for};
+use crate::images::Registry;
+use crate::pg_cluster::Cluster;
+use crate::registry_deploy::with_registry;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The lease time the tests run with (the default is 10 s): short, to keep the suite quick.
+const LEASE: u64 = 4;
+
+fn host(name: &str, state: &str) -> Server {
+    let d = tempfile::tempdir().expect("tmp");
+    Server::start_with(
+        d,
+        [
+            "--state",
+            state,
+            "--host-name",
+            name,
+            "--standby-for",
+            "all",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--lease-time".into(), LEASE.to_string()])
+        .collect(),
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    ok(o);
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+/// The host holding `project` and its token, as `recast hosts --json` says.
+fn holder(s: &Server, project: &str) -> (Option<String>, i64, bool) {
+    let v = json(&s.rc(Path::new("/"), &["hosts", "--json"]));
+    let l = v["leases"]
+        .as_array()
+        .expect("leases")
+        .iter()
+        .find(|l| l["project"] == project)
+        .cloned()
+        .unwrap_or_default();
+    (
+        l["host"].as_str().map(str::to_string),
+        l["token"].as_i64().unwrap_or(0),
+        l["serving"].as_bool().unwrap_or(false),
+    )
+}
+
+/// The body the route answers now, or `None` when nothing answers.
+fn answer(port: u16) -> Option<String> {
+    Some(body_now(port)).filter(|b| !b.is_empty())
+}
+
+/// A machine dying: its server, its data plane, its instances and its egress processes, all
+/// with SIGKILL, nothing cleaned up.
+fn kill_host(s: &mut Server) {
+    let plane = s.data_plane_pid();
+    s.kill9();
+    if let Some(pid) = plane {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+    }
+    for id in s.instance_ids() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(s.data.join("runc"))
+            .args(["kill", &id, "KILL"])
+            .output();
+    }
+    for pid in std::fs::read_dir(s.data.join("networks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("egress.pid")).ok())
+    {
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+}
+
+/// How many of a host's instances run (their process alive).
+fn running(s: &Server) -> usize {
+    s.instance_ids()
+        .iter()
+        .filter(|id| {
+            let o = Command::new("runc")
+                .arg("--root")
+                .arg(s.data.join("runc"))
+                .args(["state", id])
+                .output();
+            o.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"running\""))
+        })
+        .count()
+}
+
+/// The project's name: its directory's, lower-cased.
+fn project_name(p: &Project) -> String {
+    p.path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_lowercase()
+}
+
+#[test]
+fn a_project_moves_on_request_and_a_standby_takes_it_when_its_host_dies() {
+    let cluster = Cluster::start();
+    let registry = Registry::start();
+    let images = format!("{}/hosts", registry.addr);
+    let a = host("host-a", &cluster.url());
+    let mut b = host("host-b", &cluster.url());
+    let p = Project::new();
+    let name = project_name(&p);
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    with_registry(&p, &images);
+    ok(&a.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    let (h, first, serving) = holder(&a, &name);
+    assert_eq!(
+        (h.as_deref(), serving),
+        (Some("host-a"), true),
+        "{}",
+        a.logs()
+    );
+
+    // Another host refuses to act for it, naming the holder.
+    let o = b.rc(p.path(), &["apply", "--yes"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("project {name} is held by host host-a"))
+            && err.contains("recast project move"),
+        "{err}"
+    );
+
+    // A deliberate move: drained and stopped on a, started on b from the records.
+    let moved = json(&a.rc(
+        Path::new("/"),
+        &["project", "move", &name, "--to", "host-b", "--json"],
+    ));
+    assert_eq!(
+        (moved["from"].as_str(), moved["to"].as_str()),
+        (Some("host-a"), Some("host-b"))
+    );
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n", "{}", b.logs());
+    wait_for("a's instances to go", 15, || a.instances() == 0);
+    assert_eq!(running(&b), 3, "{}", b.logs());
+    let (h, moved_token, _) = holder(&a, &name);
+    assert_eq!(h.as_deref(), Some("host-b"));
+    assert!(
+        moved_token > first,
+        "tokens grow: {first} then {moved_token}"
+    );
+    // b applies now; a refuses.
+    p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
+    with_registry(&p, &images);
+    ok(&b.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+    assert!(
+        !a.rc(p.path(), &["rollback", "web", "--yes"])
+            .status
+            .success()
+    );
+
+    // b dies with everything it ran: a takes the lease once it expires and serves the live
+    // release (v2) again.
+    kill_host(&mut b);
+    let died = Instant::now();
+    let deadline = died + Duration::from_secs(LEASE + 20);
+    let mut gap_seen = false;
+    loop {
+        match answer(p.port) {
+            Some(body) if body == "v2 from hello 0.1.0\n" && gap_seen => break,
+            Some(_) => {}
+            None => gap_seen = true,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a did not take over: {}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = died.elapsed();
+    assert!(
+        took >= Duration::from_secs(LEASE) - Duration::from_millis(500),
+        "taken over after {took:?}, before the lease ({LEASE} s) expired"
+    );
+    let (h, token, serving) = holder(&a, &name);
+    assert_eq!((h.as_deref(), serving), (Some("host-a"), true));
+    assert!(token > moved_token);
+    assert_eq!(running(&a), 3);
+    // History is intact: both releases, v2 live.
+    let hist = json(&a.rc(p.path(), &["history", "web", "--json"]));
+    let releases = hist["releases"].as_array().expect("releases");
+    assert_eq!(releases.len(), 2, "{hist}");
+
+    // b comes back: it acts for nothing and removes what it left behind.
+    b.spawn();
+    wait_for("b to remove its leftover instances", 20, || {
+        b.instances() == 0
+    });
+    assert_eq!(holder(&a, &name).0.as_deref(), Some("host-a"));
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+    eprintln!("failover after kill -9: serving again {took:?} after the kill (lease {LEASE} s)");
+}
+
+/// A relay between a host and PostgreSQL's Unix socket that the test can cut: the host's
+/// network partition.
+struct Relay {
+    dir: tempfile::TempDir,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(socket: PathBuf) -> Relay {
+        let dir = tempfile::tempdir().expect("tmp");
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5432")).expect("bind");
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(up) = UnixStream::connect(&socket) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        conn.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    ),
+                    (up, conn),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        from.set_read_timeout(Some(Duration::from_millis(100))).ok();
+                        loop {
+                            if c.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        // Cut: the connection hangs (no close is seen), as across a partition.
+                        if c.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { dir, cut }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://recast@localhost/recast?host={}",
+            self.dir.path().display()
+        )
+    }
+}
+
+#[test]
+fn a_host_cut_off_from_postgres_stops_before_a_standby_starts_the_project() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let socket = PathBuf::from(url.rsplit_once("host=").expect("host").1).join(".s.PGSQL.5432");
+    let relay = Relay::start(socket);
+    let registry = Registry::start();
+    let a = host("host-a", &relay.url());
+    let b = host("host-b", &url);
+    let p = Project::new();
+    let name = project_name(&p);
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    with_registry(&p, &format!("{}/hosts", registry.addr));
+    ok(&a.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(running(&a), 3);
+    // b's registration is seen by a (a stops its instances only when a standby may take over).
+    std::thread::sleep(Duration::from_secs(LEASE / 2));
+
+    relay.cut.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    // a stops its instances within 0.6 × the lease time, before b may take the lease.
+    while running(&a) > 0 {
+        assert!(
+            cut.elapsed() < Duration::from_secs(LEASE + 5),
+            "a did not stop its instances: {}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a_stopped = cut.elapsed();
+    assert_eq!(running(&b), 0, "b started before a stopped: {}", b.logs());
+    assert!(
+        a_stopped < Duration::from_secs(LEASE),
+        "a stopped {a_stopped:?} after the cut, not before its lease ({LEASE} s) expired"
+    );
+    // b takes over after the lease and serves.
+    wait_for("b to serve", LEASE + 20, || running(&b) == 3);
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n", "{}", b.logs());
+    let (h, _, _) = holder(&b, &name);
+    assert_eq!(h.as_deref(), Some("host-b"));
+
+    // The partition heals: a learns it lost the project and acts for nothing.
+    relay.cut.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(LEASE / 2 + 1));
+    assert_eq!(running(&a), 0, "{}", a.logs());
+    assert!(
+        a.logs().contains(&format!("project {name}")),
+        "a says what happened: {}",
+        a.logs()
+    );
+    assert_eq!(holder(&b, &name).0.as_deref(), Some("host-b"));
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+}
