@@ -94,6 +94,21 @@ fn kill_host(s: &mut Server) {
     }
 }
 
+/// What a dead machine's disk would not hold either: the mounts under its data directory
+/// (instance root filesystems, pinned network namespaces), so its directory can go.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}
+
 /// How many of a host's instances run (their process alive).
 fn running(s: &Server) -> usize {
     s.instance_ids()
@@ -345,4 +360,98 @@ fn a_host_cut_off_from_postgres_stops_before_a_standby_starts_the_project() {
     );
     assert_eq!(holder(&b, &name).0.as_deref(), Some("host-b"));
     assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+}
+
+/// A project of three services × two instances (each its own route), with a registry.
+fn three_services(p: &Project, ports: [u16; 3], registry: &str) {
+    let mut spec = String::from(
+        r#"
+image "hello" {
+  from = "scratch"
+  copy {
+    src  = "dist/hello"
+    dest = "/bin/hello"
+    mode = "0555"
+  }
+  user = "65534:65534"
+  cmd  = ["/bin/hello"]
+}
+"#,
+    );
+    for (name, port) in ["web", "api", "admin"].iter().zip(ports) {
+        spec.push_str(&format!(
+            r#"
+service "{name}" {{
+  image     = image.hello
+  instances = 2
+  port      = 8080
+  env       = {{ MESSAGE = "{name}" }}
+  health {{
+    http     = "/healthz"
+    interval = "200ms"
+  }}
+}}
+
+route "{name}" {{
+  listen  = "127.0.0.1:{port}"
+  service = service.{name}
+}}
+"#
+        ));
+    }
+    std::fs::write(p.path().join("recast.hcl"), spec).expect("spec");
+    with_registry(p, registry);
+}
+
+#[test]
+fn a_host_rebuilt_on_an_empty_data_directory_serves_its_projects_from_the_records() {
+    let cluster = Cluster::start();
+    let registry = Registry::start();
+    let mut a = host("host-a", &cluster.url());
+    let p = Project::new();
+    let ports = [
+        p.port,
+        crate::deploy::free_port(),
+        crate::deploy::free_port(),
+    ];
+    three_services(&p, ports, &format!("{}/rebuild", registry.addr));
+    ok(&a.rc(p.path(), &["apply", "--yes"]));
+    for (name, port) in ["web", "api", "admin"].iter().zip(ports) {
+        assert_eq!(body_now(port), format!("{name} from hello 0.1.0\n"));
+    }
+    // The machine dies; a new one (an empty data directory, no spec, no images) starts under
+    // the same host name once the old registration lapsed.
+    kill_host(&mut a);
+    unmount_under(&a.data);
+    drop(a);
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    wait_for("the dead host's registration to lapse", LEASE + 10, || {
+        let o = Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(["hosts", "--json", "--state", &cluster.url()])
+            .env("RECAST_DATA_DIR", elsewhere.path())
+            .output()
+            .expect("recast hosts");
+        json(&o)["hosts"][0]["running"] == false
+    });
+    let started = Instant::now();
+    let fresh = host("host-a", &cluster.url());
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let served = ["web", "api", "admin"]
+            .iter()
+            .zip(ports)
+            .all(|(name, port)| body_now(port) == format!("{name} from hello 0.1.0\n"));
+        if served {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving: {}", fresh.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    assert_eq!(running(&fresh), 6, "{}", fresh.logs());
+    let hist = json(&fresh.rc(p.path(), &["history", "web", "--json"]));
+    assert_eq!(hist["releases"].as_array().map(Vec::len), Some(1), "{hist}");
+    eprintln!(
+        "rebuilt from an empty data directory: 3 services × 2 instances serving {took:?} after the server started"
+    );
 }
