@@ -4,7 +4,6 @@
 
 use super::*;
 use recast_state::{Host, Lease, Take};
-use std::collections::HashSet;
 
 /// How this server takes part among hosts.
 #[derive(Debug, Clone)]
@@ -90,8 +89,8 @@ pub struct Hosting {
     /// When the last successful renewal began.
     renewed: Mutex<Instant>,
     renewing: AtomicBool,
-    /// Projects being started or stopped right now.
-    changing: Mutex<HashSet<String>>,
+    /// One start, stop or move of a project at a time (`Hosting::turn`).
+    changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cut off from the state: acting for nothing until it answers again.
     cut_off: AtomicBool,
     /// The hosts as last read.
@@ -105,27 +104,20 @@ impl Hosting {
             instance: new_id("host"),
             renewed: Mutex::new(Instant::now()),
             renewing: AtomicBool::new(false),
-            changing: Mutex::new(HashSet::new()),
+            changing: Mutex::new(HashMap::new()),
             cut_off: AtomicBool::new(false),
             peers: Mutex::new(Vec::new()),
         }
     }
 }
 
-/// Marks a project as starting or stopping; `None` when it already is.
-struct Changing<'a>(&'a Hosting, String);
-
-impl<'a> Changing<'a> {
-    fn mark(h: &'a Hosting, project: &str) -> Option<Changing<'a>> {
-        lock(&h.changing)
-            .insert(project.to_string())
-            .then(|| Changing(h, project.to_string()))
-    }
-}
-
-impl Drop for Changing<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.changing).remove(&self.1);
+impl Hosting {
+    /// The lock a project's start, stop and move take, so they happen one after the other.
+    fn turn(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.changing)
+            .entry(project.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -225,7 +217,8 @@ impl Ctl {
         if self.state.holds(project) {
             return Ok(());
         }
-        let _changing = Changing::mark(&self.hosting, project).ok_or_else(|| {
+        let turn = self.hosting.turn(project);
+        let _turn = turn.try_lock().map_err(|_| {
             format!("project {project} is being started or stopped on this host; try again")
         })?;
         match self.take(project, Take::IfFree).await? {
@@ -423,7 +416,7 @@ impl Ctl {
         let held = self.state.held();
         for l in leases {
             if held.iter().any(|(p, _)| *p == l.project)
-                || lock(&self.hosting.changing).contains(&l.project)
+                || self.hosting.turn(&l.project).try_lock().is_err()
             {
                 continue;
             }
@@ -444,9 +437,11 @@ impl Ctl {
     /// Take `project` and start it from its records: interrupted rollouts ended, live releases
     /// at full strength, routes listening.
     async fn start_project(self: &Arc<Self>, project: &str, how: Take, from: &str) {
-        let Some(_changing) = Changing::mark(&self.hosting, project) else {
+        let turn = self.hosting.turn(project);
+        let _turn = turn.lock().await;
+        if self.state.held().iter().any(|(p, _)| p == project) {
             return;
-        };
+        }
         let lease = match self.take(project, how).await {
             Ok(Some(l)) => l,
             Ok(None) => return,
@@ -484,6 +479,12 @@ impl Ctl {
     /// (drained first when `drain`), its routes and network gone. Writes nothing to the state
     /// unless this host still holds the project.
     pub(crate) async fn stop_project(self: &Arc<Self>, project: &str, why: &str, drain: bool) {
+        let turn = self.hosting.turn(project);
+        let _turn = turn.lock().await;
+        self.stop_locked(project, why, drain).await;
+    }
+
+    async fn stop_locked(self: &Arc<Self>, project: &str, why: &str, drain: bool) {
         let svcs: Vec<Arc<Svc>> = {
             let mut map = lock(&self.svcs);
             let keys: Vec<String> = map
@@ -536,7 +537,8 @@ impl Ctl {
     /// A move asked for: once no rollout of the project runs, drain and stop it here, then
     /// give its lease to `to`, which starts it.
     async fn move_out(self: &Arc<Self>, project: &str, to: &str) {
-        let Some(_changing) = Changing::mark(&self.hosting, project) else {
+        let turn = self.hosting.turn(project);
+        let Ok(_turn) = turn.try_lock() else {
             return;
         };
         let svcs: Vec<Arc<Svc>> = self
@@ -556,7 +558,7 @@ impl Ctl {
             return;
         }
         drop(guards);
-        self.stop_project(project, &format!("moving to host {to}"), true)
+        self.stop_locked(project, &format!("moving to host {to}"), true)
             .await;
         let (state, p, t, ttl) = (
             self.state.clone(),
