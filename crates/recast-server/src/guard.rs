@@ -305,6 +305,10 @@ impl Ctl {
                 let Ok(_busy) = svc.busy.try_lock() else {
                     continue;
                 };
+                // Nor for a project this host stopped acting for (cut off from the state).
+                if !self.state.holds(&svc.project) {
+                    continue;
+                }
                 let Ok(Some(cur)) = self.state.current(&svc.project, &svc.name) else {
                     continue;
                 };

@@ -4,7 +4,8 @@
 //! `Runtime::block_on` panics inside a tokio runtime). No TLS: loopback or a Unix socket only.
 //!
 //! A statement that fails because the connection broke (PostgreSQL restarted, the socket closed)
-//! is run once more on a fresh connection; connecting retries with backoff until `retry_for`
+//! is run once more on a fresh connection — never a transaction whose COMMIT went unanswered (it
+//! may have committed; its caller gets the error); connecting retries with backoff until `retry_for`
 //! (10 s) has passed since the operation began.
 
 use crate::Error;
@@ -278,7 +279,10 @@ impl Pg {
                 Err(e) if lease.broken(&e) => {
                     lease.healthy = false;
                     drop(lease);
-                    if retried {
+                    // A COMMIT without an answer may have committed: running the transaction
+                    // again could write it twice (a release numbered twice), so the caller
+                    // hears of it instead.
+                    if retried || at_commit(&e) {
                         return Err(self.map_err(e));
                     }
                     retried = true;
@@ -287,6 +291,10 @@ impl Pg {
             }
         }
     }
+}
+
+fn at_commit(e: &DbErr) -> bool {
+    matches!(e, DbErr::Pg { sql, .. } | DbErr::Timeout { sql } if sql == "COMMIT")
 }
 
 /// A connection taken from the pool, put back (or counted as closed) when dropped.
