@@ -93,7 +93,7 @@ pub struct Hosting {
     changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cut off from the state: acting for nothing until it answers again.
     cut_off: AtomicBool,
-    /// The hosts as last read.
+    /// The running hosts as last read.
     peers: Mutex<Vec<Host>>,
 }
 
@@ -149,8 +149,10 @@ impl Ctl {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(other)) if Instant::now() >= deadline => {
                     return Err(ServerError::Conflict(format!(
-                        "host name {} is in use by another running server (API {}, started at {} ms)\n  hint: stop that server, or give this one another --host-name",
-                        h.name, other.api, other.started_ms
+                        "host name {} is in use by another running server (API {}), which renewed it within the last {} s\n  hint: stop that server, or give this one another --host-name",
+                        h.name,
+                        other.api,
+                        self.hosting.config.lease_time.as_secs()
                     )));
                 }
                 Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -329,9 +331,12 @@ impl Ctl {
             self.state.unhold(&p);
             let standby = peers
                 .iter()
-                .any(|h| h.name != self.me() && h.seen_ms > 0 && h.stands_by_for(&p));
+                .any(|h| h.name != self.me() && h.stands_by_for(&p));
             if standby {
-                self.stop_project(&p, why, false).await;
+                // Not awaited: a start of the project stuck on the state holds its turn, and
+                // the keeper's clock must go on.
+                let (ctl, why) = (self.clone(), why.to_string());
+                tokio::spawn(async move { ctl.stop_project(&p, &why, false).await });
             }
         }
     }
@@ -405,7 +410,12 @@ impl Ctl {
             Ok::<_, recast_state::Error>((state.leases()?, state.hosts()?, state.db_now_ms()?))
         })
         .await)?;
-        *lock(&self.hosting.peers) = hosts;
+        // The hosts running now (renewed within a lease time).
+        let ttl = self.hosting.config.ttl_ms();
+        *lock(&self.hosting.peers) = hosts
+            .into_iter()
+            .filter(|h| h.seen_ms > now - ttl)
+            .collect();
         let standby = |p: &str| {
             self.hosting
                 .config

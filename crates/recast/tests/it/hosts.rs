@@ -484,3 +484,44 @@ fn a_host_rebuilt_on_an_empty_data_directory_serves_its_projects_from_the_record
         "rebuilt from an empty data directory: 3 services × 2 instances serving {took:?} after the server started"
     );
 }
+
+#[test]
+fn a_second_server_under_a_host_name_in_use_is_refused_naming_it() {
+    let cluster = Cluster::start();
+    let _a = host("host-a", &cluster.url());
+    let other = tempfile::tempdir().expect("tmp");
+    let started = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_recast"))
+        .args(["server", "--listen", "127.0.0.1:0", "--host-name", "host-a"])
+        .args(["--state", &cluster.url(), "--lease-time", "2"])
+        .env("RECAST_DATA_DIR", other.path())
+        .output()
+        .expect("recast server");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("host name host-a is in use by another running server")
+            && err.contains("--host-name"),
+        "{err}"
+    );
+    // It waited for the name to lapse (a server killed a moment ago would have).
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Bad names and standby lists are refused before anything starts.
+    for (flag, value, says) in [
+        ("--host-name", "a b", "host name \"a b\" is not"),
+        ("--standby-for", "shop,x/y", "--standby-for \"x/y\""),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(["server", flag, value, "--state", &cluster.url()])
+            .env("RECAST_DATA_DIR", other.path())
+            .output()
+            .expect("recast server");
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}
