@@ -150,6 +150,12 @@ impl DataDir {
             .join(format!("{}{id}.{pid}", DataDir::CREATING_PREFIX)))
     }
 
+    /// `host-id`: a random id of this data directory, so that a server starting again on it is
+    /// known as the successor of the one before (not another server under the same host name).
+    pub fn host_id(&self) -> PathBuf {
+        self.root.join("host-id")
+    }
+
     /// `runc/`: runc's state (`--root`) of instances.
     pub fn runc_root(&self) -> PathBuf {
         self.root.join("runc")

@@ -154,6 +154,10 @@ pub struct Svc {
     pub verdicts: Mutex<Vec<Verdict>>,
     /// Guard bookkeeping: scans, crashes, last findings.
     pub guard: Mutex<crate::guard::GuardState>,
+    /// Counts changes of its current release (`Ctl::set_current`), made while `busy` is held:
+    /// the guard reads a project's current releases once per round and trusts that read for a
+    /// service only if this did not move since.
+    pub(crate) current_changes: AtomicU64,
 }
 
 impl Svc {
@@ -361,7 +365,7 @@ impl Ctl {
             guards: Mutex::new(HashMap::new()),
             networks: Mutex::new(HashMap::new()),
             images: images::Images::default(),
-            hosting: Hosting::new(host),
+            hosting: Hosting::new(host, &DataDir::new(data_dir)),
         })
     }
 
@@ -383,6 +387,7 @@ impl Ctl {
                     sticky: AtomicBool::new(false),
                     verdicts: Mutex::new(Vec::new()),
                     guard: Mutex::new(Default::default()),
+                    current_changes: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -417,18 +422,15 @@ impl Ctl {
     /// Traffic has moved already, so a failed write cannot undo the step: it is said and
     /// recorded (`state.write_failed`), never dropped.
     pub(crate) fn record_rollback(&self, svc: &Svc, from: i64, to: i64, note: &str) {
-        let written = self
-            .state
-            .set_current(&svc.project, &svc.name, Some(to))
-            .and_then(|()| {
-                self.state.set_outcome(
-                    &svc.project,
-                    &svc.name,
-                    from,
-                    ReleaseOutcome::RolledBack,
-                    Some("recast rollback"),
-                )
-            });
+        let written = self.set_current(svc, Some(to)).and_then(|()| {
+            self.state.set_outcome(
+                &svc.project,
+                &svc.name,
+                from,
+                ReleaseOutcome::RolledBack,
+                Some("recast rollback"),
+            )
+        });
         if let Err(e) = written {
             self.failed(
                 svc,
@@ -441,6 +443,13 @@ impl Ctl {
             "rollout.rolled_back",
             &format!("rollback from release {from} to {to}{note}"),
         );
+    }
+
+    /// Make `number` the service's current release (with its `busy` lock held).
+    pub(crate) fn set_current(&self, svc: &Svc, number: Option<i64>) -> recast_state::Result<()> {
+        let r = self.state.set_current(&svc.project, &svc.name, number);
+        svc.current_changes.fetch_add(1, Ordering::SeqCst);
+        r
     }
 
     /// Record an event; when the store cannot, it is said on stderr (never dropped silently).

@@ -8,7 +8,8 @@ use recast_guard::{Finding, FindingKind, Mode};
 use recast_image::fileindex::FileIndex;
 use recast_spec::OnDrift;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,49 +301,80 @@ impl Ctl {
         for round in 0u64.. {
             tokio::time::sleep(Duration::from_millis(200)).await;
             self.rotate_logs(&mut logs, round).await;
+            let mut by_project: BTreeMap<String, Vec<Arc<Svc>>> = BTreeMap::new();
             for svc in self.all_svcs() {
-                // Never alongside a rollout, rollback or another replacement of this service.
-                let Ok(_busy) = svc.busy.try_lock() else {
-                    continue;
-                };
-                // Nor for a project this host stopped acting for (cut off from the state).
-                if !self.state.holds(&svc.project) {
+                by_project.entry(svc.project.clone()).or_default().push(svc);
+            }
+            for (project, svcs) in by_project {
+                // Not for a project this host stopped acting for (cut off from the state).
+                if !self.state.holds(&project) {
                     continue;
                 }
-                let Ok(Some(cur)) = self.state.current(&svc.project, &svc.name) else {
+                // One read per project per round (not one per service): trusted for a service
+                // whose current release did not change since.
+                let changes: Vec<u64> = svcs
+                    .iter()
+                    .map(|s| s.current_changes.load(Ordering::SeqCst))
+                    .collect();
+                let Ok(current) = self.state.current_releases(&project) else {
                     continue;
                 };
-                // Parsed again only when the current release is another one.
-                let key = (cur.number, cur.digest, cur.spec);
-                let cached = {
-                    let g = lock(&svc.guard);
-                    g.run
-                        .as_ref()
-                        .filter(|(k, _)| *k == key)
-                        .map(|(_, r)| r.clone())
-                };
-                let run = match cached {
-                    Some(run) => run,
-                    None => {
-                        let row = recast_state::Release {
-                            number: key.0,
-                            digest: key.1.clone(),
-                            spec: key.2.clone(),
-                            ..cur
-                        };
-                        let Ok(run) = Run::from_row(&row) else {
-                            continue;
-                        };
-                        let run = Arc::new(run);
-                        lock(&svc.guard).run = Some((key, run.clone()));
-                        run
-                    }
-                };
-                self.heal(&svc, &run).await;
-                self.recycle(&svc, &run).await;
-                self.scheduled_scan(&svc, &run).await;
+                for (svc, seen) in svcs.iter().zip(changes) {
+                    self.guard_round(svc, &current, seen).await;
+                }
             }
         }
+    }
+
+    /// One guard round of one service, given its project's current releases as read when its
+    /// change count was `seen`.
+    async fn guard_round(
+        self: &Arc<Self>,
+        svc: &Arc<Svc>,
+        current: &BTreeMap<String, recast_state::Release>,
+        seen: u64,
+    ) {
+        // Never alongside a rollout, rollback or another replacement of this service.
+        let Ok(_busy) = svc.busy.try_lock() else {
+            return;
+        };
+        let cur = if svc.current_changes.load(Ordering::SeqCst) == seen {
+            current.get(&svc.name).cloned()
+        } else {
+            self.state.current(&svc.project, &svc.name).ok().flatten()
+        };
+        let Some(cur) = cur else {
+            return;
+        };
+        // Parsed again only when the current release is another one.
+        let key = (cur.number, cur.digest, cur.spec);
+        let cached = {
+            let g = lock(&svc.guard);
+            g.run
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, r)| r.clone())
+        };
+        let run = match cached {
+            Some(run) => run,
+            None => {
+                let row = recast_state::Release {
+                    number: key.0,
+                    digest: key.1.clone(),
+                    spec: key.2.clone(),
+                    ..cur
+                };
+                let Ok(run) = Run::from_row(&row) else {
+                    return;
+                };
+                let run = Arc::new(run);
+                lock(&svc.guard).run = Some((key, run.clone()));
+                run
+            }
+        };
+        self.heal(svc, &run).await;
+        self.recycle(svc, &run).await;
+        self.scheduled_scan(svc, &run).await;
     }
 
     /// Keep every instance's log files bounded (during rollouts too): an instance that writes

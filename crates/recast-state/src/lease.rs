@@ -13,8 +13,9 @@ use crate::{Result, State};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// A server taking part: its name, the running process (`instance`, random per start), where its
-/// API is and which projects it stands by for.
+/// A server taking part: its name, the running process (`instance`: `PLACE:RUN`, the id of its
+/// data directory and one random per start), where its API is and which projects it stands by
+/// for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub name: String,
@@ -241,7 +242,8 @@ impl State {
     }
 
     /// Register host `h` (its `seen_ms` and `started_ms` are set now). Refused with the other
-    /// registration when a different running instance renewed the name within `ttl_ms`.
+    /// registration when an instance from another place renewed the name within `ttl_ms`; one
+    /// from the same place (`instance` before its `:`) is the server this one follows.
     pub fn register_host(&self, h: &Host, ttl_ms: i64) -> Result<Result<Host, Host>> {
         self.tx(|c| {
             let now = db_now(c)?;
@@ -250,8 +252,9 @@ impl State {
                 &[&h.name],
                 host_row,
             )?;
+            let place = |i: &str| i.split(':').next().unwrap_or_default().to_string();
             if let Some(o) = other
-                && o.instance != h.instance
+                && place(&o.instance) != place(&h.instance)
                 && o.seen_ms > now - ttl_ms
             {
                 return Ok(Err(o));

@@ -369,8 +369,7 @@ impl Ctl {
         match end {
             End::Succeeded => {
                 let live = self
-                    .state
-                    .set_current(&svc.project, &svc.name, Some(new.number))
+                    .set_current(svc, Some(new.number))
                     .map_err(|e| format!("recording release {} as live: {e}", new.number));
                 if let Err(e) = live {
                     self.end_rollout(svc, rid, new.number, RolloutState::Failed, &e);

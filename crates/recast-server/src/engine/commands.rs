@@ -87,7 +87,7 @@ impl Ctl {
         let _busy = svc.busy.lock().await;
         let all = svc.ids(|_| true);
         self.retire(svc, all).await;
-        self.state.set_current(&svc.project, &svc.name, None)?;
+        self.set_current(svc, None)?;
         self.event(svc, "service.destroyed", "every instance retired");
         if volumes {
             self.drop_snapshots(svc).await?;

@@ -95,20 +95,43 @@ pub struct Hosting {
     cut_off: AtomicBool,
     /// The running hosts as last read.
     peers: Mutex<Vec<Host>>,
+    /// When the first lease this host stands by for expires, as last read: it looks again then.
+    next_look: Mutex<Option<Instant>>,
 }
 
 impl Hosting {
-    pub fn new(config: HostConfig) -> Hosting {
+    /// This server among hosts, running on `dir`.
+    pub fn new(config: HostConfig, dir: &DataDir) -> Hosting {
         Hosting {
             config,
-            instance: new_id("host"),
+            instance: format!("{}:{}", dir_id(dir), new_id("run")),
             renewed: Mutex::new(Instant::now()),
             renewing: AtomicBool::new(false),
             changing: Mutex::new(HashMap::new()),
             cut_off: AtomicBool::new(false),
             peers: Mutex::new(Vec::new()),
+            next_look: Mutex::new(None),
         }
     }
+}
+
+/// The id of a data directory (`host-id`, made once): the part of a host registration's
+/// `instance` before the `:`. A registration from the same directory replaces the one before it
+/// at once — that server is gone, since this one holds the directory's lock. Unreadable, it is a
+/// new random id (the name then waits out the earlier registration like any other).
+fn dir_id(dir: &DataDir) -> String {
+    let path = dir.host_id();
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+        && id.len() <= 64
+    {
+        return id.trim().to_string();
+    }
+    let id = new_id("dir");
+    if let Err(e) = std::fs::write(&path, &id) {
+        eprintln!("recast: writing {}: {e}", path.display());
+    }
+    id
 }
 
 impl Hosting {
@@ -192,11 +215,15 @@ impl Ctl {
             wanted.insert(l.project.clone(), Take::IfMine);
         }
         let mut notes = Vec::new();
+        // Every lease taken here lasts from after this moment: the keeper's clock starts here,
+        // not when the process started (registering may have waited a lease time).
+        let claimed = Instant::now();
         for (p, how) in wanted {
             if let Some(l) = self.take(&p, how).await? {
                 notes.push(format!("acting for project {p} (lease token {})", l.token));
             }
         }
+        *lock(&self.hosting.renewed) = claimed;
         Ok(notes)
     }
 
@@ -294,7 +321,7 @@ impl Ctl {
 
     async fn keep_leases(self: Arc<Self>, engine: tokio::runtime::Handle) {
         let period = self.hosting.config.lease_time / 5;
-        let mut tick = tokio::time::interval(period / 2);
+        let mut tick = tokio::time::interval(period / 8);
         loop {
             tick.tick().await;
             let since = lock(&self.hosting.renewed).elapsed();
@@ -307,7 +334,9 @@ impl Ctl {
                 );
                 self.cut_off(&why).await;
             }
-            if since >= period && !self.hosting.renewing.swap(true, Ordering::SeqCst) {
+            let look = lock(&self.hosting.next_look).is_some_and(|t| Instant::now() >= t);
+            if (since >= period || look) && !self.hosting.renewing.swap(true, Ordering::SeqCst) {
+                *lock(&self.hosting.next_look) = None;
                 let (ctl, engine) = (self.clone(), engine.clone());
                 tokio::spawn(async move {
                     ctl.renew(&engine).await;
@@ -424,6 +453,15 @@ impl Ctl {
                 .any(|s| s == "*" || s == p)
         };
         let held = self.state.held();
+        // A standby looks again the moment the first lease it may take expires.
+        let first_expiry = leases
+            .iter()
+            .filter(|l| !l.host.is_empty() && l.host != self.me() && standby(&l.project))
+            .map(|l| l.expires_ms)
+            .filter(|&e| e >= now)
+            .min();
+        *lock(&self.hosting.next_look) =
+            first_expiry.map(|e| Instant::now() + Duration::from_millis((e - now) as u64 + 20));
         for l in leases {
             if held.iter().any(|(p, _)| *p == l.project)
                 || self.hosting.turn(&l.project).try_lock().is_err()

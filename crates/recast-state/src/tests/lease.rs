@@ -147,6 +147,19 @@ fn a_host_name_in_use_is_refused_until_it_stops_renewing(db: &TestDb) {
     // A name last renewed longer ago than the lease time is free too.
     assert!(s.register_host(&host("a", "three"), 0).expect("db").is_ok());
     assert_eq!(s.hosts().expect("db").len(), 1);
+    // A server starting again in the same place (data directory) follows the one before at
+    // once, even killed a moment ago; another place waits.
+    s.register_host(&host("b", "dir1:run1"), 10_000)
+        .expect("db")
+        .expect("new");
+    s.register_host(&host("b", "dir1:run2"), 10_000)
+        .expect("db")
+        .expect("same place");
+    assert!(
+        s.register_host(&host("b", "dir2:run1"), 10_000)
+            .expect("db")
+            .is_err()
+    );
 }
 
 fn renewal_reports_a_lost_lease_and_a_move_request(db: &TestDb) {

@@ -139,7 +139,7 @@ fn a_project_moves_on_request_and_a_standby_takes_it_when_its_host_dies() {
     let mut cluster = Cluster::start();
     let registry = Registry::start();
     let images = format!("{}/hosts", registry.addr);
-    let a = host("host-a", &cluster.url());
+    let mut a = host("host-a", &cluster.url());
     let mut b = host("host-b", &cluster.url());
     let p = Project::new();
     let name = project_name(&p);
@@ -250,6 +250,25 @@ fn a_project_moves_on_request_and_a_standby_takes_it_when_its_host_dies() {
     assert_eq!(holder(&a, &name).0.as_deref(), Some("host-a"));
     assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
     eprintln!("failover after kill -9: serving again {took:?} after the kill (lease {LEASE} s)");
+
+    // a's server (only the process) is killed and started again at once: it follows itself
+    // (same data directory), takes its lease back with a new token, keeps its instances, and
+    // b — standing by — never gets the project.
+    let (_, token_before, _) = holder(&a, &name);
+    let ids = a.instance_ids();
+    a.kill9();
+    a.spawn();
+    let (h, token_after, serving) = holder(&a, &name);
+    assert_eq!((h.as_deref(), serving), (Some("host-a"), true));
+    assert!(token_after > token_before);
+    assert_eq!(
+        a.instance_ids(),
+        ids,
+        "the instances were taken over as they are"
+    );
+    std::thread::sleep(Duration::from_secs(LEASE));
+    assert_eq!(holder(&a, &name).1, token_after, "{}", a.logs());
+    assert!(!a.logs().contains("acting for no project"), "{}", a.logs());
 
     // PostgreSQL restarts under both hosts: they reconnect and go on, and nothing changes hands.
     let before = holder(&a, &name);
