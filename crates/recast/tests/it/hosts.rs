@@ -165,6 +165,23 @@ fn a_project_moves_on_request_and_a_standby_takes_it_when_its_host_dies() {
         "{err}"
     );
 
+    // Moves that cannot be: to no such host, of no such project.
+    for (args, says) in [
+        (
+            vec!["project", "move", &name, "--to", "host-z"],
+            "no host is named \"host-z\" (hosts: host-a, host-b)",
+        ),
+        (
+            vec!["project", "move", "nosuch", "--to", "host-b"],
+            "project nosuch is not held by any host",
+        ),
+    ] {
+        let o = a.rc(Path::new("/"), &args);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
     // A deliberate move: drained and stopped on a, started on b from the records.
     let moved = json(&a.rc(
         Path::new("/"),
@@ -392,8 +409,10 @@ fn a_host_cut_off_from_postgres_stops_before_a_standby_starts_the_project() {
         "a stopped {a_stopped:?} after the cut, not before its lease ({LEASE} s) expired"
     );
     // b takes over after the lease and serves.
-    wait_for("b to serve", LEASE + 20, || running(&b) == 3);
-    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n", "{}", b.logs());
+    wait_for("b to serve", LEASE + 20, || {
+        body_now(p.port) == "v1 from hello 0.1.0\n"
+    });
+    assert_eq!(running(&b), 3, "{}", b.logs());
     let (h, _, _) = holder(&b, &name);
     assert_eq!(h.as_deref(), Some("host-b"));
 
