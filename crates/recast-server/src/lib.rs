@@ -174,6 +174,9 @@ pub async fn start(
         .map_err(internal(format!("the API's address on {listen}")))?;
     ctl.register_host(addr).await?;
     let mut notes = ctl.claim_leases().await.map_err(ServerError::Runtime)?;
+    // Renewing from here: recovery may take longer than a lease.
+    ctl.spawn_lease_keeper()
+        .map_err(internal("starting the lease keeper".into()))?;
     let plane = ctl.plane.clone();
     // A failed upgrade leaves the running data plane serving: said, never fatal.
     let upgraded = match tokio::task::spawn_blocking(move || plane.upgrade()).await {
@@ -186,11 +189,12 @@ pub async fn start(
     notes.extend(ctl.recover().await.map_err(ServerError::Runtime)?);
     notes.extend(upgraded);
     ctl.serving_all().await;
+    ctl.hosting
+        .recovered
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(ctl.clone().keep_data_plane());
     tokio::spawn(ctl.clone().supervise());
     tokio::spawn(ctl.clone().guard());
-    ctl.spawn_lease_keeper()
-        .map_err(internal("starting the lease keeper".into()))?;
     let info = serde_json::to_vec(&ServerInfo {
         addr,
         pid: std::process::id(),

@@ -26,11 +26,23 @@ pub struct Host {
     pub started_ms: i64,
     /// Last renewal, by the database's clock; 0 once it stopped cleanly.
     pub seen_ms: i64,
+    /// Its lease time (`--lease-time`): it renews well within it while it runs.
+    pub lease_ms: i64,
 }
 
 impl Host {
     pub fn stands_by_for(&self, project: &str) -> bool {
         self.standby_for.iter().any(|p| p == "*" || p == project)
+    }
+
+    /// Renewed within its lease time before `now` (the database's clock).
+    pub fn running(&self, now: i64) -> bool {
+        self.seen_ms > now - self.lease_ms
+    }
+
+    /// Where it runs: the data directory's id, the part of `instance` before its `:`.
+    pub fn place(&self) -> &str {
+        self.instance.split(':').next().unwrap_or_default()
     }
 }
 
@@ -46,6 +58,20 @@ pub struct Lease {
     pub move_to: Option<String>,
     /// When the holder had the project serving (cleared when the lease changes hands).
     pub serving_ms: Option<i64>,
+}
+
+impl Lease {
+    /// No lease: nobody holds the project.
+    fn nobody(project: &str) -> Lease {
+        Lease {
+            project: project.to_string(),
+            host: String::new(),
+            token: 0,
+            expires_ms: 0,
+            move_to: None,
+            serving_ms: None,
+        }
+    }
 }
 
 /// How a lease may be taken.
@@ -89,6 +115,8 @@ fn lease_row(r: &Row<'_>) -> Result<Lease, DbErr> {
     })
 }
 
+const HOST_COLS: &str = "name, instance, api, standby_for, started_ms, seen_ms, lease_ms";
+
 fn host_row(r: &Row<'_>) -> Result<Host, DbErr> {
     let standby: String = r.get(3)?;
     Ok(Host {
@@ -102,6 +130,7 @@ fn host_row(r: &Row<'_>) -> Result<Host, DbErr> {
             .collect(),
         started_ms: r.get(4)?,
         seen_ms: r.get(5)?,
+        lease_ms: r.get(6)?,
     })
 }
 
@@ -132,18 +161,11 @@ fn locked_lease(c: &mut dyn Db, project: &str, share: bool) -> Result<Option<Lea
 
 /// The fencing check of one write: the project's lease must be the one `fence` holds.
 pub(crate) fn check(c: &mut dyn Db, fence: &Fence, scope: &Scope<'_>) -> Result<(), DbErr> {
+    let by_id = |table: &str| format!("SELECT project FROM {table} WHERE id = ?1");
     let project: Option<String> = match scope {
         Scope::Project(p) => Some(p.to_string()),
-        Scope::Row(table, id) => c.opt(
-            &format!("SELECT project FROM {table} WHERE id = ?1"),
-            &[id],
-            |r| r.get(0),
-        )?,
-        Scope::RowId(table, id) => c.opt(
-            &format!("SELECT project FROM {table} WHERE id = ?1"),
-            &[id],
-            |r| r.get(0),
-        )?,
+        Scope::Row(table, id) => c.opt(&by_id(table), &[id], |r| r.get(0))?,
+        Scope::RowId(table, id) => c.opt(&by_id(table), &[id], |r| r.get(0))?,
     };
     // A row that does not exist: the write changes nothing.
     let Some(project) = project else {
@@ -242,33 +264,58 @@ impl State {
     }
 
     /// Register host `h` (its `seen_ms` and `started_ms` are set now). Refused with the other
-    /// registration when an instance from another place renewed the name within `ttl_ms`; one
-    /// from the same place (`instance` before its `:`) is the server this one follows.
-    pub fn register_host(&self, h: &Host, ttl_ms: i64) -> Result<Result<Host, Host>> {
+    /// registration while a server in another place still runs under the name (renewed within
+    /// its lease time); one from the same place (`Host::place`) is the server this one follows.
+    pub fn register_host(&self, h: &Host) -> Result<Result<Host, Host>> {
         self.tx(|c| {
             let now = db_now(c)?;
             let other = c.opt(
-                "SELECT name, instance, api, standby_for, started_ms, seen_ms FROM hosts WHERE name = ?1",
+                &format!("SELECT {HOST_COLS} FROM hosts WHERE name = ?1"),
                 &[&h.name],
                 host_row,
             )?;
-            let place = |i: &str| i.split(':').next().unwrap_or_default().to_string();
             if let Some(o) = other
-                && place(&o.instance) != place(&h.instance)
-                && o.seen_ms > now - ttl_ms
+                && o.place() != h.place()
+                && o.running(now)
             {
                 return Ok(Err(o));
             }
             let standby = h.standby_for.join(",");
             c.one(
-                "INSERT INTO hosts (name, instance, api, standby_for, started_ms, seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                 ON CONFLICT (name) DO UPDATE SET instance = excluded.instance, api = excluded.api,
-                    standby_for = excluded.standby_for, started_ms = excluded.started_ms, seen_ms = excluded.seen_ms
-                 RETURNING name, instance, api, standby_for, started_ms, seen_ms",
-                &[&h.name, &h.instance, &h.api, &standby, &now],
+                &format!(
+                    "INSERT INTO hosts ({HOST_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+                     ON CONFLICT (name) DO UPDATE SET instance = excluded.instance, api = excluded.api,
+                        standby_for = excluded.standby_for, started_ms = excluded.started_ms,
+                        seen_ms = excluded.seen_ms, lease_ms = excluded.lease_ms
+                     RETURNING {HOST_COLS}"
+                ),
+                &[&h.name, &h.instance, &h.api, &standby, &now, &h.lease_ms],
                 host_row,
             )
             .map(Ok)
+        })
+    }
+
+    /// Leases held under another name by a server of `place` (the same data directory under a
+    /// new host name: the machine was renamed) pass to `name` — their server is gone, since
+    /// `name`'s holds the directory's lock — and the old name is forgotten.
+    pub fn rename_host(&self, place: &str, name: &str) -> Result<Vec<String>> {
+        self.tx(|c| {
+            let olds: Vec<Host> = c.rows(
+                &format!("SELECT {HOST_COLS} FROM hosts WHERE name <> ?1"),
+                &[&name],
+                host_row,
+            )?;
+            let mut renamed = Vec::new();
+            for o in olds.into_iter().filter(|o| o.place() == place) {
+                c.execute(
+                    "UPDATE leases SET host = ?2, token = token + 1 WHERE host = ?1",
+                    &[&o.name, &name],
+                )?;
+                c.execute("DELETE FROM hosts WHERE name = ?1", &[&o.name])?;
+                renamed.push(o.name);
+            }
+            Ok(renamed)
         })
     }
 
@@ -286,7 +333,7 @@ impl State {
     pub fn hosts(&self) -> Result<Vec<Host>> {
         self.with(|c| {
             c.rows(
-                "SELECT name, instance, api, standby_for, started_ms, seen_ms FROM hosts ORDER BY name",
+                &format!("SELECT {HOST_COLS} FROM hosts ORDER BY name"),
                 &[],
                 host_row,
             )
@@ -336,32 +383,29 @@ impl State {
                 Some(l) => how == Take::IfFree && (l.host.is_empty() || l.expires_ms < now),
             };
             if !free {
-                let held = cur.unwrap_or_else(|| Lease {
-                    project: project.to_string(),
-                    host: String::new(),
-                    token: 0,
-                    expires_ms: 0,
-                    move_to: None,
-                    serving_ms: None,
-                });
-                return Ok(Err(held));
+                return Ok(Err(cur.unwrap_or_else(|| Lease::nobody(project))));
             }
-            let token = cur.as_ref().map_or(1, |l| l.token + 1);
+            let was = cur.as_ref().map_or(0, |l| l.token);
             // A move to this host is done once it holds the lease.
-            let move_to = cur
-                .and_then(|l| l.move_to)
-                .filter(|m| m != host);
-            c.one(
+            let move_to = cur.and_then(|l| l.move_to).filter(|m| m != host);
+            // Only over the row as read: a new lease another host inserted meanwhile (there was
+            // no row to lock) is theirs.
+            let taken = c.opt(
                 &format!(
                     "INSERT INTO leases ({LEASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
                      ON CONFLICT (project) DO UPDATE SET host = excluded.host, token = excluded.token,
                         expires_ms = excluded.expires_ms, move_to = excluded.move_to, serving_ms = NULL
+                     WHERE leases.token = ?6
                      RETURNING {LEASE_COLS}"
                 ),
-                &[&project, &host, &token, &(now + ttl_ms), &move_to],
+                &[&project, &host, &(was + 1), &(now + ttl_ms), &move_to, &was],
                 lease_row,
-            )
-            .map(Ok)
+            )?;
+            match taken {
+                Some(l) => Ok(Ok(l)),
+                None => Ok(Err(locked_lease(c, project, false)?
+                    .unwrap_or_else(|| Lease::nobody(project)))),
+            }
         })
     }
 

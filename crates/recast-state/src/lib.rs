@@ -217,7 +217,8 @@ const MIGRATIONS: &[&str] = &[
     // 7: hosts, and which of them acts for each project (`lease.rs`).
     "CREATE TABLE hosts (
         name TEXT PRIMARY KEY, instance TEXT NOT NULL, api TEXT NOT NULL,
-        standby_for TEXT NOT NULL, started_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL);
+        standby_for TEXT NOT NULL, started_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL);
      CREATE TABLE leases (
         project TEXT PRIMARY KEY, host TEXT NOT NULL, token INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL, move_to TEXT, serving_ms INTEGER);",

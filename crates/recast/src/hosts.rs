@@ -44,12 +44,7 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
     } = cmd;
     let state = recast_server::open_state(data_dir, state.as_deref())?;
     let started = Instant::now();
-    let before = recast_server::engine::request_move(
-        &state,
-        &project,
-        &to,
-        recast_server::engine::LEASE_TIME,
-    )?;
+    let before = recast_server::engine::request_move(&state, &project, &to)?;
     if before.host == to {
         bail!("project {project} is held by host {to} already");
     }
@@ -94,13 +89,12 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
 pub fn list(data_dir: &Path, state: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let state: State = recast_server::open_state(data_dir, state)?;
     let (hosts, leases, now) = (state.hosts()?, state.leases()?, state.db_now_ms()?);
-    let live = |seen: i64| seen > now - recast_server::engine::LEASE_TIME.as_millis() as i64;
     if json {
         let hosts: Vec<serde_json::Value> = hosts
             .iter()
             .map(|h| {
                 serde_json::json!({
-                    "name": h.name, "api": h.api, "running": live(h.seen_ms),
+                    "name": h.name, "api": h.api, "running": h.running(now),
                     "standby_for": h.standby_for.iter().map(|s| if s == "*" { "all" } else { s }).collect::<Vec<_>>(),
                     "projects": leases.iter().filter(|l| l.host == h.name).map(|l| &l.project).collect::<Vec<_>>(),
                 })
@@ -139,7 +133,7 @@ pub fn list(data_dir: &Path, state: Option<&str>, json: bool) -> anyhow::Result<
         output::line(&format!(
             "{} ({}, API {}{standby}): {}",
             h.name,
-            if live(h.seen_ms) {
+            if h.running(now) {
                 "running"
             } else {
                 "not running"

@@ -24,6 +24,11 @@ impl Ctl {
         let moved;
         {
             let mut applying = lock(&self.applying);
+            if let Some(to) = lock(&self.hosting.moving).get(&name) {
+                return Err(ServerError::Conflict(format!(
+                    "project {name} is being moved to host {to}\n  hint: apply there once it serves it (`recast hosts`)"
+                )));
+            }
             if let Some(other) = applying.get(&name) {
                 let started = lock(&self.applies)
                     .get(other)

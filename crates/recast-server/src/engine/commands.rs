@@ -204,21 +204,24 @@ impl Ctl {
                 notes.push(e);
             }
         }
+        // What could not be brought back is in the notes; the guard keeps trying.
         self.restore(None, &mut notes).await?;
         Ok(notes)
     }
 
     /// Bring `only` (else every project this host acts for) back as recorded: interrupted
-    /// rollouts ended, its network, live releases at full strength, routes listening.
+    /// rollouts ended, its network, live releases at full strength, routes listening. Answers
+    /// the services that could not be brought back (said in `notes` too).
     pub(crate) async fn restore(
         self: &Arc<Self>,
         only: Option<&str>,
         notes: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         self.end_interrupted(only, notes)?;
         notes.extend(self.recall_networks(only).await);
-        self.settle_live(only, notes).await?;
-        self.listen_again(only, notes).await
+        let failed = self.settle_live(only, notes).await?;
+        self.listen_again(only, notes).await?;
+        Ok(failed)
     }
 
     /// Whether `project` is one `restore(only)` brings back.
@@ -249,12 +252,7 @@ impl Ctl {
             let recast_runtime::Owner::Service(owner) = inst.owner() else {
                 // Not a service instance: a throwaway one whose command is gone goes.
                 if inst.abandoned() {
-                    let rt = self.rt.clone();
-                    let id = inst.id.clone();
-                    tokio::task::spawn_blocking(move || rt.delete(&inst))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| format!("removing abandoned instance {id}: {e}"))?;
+                    notes.extend(self.delete_instances(vec![inst]).await);
                 }
                 continue;
             };
@@ -270,15 +268,13 @@ impl Ctl {
             };
             let (p, s) = (p.to_string(), s.to_string());
             if !self.state.holds(&p) {
-                notes.push(format!(
-                    "instance {} of {p}/{s} went: this host no longer acts for project {p}",
-                    inst.id
-                ));
-                let rt = self.rt.clone();
-                tokio::task::spawn_blocking(move || rt.delete(&inst))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                let id = inst.id.clone();
+                notes.push(match self.delete_instances(vec![inst]).await.pop() {
+                    None => format!(
+                        "instance {id} of {p}/{s} went: this host no longer acts for project {p}"
+                    ),
+                    Some(e) => format!("instance {id} of {p}/{s}: {e}"),
+                });
                 continue;
             }
             let release = self
@@ -301,11 +297,7 @@ impl Ctl {
                         "instance {} of {p}/{s} has no release {n}",
                         inst.id
                     ));
-                    let rt = self.rt.clone();
-                    tokio::task::spawn_blocking(move || rt.delete(&inst))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
+                    notes.extend(self.delete_instances(vec![inst]).await);
                 }
             }
         }
@@ -371,7 +363,8 @@ impl Ctl {
         self: &Arc<Self>,
         only: Option<&str>,
         notes: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
+        let mut failed = Vec::new();
         for (p, s) in self.state.all_services().map_err(|e| e.to_string())? {
             if !self.restoring(only, &p) {
                 continue;
@@ -397,10 +390,13 @@ impl Ctl {
             };
             match rollout::rollback::settle(&fleet, &run).await {
                 Ok(done) => notes.extend(done.into_iter().map(|d| format!("{p}/{s}: {d}"))),
-                Err(e) => notes.push(format!("could not restore {p}/{s}: {e}")),
+                Err(e) => {
+                    notes.push(format!("could not restore {p}/{s}: {e}"));
+                    failed.push(format!("{p}/{s}: {e}"));
+                }
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Routes the data plane serves as recorded (those it serves already keep listening).

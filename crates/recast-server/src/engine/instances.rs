@@ -62,6 +62,23 @@ impl Ctl {
         Ok(id)
     }
 
+    /// Kill and delete instances at once (no drain: they are out of every routing table or
+    /// their host stops acting for them); answers what failed, each naming its instance.
+    pub(crate) async fn delete_instances(&self, gone: Vec<Instance>) -> Vec<String> {
+        let rt = self.rt.clone();
+        tokio::task::spawn_blocking(move || {
+            gone.iter()
+                .filter_map(|i| {
+                    rt.delete(i)
+                        .err()
+                        .map(|e| format!("deleting instance {}: {e}", i.id))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("deleting instances: {e}")])
+    }
+
     /// Put a running instance under supervision.
     pub(super) fn adopt(
         &self,

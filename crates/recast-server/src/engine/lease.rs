@@ -4,6 +4,7 @@
 
 use super::*;
 use recast_state::{Host, Lease, Take};
+use std::collections::BTreeSet;
 
 /// How this server takes part among hosts.
 #[derive(Debug, Clone)]
@@ -70,6 +71,10 @@ impl HostConfig {
         })
     }
 
+    pub fn stands_by_for(&self, project: &str) -> bool {
+        self.standby_for.iter().any(|s| s == "*" || s == project)
+    }
+
     fn ttl_ms(&self) -> i64 {
         self.lease_time.as_millis() as i64
     }
@@ -97,6 +102,11 @@ pub struct Hosting {
     peers: Mutex<Vec<Host>>,
     /// When the first lease this host stands by for expires, as last read: it looks again then.
     next_look: Mutex<Option<Instant>>,
+    /// Recovery at start is done: until then the keeper renews, watches the deadline and reads
+    /// the hosts, but starts, stops and moves nothing.
+    pub(crate) recovered: AtomicBool,
+    /// Projects being handed over, to which host.
+    pub(crate) moving: Mutex<HashMap<String, String>>,
 }
 
 impl Hosting {
@@ -111,6 +121,8 @@ impl Hosting {
             cut_off: AtomicBool::new(false),
             peers: Mutex::new(Vec::new()),
             next_look: Mutex::new(None),
+            recovered: AtomicBool::new(false),
+            moving: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -163,12 +175,12 @@ impl Ctl {
             standby_for: self.hosting.config.standby_for.clone(),
             started_ms: 0,
             seen_ms: 0,
+            lease_ms: self.hosting.config.ttl_ms(),
         };
-        let ttl = self.hosting.config.ttl_ms();
         let deadline = Instant::now() + self.hosting.config.lease_time + Duration::from_secs(1);
         loop {
             let (state, h2) = (self.state.clone(), h.clone());
-            match off(tokio::task::spawn_blocking(move || state.register_host(&h2, ttl)).await) {
+            match off(tokio::task::spawn_blocking(move || state.register_host(&h2)).await) {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(other)) if Instant::now() >= deadline => {
                     return Err(ServerError::Conflict(format!(
@@ -192,16 +204,25 @@ impl Ctl {
     /// At start: the leases naming this host (a restart, a rebuild on a new machine, a move to
     /// it), and the projects recorded before leases existed.
     pub(crate) async fn claim_leases(&self) -> Result<Vec<String>, String> {
-        let state = self.state.clone();
-        let (leases, services, routes, rollouts) = off(tokio::task::spawn_blocking(move || {
-            Ok::<_, recast_state::Error>((
-                state.leases()?,
-                state.all_services()?,
-                state.routes()?,
-                state.unfinished_rollouts()?,
-            ))
-        })
-        .await)?;
+        let (state, me) = (self.state.clone(), self.me().to_string());
+        let place = self
+            .hosting
+            .instance
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let (renamed, leases, services, routes, rollouts) =
+            off(tokio::task::spawn_blocking(move || {
+                Ok::<_, recast_state::Error>((
+                    state.rename_host(&place, &me)?,
+                    state.leases()?,
+                    state.all_services()?,
+                    state.routes()?,
+                    state.unfinished_rollouts()?,
+                ))
+            })
+            .await)?;
         let mut wanted: BTreeMap<String, Take> = BTreeMap::new();
         for p in services
             .into_iter()
@@ -214,7 +235,15 @@ impl Ctl {
         for l in leases.iter().filter(|l| l.host == self.me()) {
             wanted.insert(l.project.clone(), Take::IfMine);
         }
-        let mut notes = Vec::new();
+        let mut notes: Vec<String> = renamed
+            .into_iter()
+            .map(|old| {
+                format!(
+                    "host {old} is now named {} (same data directory): its projects follow",
+                    self.me()
+                )
+            })
+            .collect();
         // Every lease taken here lasts from after this moment: the keeper's clock starts here,
         // not when the process started (registering may have waited a lease time).
         let claimed = Instant::now();
@@ -252,8 +281,14 @@ impl Ctl {
         })?;
         match self.take(project, Take::IfFree).await? {
             Some(_) => {
-                let mut notes = Vec::new();
-                self.restore(Some(project), &mut notes).await?;
+                let restored = self.restore_quietly(project).await;
+                if let Err(e) = &restored {
+                    self.state.unhold(project);
+                    return Err(format!(
+                        "starting project {project} on host {}: {e}",
+                        self.me()
+                    ));
+                }
                 self.serving(project).await;
                 Ok(())
             }
@@ -308,7 +343,10 @@ impl Ctl {
         std::thread::Builder::new()
             .name("recast-leases".into())
             .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
+                // Two threads, so that a data plane call (`blocking`) never stalls the clock.
+                match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("recast-leases")
                     .enable_all()
                     .build()
                 {
@@ -358,6 +396,12 @@ impl Ctl {
         let peers = lock(&self.hosting.peers).clone();
         for (p, _) in self.state.held() {
             self.state.unhold(&p);
+            // Stop its rollouts here either way: nothing is written from now on.
+            for svc in self.all_svcs().iter().filter(|s| s.project == p) {
+                if lock(&svc.rollout).is_some() {
+                    svc.controls.abort();
+                }
+            }
             let standby = peers
                 .iter()
                 .any(|h| h.name != self.me() && h.stands_by_for(&p));
@@ -403,6 +447,10 @@ impl Ctl {
                 self.hosting.config.cut_off_after().as_secs_f64()
             );
         }
+        // Answered too late to count: the next tick renews again at once.
+        if sent.elapsed() >= self.hosting.config.cut_off_after() {
+            return;
+        }
         *lock(&self.hosting.renewed) = sent;
         if self.hosting.cut_off.swap(false, Ordering::SeqCst) {
             eprintln!("recast: host {}: the state answers again", self.me());
@@ -416,9 +464,16 @@ impl Ctl {
                     l.token
                 );
                 self.state.unhold(&l.project);
-                let ctl = self.clone();
-                tokio::spawn(async move { ctl.stop_project(&l.project, &why, false).await });
-            } else if let Some(to) = l.move_to.clone().filter(|t| t != self.me()) {
+                // During recovery only let go: once recovered, `take_ours` stops what runs of it.
+                if self.hosting.recovered.load(Ordering::SeqCst) {
+                    let ctl = self.clone();
+                    tokio::spawn(async move { ctl.stop_project(&l.project, &why, false).await });
+                }
+            } else if let Some(to) = l
+                .move_to
+                .clone()
+                .filter(|t| t != self.me() && self.hosting.recovered.load(Ordering::SeqCst))
+            {
                 let ctl = self.clone();
                 engine.spawn(async move { ctl.move_out(&l.project, &to).await });
             }
@@ -439,20 +494,27 @@ impl Ctl {
             Ok::<_, recast_state::Error>((state.leases()?, state.hosts()?, state.db_now_ms()?))
         })
         .await)?;
-        // The hosts running now (renewed within a lease time).
-        let ttl = self.hosting.config.ttl_ms();
-        *lock(&self.hosting.peers) = hosts
-            .into_iter()
-            .filter(|h| h.seen_ms > now - ttl)
-            .collect();
-        let standby = |p: &str| {
-            self.hosting
-                .config
-                .standby_for
-                .iter()
-                .any(|s| s == "*" || s == p)
-        };
+        *lock(&self.hosting.peers) = hosts.into_iter().filter(|h| h.running(now)).collect();
+        if !self.hosting.recovered.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let standby = |p: &str| self.hosting.config.stands_by_for(p);
         let held = self.state.held();
+        // Still running here although another host holds it (taken while this one was cut off
+        // and kept serving): it stops now.
+        let local: BTreeSet<String> = self.all_svcs().iter().map(|s| s.project.clone()).collect();
+        for l in leases.iter().filter(|l| {
+            l.host != self.me()
+                && local.contains(&l.project)
+                && !held.iter().any(|(p, _)| *p == l.project)
+        }) {
+            let (ctl, p) = (self.clone(), l.project.clone());
+            let why = format!(
+                "host {} holds it now",
+                if l.host.is_empty() { "nobody" } else { &l.host }
+            );
+            tokio::spawn(async move { ctl.stop_project(&p, &why, false).await });
+        }
         // A standby looks again the moment the first lease it may take expires.
         let first_expiry = leases
             .iter()
@@ -468,9 +530,11 @@ impl Ctl {
             {
                 continue;
             }
+            let expired = !l.host.is_empty() && l.expires_ms < now;
             let how = if l.host == self.me() {
                 Take::IfMine
-            } else if !l.host.is_empty() && l.expires_ms < now && standby(&l.project) {
+            } else if expired && (standby(&l.project) || l.move_to.as_deref() == Some(self.me())) {
+                // A standby's, or a move to this host whose holder died before handing over.
                 Take::IfFree
             } else {
                 continue;
@@ -499,12 +563,7 @@ impl Ctl {
             }
         };
         let started = Instant::now();
-        let mut notes = Vec::new();
-        let done = self.restore(Some(project), &mut notes).await;
-        for n in &notes {
-            eprintln!("recast: project {project}: {n}");
-        }
-        match done {
+        match self.restore_quietly(project).await {
             Ok(()) => {
                 self.serving(project).await;
                 eprintln!(
@@ -519,7 +578,40 @@ impl Ctl {
                     started.elapsed().as_secs_f64()
                 );
             }
-            Err(e) => eprintln!("recast: project {project}: starting it: {e}"),
+            Err(e) => {
+                // Let go here (nothing stops): the next renewal takes it again and retries.
+                self.state.unhold(project);
+                eprintln!(
+                    "recast: project {project}: starting it: {e} (tried again at the next renewal)"
+                );
+            }
+        }
+    }
+
+    /// `restore` of one project with no rollout of it running (any still running here from
+    /// before a cut-off is aborted and waited for, and none starts meanwhile). An error when a
+    /// service could not be brought back.
+    async fn restore_quietly(self: &Arc<Self>, project: &str) -> Result<(), String> {
+        let svcs: Vec<Arc<Svc>> = self
+            .all_svcs()
+            .into_iter()
+            .filter(|s| s.project == project)
+            .collect();
+        for s in svcs.iter().filter(|s| lock(&s.rollout).is_some()) {
+            s.controls.abort();
+        }
+        let mut quiet = Vec::new();
+        for s in &svcs {
+            quiet.push(s.busy.lock().await);
+        }
+        let mut notes = Vec::new();
+        let failed = self.restore(Some(project), &mut notes).await;
+        for n in &notes {
+            eprintln!("recast: project {project}: {n}");
+        }
+        match failed? {
+            f if f.is_empty() => Ok(()),
+            f => Err(format!("could not restore {}", f.join("; "))),
         }
     }
 
@@ -529,6 +621,10 @@ impl Ctl {
     pub(crate) async fn stop_project(self: &Arc<Self>, project: &str, why: &str, drain: bool) {
         let turn = self.hosting.turn(project);
         let _turn = turn.lock().await;
+        // Taken back while this stop waited (the state answered again): nothing to stop.
+        if self.state.held().iter().any(|(p, _)| p == project) {
+            return;
+        }
         self.stop_locked(project, why, drain).await;
     }
 
@@ -547,28 +643,21 @@ impl Ctl {
             self.me()
         );
         for svc in &svcs {
-            svc.controls.abort();
+            if lock(&svc.rollout).is_some() {
+                svc.controls.abort();
+            }
             let ids = svc.ids(|_| true);
             if drain {
                 self.retire(svc, ids).await;
                 continue;
             }
             svc.switch(&[], &ids, Weights::ByCount);
-            let gone: Vec<Live> = std::mem::take(&mut *lock(&svc.live));
-            let rt = self.rt.clone();
-            let stopped = tokio::task::spawn_blocking(move || {
-                gone.iter()
-                    .filter_map(|l| {
-                        rt.delete(&l.inst)
-                            .err()
-                            .map(|e| format!("{}: {e}", l.inst.id))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            for e in stopped {
-                eprintln!("recast: {}: stopping an instance: {e}", svc.key());
+            let gone: Vec<Instance> = std::mem::take(&mut *lock(&svc.live))
+                .into_iter()
+                .map(|l| l.inst)
+                .collect();
+            for e in self.delete_instances(gone).await {
+                eprintln!("recast: {}: {e}", svc.key());
             }
         }
         if let Err(e) = self.serve_routes(project, &[]).await {
@@ -602,10 +691,16 @@ impl Ctl {
                 Err(_) => return,
             }
         }
-        if lock(&self.applying).contains_key(project) {
-            return;
+        {
+            // Under the apply lock: no apply starts from here on (`start_apply` refuses it).
+            let applying = lock(&self.applying);
+            if applying.contains_key(project) {
+                return;
+            }
+            lock(&self.hosting.moving).insert(project.to_string(), to.to_string());
         }
-        drop(guards);
+        // The rollouts' locks are kept until the lease is handed over: no guard round, rollback
+        // or replacement of the project starts meanwhile.
         self.stop_locked(project, &format!("moving to host {to}"), true)
             .await;
         let (state, p, t, ttl) = (
@@ -619,19 +714,21 @@ impl Ctl {
                 "recast: host {}: handed project {project} over to {to}",
                 self.me()
             ),
-            Err(e) => eprintln!("recast: project {project}: handing it over to {to}: {e}"),
+            Err(e) => {
+                // Still held here but stopped: let go, so that the next renewal takes it back
+                // and starts it (and the move is tried again).
+                self.state.unhold(project);
+                eprintln!("recast: project {project}: handing it over to {to}: {e}");
+            }
         }
+        drop(guards);
+        lock(&self.hosting.moving).remove(project);
     }
 }
 
-/// `recast project move`: ask the holder of `project` to hand it to `to`, a registered host
-/// that renewed within `lease_time`. Answers the lease as it was.
-pub fn request_move(
-    state: &State,
-    project: &str,
-    to: &str,
-    lease_time: Duration,
-) -> Result<Lease, ServerError> {
+/// `recast project move`: ask the holder of `project` to hand it to `to`, a running host.
+/// Answers the lease as it was.
+pub fn request_move(state: &State, project: &str, to: &str) -> Result<Lease, ServerError> {
     let lease = state
         .lease(project)?
         .filter(|l| !l.host.is_empty())
@@ -648,7 +745,7 @@ pub fn request_move(
                 known.join(", ")
             )));
         }
-        Some(h) if h.seen_ms < now - lease_time.as_millis() as i64 => {
+        Some(h) if !h.running(now) => {
             return Err(ServerError::Conflict(format!(
                 "host {to} has not renewed its registration for {} s: it is not running\n  hint: start `recast server --host-name {to}` there first",
                 (now - h.seen_ms) / 1000

@@ -84,8 +84,9 @@ fn populate(s: &State) {
         standby_for: vec!["p".into(), "q".into()],
         started_ms: 0,
         seen_ms: 0,
+        lease_ms: 10_000,
     };
-    s.register_host(&h, 10_000).expect("host").expect("new");
+    s.register_host(&h).expect("host").expect("new");
     s.take_lease("p", "a", 10_000, Take::IfFree)
         .expect("lease")
         .expect("free");

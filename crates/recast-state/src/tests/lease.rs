@@ -7,6 +7,8 @@ on_both!(
     a_write_without_the_current_lease_is_refused_naming_project_and_holder,
     a_host_name_in_use_is_refused_until_it_stops_renewing,
     renewal_reports_a_lost_lease_and_a_move_request,
+    a_new_lease_taken_by_two_hosts_at_once_goes_to_one,
+    a_renamed_host_keeps_the_leases_of_its_place,
 );
 
 fn host(name: &str, instance: &str) -> Host {
@@ -17,6 +19,7 @@ fn host(name: &str, instance: &str) -> Host {
         standby_for: vec!["*".into()],
         started_ms: 0,
         seen_ms: 0,
+        lease_ms: 10_000,
     }
 }
 
@@ -124,39 +127,43 @@ fn a_write_without_the_current_lease_is_refused_naming_project_and_holder(db: &T
 
 fn a_host_name_in_use_is_refused_until_it_stops_renewing(db: &TestDb) {
     let s = db.open();
-    s.register_host(&host("a", "one"), 10_000)
+    s.register_host(&host("a", "one"))
         .expect("db")
         .expect("new");
     // The same instance registers again (a retry): fine.
-    s.register_host(&host("a", "one"), 10_000)
+    s.register_host(&host("a", "one"))
         .expect("db")
         .expect("same instance");
     let other = s
-        .register_host(&host("a", "two"), 10_000)
+        .register_host(&host("a", "two"))
         .expect("db")
         .expect_err("in use");
     assert_eq!(other.instance, "one");
     // A clean stop frees the name at once.
     s.host_stopped("a", "one").expect("db");
     let now = s
-        .register_host(&host("a", "two"), 10_000)
+        .register_host(&host("a", "two"))
         .expect("db")
         .expect("free");
     assert_eq!(now.instance, "two");
     assert!(now.seen_ms > 0 && now.stands_by_for("anything"));
-    // A name last renewed longer ago than the lease time is free too.
-    assert!(s.register_host(&host("a", "three"), 0).expect("db").is_ok());
+    // A name last renewed longer ago than its lease time is free too.
+    let mut quick = host("a", "four");
+    quick.lease_ms = 0;
+    s.host_stopped("a", "two").expect("db");
+    s.register_host(&quick).expect("db").expect("free");
+    assert!(s.register_host(&host("a", "five")).expect("db").is_ok());
     assert_eq!(s.hosts().expect("db").len(), 1);
     // A server starting again in the same place (data directory) follows the one before at
     // once, even killed a moment ago; another place waits.
-    s.register_host(&host("b", "dir1:run1"), 10_000)
+    s.register_host(&host("b", "dir1:run1"))
         .expect("db")
         .expect("new");
-    s.register_host(&host("b", "dir1:run2"), 10_000)
+    s.register_host(&host("b", "dir1:run2"))
         .expect("db")
         .expect("same place");
     assert!(
-        s.register_host(&host("b", "dir2:run1"), 10_000)
+        s.register_host(&host("b", "dir2:run1"))
             .expect("db")
             .is_err()
     );
@@ -164,7 +171,7 @@ fn a_host_name_in_use_is_refused_until_it_stops_renewing(db: &TestDb) {
 
 fn renewal_reports_a_lost_lease_and_a_move_request(db: &TestDb) {
     let s = db.open();
-    s.register_host(&host("a", "one"), 10_000)
+    s.register_host(&host("a", "one"))
         .expect("db")
         .expect("new");
     s.act_as("a");
@@ -202,8 +209,48 @@ fn renewal_reports_a_lost_lease_and_a_move_request(db: &TestDb) {
         .expect("named");
     assert_eq!(b.token, q.token + 2);
     // Another instance took the name: renewal says so.
-    s.register_host(&host("a", "two"), 0)
+    s.host_stopped("a", "one").expect("db");
+    s.register_host(&host("a", "two"))
         .expect("db")
-        .expect("expired name");
+        .expect("a free name");
     assert_eq!(s.renew("a", "one", &s.held(), 10_000).expect("db"), None);
+}
+
+fn a_new_lease_taken_by_two_hosts_at_once_goes_to_one(db: &TestDb) {
+    let (x, y) = (db.open(), db.open());
+    let threads: Vec<_> = [(x, "a"), (y, "b")]
+        .into_iter()
+        .map(|(s, h)| {
+            std::thread::spawn(move || {
+                (0..20)
+                    .filter(|i| {
+                        s.take_lease(&format!("p{i}"), h, 10_000, Take::IfFree)
+                            .expect("db")
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let won: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    assert_eq!(won, 20, "each new lease went to exactly one host");
+}
+
+fn a_renamed_host_keeps_the_leases_of_its_place(db: &TestDb) {
+    let s = db.open();
+    s.register_host(&host("old", "dir1:run1"))
+        .expect("db")
+        .expect("new");
+    let l = s
+        .take_lease("p", "old", 10_000, Take::IfFree)
+        .expect("db")
+        .expect("free");
+    assert_eq!(
+        s.rename_host("dir2", "new").expect("db"),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.rename_host("dir1", "new").expect("db"), ["old"]);
+    let moved = s.lease("p").expect("db").expect("row");
+    assert_eq!((moved.host.as_str(), moved.token), ("new", l.token + 1));
+    assert!(s.hosts().expect("db").is_empty());
 }

@@ -563,3 +563,30 @@ fn a_second_server_under_a_host_name_in_use_is_refused_naming_it() {
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn a_server_renamed_on_its_data_directory_keeps_its_projects_and_instances() {
+    // The default host name is the machine's hostname, which changes (a container re-created,
+    // a machine renamed): the data directory, not the name, says whose instances these are.
+    let d = tempfile::tempdir().expect("tmp");
+    let mut s = Server::start_with(d, vec!["--host-name".into(), "before".into()]);
+    let p = Project::new();
+    p.write(r#"MESSAGE = "v1""#, r#"strategy = "rolling""#, "");
+    ok(&s.rc(p.path(), &["apply", "--yes"]));
+    let ids = s.instance_ids();
+    s.kill9();
+    s.args = vec!["--host-name".into(), "after".into()];
+    s.spawn();
+    assert_eq!(s.instance_ids(), ids, "{}", s.logs());
+    assert_eq!(body_now(p.port), "v1 from hello 0.1.0\n");
+    let (h, _, serving) = holder(&s, &project_name(&p));
+    assert_eq!((h.as_deref(), serving), (Some("after"), true));
+    assert!(
+        s.logs().contains("host before is now named after"),
+        "{}",
+        s.logs()
+    );
+    p.write(r#"MESSAGE = "v2""#, r#"strategy = "rolling""#, "");
+    ok(&s.rc(p.path(), &["apply", "--yes"]));
+    assert_eq!(body_now(p.port), "v2 from hello 0.1.0\n");
+}
