@@ -34,14 +34,14 @@ Usage: bench/failover.py [KILLS] [LEASE] [SEED]   (defaults 10, 10 s, the time; 
 cargo build --release -p recast; scripts/build-hello; PostgreSQL 15 server binaries in
 /usr/lib/postgresql/15/bin or $BENCH_PG_BIN; docker-registry, runc, psql)
 """
-import hashlib, json, os, pwd, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import hashlib, json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, free_port
+from pg import PGBIN, Cluster, Interrupted, on_signal, run, shield, wait_until
 
 RECAST = os.path.join(ROOT, "target/release/recast")
 HELLO = os.path.join(ROOT, "examples/hello/dist/hello")
-PGBIN = os.environ.get("BENCH_PG_BIN", "/usr/lib/postgresql/15/bin")
 KILLS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 LEASE = float(sys.argv[2]) if len(sys.argv) > 2 else None  # None: the server's default (10 s)
 SEED = int(sys.argv[3]) if len(sys.argv) > 3 else int(time.time())
@@ -50,37 +50,6 @@ PROJECT = "failover"
 SERVICES = ["web", "api", "admin"]
 POLL = 0.025
 VERBOSE = os.environ.get("BENCH_VERBOSE") == "1"
-
-
-class Interrupted(Exception):
-    pass
-
-
-def on_signal(signum, _frame):
-    raise Interrupted(f"signal {signum}")
-
-
-def shield():
-    """From here on, cleaning up: a second Ctrl-C must not cut it short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def run(cmd, what, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        raise RuntimeError(f"{what}: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def wait_until(what, cond, timeout, alive=None, every=0.05):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if alive is not None and not alive():
-            raise RuntimeError(f"{what}: the process exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(every)
 
 
 def kill(pid, sig=signal.SIGKILL):
@@ -107,55 +76,15 @@ def cmdline(pid):
         return []
 
 
-class Cluster:
-    """A throwaway PostgreSQL cluster: owned by the postgres user, Unix socket only."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="recast-bench-pg-")
-        self.proc = None
-        self.user = []
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-            self.user = [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
-        self.data = os.path.join(self.dir, "data")
-        self.log = os.path.join(self.dir, "log")
-
-    def cmd(self, prog, *args):
-        return ["setpriv", *self.user, "--pdeathsig=INT", os.path.join(PGBIN, prog), *args]
-
-    def start(self):
-        run(self.cmd("initdb", "-D", self.data, "-A", "trust", "-U", "recast", "-E", "UTF8", "--no-locale", "--no-sync"), "initdb")
-        with open(self.log, "w") as log:
-            # Its own session: a terminal's Ctrl-C is for this script, which stops it last.
-            self.proc = subprocess.Popen(self.cmd("postgres", "-D", self.data, "-k", self.dir, "-c", "listen_addresses="),
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        ready = lambda: subprocess.run([os.path.join(PGBIN, "pg_isready"), "-h", self.dir, "-U", "recast", "-d", "postgres", "-q"]).returncode == 0
-        wait_until(f"postgres ready (log {self.log})", ready, 30, lambda: self.proc.poll() is None)
-        run(self.cmd("createdb", "-h", self.dir, "-U", "recast", "recast"), "createdb recast")
-
-    def url(self):
-        return f"postgres://recast@localhost/recast?host={self.dir}"
-
-    def lease(self):
-        """(host, token, expires_ms, serving_ms) of the project's lease, or None."""
-        r = subprocess.run(["psql", "-h", self.dir, "-U", "recast", "-d", "recast", "-XAt", "-F", "|", "-c",
-                            f"SELECT host, token, expires_ms, coalesce(serving_ms, 0) FROM leases WHERE project = '{PROJECT}'"],
-                           capture_output=True, text=True)
-        if r.returncode != 0 or not r.stdout.strip():
-            return None
-        host, token, expires, serving = r.stdout.strip().split("|")
-        return host, int(token), int(expires), int(serving) or None
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def lease_of(cluster):
+    """(host, token, expires_ms, serving_ms) of the project's lease, or None."""
+    r = subprocess.run(["psql", "-h", cluster.dir, "-U", "recast", "-d", "recast", "-XAt", "-F", "|", "-c",
+                        f"SELECT host, token, expires_ms, coalesce(serving_ms, 0) FROM leases WHERE project = '{PROJECT}'"],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    host, token, expires, serving = r.stdout.strip().split("|")
+    return host, int(token), int(expires), int(serving) or None
 
 
 class Registry:
@@ -416,7 +345,7 @@ class LeaseWatch(threading.Thread):
         while not self.stop and time.monotonic() < self.after:
             time.sleep(0.01)
         while not self.stop:
-            l = self.cluster.lease()
+            l = lease_of(self.cluster)
             if l and l[1] != self.old:
                 host, token, expires, serving = l
                 if self.token != token:  # first sight of the new lease: not renewed yet (renewals are lease/5 apart)
@@ -447,6 +376,7 @@ def main():
     code = 0
     try:
         cluster.start()
+        cluster.createdb("recast")
         registry.start()
         hosts = [Host("host-a", base, cluster.url()), Host("host-b", base, cluster.url())]
         for h in hosts:
@@ -465,7 +395,7 @@ def main():
         by_name = {h.name: h for h in hosts}
         rows = []
         for k in range(KILLS):
-            lease = cluster.lease()
+            lease = lease_of(cluster)
             if not lease or lease[0] not in by_name or not lease[3]:
                 raise RuntimeError(f"before kill {k + 1}: the project's lease is {lease}, not held and serving")
             holder, old_token = by_name[lease[0]], lease[1]
@@ -481,7 +411,7 @@ def main():
             to_mono = lambda wall: t_kill + (wall - wall_kill)
             # A renewal in flight when the server died may still commit: read the expiry a moment later.
             time.sleep(0.1)
-            lease = cluster.lease()
+            lease = lease_of(cluster)
             expiry = to_mono(lease[2] / 1000)
             if lease[1] != old_token:
                 odd.append(f"kill {k + 1}: the lease changed hands within 0.1 s of the kill: {lease}")
@@ -506,7 +436,7 @@ def main():
             t_all = max(first.values())
             watch.join(30)
             watch.stop = True
-            lease = cluster.lease()
+            lease = lease_of(cluster)
             line = standby.since(t_kill, rf"acting for project {PROJECT} \(from .*serving after")
             pulled = bool(standby.since(t_kill, r"pulled image"))
             if early:

@@ -25,96 +25,21 @@ cargo build --release -p recast && cargo build --release -p recast-server --exam
 scripts/build-hello;
 PostgreSQL 15 server binaries in /usr/lib/postgresql/15/bin or $BENCH_PG_BIN)
 """
-import json, os, pwd, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, free_port
+from pg import PGBIN, Cluster, Interrupted, on_signal, run, shield, wait_until
 
 RECAST = os.path.join(ROOT, "target/release/recast")
 SEED = os.path.join(ROOT, "target/release/examples/seed")
 HELLO = os.path.join(ROOT, "examples/hello/dist/hello")
-PGBIN = os.environ.get("BENCH_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_SYNC = os.environ.get("BENCH_PG_SYNC", "on")
 PLANS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 APPLIES = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 N = 1000
 HISTORY = 3  # releases recorded per service before the plan
 VERBOSE = os.environ.get("BENCH_VERBOSE") == "1"
-
-
-class Interrupted(Exception):
-    pass
-
-
-def on_signal(signum, _frame):
-    raise Interrupted(f"signal {signum}")
-
-
-def shield():
-    """From here on, cleaning up: a second Ctrl-C must not cut it short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def run(cmd, what, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        raise RuntimeError(f"{what}: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def wait_until(what, cond, timeout, alive=None):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if alive is not None and not alive():
-            raise RuntimeError(f"{what}: the process exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
-class Cluster:
-    """A throwaway PostgreSQL cluster: owned by the postgres user, Unix socket only."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="recast-bench-pg-")
-        self.proc = None
-        self.user = []
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-            self.user = [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
-        self.data = os.path.join(self.dir, "data")
-        self.log = os.path.join(self.dir, "log")
-
-    def cmd(self, prog, *args):
-        return ["setpriv", *self.user, "--pdeathsig=INT", os.path.join(PGBIN, prog), *args]
-
-    def start(self):
-        run(self.cmd("initdb", "-D", self.data, "-A", "trust", "-U", "recast", "-E", "UTF8", "--no-locale", "--no-sync"), "initdb")
-        settings = ["-c", "listen_addresses=", "-c", f"synchronous_commit={PG_SYNC}"]
-        with open(self.log, "w") as log:
-            # Its own session: a terminal's Ctrl-C is for this script, which stops it last.
-            self.proc = subprocess.Popen(self.cmd("postgres", "-D", self.data, "-k", self.dir, *settings),
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        ready = lambda: subprocess.run([os.path.join(PGBIN, "pg_isready"), "-h", self.dir, "-U", "recast", "-d", "postgres", "-q"]).returncode == 0
-        wait_until(f"postgres ready (log {self.log})", ready, 30, lambda: self.proc.poll() is None)
-
-    def createdb(self, name):
-        run(self.cmd("createdb", "-h", self.dir, "-U", "recast", name), f"createdb {name}")
-
-    def url(self, db):
-        return f"postgres://recast@localhost/{db}?host={self.dir}"
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Server:
@@ -421,7 +346,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     d = tempfile.mkdtemp(prefix="recast-bench-state-")
-    cluster = Cluster()
+    cluster = Cluster([f"synchronous_commit={PG_SYNC}"])
     try:
         cluster.start()
         plan_t, copied = bench_plan(d, cluster)
