@@ -384,10 +384,10 @@ impl Ctl {
         }
     }
 
-    /// Stop acting for every project held: writes stop at once (its leases are let go here);
-    /// instances stop where a standby may take the project, and keep serving otherwise (no host
-    /// could start them elsewhere; when the state answers again this host takes its leases
-    /// back, or stops them if another host took one).
+    /// Stop acting for every project held: writes stop at once (its leases are let go here) and
+    /// its rollouts are aborted; instances stop where a running host stands by for the project,
+    /// and keep serving, undriven, otherwise — when the state answers again this host takes its
+    /// leases back, or stops a project another host took meanwhile (`take_ours`).
     async fn cut_off(self: &Arc<Self>, why: &str) {
         eprintln!(
             "recast: host {}: {why}: acting for no project until the state answers",
@@ -455,8 +455,18 @@ impl Ctl {
         if self.hosting.cut_off.swap(false, Ordering::SeqCst) {
             eprintln!("recast: host {}: the state answers again", self.me());
         }
+        let current = self.state.held();
         for l in rows {
             let token = held.iter().find(|(p, _)| *p == l.project).map(|(_, t)| *t);
+            // Taken again or let go while this renewal ran: its row says nothing about that.
+            if current
+                .iter()
+                .find(|(p, _)| *p == l.project)
+                .map(|(_, t)| *t)
+                != token
+            {
+                continue;
+            }
             if l.host != self.me() || Some(l.token) != token {
                 let why = format!(
                     "its lease passed to {} (token {})",
