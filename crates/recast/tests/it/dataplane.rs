@@ -428,10 +428,15 @@ fn killed_around_a_blue_green_switch_one_release_serves_and_no_request_fails() {
     for n in 2..=6 {
         p.write(&env(n), rollout, "");
         ok(&server.rc(p.path(), &["apply", "--yes", "--detach"]));
+        // Green healthy and waiting its 300 ms — or switched already, when a status read took
+        // longer than that window (a loaded machine): the kill then comes just after the switch.
         wait_for("green to be healthy", 20, || {
-            status(&server, &p)["services"][0]["rollout"]
+            let st = status(&server, &p);
+            let svc = &st["services"][0];
+            svc["rollout"]
                 .as_str()
                 .is_some_and(|r| r.contains("green healthy; promoting in"))
+                || svc["current_release"].as_i64() == Some(n)
         });
         // The switch is at most 300 ms from here (status is read late): kill around it.
         let delay = rng.ms(0, 450);
