@@ -14,7 +14,7 @@ mod pg;
 pub use copy::{CopyReport, TableCount};
 use db::{Db, DbErr, Dialect, Lite, Row};
 use lease::Scope;
-pub use lease::{Host, Lease, Take};
+pub use lease::{Host, Lease, Take, place_of};
 pub use pg::redact_url;
 pub use recast_api::v1::{ReleaseOutcome, RolloutState, RouteProtocol, UnknownValue};
 use rusqlite::Connection;
@@ -481,7 +481,12 @@ impl State {
             Backend::Sqlite(conn) => {
                 let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
                 let mut run = |conn: &mut Connection| -> Result<T, DbErr> {
-                    let t = conn.transaction()?;
+                    // Immediate: the write lock is taken (waiting up to the busy timeout) before
+                    // the first read, so a transaction that reads then writes never fails with
+                    // "database is locked" when another process (a second server on the same
+                    // file) wrote meanwhile.
+                    let t = conn
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     let v = f(&mut Lite(&t))?;
                     t.commit()?;
                     Ok(v)
