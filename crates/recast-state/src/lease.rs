@@ -40,10 +40,16 @@ impl Host {
         self.seen_ms > now - self.lease_ms
     }
 
-    /// Where it runs: the data directory's id, the part of `instance` before its `:`.
+    /// Where it runs ([`place_of`] its `instance`).
     pub fn place(&self) -> &str {
-        self.instance.split(':').next().unwrap_or_default()
+        place_of(&self.instance)
     }
+}
+
+/// Where a registration's server runs: the data directory's id, the part of its `instance`
+/// (`PLACE:RUN`) before the `:`.
+pub fn place_of(instance: &str) -> &str {
+    instance.split(':').next().unwrap_or_default()
 }
 
 /// Who acts for a project, until when, and the fencing token of that holding.

@@ -133,9 +133,14 @@ impl Hosting {
 /// new random id (the name then waits out the earlier registration like any other).
 fn dir_id(dir: &DataDir) -> String {
     let path = dir.host_id();
-    if let Ok(id) = std::fs::read_to_string(&path)
+    // At most 65 bytes read: a longer file is not one recast wrote.
+    let mut buf = Vec::new();
+    let read = std::fs::File::open(&path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 65), &mut buf));
+    if read.is_ok()
+        && let Ok(id) = std::str::from_utf8(&buf)
         && !id.trim().is_empty()
-        && id.len() <= 64
+        && buf.len() <= 64
     {
         return id.trim().to_string();
     }
@@ -205,13 +210,7 @@ impl Ctl {
     /// it), and the projects recorded before leases existed.
     pub(crate) async fn claim_leases(&self) -> Result<Vec<String>, String> {
         let (state, me) = (self.state.clone(), self.me().to_string());
-        let place = self
-            .hosting
-            .instance
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let place = recast_state::place_of(&self.hosting.instance).to_string();
         let (renamed, leases, services, routes, rollouts) =
             off(tokio::task::spawn_blocking(move || {
                 Ok::<_, recast_state::Error>((

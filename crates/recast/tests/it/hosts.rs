@@ -62,6 +62,16 @@ fn holder(s: &Server, project: &str) -> (Option<String>, i64, bool) {
     )
 }
 
+/// How long `project`'s lease has left, in milliseconds, as `recast hosts --json` says.
+fn expires_in(s: &Server, project: &str) -> i64 {
+    let v = json(&s.rc(Path::new("/"), &["hosts", "--json"]));
+    v["leases"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["project"] == project))
+        .and_then(|l| l["expires_in_ms"].as_i64())
+        .unwrap_or(0)
+}
+
 /// The body the route answers now, or `None` when nothing answers.
 fn answer(port: u16) -> Option<String> {
     Some(body_now(port)).filter(|b| !b.is_empty())
@@ -388,8 +398,15 @@ fn a_host_cut_off_from_postgres_stops_before_a_standby_starts_the_project() {
     with_registry(&p, &format!("{}/hosts", registry.addr));
     ok(&a.rc(p.path(), &["apply", "--yes"]));
     assert_eq!(running(&a), 3);
-    // b's registration is seen by a (a stops its instances only when a standby may take over).
-    std::thread::sleep(Duration::from_secs(LEASE / 2));
+    // a has renewed since b registered, so it has read b as a running standby (a stops its
+    // instances only when a standby may take over): its lease's expiry moved on.
+    let before = expires_in(&a, &name);
+    let asked = Instant::now();
+    wait_for("a to renew after b registered", LEASE, || {
+        // The absolute expiry (time left + time since `before`) moves on by about the renewal
+        // period (2 s) with each renewal; the reads' latency is well under 500 ms.
+        expires_in(&a, &name) + asked.elapsed().as_millis() as i64 > before + 500
+    });
 
     relay.cut.store(true, Ordering::SeqCst);
     let cut = Instant::now();
