@@ -485,8 +485,8 @@ impl State {
                     // the first read, so a transaction that reads then writes never fails with
                     // "database is locked" when another process (a second server on the same
                     // file) wrote meanwhile.
-                    let t = conn
-                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let t =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     let v = f(&mut Lite(&t))?;
                     t.commit()?;
                     Ok(v)
