@@ -8,6 +8,8 @@
 //!   server.json (+ .tmp)     where the running server listens, for the CLI
 //!   server.lock              held (flock) by the running server
 //!   token                    the API token (0600)
+//!   secrets.key              the key that seals secrets in the state (0600, see
+//!                            [`DataDir::secrets_key`])
 //!   dataplane.sock           the data plane's control socket (0600); dataplane.log its output
 //!   instances/<id>/          one instance: its record, overlay, logs, netns
 //!   instances/.creating-<id>.<pid>  an instance being created by process <pid> (renamed to
@@ -113,6 +115,12 @@ impl DataDir {
     /// `token`: the API token.
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
+    }
+
+    /// `secrets.key`: the key that seals secrets kept in the state (0600, 64 hex digits). Every
+    /// host that runs the same projects on the same state needs the same file.
+    pub fn secrets_key(&self) -> PathBuf {
+        self.root.join("secrets.key")
     }
 
     /// `dataplane.sock`: the data plane's control socket (0600).
@@ -371,6 +379,7 @@ mod tests {
         assert_eq!(d.server_info_tmp(), p("server.json.tmp"));
         assert_eq!(d.server_lock(), p("server.lock"));
         assert_eq!(d.token(), p("token"));
+        assert_eq!(d.secrets_key(), p("secrets.key"));
         assert_eq!(
             d.instance("web-r1-0a1b2c3d").expect("a valid name"),
             p("instances/web-r1-0a1b2c3d")

@@ -201,6 +201,77 @@ pub struct Health {
 pub struct ApplyRequest {
     /// The spec file or directory to apply (absolute, on the server's machine).
     pub path: String,
+    /// The environment and variable values to load it with.
+    #[serde(default)]
+    pub inputs: Inputs,
+    /// The values of the secrets the spec's services use, read by the CLI.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, SecretValue>,
+    /// `recast promote-release`: deploy only this service, at the image live in another
+    /// environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<Promotion>,
+}
+
+/// What a spec is loaded with besides its files: the environment and variable values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// `--env NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Values in precedence order, lowest first: `RECAST_VAR_*`, then `--var-file`s, then `-var`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vars: Vec<VarValue>,
+}
+
+/// One value given for a variable, and where it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VarValue {
+    pub name: String,
+    /// As written: raw text from `-var`/`RECAST_VAR_*` (converted by the variable's type), or an
+    /// HCL expression from a var file or an environment block.
+    pub value: String,
+    /// `-var NAME`, `RECAST_VAR_NAME`, or `FILE:LINE:COLUMN` of a var file.
+    pub from: String,
+    /// `value` is an HCL expression, not raw text.
+    #[serde(default)]
+    pub hcl: bool,
+}
+
+/// A secret's value on the wire (hex of its bytes); never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(bytes: &[u8]) -> SecretValue {
+        SecretValue(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The bytes, or `None` when the hex is malformed.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        let s = self.0.as_bytes();
+        if !s.len().is_multiple_of(2) {
+            return None;
+        }
+        s.chunks(2)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(..)")
+    }
+}
+
+/// `recast promote-release SERVICE --from ENV`: the service's image as live in `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub service: String,
+    /// The environment it comes from.
+    pub from: String,
 }
 
 /// `202 Accepted`: the apply runs; follow it at `/v1/applies/{apply}`.
@@ -827,6 +898,9 @@ mod tests {
         for req in [
             serde_json::to_value(ApplyRequest {
                 path: "/srv/shop".into(),
+                inputs: Inputs::default(),
+                secrets: Default::default(),
+                promote: None,
             }),
             serde_json::to_value(ControlRequest {
                 service: "web".into(),
@@ -835,6 +909,18 @@ mod tests {
         ] {
             assert!(req.expect("json").is_object());
         }
+        let a: ApplyRequest =
+            serde_json::from_value(json!({ "path": "/srv/shop" })).expect("apply");
+        assert_eq!(
+            (a.inputs, a.secrets.len(), a.promote),
+            (Inputs::default(), 0, None)
+        );
+        let secret = SecretValue::new(b"s3cr3t\0");
+        assert_eq!(secret.bytes().as_deref(), Some(&b"s3cr3t\0"[..]));
+        assert!(
+            !format!("{secret:?}").contains("73"),
+            "Debug shows no value"
+        );
         let e = serde_json::from_value::<ApplyRequest>(json!({})).expect_err("no path");
         assert!(e.to_string().contains("missing field `path`"), "{e}");
     }

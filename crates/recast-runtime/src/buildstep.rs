@@ -466,6 +466,8 @@ fn step_instance_spec(id: &str, req: &RunRequest<'_>, private: bool) -> Instance
         image: recast_image::Digest::of(b""),
         image_name: req.what.clone(),
         env: Default::default(),
+        secret_env: Default::default(),
+        secret_files: Vec::new(),
         port: 0,
         network: if private {
             Network::Private

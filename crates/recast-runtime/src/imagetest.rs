@@ -67,6 +67,8 @@ fn run_checks(
         image: digest.clone(),
         image_name: format!("{}:latest", image.name),
         env: Default::default(),
+        secret_env: Default::default(),
+        secret_files: Vec::new(),
         port: test.port,
         network: Network::Private,
         volumes: Vec::new(),

@@ -18,6 +18,7 @@ pub mod imagetest;
 pub mod logs;
 mod network;
 mod rootfs;
+mod secrets;
 pub mod signals;
 mod spec;
 mod sys;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use network::{Attach, GATEWAY, ProjectNetwork};
 pub use recast_spec::Network;
+pub use secrets::SecretFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,8 +71,8 @@ pub const DEFAULT_PIDS: i64 = 1024;
 pub const USERNS_HOST_ID: u32 = 2_000_000_000;
 pub const USERNS_SIZE: u32 = 65_536;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run. Its `Debug` never shows a secret value.
+#[derive(Clone)]
 pub struct InstanceSpec {
     /// Unique, `[a-z0-9-]`; see [`new_id`].
     pub id: String,
@@ -79,6 +81,12 @@ pub struct InstanceSpec {
     pub image_name: String,
     /// Environment on top of the image's (`PORT` is added last).
     pub env: BTreeMap<String, String>,
+    /// Environment whose values are secrets: given to the process, never written to disk in
+    /// plain text (see `secrets.rs`). A secret variable replaces a plain one of the same name.
+    pub secret_env: BTreeMap<String, String>,
+    /// Files with secret content, mounted read-only at their `path` inside the instance from a
+    /// tmpfs, owned by the instance's user.
+    pub secret_files: Vec<SecretFile>,
     /// The port the app listens on inside a private namespace. With host networking, 0 means
     /// "pick a free port".
     pub port: u16,
@@ -137,6 +145,12 @@ pub struct Instance {
     pub address: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_network: Option<String>,
+    /// The names of its secret environment variables (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
+    /// Where secret files are bound inside it: mount points, not part of its image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_mounts: Vec<String>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -350,6 +364,8 @@ impl Runtime {
             )));
         }
         let bad_id = |e| Error::msg(format!("cannot start instance {:?}: {e}", spec.id));
+        secrets::check(spec)
+            .map_err(|e| Error::msg(format!("cannot start instance {:?}: {e}", spec.id)))?;
         let dir = self.data_dir.instance(&spec.id).map_err(bad_id)?;
         let creating = self
             .data_dir
@@ -385,6 +401,8 @@ impl Runtime {
             stop_timeout_ms: spec.stop_timeout.as_millis().min(u64::MAX as u128) as u64,
             address: None,
             project_network: None,
+            secret_names: Vec::new(),
+            secret_mounts: Vec::new(),
             dir: creating.clone(),
         };
         // The record first, then the directory under its name: a recovery never sees an
@@ -495,9 +513,15 @@ impl Runtime {
                 serde_json::json!({"destination": at, "type": "bind", "source": host, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
             }));
         }
+        // With secrets, runc reads the real spec from a tmpfs (detached once the container
+        // exists) and the instance directory keeps it with placeholders (`secrets.rs`).
+        let mut staged = secrets::stage(spec, inst, &mut config, (host_uid, host_gid))?;
         // The spec holds the service's environment: private (0600). Its hash is kept in
         // instance.json, so the guard can tell when it is changed (`config_drift`).
-        let config_bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        let config_bytes = match &staged {
+            Some(s) => s.disk_config().to_vec(),
+            None => serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        };
         inst.config_blake3 = Some(blake3::hash(&config_bytes).to_hex().to_string());
         write_private(&dir.join("config.json"), &config_bytes).map_err(|e| {
             Error::io(
@@ -505,28 +529,36 @@ impl Runtime {
                 e,
             )
         })?;
-        self.start_instance(spec, inst, &of, joined)?;
+        self.start_instance(spec, inst, &of, joined, staged.as_mut())?;
         inst.phase = "running".into();
         save(inst)
     }
 
     /// Start the container. A namespace runc makes (in a user namespace) is pinned once it
     /// exists, and plugged into the project network between `runc create` and `runc start`; one
-    /// recast made is plugged in before `runc run`.
+    /// recast made is plugged in before `runc run`. Secrets (`staged`) are runc's bundle, and
+    /// detached from the host as soon as runc has made the container.
     fn start_instance(
         &self,
         spec: &InstanceSpec,
         inst: &mut Instance,
         of: &str,
         joined: Option<&Attach>,
+        staged: Option<&mut secrets::Staged>,
     ) -> Result<()> {
         let runc_makes_netns = spec.network == Network::Private && spec.user_namespace;
         let late = runc_makes_netns && joined.is_some();
         if let (Some(at), false) = (joined, late) {
             self.plug(inst, at)?;
         }
-        let pid = self.start_runc(inst, of, !late)?;
+        let bundle = staged
+            .as_ref()
+            .map_or_else(|| inst.dir.clone(), |s| s.bundle().to_path_buf());
+        let pid = self.start_runc(inst, &bundle, of, !late)?;
         inst.pid = Some(pid);
+        if let Some(s) = staged {
+            s.finish(&inst.id)?;
+        }
         if runc_makes_netns {
             sys::pin_netns(pid, &inst.netns()).map_err(|e| {
                 Error::io(
@@ -649,10 +681,11 @@ impl Runtime {
         Ok(volumes)
     }
 
-    /// Start the instance prepared in its directory with `runc run --detach`, its output
-    /// appended to its logs; returns its pid. A failure quotes the end of its stderr log.
-    /// `runc run --detach` (`run`), or `runc create` to be followed by [`Runtime::runc_start`].
-    fn start_runc(&self, inst: &Instance, of: &str, run: bool) -> Result<i32> {
+    /// Start the instance prepared in its directory (its runtime spec in `bundle`) with `runc run
+    /// --detach`, its output appended to its logs; returns its pid. A failure quotes the end of
+    /// its stderr log. `runc run --detach` (`run`), or `runc create` to be followed by
+    /// [`Runtime::runc_start`].
+    fn start_runc(&self, inst: &Instance, bundle: &Path, of: &str, run: bool) -> Result<i32> {
         let dir = &inst.dir;
         let open_log = |p: PathBuf| {
             fs::OpenOptions::new()
@@ -669,7 +702,7 @@ impl Runtime {
             } else {
                 &["create", "--bundle"][..]
             })
-            .arg(dir)
+            .arg(bundle)
             .arg("--pid-file")
             .arg(dir.join("pid"))
             .arg(&inst.id)
@@ -766,6 +799,11 @@ impl Runtime {
     /// Remove everything of the instance but its volumes: container, cgroup, mounts, namespace,
     /// files. Kills it first if it still runs.
     pub fn delete(&self, inst: &Instance) -> Result<()> {
+        // First, so that no later failure leaves secrets mounted on the host (it is detached
+        // once the container exists; this covers a creator that died before).
+        let secrets = secrets::dir_of(&inst.dir);
+        sys::unmount(&secrets)
+            .map_err(|e| Error::io(format!("unmounting {}", secrets.display()), e))?;
         if let Some(pid) = inst.pid
             && self.state(inst) == State::Running
         {
@@ -816,10 +854,14 @@ impl Runtime {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<(i32, String)> {
-        let mut child = self
-            .runc()
-            .args(["exec", &inst.id])
-            .args(cmd)
+        // An instance with secrets has no bundle left: its process comes from a file in memory.
+        let process = secrets::exec_process(inst, cmd)?;
+        let mut runc = self.runc();
+        match &process {
+            Some(f) => runc.args(["exec", "--process", &secrets::fd_path(f), &inst.id]),
+            None => runc.args(["exec", &inst.id]).args(cmd),
+        };
+        let mut child = runc
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -918,6 +960,8 @@ impl Runtime {
                     stop_timeout_ms: 0,
                     address: None,
                     project_network: None,
+                    secret_names: Vec::new(),
+                    secret_mounts: Vec::new(),
                     dir,
                 };
                 // Whose it was is unknown: only a caller that claims unknown owners (the

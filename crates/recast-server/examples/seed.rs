@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             digest: &digest,
             image: &svc.image,
             spec: &json,
-            spec_hash: &canonical_hash(svc, &digest, &svc.image),
+            spec_hash: &canonical_hash(svc, &digest, &svc.image, &Default::default()),
             by: "seed",
         })?;
         state.set_outcome(

@@ -31,8 +31,10 @@ mod images;
 mod instances;
 mod lease;
 mod network;
+mod secrets;
 mod stateful;
 pub use lease::{HostConfig, Hosting, LEASE_TIME, request_move};
+pub use secrets::ApplyInput;
 pub use stateful::{KEEP_SNAPSHOTS, RestorePlan, VolumeInfo};
 
 /// How long a removed instance may take to finish its requests before it is stopped anyway,
@@ -60,6 +62,8 @@ pub struct Run {
     pub service: Service,
     /// Where the image can be pulled from when the store lacks it (`engine/images.rs`).
     pub source: Option<crate::record::ImageSource>,
+    /// The secrets its service uses, sealed (`engine/secrets.rs`).
+    pub secrets: BTreeMap<String, crate::record::SealedSecret>,
 }
 
 impl Run {
@@ -78,6 +82,7 @@ impl Run {
             image_name: format!("{}:latest", record.image),
             service,
             source: record.registry,
+            secrets: record.secrets,
         })
     }
 }
@@ -332,6 +337,8 @@ pub struct Ctl {
     images: images::Images,
     /// This server among hosts: the projects it acts for (`lease.rs`).
     pub hosting: Hosting,
+    /// The key for secrets (`crate::sealed`), opened on first use.
+    keyring: std::sync::OnceLock<Result<crate::sealed::Keyring, String>>,
 }
 
 fn key(project: &str, service: &str) -> String {
@@ -366,6 +373,7 @@ impl Ctl {
             networks: Mutex::new(HashMap::new()),
             images: images::Images::default(),
             hosting: Hosting::new(host, &DataDir::new(data_dir)),
+            keyring: std::sync::OnceLock::new(),
         })
     }
 
@@ -393,11 +401,18 @@ impl Ctl {
             .clone()
     }
 
+    /// The service `service` of `project`; `project` may be `@ENV`: its project in that
+    /// environment (`recast … --env ENV`).
     pub fn find_svc(&self, project: Option<&str>, service: &str) -> Result<Arc<Svc>, ServerError> {
         let svcs = lock(&self.svcs);
+        let in_project = |s: &Svc| match project {
+            None => true,
+            Some(p) if p.starts_with('@') => s.project.ends_with(p),
+            Some(p) => s.project == p,
+        };
         let found: Vec<&Arc<Svc>> = svcs
             .values()
-            .filter(|s| s.name == service && project.is_none_or(|p| s.project == p))
+            .filter(|s| s.name == service && in_project(s))
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
@@ -405,9 +420,21 @@ impl Ctl {
                 Some(elsewhere) => ServerError::Conflict(elsewhere),
                 None => ServerError::NotFound(format!("no service \"{service}\" is deployed")),
             }),
-            _ => Err(ServerError::Invalid(format!(
-                "service \"{service}\" exists in several projects; name the project"
-            ))),
+            many => {
+                let envs = many.iter().any(|s| s.project.contains('@'));
+                Err(ServerError::Invalid(format!(
+                    "service \"{service}\" exists in several projects ({}); {}",
+                    many.iter()
+                        .map(|s| s.project.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if envs {
+                        "choose one with --env ENV"
+                    } else {
+                        "name the project"
+                    }
+                )))
+            }
         }
     }
 

@@ -588,6 +588,8 @@ fn scan_one(
     exclude.extend(run.service.volumes.iter().map(|v| v.mount.clone()));
     exclude.extend(run.service.tmpfs.iter().cloned());
     exclude.extend(inst.bound_files().iter().map(|f| f.to_string()));
+    // The mount points of secret files (on a tmpfs, not in the image).
+    exclude.extend(inst.secret_mounts.iter().cloned());
     let (files, stats) = recast_guard::scan(&inst.rootfs(), index, &exclude, mode, trusted)
         .map_err(|e| format!("scanning instance {}: {e}", inst.id))?;
     findings.extend(files);

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod project;
 pub mod record;
 pub mod rollout;
+pub mod sealed;
 
 use engine::Ctl;
 pub use error::ServerError;

@@ -8,7 +8,7 @@
 //! model, has the same canonical hash as the spec (see [`crate::record`]): a field the model
 //! gained since the release was recorded takes its default on both sides and changes nothing.
 
-use crate::record::{RecordError, ReleaseRecord, canonical_hash};
+use crate::record::{RecordError, ReleaseRecord, canonical_hash, secret_digests};
 use recast_spec::{Project, Protocol as RouteProtocol, Service};
 use recast_state::State;
 use serde::Serialize;
@@ -22,6 +22,8 @@ pub struct Current {
     pub image: String,
     /// The release's record decoded into the current spec model.
     pub service: Service,
+    /// The keyed digests of the secrets it uses, by name.
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl Current {
@@ -34,13 +36,14 @@ impl Current {
         Ok(Current {
             number,
             service: record.service()?,
+            secrets: secret_digests(&record.secrets),
             digest: record.digest,
             image: record.image,
         })
     }
 
     fn hash(&self) -> String {
-        canonical_hash(&self.service, &self.digest, &self.image)
+        canonical_hash(&self.service, &self.digest, &self.image, &self.secrets)
     }
 }
 
@@ -53,6 +56,78 @@ pub struct Recorded {
     pub last_numbers: BTreeMap<String, i64>,
     /// Each route of the project: name → (listen address, service, protocol).
     pub routes: BTreeMap<String, (String, String, RouteProtocol)>,
+    /// With `require { promoted_from }`: how long each image digest of each service was live in
+    /// that environment.
+    pub soak: Option<Soak>,
+}
+
+/// What an environment's `require` block asks, and what the state says of it.
+#[derive(Debug, Clone, Default)]
+pub struct Soak {
+    /// The environment images must come from, and for how long they must have been live there.
+    pub from: String,
+    pub need: std::time::Duration,
+    /// (service, digest) → the longest time it was the live release there (up to now).
+    pub live: BTreeMap<(String, String), std::time::Duration>,
+}
+
+impl Soak {
+    /// Whether `digest` of `service` satisfies the requirement: `Ok(line for the plan)` or
+    /// `Err(why not)`.
+    pub fn check(&self, service: &str, digest: &str) -> Result<String, String> {
+        let from = &self.from;
+        match self.live.get(&(service.to_string(), digest.to_string())) {
+            Some(d) if *d >= self.need => Ok(format!(
+                "digest {} verified in {from} for {}",
+                short(digest),
+                dur(*d)
+            )),
+            Some(d) => Err(format!(
+                "digest {} has been live in {from} for {}; this environment requires {} (require.soak)",
+                short(digest),
+                dur(*d),
+                dur(self.need)
+            )),
+            None => Err(format!(
+                "digest {} of service {service} has never been live in {from}; this environment requires it (require.promoted_from)",
+                short(digest)
+            )),
+        }
+    }
+}
+
+/// How long each (service, digest) was the live release of `project`, at the longest: a
+/// release is live from the end of its successful rollout until the next successful release of
+/// the service (or now, while it is current); releases rolled back never count.
+pub fn live_times(
+    state: &State,
+    project: &str,
+    now_ms: i64,
+) -> Result<BTreeMap<(String, String), std::time::Duration>, recast_state::Error> {
+    let current = state.current_releases(project)?;
+    let mut out = BTreeMap::new();
+    for service in current.keys() {
+        let rows = state.releases(project, service)?;
+        let live: Vec<&recast_state::Release> = rows
+            .iter()
+            .filter(|r| r.outcome == recast_api::v1::ReleaseOutcome::Succeeded)
+            .collect();
+        for (i, r) in live.iter().enumerate() {
+            let Some(from) = r.finished_ms else { continue };
+            let is_current = current.get(service).is_some_and(|c| c.number == r.number);
+            let until = match live.get(i + 1).and_then(|n| n.finished_ms) {
+                _ if is_current => now_ms,
+                Some(next) => next,
+                None => continue,
+            };
+            let d = std::time::Duration::from_millis(until.saturating_sub(from).max(0) as u64);
+            let e = out
+                .entry((service.clone(), r.digest.clone()))
+                .or_insert(std::time::Duration::ZERO);
+            *e = (*e).max(d);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +139,27 @@ pub enum GatherError {
 }
 
 impl Recorded {
-    /// Read what the plan of `project` needs from the state store.
-    pub fn gather(state: &State, project: &str) -> Result<Recorded, GatherError> {
+    /// Read what the plan of `spec` (deployed as `project`) needs from the state store.
+    pub fn gather(state: &State, project: &str, spec: &Project) -> Result<Recorded, GatherError> {
+        let mut r = Recorded::gather_project(state, project)?;
+        let require = spec
+            .environment
+            .as_ref()
+            .and_then(|e| spec.environments.get(e))
+            .and_then(|e| e.require.as_ref());
+        if let Some(req) = require {
+            let source = format!("{}@{}", base_name(project), req.promoted_from);
+            r.soak = Some(Soak {
+                from: req.promoted_from.clone(),
+                need: req.soak,
+                live: live_times(state, &source, state.db_now_ms()?)?,
+            });
+        }
+        Ok(r)
+    }
+
+    /// What the plan needs of `project`'s own records.
+    pub fn gather_project(state: &State, project: &str) -> Result<Recorded, GatherError> {
         let mut current = BTreeMap::new();
         for (service, row) in state.current_releases(project)? {
             current.insert(service, Current::from_row(&row)?);
@@ -80,6 +174,7 @@ impl Recorded {
             current,
             last_numbers: state.last_release_numbers(project)?,
             routes,
+            soak: None,
         })
     }
 }
@@ -108,6 +203,9 @@ pub struct ServicePlan {
     pub strategy: Option<String>,
     /// The rollout, step by step, with expected timing.
     pub steps: Vec<String>,
+    /// Why applying it is refused (the environment's `require` block), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +217,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every reason the plan cannot be applied, one per refused service.
+    pub fn refusals(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter_map(|s| Some(format!("service {}: {}", s.service, s.refused.as_ref()?)))
+            .collect()
+    }
+
     pub fn changes(&self) -> usize {
         self.services
             .iter()
@@ -130,7 +236,23 @@ impl Plan {
 
 /// The project name of a spec: its `project = "…"`, else its directory's name (see
 /// `crate::project` for who may use a name).
+///
+/// An environment's deployment is a project of its own: `NAME@ENV` (`@` is in no name).
 pub fn project_name(project: &Project) -> String {
+    let base = spec_name(project);
+    match &project.environment {
+        Some(env) => format!("{base}@{env}"),
+        None => base,
+    }
+}
+
+/// The project name without its environment: `hello@staging` → `hello`.
+pub fn base_name(project: &str) -> &str {
+    project.split_once('@').map_or(project, |(base, _)| base)
+}
+
+/// The name the spec gives the project, whatever the environment.
+fn spec_name(project: &Project) -> String {
     if let Some(n) = &project.name {
         return n.clone();
     }
@@ -156,16 +278,30 @@ pub fn project_name(project: &Project) -> String {
     }
 }
 
-/// Compare the spec (with its images' digests) with the recorded state. No I/O.
+/// The keyed digests of the secrets `svc` uses, from every secret's digest.
+pub fn service_secrets(
+    svc: &Service,
+    secrets: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    svc.secrets()
+        .into_iter()
+        .map(|n| (n.to_string(), secrets.get(n).cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// Compare the spec (with its images' digests and its secrets' keyed digests) with the
+/// recorded state. No I/O.
 pub fn plan(
     project: &Project,
     name: &str,
     digests: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
     recorded: &Recorded,
 ) -> Plan {
     let mut services = Vec::new();
     for (sname, svc) in &project.services {
         let digest = digests.get(&svc.image).cloned().unwrap_or_default();
+        let secrets = service_secrets(svc, secrets);
         let current = recorded.current.get(sname);
         let next_number = recorded.last_numbers.get(sname).map_or(1, |n| n + 1);
         let (action, reasons, created, retired) = match current {
@@ -175,17 +311,25 @@ pub fn plan(
                 svc.instances,
                 0,
             ),
-            Some(c) if c.hash() == canonical_hash(svc, &digest, &svc.image) => {
+            Some(c) if c.hash() == canonical_hash(svc, &digest, &svc.image, &secrets) => {
                 (Action::Unchanged, Vec::new(), 0, 0)
             }
             Some(c) => (
                 Action::Update,
-                differences(c, svc, &digest),
+                differences(c, svc, &digest, &secrets),
                 svc.instances,
                 c.service.instances,
             ),
         };
         let changing = action != Action::Unchanged;
+        let mut reasons = reasons;
+        let mut refused = None;
+        if let Some(soak) = recorded.soak.as_ref().filter(|_| changing) {
+            match soak.check(sname, &digest) {
+                Ok(line) => reasons.push(line),
+                Err(why) => refused = Some(why),
+            }
+        }
         services.push(ServicePlan {
             service: sname.clone(),
             action,
@@ -201,6 +345,7 @@ pub fn plan(
             } else {
                 Vec::new()
             },
+            refused,
         });
     }
     for (sname, cur) in &recorded.current {
@@ -216,6 +361,7 @@ pub fn plan(
                 instances_retired: cur.service.instances,
                 strategy: None,
                 steps: vec!["drain and stop every instance".into()],
+                refused: None,
             });
         }
     }
@@ -254,8 +400,24 @@ fn route_text((listen, service, protocol): &(String, String, RouteProtocol)) -> 
 
 /// Why the current release and the spec differ, one line per changed setting. Both sides are
 /// the current model serialised, so a field the model gained is the same (its default) on both.
-fn differences(old: &Current, new: &Service, digest: &str) -> Vec<String> {
+fn differences(
+    old: &Current,
+    new: &Service,
+    digest: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut out = Vec::new();
+    let mut names: Vec<&String> = old.secrets.keys().chain(secrets.keys()).collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        match (old.secrets.get(n), secrets.get(n)) {
+            (Some(a), Some(b)) if a != b => out.push(format!("secret {n} changed")),
+            (None, Some(_)) => out.push(format!("secret {n} added")),
+            (Some(_), None) => out.push(format!("secret {n} no longer used")),
+            _ => {}
+        }
+    }
     if old.digest != digest {
         out.push(format!(
             "image {}: {} → {}",

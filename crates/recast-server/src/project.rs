@@ -111,10 +111,23 @@ fn still_declares(dir: &Path, name: &str) -> bool {
     if !has_specs {
         return false;
     }
+    // Loaded without an environment: the name it gives, `@ENV` aside.
     match recast_spec::load(dir) {
-        Ok(p) => plan::project_name(&p) == name,
+        Ok(p) => plan::project_name(&p) == plan::base_name(name),
         Err(_) => true,
     }
+}
+
+/// A spec that declares environments deploys to one of them: `--env NAME` is required.
+pub fn environment_chosen(project: &Project) -> Result<(), String> {
+    if project.environment.is_none() && !project.environments.is_empty() {
+        let names: Vec<&str> = project.environments.keys().map(String::as_str).collect();
+        return Err(format!(
+            "the spec declares environments ({}): choose one with --env NAME",
+            names.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// The spec path an API caller sent, checked before anything is read: an absolute path to a

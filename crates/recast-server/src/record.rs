@@ -15,6 +15,7 @@
 use recast_spec::Service;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The record schema this recast writes, and the newest it reads.
 pub const SCHEMA: u32 = 2;
@@ -40,9 +41,29 @@ pub struct ReleaseRecord {
     /// it says where the image is, not what the release runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<ImageSource>,
+    /// The secrets the service uses, by name: a keyed digest (part of the release hash, so a
+    /// changed value is a new release) and the value sealed with the data directory's key
+    /// (`crate::sealed`), to start instances again. Never the value itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SealedSecret>,
     /// Which release this is, for errors ("release 3 of web"); not stored.
     #[serde(skip)]
     origin: String,
+}
+
+/// A secret of a release, as stored: its keyed digest and its sealed value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub digest: String,
+    pub sealed: String,
+}
+
+/// The digests of `secrets` by name: what the release hash covers of them.
+pub fn secret_digests(secrets: &BTreeMap<String, SealedSecret>) -> BTreeMap<String, String> {
+    secrets
+        .iter()
+        .map(|(k, v)| (k.clone(), v.digest.clone()))
+        .collect()
 }
 
 /// Where a release's image was pushed: a registry reference pinned to the release's digest.
@@ -88,8 +109,15 @@ impl ReleaseRecord {
             // it into a `Value` cannot fail.
             service: serde_json::to_value(service).unwrap_or_default(),
             registry: None,
+            secrets: BTreeMap::new(),
             origin: format!("the new release of {}", service.name),
         }
+    }
+
+    /// The record, with the secrets its service uses.
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, SealedSecret>) -> ReleaseRecord {
+        self.secrets = secrets;
+        self
     }
 
     /// The record, saying where its image can be pulled from (when it was pushed).
@@ -141,7 +169,12 @@ impl ReleaseRecord {
 
     /// The release hash, over the canonical form (see [`canonical_hash`]).
     pub fn hash(&self) -> Result<String, RecordError> {
-        Ok(canonical_hash(&self.service()?, &self.digest, &self.image))
+        Ok(canonical_hash(
+            &self.service()?,
+            &self.digest,
+            &self.image,
+            &secret_digests(&self.secrets),
+        ))
     }
 }
 
@@ -150,12 +183,21 @@ impl ReleaseRecord {
 /// exactly when they run the same image digest with the same settings, whichever model version
 /// wrote them. (For records written by an unchanged model this equals the hash earlier
 /// versions stored in `releases.spec_hash`.)
-pub fn canonical_hash(service: &Service, digest: &str, image: &str) -> String {
-    let form = serde_json::json!({
+pub fn canonical_hash(
+    service: &Service,
+    digest: &str,
+    image: &str,
+    secrets: &BTreeMap<String, String>,
+) -> String {
+    let mut form = serde_json::json!({
         "digest": digest,
         "image": image,
         "service": serde_json::to_value(service).unwrap_or_default(),
     });
+    // Only when there are some: the hash of a release without secrets is what it always was.
+    if !secrets.is_empty() {
+        form["secrets"] = serde_json::to_value(secrets).unwrap_or_default();
+    }
     let bytes = serde_json::to_vec(&canonical(form)).unwrap_or_default();
     recast_image::Digest::of(&bytes).hex().to_string()
 }
@@ -165,7 +207,7 @@ pub fn canonical_hash(service: &Service, digest: &str, image: &str) -> String {
 pub fn canonical(v: Value) -> Value {
     match v {
         Value::Object(map) => {
-            let sorted: std::collections::BTreeMap<String, Value> =
+            let sorted: BTreeMap<String, Value> =
                 map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
             Value::Object(sorted.into_iter().collect())
         }

@@ -52,6 +52,10 @@ pub(crate) struct Decoded {
     pub bases: Vec<Named<(String, String, Option<Base>)>>,
     /// `registry` blocks (a broken one is `None`, still counted for "at most one").
     pub registries: Vec<Named<Option<Registry>>>,
+    /// `secret` blocks.
+    pub secrets: Vec<Named<Secret>>,
+    /// `environment` blocks.
+    pub environments: Vec<Named<Environment>>,
 }
 
 pub(crate) struct Cx<'a> {
@@ -137,7 +141,7 @@ impl<'a> Cx<'a> {
                     span_of(&a.key),
                     format!("unexpected attribute `{}` at the top level", a.key.as_str()),
                     Some(
-                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry"
+                        "the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry, secret, variable, environment"
                             .into(),
                     ),
                 ),
@@ -158,18 +162,31 @@ impl<'a> Cx<'a> {
                     "webhook" => self.webhook(b),
                     "base" => self.base_block(b),
                     "registry" => self.registry(b),
+                    "secret" => self.secret(b),
+                    // Read before decoding, by `vars.rs`.
+                    "variable" => {}
+                    "environment" => self.environment(b),
                     other => self.err_hint(
                         span_of(&b.ident),
                         format!("unknown block `{other}`"),
                         did_you_mean(
                             other,
                             [
-                                "image", "service", "route", "guard", "webhook", "base", "registry",
+                                "image",
+                                "service",
+                                "route",
+                                "guard",
+                                "webhook",
+                                "base",
+                                "registry",
+                                "secret",
+                                "variable",
+                                "environment",
                             ],
                         )
                         .or_else(|| {
                             Some(
-                                "top-level blocks are image, service, route, guard, webhook, base, registry"
+                                "top-level blocks are image, service, route, guard, webhook, base, registry, secret, variable, environment"
                                     .into(),
                             )
                         }),
@@ -321,7 +338,8 @@ impl<'a> Cx<'a> {
         );
     }
 
-    /// The text of a string expression (literal strings and templates without interpolation).
+    /// The text of a string expression. Templates that interpolate were evaluated before
+    /// decoding (`eval::substitute`); one still here failed to, and that was reported then.
     fn str_of(&mut self, e: &Expression) -> Result<String, ()> {
         let template: &Template = match e {
             Expression::String(s) => return Ok(s.as_str().to_string()),
@@ -333,21 +351,7 @@ impl<'a> Cx<'a> {
         for el in template.iter() {
             match el {
                 Element::Literal(l) => out.push_str(l.as_str()),
-                Element::Interpolation(i) => {
-                    self.err_hint(
-                        span_of(&i.expr),
-                        "interpolation is not supported in recast specs",
-                        Some("write the value literally".into()),
-                    );
-                    return Ok(out);
-                }
-                Element::Directive(_) => {
-                    self.err(
-                        span_of(e),
-                        "template directives are not supported in recast specs",
-                    );
-                    return Ok(out);
-                }
+                Element::Interpolation(_) | Element::Directive(_) => return Ok(out),
             }
         }
         Ok(out)
@@ -514,14 +518,17 @@ impl<'a> Cx<'a> {
             self.type_err(a, "an object like { KEY = \"value\" }");
             return None;
         };
-        self.object_strings(a.key.as_str(), obj, env)
+        self.object_strings(a.key.as_str(), obj, env, None)
     }
 
+    /// The entries of `obj` as strings; with `secrets`, an entry whose value is `secret.NAME`
+    /// goes there instead (key → secret name).
     fn object_strings(
         &mut self,
         attr: &str,
         obj: &Object,
         env: bool,
+        mut secrets: Option<&mut BTreeMap<String, String>>,
     ) -> Option<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         let mut ok = true;
@@ -544,6 +551,19 @@ impl<'a> Cx<'a> {
                 ok = false;
                 continue;
             }
+            if let Some(secrets) = secrets.as_deref_mut()
+                && is_secret_ref(v.expr())
+            {
+                let name = self.reference_in(attr, v.expr(), "secret", false);
+                let dup = out.contains_key(&key);
+                if let Some(name) = name
+                    && (dup || secrets.insert(key.clone(), name).is_some())
+                {
+                    self.err(kspan, format!("duplicate key \"{key}\" in `{attr}`"));
+                    ok = false;
+                }
+                continue;
+            }
             let value = match v.expr() {
                 // Numbers and bools are written to the environment as text.
                 Expression::Number(n) => n.value().to_string(),
@@ -560,7 +580,8 @@ impl<'a> Cx<'a> {
                     }
                 },
             };
-            if out.insert(key.clone(), value).is_some() {
+            let in_secrets = secrets.as_ref().is_some_and(|s| s.contains_key(&key));
+            if out.insert(key.clone(), value).is_some() || in_secrets {
                 self.err(kspan, format!("duplicate key \"{key}\" in `{attr}`"));
                 ok = false;
             }
@@ -1041,6 +1062,172 @@ impl<'a> Cx<'a> {
         self.out.registries.push(n);
     }
 
+    /// A `secret "NAME"` block: exactly one of `from_file`, `from_env`, `from_command`.
+    fn secret(&mut self, b: &Block) {
+        let label = self.label(b);
+        if let Some((name, _)) = &label {
+            self.out.declared.push(("secret", name.clone()));
+        }
+        let what = label
+            .as_ref()
+            .map_or_else(|| "secret".to_string(), |l| format!("secret \"{}\"", l.0));
+        let mut r = self.reader(b, what.clone());
+        let (file, env, cmd) = (
+            r.attr("from_file"),
+            r.attr("from_env"),
+            r.attr("from_command"),
+        );
+        let mut given: Vec<&Attribute> = [file, env, cmd].into_iter().flatten().collect();
+        given.sort_by_key(|a| span_of(&a.key).start);
+        let source = match given.as_slice() {
+            [] => {
+                self.err_hint(
+                    span_of(&b.ident),
+                    format!("{what} has no source"),
+                    Some("write one of from_file = \"PATH\", from_env = \"NAME\", from_command = [\"CMD\", \"ARG\"]".into()),
+                );
+                None
+            }
+            [_] => match (file, env, cmd) {
+                (Some(a), _, _) => self
+                    .nonempty(a)
+                    .map(|p| SecretSource::File(self.dir.join(p))),
+                (_, Some(a), _) => self
+                    .parsed(a, |s| {
+                        if values::is_env_name(s) {
+                            Ok(s.to_string())
+                        } else {
+                            Err(format!("invalid environment variable name \"{s}\""))
+                        }
+                    })
+                    .map(SecretSource::Env),
+                (_, _, Some(a)) => self.command(a).map(SecretSource::Command),
+                _ => None,
+            },
+            [_, second, ..] => {
+                self.err(
+                    span_of(&second.key),
+                    format!("{what} takes only one of from_file, from_env, from_command"),
+                );
+                None
+            }
+        };
+        self.finish(r);
+        if let (Some((name, span)), Some(source)) = (label, source) {
+            let n = self.named(Secret { name, source }, span);
+            self.out.secrets.push(n);
+        }
+    }
+
+    /// An `environment "NAME"` block (its `variables` were applied by `vars.rs`).
+    fn environment(&mut self, b: &Block) {
+        let label = self.label(b);
+        if let Some((name, _)) = &label {
+            self.out.declared.push(("environment", name.clone()));
+        }
+        let what = label.as_ref().map_or_else(
+            || "environment".to_string(),
+            |l| format!("environment \"{}\"", l.0),
+        );
+        let mut r = self.reader(b, what);
+        let _ = r.attr("variables");
+        let requires = r.blocks("require");
+        self.at_most_one(&requires, "an environment takes at most one require block");
+        let require = requires.first().and_then(|rb| {
+            if !self.no_labels(rb) {
+                return None;
+            }
+            let mut rr = self.reader(rb, "require".into());
+            let from = self.required(&mut rr, "promoted_from").and_then(|a| {
+                let name = self.nonempty(a)?;
+                if label.as_ref().is_some_and(|(l, _)| *l == name) {
+                    self.err(
+                        span_of(&a.value),
+                        "an environment cannot require promotion from itself",
+                    );
+                    return None;
+                }
+                self.out.refs.push(Ref {
+                    kind: "environment",
+                    name: name.clone(),
+                    file: self.file_idx,
+                    span: span_of(&a.value),
+                });
+                Some(name)
+            });
+            let soak = rr
+                .attr("soak")
+                .map_or(Some(Duration::ZERO), |a| self.duration(a));
+            self.finish(rr);
+            Some(Require {
+                promoted_from: from?,
+                soak: soak?,
+            })
+        });
+        self.finish(r);
+        if let Some((name, span)) = label {
+            let n = self.named(Environment { name, require }, span);
+            self.out.environments.push(n);
+        }
+    }
+
+    /// `from_command`: a list is the command and its arguments; a string is run by `sh -c`.
+    fn command(&mut self, a: &Attribute) -> Option<Vec<String>> {
+        let argv = match &a.value {
+            Expression::Array(_) => self.strings(a)?,
+            _ => vec!["/bin/sh".into(), "-c".into(), self.nonempty(a)?],
+        };
+        if argv.first().is_none_or(String::is_empty) {
+            self.err(span_of(&a.value), "`from_command` must name a command");
+            return None;
+        }
+        Some(argv)
+    }
+
+    /// A service's `secret_file` blocks.
+    fn secret_files(&mut self, r: &mut Reader<'_>) -> Vec<SecretFile> {
+        let mut out: Vec<SecretFile> = Vec::new();
+        for b in r.blocks("secret_file") {
+            if !self.no_labels(b) {
+                continue;
+            }
+            let mut fr = self.reader(b, "secret_file".into());
+            let secret = self
+                .required(&mut fr, "secret")
+                .and_then(|a| self.reference(a, "secret"));
+            let path = self.required(&mut fr, "path").and_then(|a| {
+                let p = self.abs_path(a, "the `path` of a secret_file")?;
+                let p = p.trim_end_matches('/').to_string();
+                let system = ["/proc", "/sys", "/dev"]
+                    .iter()
+                    .any(|d| p == *d || p.starts_with(&format!("{d}/")));
+                if p.is_empty() || system {
+                    self.err(
+                        span_of(&a.value),
+                        format!("a secret_file cannot be mounted at \"{p}\""),
+                    );
+                    return None;
+                }
+                if out.iter().any(|f| f.path == p) {
+                    self.err(
+                        span_of(&a.value),
+                        format!("two secret_file blocks mount at \"{p}\""),
+                    );
+                    return None;
+                }
+                Some(p)
+            });
+            let mode = fr
+                .attr("mode")
+                .map_or(Some(0o400), |a| self.parsed(a, values::mode));
+            self.finish(fr);
+            if let (Some(secret), Some(path), Some(mode)) = (secret, path, mode) {
+                out.push(SecretFile { secret, path, mode });
+            }
+        }
+        out
+    }
+
     fn image_test(&mut self, b: &Block) -> Option<ImageTest> {
         if !self.no_labels(b) {
             return None;
@@ -1129,7 +1316,8 @@ impl<'a> Cx<'a> {
         let port = self
             .required(&mut r, "port")
             .and_then(|a| self.integer(a, 1, 65535).map(|n| n as u16));
-        let env = self.service_env(&mut r);
+        let (env, secret_env) = self.service_env(&mut r);
+        let secret_files = self.secret_files(&mut r);
         let healths = r.blocks("health");
         self.at_most_one(&healths, "a service takes at most one health block");
         let health = match healths.first() {
@@ -1198,6 +1386,8 @@ impl<'a> Cx<'a> {
                 egress,
                 rollout,
                 guard,
+                secret_env,
+                secret_files,
             };
             let n = self.named(s, span);
             self.out.services.push(n);
@@ -1373,10 +1563,21 @@ impl<'a> Cx<'a> {
     }
 
     /// A service's `env`, which must not set PORT (recast sets it).
-    fn service_env(&mut self, r: &mut Reader<'_>) -> Option<BTreeMap<String, String>> {
-        let env = r.attr("env").and_then(|a| self.string_map(a, true));
+    /// `env`: plain values, and those that are `secret.NAME` references.
+    fn service_env(
+        &mut self,
+        r: &mut Reader<'_>,
+    ) -> (Option<BTreeMap<String, String>>, BTreeMap<String, String>) {
+        let mut secrets = BTreeMap::new();
+        let env = r.attr("env").and_then(|a| {
+            let Expression::Object(obj) = &a.value else {
+                self.type_err(a, "an object like { KEY = \"value\" }");
+                return None;
+            };
+            self.object_strings(a.key.as_str(), obj, true, Some(&mut secrets))
+        });
         if let (Some(env), Some(a)) = (&env, r.body.get_attribute("env"))
-            && env.contains_key("PORT")
+            && (env.contains_key("PORT") || secrets.contains_key("PORT"))
         {
             self.err_hint(
                 span_of(&a.value),
@@ -1384,7 +1585,7 @@ impl<'a> Cx<'a> {
                 Some("recast sets $PORT from the service's `port` (or a free port with network = \"host\")".into()),
             );
         }
-        env
+        (env, secrets)
     }
 
     /// A service's `rollout` block (at most one; rolling by default), checked against an
@@ -2138,6 +2339,16 @@ impl<'a> Cx<'a> {
             );
             self.out.webhooks.push(n);
         }
+    }
+}
+
+/// `secret.NAME` (or anything rooted at `secret`).
+fn is_secret_ref(e: &Expression) -> bool {
+    match e {
+        Expression::Traversal(t) => {
+            matches!(&t.expr, Expression::Variable(v) if v.as_str() == "secret")
+        }
+        _ => false,
     }
 }
 

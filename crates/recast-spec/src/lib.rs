@@ -7,13 +7,16 @@
 mod bases;
 mod decode;
 mod diag;
+pub mod eval;
 pub mod model;
 mod project;
 mod redact;
 pub mod reference;
 pub mod values;
+mod vars;
 
 pub use diag::{Diagnostic, Diagnostics, file_diag, suggest};
 pub use model::*;
-pub use project::load;
+pub use project::{load, load_with};
 pub use redact::{redact_in, redact_url};
+pub use vars::{Given, Inputs, VarValue};

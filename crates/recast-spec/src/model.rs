@@ -33,6 +33,18 @@ pub struct Project {
     /// and where a server lacking one pulls it from.
     #[serde(default)]
     pub registry: Option<Registry>,
+    /// `secret "NAME"` blocks: where the CLI reads each value (never the value itself).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
+    /// `environment "NAME"` blocks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, Environment>,
+    /// The environment the spec was loaded for (`--env NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Every variable's value, as the spec was loaded (variables are never secret).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, crate::eval::Value>,
 }
 
 impl Image {
@@ -297,6 +309,58 @@ pub struct Service {
     pub rollout: Rollout,
     /// Service-level override of the project guard.
     pub guard: Option<Guard>,
+    /// Environment variables whose values are secrets: variable name → secret name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
+    /// `secret_file` blocks: secrets mounted as files on a tmpfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<SecretFile>,
+}
+
+/// `secret_file { secret = secret.NAME, path = "/run/secrets/x", mode = "0400" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    pub secret: String,
+    /// Absolute path inside the instance.
+    pub path: String,
+    pub mode: u32,
+}
+
+/// A `secret "NAME"` block: where its value comes from, read by the CLI at plan and apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    pub source: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// `from_file`: the file's bytes (a path relative to the spec's directory is made absolute).
+    File(PathBuf),
+    /// `from_env`: an environment variable of the process that runs recast.
+    Env(String),
+    /// `from_command`: what the command prints on stdout, without one trailing newline; a list
+    /// is run as is, a string by `/bin/sh -c`.
+    Command(Vec<String>),
+}
+
+/// An `environment "NAME"` block (its variable values are applied when the spec is loaded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub name: String,
+    /// `require { promoted_from = "staging", soak = "10m" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require: Option<Require>,
+}
+
+/// What an apply to an environment requires of every image it deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Require {
+    /// The environment where the image's digest must have been live first.
+    pub promoted_from: String,
+    /// For at least this long.
+    pub soak: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +375,15 @@ pub struct Health {
 }
 
 impl Service {
+    /// The names of the secrets the service uses (in `env` and `secret_file`), each once.
+    pub fn secrets(&self) -> std::collections::BTreeSet<&str> {
+        self.secret_env
+            .values()
+            .map(String::as_str)
+            .chain(self.secret_files.iter().map(|f| f.secret.as_str()))
+            .collect()
+    }
+
     /// The volumes no two instances may share (`exclusive = true`).
     pub fn exclusive_volumes(&self) -> impl Iterator<Item = &Volume> {
         self.volumes.iter().filter(|v| v.exclusive)

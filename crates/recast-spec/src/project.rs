@@ -3,14 +3,21 @@
 use crate::decode::{Cx, Decoded, Named, Ref};
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean, file_diag};
 use crate::model::{Base, Guard, Project, Registry};
+use crate::vars::{self, Inputs};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Load the project at `path`: a spec file, or a directory whose `*.hcl` files form one project.
+/// Variables take their defaults; a spec that declares none loads the same with any inputs.
 ///
 /// Returns every problem found, sorted by file and position, or the checked model.
 pub fn load(path: &Path) -> Result<Project, Diagnostics> {
+    load_with(path, &Inputs::default())
+}
+
+/// [`load`] for an environment and variable values ([`Inputs`]).
+pub fn load_with(path: &Path, inputs: &Inputs) -> Result<Project, Diagnostics> {
     let (dir, paths) = spec_files(path).map_err(|d| Diagnostics(vec![d]))?;
     let mut sources = Vec::new();
     let mut diags = Vec::new();
@@ -30,21 +37,38 @@ pub fn load(path: &Path) -> Result<Project, Diagnostics> {
             Err(e) => diags.push(file_diag(p, format!("cannot read spec file: {e}"), None)),
         }
     }
-    let mut decoded = Decoded::default();
-    for (i, src) in sources.iter().enumerate() {
-        match hcl_edit::parser::parse_body(&src.text) {
-            Ok(body) => {
-                let mut cx = Cx::new(src, i, &mut decoded);
-                cx.file(&body);
-                diags.append(&mut cx.diags);
-            }
+    let mut bodies: Vec<Option<hcl_edit::structure::Body>> = sources
+        .iter()
+        .map(|src| match hcl_edit::parser::parse_body(&src.text) {
+            Ok(body) => Some(body),
             Err(e) => {
                 let at = e.location().offset();
                 diags.push(src.diag(at..at + 1, format!("syntax error: {}", e.message()), None));
+                None
             }
-        }
+        })
+        .collect();
+    let before = diags.len();
+    let variables = vars::resolve(&sources, &bodies, inputs, &mut diags);
+    if diags.len() > before {
+        // Without every variable's value, decoding would only repeat these errors elsewhere.
+        let mut diags = Diagnostics(diags);
+        diags.sort();
+        return Err(diags);
     }
-    let project = cross_check(dir, paths, decoded, &sources, &mut diags);
+    let mut decoded = Decoded::default();
+    for (i, (src, body)) in sources.iter().zip(bodies.iter_mut()).enumerate() {
+        let Some(body) = body else { continue };
+        for e in crate::eval::substitute(body, &variables, &["variable", "environment"]) {
+            diags.push(src.diag(e.span, e.message, e.hint));
+        }
+        let mut cx = Cx::new(src, i, &mut decoded);
+        cx.file(body);
+        diags.append(&mut cx.diags);
+    }
+    let mut project = cross_check(dir, paths, decoded, &sources, &mut diags);
+    project.environment = inputs.env.clone();
+    project.variables = variables;
     let mut diags = Diagnostics(diags);
     diags.sort();
     if diags.is_empty() {
@@ -150,6 +174,8 @@ fn cross_check(
     }
     let routes = dedupe("route", d.routes, sources, diags, |r| &r.name);
     let webhooks = dedupe("webhook", d.webhooks, sources, diags, |w| &w.name);
+    let secrets = dedupe("secret", d.secrets, sources, diags, |s| &s.name);
+    let environments = dedupe("environment", d.environments, sources, diags, |e| &e.name);
 
     if let [first, rest @ ..] = d.guards.as_slice() {
         for g in rest {
@@ -199,6 +225,10 @@ fn cross_check(
         webhooks,
         bases,
         registry,
+        secrets,
+        environments,
+        environment: None,
+        variables: BTreeMap::new(),
     }
 }
 

@@ -8,12 +8,30 @@ use recast_image::build::{self, Built, Options};
 use recast_image::step::StepRunner;
 use recast_runtime::Runtime;
 use recast_spec::Project;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The spec at `spec`, or an error showing its diagnostics.
-pub fn load_spec(spec: &Path) -> anyhow::Result<Project> {
-    recast_spec::load(spec).map_err(|d| anyhow::anyhow!("the spec is invalid:\n{d}"))
+/// A spec path (`-f`) and what to load it with (`--env`, variables).
+#[derive(Debug, Clone)]
+pub struct SpecArg {
+    pub path: PathBuf,
+    pub inputs: recast_spec::Inputs,
+}
+
+impl SpecArg {
+    /// The same spec at another path (a canonical one).
+    pub fn at(&self, path: PathBuf) -> SpecArg {
+        SpecArg {
+            path,
+            inputs: self.inputs.clone(),
+        }
+    }
+}
+
+/// The spec of `spec`, or an error showing its diagnostics.
+pub fn load_spec(spec: &SpecArg) -> anyhow::Result<Project> {
+    recast_spec::load_with(&spec.path, &spec.inputs)
+        .map_err(|d| anyhow::anyhow!("the spec is invalid:\n{d}"))
 }
 
 /// A build of a spec's images, with what it was built with.
@@ -38,7 +56,7 @@ impl SpecBuild {
 /// store: base tags pinned by `recast.lock` (completed and written, or required complete when
 /// `locked`), the data directory's build cache unless `!cache`, a runtime for `run` steps.
 pub fn build_spec(
-    spec: &Path,
+    spec: &SpecArg,
     data_dir: &Path,
     images: &[String],
     locked: bool,
@@ -77,7 +95,12 @@ pub struct How {
     pub json: bool,
 }
 
-pub fn run(spec: &Path, data_dir: &Path, images: &[String], how: How) -> anyhow::Result<ExitCode> {
+pub fn run(
+    spec: &SpecArg,
+    data_dir: &Path,
+    images: &[String],
+    how: How,
+) -> anyhow::Result<ExitCode> {
     let How {
         check,
         no_cache,

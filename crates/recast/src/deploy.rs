@@ -1,6 +1,6 @@
 //! `recast plan | apply | status | history | rollback | promote | logs | destroy`.
 
-use crate::build::load_spec as load;
+use crate::build::{SpecArg, load_spec as load};
 use crate::client::Client;
 use crate::output;
 use anyhow::{Context as _, anyhow, bail};
@@ -12,14 +12,21 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Build (cached) and compare with the recorded state.
-pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Result<Plan> {
+/// Build (cached) and compare with the recorded state; `secrets` are the values read.
+pub fn compute_plan(
+    spec: &SpecArg,
+    data_dir: &Path,
+    locked: bool,
+    secrets: &BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<Plan> {
     let crate::build::SpecBuild { project, built, .. } =
         crate::build::build_spec(spec, data_dir, &[], locked, true, &mut output::progress())?;
+    recast_server::project::environment_chosen(&project).map_err(anyhow::Error::msg)?;
     let digests: BTreeMap<String, String> = built
         .iter()
         .map(|b| (b.image.clone(), b.digest.to_string()))
         .collect();
+    let secret_digests = crate::secrets::digests(data_dir, secrets)?;
     let state = recast_server::open_state(data_dir, None)?;
     let id = recast_server::project::Identity::of(&project);
     if let recast_server::project::Ownership::Moved { from } =
@@ -31,8 +38,14 @@ pub fn compute_plan(spec: &Path, data_dir: &Path, locked: bool) -> anyhow::Resul
             id.dir.display()
         );
     }
-    let recorded = plan::Recorded::gather(&state, &id.name)?;
-    Ok(plan::plan(&project, &id.name, &digests, &recorded))
+    let recorded = plan::Recorded::gather(&state, &id.name, &project)?;
+    Ok(plan::plan(
+        &project,
+        &id.name,
+        &digests,
+        &secret_digests,
+        &recorded,
+    ))
 }
 
 pub fn render_plan(p: &Plan) -> String {
@@ -84,6 +97,9 @@ pub fn render_plan(p: &Plan) -> String {
         for (i, st) in s.steps.iter().enumerate() {
             out.push_str(&format!("      step {}: {st}\n", i + 1));
         }
+        if let Some(r) = &s.refused {
+            out.push_str(&format!("      refused: {r}\n"));
+        }
     }
     for r in &p.routes {
         out.push_str(&format!("  * {r}\n"));
@@ -92,12 +108,13 @@ pub fn render_plan(p: &Plan) -> String {
 }
 
 pub fn plan_cmd(
-    spec: &Path,
+    spec: &SpecArg,
     data_dir: &Path,
     locked: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let p = compute_plan(spec, data_dir, locked)?;
+    let secrets = crate::secrets::read(&load(spec)?)?;
+    let p = compute_plan(spec, data_dir, locked, &secrets)?;
     if json {
         output::json(&p)?;
     } else {
@@ -107,7 +124,7 @@ pub fn plan_cmd(
 }
 
 pub fn apply(
-    spec: &Path,
+    spec: &SpecArg,
     data_dir: &Path,
     locked: bool,
     json: bool,
@@ -115,16 +132,20 @@ pub fn apply(
     yes: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
-    let path = std::fs::canonicalize(spec)
-        .with_context(|| format!("cannot read spec {}", spec.display()))?;
+    let path = std::fs::canonicalize(&spec.path)
+        .with_context(|| format!("cannot read spec {}", spec.path.display()))?;
+    let spec = &spec.at(path.clone());
     // Checked here first, so that errors show the spec's lines (the server shows locations only).
     // The server builds with the lock as it is: complete it here (or check it, --locked).
-    crate::lock::pins(&load(&path)?, locked)?;
+    let project = load(spec)?;
+    recast_server::project::environment_chosen(&project).map_err(anyhow::Error::msg)?;
+    crate::lock::pins(&project, locked)?;
+    let secrets = crate::secrets::read(&project)?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if !yes && (!interactive || json) {
         bail!(
             "refusing to apply {} without confirmation: {}\n  hint: pass --yes to apply without asking (scripts, CI)",
-            spec.display(),
+            spec.path.display(),
             if json {
                 "--json leaves no room for a question"
             } else {
@@ -133,7 +154,7 @@ pub fn apply(
         );
     }
     if !yes {
-        let p = compute_plan(&path, data_dir, true)?;
+        let p = compute_plan(spec, data_dir, true, &secrets)?;
         print!("{}", render_plan(&p));
         if p.changes() == 0 {
             return Ok(ExitCode::SUCCESS);
@@ -151,8 +172,24 @@ pub fn apply(
         "/v1/apply",
         &v1::ApplyRequest {
             path: path.to_string_lossy().into_owned(),
+            inputs: spec.inputs.clone(),
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v1::SecretValue::new(v)))
+                .collect(),
+            promote: None,
         },
     )?;
+    follow_apply(&client, started, json, detach)
+}
+
+/// Follow an apply the server started until it ends (or not, `detach`), and say how it went.
+fn follow_apply(
+    client: &Client,
+    started: v1::ApplyStarted,
+    json: bool,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
     let id = started.apply;
     if detach {
         if json {
@@ -230,29 +267,38 @@ pub fn follow(
 pub fn status(
     data_dir: &Path,
     service: Option<&str>,
+    env: Option<&str>,
     json: bool,
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
     if !watch {
-        return status_once(data_dir, service, json);
+        return status_once(data_dir, service, env, json);
     }
     let tty = std::io::stdout().is_terminal();
     loop {
         if tty {
             print!("\x1b[2J\x1b[H");
         }
-        status_once(data_dir, service, json)?;
+        status_once(data_dir, service, env, json)?;
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn status_once(
+    data_dir: &Path,
+    service: Option<&str>,
+    env: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let client = Client::find(data_dir)?;
     let path = match service {
         Some(s) => format!("/v1/status?service={s}"),
         None => "/v1/status".to_string(),
     };
-    let v: v1::Status = client.get_as(&path)?;
+    let mut v: v1::Status = client.get_as(&path)?;
+    if let Some(e) = env {
+        v.services.retain(|s| s.project.ends_with(&format!("@{e}")));
+    }
     if let Some(s) = service
         && v.services.is_empty()
     {
@@ -334,9 +380,23 @@ fn status_once(data_dir: &Path, service: Option<&str>, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v: v1::History =
-        Client::find(data_dir)?.get_as(&format!("/v1/history?service={service}"))?;
+/// The `project` an API request names for `--env ENV`: `@ENV`, the service's project in that
+/// environment.
+pub fn env_project(env: Option<&str>) -> Option<String> {
+    env.map(|e| format!("@{e}"))
+}
+
+pub fn history(
+    data_dir: &Path,
+    service: &str,
+    env: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let query = match env_project(env) {
+        Some(p) => format!("/v1/history?service={service}&project={p}"),
+        None => format!("/v1/history?service={service}"),
+    };
+    let v: v1::History = Client::find(data_dir)?.get_as(&query)?;
     if json {
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);
@@ -362,6 +422,7 @@ pub fn history(data_dir: &Path, service: &str, json: bool) -> anyhow::Result<Exi
 pub fn rollback(
     data_dir: &Path,
     service: &str,
+    env: Option<&str>,
     to: Option<i64>,
     restore_volumes: bool,
     json: bool,
@@ -369,7 +430,7 @@ pub fn rollback(
     let client = Client::find(data_dir)?;
     let request = |dry_run: bool, restore_volumes: bool| v1::RollbackRequest {
         service: service.to_string(),
-        project: None,
+        project: env_project(env),
         to,
         dry_run,
         restore_volumes,
@@ -499,7 +560,7 @@ pub fn logs(data_dir: &Path, service: &str, q: &LogsQuery) -> anyhow::Result<Exi
 }
 
 pub fn destroy(
-    spec: &Path,
+    spec: &SpecArg,
     data_dir: &Path,
     services: &[String],
     volumes: bool,
@@ -512,12 +573,13 @@ pub fn destroy(
     let project = if all_projects {
         None
     } else {
-        let p = recast_spec::load(spec).map_err(|d| {
+        let p = recast_spec::load_with(&spec.path, &spec.inputs).map_err(|d| {
             anyhow!(
                 "cannot tell which project to destroy: the spec {} is invalid:\n{d}\n  hint: fix the spec or pick one with -f; --all-projects destroys every project of the server",
-                spec.display()
+                spec.path.display()
             )
         })?;
+        recast_server::project::environment_chosen(&p).map_err(anyhow::Error::msg)?;
         // Never destroy another directory's project of the same name.
         let id = recast_server::project::Identity::of(&p);
         let state = recast_server::open_state(data_dir, None)?;
@@ -607,4 +669,87 @@ pub fn drift(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `recast promote-release SERVICE --from ENV --to ENV`: deploy to `--to` the image digest that
+/// is live and healthy in `--from` (never a rebuild), with `--to`'s settings.
+pub fn promote_release(
+    spec: &SpecArg,
+    data_dir: &Path,
+    service: &str,
+    from: &str,
+    json: bool,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::find(data_dir)?;
+    let path = std::fs::canonicalize(&spec.path)
+        .with_context(|| format!("cannot read spec {}", spec.path.display()))?;
+    let spec = &spec.at(path.clone());
+    let project = load(spec)?;
+    let secrets = crate::secrets::read(&project)?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !yes && (!interactive || json) {
+        bail!(
+            "refusing to promote {service} without confirmation: there is no terminal to ask on\n  hint: pass --yes to promote without asking (scripts, CI)"
+        );
+    }
+    if !yes {
+        let p = promotion_plan(&project, data_dir, service, from, &secrets)?;
+        print!("{}", render_plan(&p));
+        if p.changes() == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("Promote? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing promoted");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let started: v1::ApplyStarted = client.post_as(
+        "/v1/apply",
+        &v1::ApplyRequest {
+            path: path.to_string_lossy().into_owned(),
+            inputs: spec.inputs.clone(),
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v1::SecretValue::new(v)))
+                .collect(),
+            promote: Some(v1::Promotion {
+                service: service.to_string(),
+                from: from.to_string(),
+            }),
+        },
+    )?;
+    follow_apply(&client, started, json, false)
+}
+
+/// The plan of a promotion, from the recorded state: only `service`, at the digest live in
+/// `from`.
+fn promotion_plan(
+    project: &recast_spec::Project,
+    data_dir: &Path,
+    service: &str,
+    from: &str,
+    secrets: &BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<Plan> {
+    let svc = project
+        .services
+        .get(service)
+        .ok_or_else(|| anyhow!("the spec has no service \"{service}\""))?;
+    let state = recast_server::open_state(data_dir, None)?;
+    let name = plan::project_name(project);
+    let source = format!("{}@{from}", plan::base_name(&name));
+    let row = state
+        .current(&source, service)?
+        .ok_or_else(|| anyhow!("service {service} has no live release in {from}"))?;
+    let digests = BTreeMap::from([(svc.image.clone(), row.digest)]);
+    let recorded = plan::Recorded::gather(&state, &name, project)?;
+    let secret_digests = crate::secrets::digests(data_dir, secrets)?;
+    let mut p = plan::plan(project, &name, &digests, &secret_digests, &recorded);
+    p.services.retain(|s| s.service == service);
+    p.routes.clear();
+    Ok(p)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(
-    spec: &Path,
+    spec: &crate::build::SpecArg,
     data_dir: &Path,
     images: &[String],
     locked: bool,

@@ -5,10 +5,14 @@ use recast_image::Digest;
 use recast_image::lock::{self, Mode};
 use recast_spec::Project;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(spec: &Path, update: bool, refs: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    spec: &crate::build::SpecArg,
+    update: bool,
+    refs: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if !update && !refs.is_empty() {
         anyhow::bail!(
             "`recast lock {}` names tags without --update\n  hint: `recast lock` only adds missing entries; move these with `recast lock --update {}`",

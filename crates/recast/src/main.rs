@@ -9,6 +9,7 @@ mod imagetest;
 mod lock;
 mod output;
 mod run;
+mod secrets;
 mod serve;
 mod state;
 mod validate;
@@ -45,6 +46,45 @@ struct Spec {
         value_name = "PATH"
     )]
     file: PathBuf,
+    /// The environment to load the spec for (an `environment "NAME"` block)
+    #[arg(long, value_name = "NAME")]
+    env: Option<String>,
+    /// Set a variable; also written -var NAME=VALUE (repeatable; later ones win)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    var: Vec<String>,
+    /// Read variable values from a file of NAME = VALUE lines (HCL; repeatable)
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_file: Vec<PathBuf>,
+}
+
+impl Spec {
+    /// The spec path and its inputs: RECAST_VAR_* of this process, then var files, then -var.
+    fn arg(&self) -> anyhow::Result<build::SpecArg> {
+        use recast_spec::Given;
+        let mut vars = Given::from_env(std::env::vars());
+        for f in &self.var_file {
+            let text = output::read_small(f, "var file")?;
+            vars.extend(Given::from_file(f, &text).map_err(|d| anyhow::anyhow!("{d}"))?);
+        }
+        for v in &self.var {
+            vars.push(Given::from_flag(v).map_err(anyhow::Error::msg)?);
+        }
+        Ok(build::SpecArg {
+            path: self.file.clone(),
+            inputs: recast_spec::Inputs {
+                env: self.env.clone(),
+                vars,
+            },
+        })
+    }
+}
+
+/// `--env NAME`, for the commands that name a deployed service.
+#[derive(Debug, clap::Args)]
+struct Env {
+    /// The environment of the service (when the spec declares environments)
+    #[arg(long, value_name = "NAME")]
+    env: Option<String>,
 }
 
 /// `--locked`, for the commands that build.
@@ -205,6 +245,8 @@ enum Command {
     /// Releases, instances, health, traffic split
     Status {
         service: Option<String>,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
         /// Refresh every half second: live split, instances, verdicts
@@ -214,12 +256,16 @@ enum Command {
     /// Every release of a service with digest, time, outcome
     History {
         service: String,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
     },
     /// Back to the previous (or Nth) release
     Rollback {
         service: String,
+        #[command(flatten)]
+        env: Env,
         /// The release number to go back to
         #[arg(long)]
         to: Option<i64>,
@@ -248,6 +294,29 @@ enum Command {
         /// Print only JSON on stdout: {"hosts": [...], "leases": [...]}
         #[arg(long)]
         json: bool,
+    },
+    /// Deploy to one environment the image live and healthy in another: the same digest, never a rebuild
+    #[command(
+        name = "promote-release",
+        after_help = "Example: recast promote-release web --from staging --to production"
+    )]
+    PromoteRelease {
+        /// The service to promote
+        service: String,
+        /// The environment whose live release is promoted
+        #[arg(long, value_name = "ENV")]
+        from: String,
+        /// The environment it is deployed to
+        #[arg(long, value_name = "ENV")]
+        to: String,
+        #[command(flatten)]
+        spec: Spec,
+        /// Print the apply's outcome as JSON
+        #[arg(long)]
+        json: bool,
+        /// Promote without asking
+        #[arg(long)]
+        yes: bool,
     },
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
@@ -334,11 +403,22 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Terraform's single-dash spelling `-var NAME=VALUE` (and `-var=NAME=VALUE`) is `--var`.
+fn terraform_flags(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> impl Iterator<Item = std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-var") => "--var".into(),
+        Some(s) if s.starts_with("-var=") => format!("-{s}").into(),
+        _ => a,
+    })
+}
+
 fn main() -> ExitCode {
     raise_open_file_limit();
     // Everything recast creates is private unless it sets a mode itself (image files keep theirs).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    match dispatch(Cli::parse()) {
+    match dispatch(Cli::parse_from(terraform_flags(std::env::args_os()))) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -351,7 +431,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = || output::data_dir(cli.data_dir.as_deref());
     match cli.command {
-        Command::Validate { spec, json } => validate::run(&spec.file, json),
+        Command::Validate { spec, json } => validate::run(&spec.arg()?, json),
         Command::Build {
             spec,
             images,
@@ -366,20 +446,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 locked: locked.locked,
                 json,
             };
-            build::run(&spec.file, &d, &images, how)
+            build::run(&spec.arg()?, &d, &images, how)
         }),
         Command::Test {
             spec,
             images,
             locked,
             json,
-        } => data_dir().and_then(|d| imagetest::run(&spec.file, &d, &images, locked.locked, json)),
+        } => {
+            data_dir().and_then(|d| imagetest::run(&spec.arg()?, &d, &images, locked.locked, json))
+        }
         Command::Lock {
             spec,
             update,
             refs,
             json,
-        } => lock::run(&spec.file, update, &refs, json),
+        } => lock::run(&spec.arg()?, update, &refs, json),
         Command::Run { image, port } => data_dir().and_then(|d| run::run(&d, &image, port)),
         Command::Image(cmd) => data_dir().and_then(|d| image::run(&d, cmd)),
         Command::Dataplane { takeover } => data_dir().and_then(|d| {
@@ -403,11 +485,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.insecure_listen,
                 api.state.as_deref(),
                 api.host()?,
-                Some(&spec.file),
+                Some(&spec.arg()?),
             )
         }),
         Command::Plan { spec, locked, json } => {
-            data_dir().and_then(|d| deploy::plan_cmd(&spec.file, &d, locked.locked, json))
+            data_dir().and_then(|d| deploy::plan_cmd(&spec.arg()?, &d, locked.locked, json))
         }
         Command::Apply {
             spec,
@@ -415,23 +497,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             detach,
             yes,
-        } => {
-            data_dir().and_then(|d| deploy::apply(&spec.file, &d, locked.locked, json, detach, yes))
-        }
+        } => data_dir()
+            .and_then(|d| deploy::apply(&spec.arg()?, &d, locked.locked, json, detach, yes)),
         Command::Status {
             service,
+            env,
             json,
             watch,
-        } => data_dir().and_then(|d| deploy::status(&d, service.as_deref(), json, watch)),
-        Command::History { service, json } => {
-            data_dir().and_then(|d| deploy::history(&d, &service, json))
+        } => data_dir()
+            .and_then(|d| deploy::status(&d, service.as_deref(), env.env.as_deref(), json, watch)),
+        Command::History { service, env, json } => {
+            data_dir().and_then(|d| deploy::history(&d, &service, env.env.as_deref(), json))
         }
+        Command::PromoteRelease {
+            service,
+            from,
+            to,
+            spec,
+            json,
+            yes,
+        } => data_dir().and_then(|d| {
+            if spec.env.is_some() {
+                anyhow::bail!("promote-release takes --to ENV, not --env");
+            }
+            let mut arg = spec.arg()?;
+            arg.inputs.env = Some(to);
+            deploy::promote_release(&arg, &d, &service, &from, json, yes)
+        }),
         Command::Rollback {
             service,
+            env,
             to,
             restore_volumes,
             json,
-        } => data_dir().and_then(|d| deploy::rollback(&d, &service, to, restore_volumes, json)),
+        } => data_dir().and_then(|d| {
+            deploy::rollback(&d, &service, env.env.as_deref(), to, restore_volumes, json)
+        }),
         Command::Volume(cmd) => data_dir().and_then(|d| volume::run(&d, cmd)),
         Command::State(cmd) => data_dir().and_then(|d| state::run(&d, cmd)),
         Command::Project(cmd) => data_dir().and_then(|d| hosts::run(&d, cmd)),
@@ -479,7 +580,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             all_projects,
             json,
         } => data_dir().and_then(|d| {
-            deploy::destroy(&spec.file, &d, &services, volumes, yes, all_projects, json)
+            deploy::destroy(
+                &spec.arg()?,
+                &d,
+                &services,
+                volumes,
+                yes,
+                all_projects,
+                json,
+            )
         }),
     }
 }

@@ -117,3 +117,29 @@ pub fn human_size(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// A small file given on the command line (a var file, a secret): at most 1 MiB, UTF-8 when
+/// `text` is read through [`read_small`].
+pub fn read_small_bytes(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !f.metadata()?.is_file() {
+        anyhow::bail!("cannot read {what} {}: not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > MAX {
+        anyhow::bail!("{what} {} is larger than 1 MiB", path.display());
+    }
+    Ok(bytes)
+}
+
+/// [`read_small_bytes`] as text.
+pub fn read_small(path: &Path, what: &str) -> anyhow::Result<String> {
+    String::from_utf8(read_small_bytes(path, what)?)
+        .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
+}

@@ -34,6 +34,8 @@ pub fn run(data_dir: &Path, reference: &str, port: u16) -> anyhow::Result<ExitCo
         stop_signal: None,
         stop_timeout: Duration::from_secs(10),
         attach: None,
+        secret_env: BTreeMap::new(),
+        secret_files: Vec::new(),
     };
     let inst = rt.start(&spec)?;
     eprintln!(

@@ -30,7 +30,7 @@ pub fn run(
     insecure_listen: bool,
     state: Option<&str>,
     host: recast_server::engine::HostConfig,
-    apply: Option<&Path>,
+    apply: Option<&crate::build::SpecArg>,
 ) -> anyhow::Result<ExitCode> {
     if !listen.ip().is_loopback() && !insecure_listen {
         eprintln!(
@@ -55,14 +55,22 @@ pub fn run(
         );
         let mut code = ExitCode::SUCCESS;
         if let Some(spec) = apply {
-            let path = std::fs::canonicalize(spec)
-                .map_err(|e| anyhow!("cannot read spec {}: {e}", spec.display()))?;
+            let path = std::fs::canonicalize(&spec.path)
+                .map_err(|e| anyhow!("cannot read spec {}: {e}", spec.path.display()))?;
             // The server builds with recast.lock as it is: complete it first (an invalid spec
             // is the apply's to report).
-            if let Ok(project) = recast_spec::load(&path) {
+            let mut secrets = Default::default();
+            if let Ok(project) = recast_spec::load_with(&path, &spec.inputs) {
                 crate::lock::pins(&project, false)?;
+                secrets = crate::secrets::read(&project)?;
             }
-            let id = started.ctl.start_apply(&path).map_err(|e| anyhow!(e))?;
+            let input = recast_server::engine::ApplyInput {
+                path,
+                inputs: spec.inputs.clone(),
+                secrets,
+                promote: None,
+            };
+            let id = started.ctl.start_apply(input).map_err(|e| anyhow!(e))?;
             let ctl = started.ctl.clone();
             let status = tokio::task::spawn_blocking(move || {
                 crate::deploy::follow(|| Ok(ctl.apply_status(id)), Duration::from_millis(50), true)

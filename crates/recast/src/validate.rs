@@ -1,7 +1,6 @@
 //! `recast validate`: check a spec and report every problem with its location.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 /// The `--json` report: `{"valid": bool, "errors": [...]}`.
@@ -11,8 +10,9 @@ struct Report<'a> {
     errors: &'a [recast_spec::Diagnostic],
 }
 
-pub fn run(spec: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let result = recast_spec::load(spec);
+pub fn run(arg: &crate::build::SpecArg, json: bool) -> anyhow::Result<ExitCode> {
+    let spec = &arg.path;
+    let result = recast_spec::load_with(spec, &arg.inputs);
     let mut out = std::io::stdout().lock();
     match &result {
         Ok(project) => {

@@ -2,6 +2,7 @@
 //! These tests run as root, as recast does.
 
 mod network;
+mod secrets;
 
 use recast_image::build::{self, Options};
 use recast_image::{Digest, Store};
@@ -101,6 +102,8 @@ impl Fixture {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            secret_env: BTreeMap::new(),
+            secret_files: Vec::new(),
             port: 8080,
             network: Network::Private,
             volumes: Vec::new(),

@@ -25,8 +25,23 @@ pub(super) fn health() -> Answer {
 pub(super) fn apply(ctl: &Arc<Ctl>, req: &Req) -> Answer {
     let r: v1::ApplyRequest = req.parse()?;
     // Only spec files: never make the server read (and echo) some other file.
-    let p = crate::project::api_spec_path(std::path::Path::new(&r.path))?;
-    let id = ctl.start_apply(&p)?;
+    let path = crate::project::api_spec_path(std::path::Path::new(&r.path))?;
+    let mut secrets = std::collections::BTreeMap::new();
+    for (name, v) in r.secrets {
+        let bytes = v.bytes().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("the value of secret {name} is not hex"),
+            )
+        })?;
+        secrets.insert(name, bytes);
+    }
+    let id = ctl.start_apply(crate::engine::ApplyInput {
+        path,
+        inputs: r.inputs,
+        secrets,
+        promote: r.promote,
+    })?;
     Ok(answer(
         StatusCode::ACCEPTED,
         &v1::ApplyStarted { apply: id },

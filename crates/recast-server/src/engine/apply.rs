@@ -1,15 +1,28 @@
 //! Applying a spec: build, test, plan, then a rollout per changed service, recorded.
 
 use super::*;
+use crate::record::SealedSecret;
+use recast_api::v1::Promotion;
+
+/// A new release of a service: its settings, image digest, sealed secrets, and who made it.
+pub(super) struct NewService<'a> {
+    model: &'a Service,
+    digest: &'a str,
+    secrets: BTreeMap<String, SealedSecret>,
+    by: &'a str,
+}
 
 impl Ctl {
-    /// Start applying the spec at `path`. Fails at once if the spec is invalid or another apply
-    /// of the same project is running.
-    pub fn start_apply(self: &Arc<Self>, path: &Path) -> Result<u64, ServerError> {
+    /// Start applying a spec. Fails at once if the spec is invalid, a secret has no value or
+    /// another apply of the same project is running.
+    pub fn start_apply(self: &Arc<Self>, input: ApplyInput) -> Result<u64, ServerError> {
         // Location, message and hint only: the API never echoes a spec file's content.
-        let project = recast_spec::load(path).map_err(|d| {
+        let project = recast_spec::load_with(&input.path, &input.inputs).map_err(|d| {
             ServerError::Invalid(format!("the spec is invalid:\n{}", d.without_source()))
         })?;
+        crate::project::environment_chosen(&project).map_err(ServerError::Invalid)?;
+        let sealed = self.seal_secrets(&project, &input.secrets)?;
+        let promote = input.promote;
         let identity = crate::project::Identity::of(&project);
         let name = identity.name.clone();
         // Another host acting for it: refused now, naming that host.
@@ -79,7 +92,7 @@ impl Ctl {
                 Err(e) => Err(e),
             };
             let result = match result {
-                Ok(()) => ctl.apply(id, project, &name).await,
+                Ok(()) => ctl.apply(id, project, &name, sealed, promote).await,
                 Err(e) => Err(e),
             };
             let mut applies = lock(&ctl.applies);
@@ -127,21 +140,16 @@ impl Ctl {
         apply: u64,
         project: Project,
         name: &str,
+        secrets: BTreeMap<String, SealedSecret>,
+        promote: Option<Promotion>,
     ) -> Result<(), String> {
         lock(&self.hooks).insert(
             name.to_string(),
             project.webhooks.values().cloned().collect(),
         );
         lock(&self.guards).insert(name.to_string(), project.guard.clone());
-        let built = self.build_images(apply, &project, name).await?;
-        let digests: BTreeMap<String, String> = built
-            .iter()
-            .map(|b| (b.image.clone(), b.digest.to_string()))
-            .collect();
-        let recorded = plan::Recorded::gather(&self.state, name).map_err(|e| e.to_string())?;
-        let plan = plan::plan(&project, name, &digests, &recorded);
-        self.test_images(apply, &project, &plan, &built).await?;
-        self.push_images(apply, &project, name, &plan, &built)
+        let plan = self
+            .prepare(apply, &project, name, &secrets, promote.as_ref())
             .await?;
         // Routes first, so that traffic flows as soon as instances are healthy.
         self.sync_routes(name, &project).await?;
@@ -152,6 +160,15 @@ impl Ctl {
             let svc_model = project.services.get(&sp.service).cloned();
             let digest = sp.digest.clone().unwrap_or_default();
             let service = sp.service.clone();
+            let svc_secrets: BTreeMap<String, SealedSecret> = svc_model
+                .iter()
+                .flat_map(|m| m.secrets())
+                .filter_map(|n| Some((n.to_string(), secrets.get(n)?.clone())))
+                .collect();
+            let by = match &promote {
+                Some(p) => format!("promote-release from {}", p.from),
+                None => "apply".to_string(),
+            };
             tasks.push((
                 service,
                 tokio::spawn(async move {
@@ -180,7 +197,15 @@ impl Ctl {
                                 },
                             }
                         }
-                        (_, Some(model)) => ctl.deploy(apply, &svc, &model, &digest).await,
+                        (_, Some(model)) => {
+                            let new = NewService {
+                                model: &model,
+                                digest: &digest,
+                                secrets: svc_secrets,
+                                by: &by,
+                            };
+                            ctl.deploy(apply, &svc, new).await
+                        }
                         (_, None) => ServiceOutcome {
                             service: sp.service.clone(),
                             release: None,
@@ -209,6 +234,67 @@ impl Ctl {
         Ok(())
     }
 
+    /// Build (or, for a promotion, take the other environment's digest), plan, test and push:
+    /// the plan to roll out, or why the apply stops here.
+    async fn prepare(
+        &self,
+        apply: u64,
+        project: &Project,
+        name: &str,
+        secrets: &BTreeMap<String, SealedSecret>,
+        promote: Option<&Promotion>,
+    ) -> Result<plan::Plan, String> {
+        // A promotion builds nothing: the service runs the digest live in the other environment.
+        let (built, digests) = match promote {
+            None => {
+                let built = self.build_images(apply, project, name).await?;
+                let digests: BTreeMap<String, String> = built
+                    .iter()
+                    .map(|b| (b.image.clone(), b.digest.to_string()))
+                    .collect();
+                (built, digests)
+            }
+            Some(p) => {
+                let digest = self.promotion_source(project, name, p)?;
+                self.log(
+                    apply,
+                    format!("promoting {} at {digest} from {}", p.service, p.from),
+                );
+                let image = project.services[&p.service].image.clone();
+                (Vec::new(), BTreeMap::from([(image, digest)]))
+            }
+        };
+        let recorded =
+            plan::Recorded::gather(&self.state, name, project).map_err(|e| e.to_string())?;
+        let mut plan = plan::plan(
+            project,
+            name,
+            &digests,
+            &crate::record::secret_digests(secrets),
+            &recorded,
+        );
+        if let Some(p) = promote {
+            plan.services.retain(|s| s.service == p.service);
+        }
+        let refusals = plan.refusals();
+        if !refusals.is_empty() {
+            return Err(format!(
+                "refused by the require block of environment {}:\n  {}",
+                project.environment.as_deref().unwrap_or(""),
+                refusals.join("\n  ")
+            ));
+        }
+        for sp in &plan.services {
+            for r in sp.reasons.iter().filter(|r| r.contains(" verified in ")) {
+                self.log(apply, format!("{}: {r}", sp.service));
+            }
+        }
+        self.test_images(apply, project, &plan, &built).await?;
+        self.push_images(apply, project, name, &plan, &built)
+            .await?;
+        Ok(plan)
+    }
+
     /// Make the listening routes match the project's spec.
     pub(super) async fn sync_routes(&self, project: &str, spec: &Project) -> Result<(), String> {
         let rows: Vec<RouteRow> = spec
@@ -231,22 +317,34 @@ impl Ctl {
             .map_err(|e| e.to_string())
     }
 
-    /// Roll a service out to a new release of `model` with image `digest`.
+    /// Roll a service out to a new release.
     pub(super) async fn deploy(
         self: &Arc<Self>,
         apply: u64,
         svc: &Arc<Svc>,
-        model: &Service,
-        digest: &str,
+        new: NewService<'_>,
     ) -> ServiceOutcome {
+        let NewService {
+            model,
+            digest,
+            secrets,
+            by,
+        } = new;
         let fail = |reason: String| ServiceOutcome {
             service: svc.name.clone(),
             release: None,
             outcome: ServiceChange::Failed,
             reason: Some(reason),
         };
+        let spec_hash = crate::record::canonical_hash(
+            model,
+            digest,
+            &model.image,
+            &crate::record::secret_digests(&secrets),
+        );
         let record = ReleaseRecord::from_spec(model, digest, &model.image)
-            .with_source(self.image_source(&svc.project, &model.image, digest));
+            .with_source(self.image_source(&svc.project, &model.image, digest))
+            .with_secrets(secrets);
         let json = record.to_json();
         let rel = match self.state.new_release(&NewRelease {
             project: &svc.project,
@@ -254,8 +352,8 @@ impl Ctl {
             digest,
             image: &model.image,
             spec: &json,
-            spec_hash: &crate::record::canonical_hash(model, digest, &model.image),
-            by: "apply",
+            spec_hash: &spec_hash,
+            by,
         }) {
             Ok(r) => r,
             Err(e) => return fail(e.to_string()),

@@ -333,6 +333,7 @@ mod tests {
             image_name: "app:latest".into(),
             service: project.services["app"].clone(),
             source,
+            secrets: BTreeMap::new(),
         }
     }
 

@@ -6,6 +6,7 @@ impl Ctl {
     pub(crate) async fn start_instance(&self, svc: &Arc<Svc>, run: &Run) -> Result<String, String> {
         self.ensure_image(run).await?;
         let s = &run.service;
+        let (secret_env, secret_files) = self.instance_secrets(run)?;
         let spec = InstanceSpec {
             id: new_id(&format!("{}-r{}", svc.name, run.number)),
             image: run.digest.clone(),
@@ -31,6 +32,8 @@ impl Ctl {
             stop_signal: s.stop_signal.clone(),
             stop_timeout: s.stop_timeout,
             attach: self.attach_for(&svc.project, s),
+            secret_env,
+            secret_files,
         };
         let rt = self.rt.clone();
         let inst = tokio::task::spawn_blocking(move || rt.start(&spec))

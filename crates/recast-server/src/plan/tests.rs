@@ -56,8 +56,13 @@ fn service(name: &str, strategy: Strategy) -> Service {
             progress_deadline: secs(600),
         },
         guard: None,
+        secret_env: BTreeMap::new(),
+        secret_files: Vec::new(),
     }
 }
+
+/// No secrets: their digests.
+const NO_SECRETS: BTreeMap<String, String> = BTreeMap::new();
 
 fn project(services: &[Service]) -> Project {
     Project {
@@ -73,6 +78,10 @@ fn project(services: &[Service]) -> Project {
         guard: recast_spec::Guard::default(),
         webhooks: BTreeMap::new(),
         bases: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        environments: BTreeMap::new(),
+        environment: None,
+        variables: BTreeMap::new(),
         registry: None,
     }
 }
@@ -105,7 +114,13 @@ fn only(p: &Plan) -> &ServicePlan {
 #[test]
 fn a_new_service_is_created_as_release_1() {
     let web = service("web", rolling());
-    let p = plan(&project(&[web]), "shop", &digests(A), &Recorded::default());
+    let p = plan(
+        &project(&[web]),
+        "shop",
+        &digests(A),
+        &NO_SECRETS,
+        &Recorded::default(),
+    );
     let s = only(&p);
     assert_eq!(s.action, Action::Create);
     assert_eq!((s.current_release, s.next_release), (None, Some(1)));
@@ -126,7 +141,7 @@ fn numbering_continues_after_failed_releases() {
     let web = service("web", rolling());
     let mut r = Recorded::default();
     r.last_numbers.insert("web".into(), 4);
-    let p = plan(&project(&[web]), "shop", &digests(A), &r);
+    let p = plan(&project(&[web]), "shop", &digests(A), &NO_SECRETS, &r);
     assert_eq!(only(&p).action, Action::Create);
     assert_eq!(only(&p).next_release, Some(5));
 }
@@ -135,7 +150,7 @@ fn numbering_continues_after_failed_releases() {
 fn the_same_service_and_digest_is_unchanged() {
     let web = service("web", rolling());
     let r = recorded(&[(2, &web, A)]);
-    let p = plan(&project(&[web]), "shop", &digests(A), &r);
+    let p = plan(&project(&[web]), "shop", &digests(A), &NO_SECRETS, &r);
     let s = only(&p);
     assert_eq!(s.action, Action::Unchanged);
     assert_eq!((s.current_release, s.next_release), (Some(2), None));
@@ -147,7 +162,7 @@ fn the_same_service_and_digest_is_unchanged() {
 fn a_new_image_digest_is_an_update() {
     let web = service("web", rolling());
     let r = recorded(&[(2, &web, A)]);
-    let p = plan(&project(&[web]), "shop", &digests(B), &r);
+    let p = plan(&project(&[web]), "shop", &digests(B), &NO_SECRETS, &r);
     let s = only(&p);
     assert_eq!(s.action, Action::Update);
     assert_eq!((s.current_release, s.next_release), (Some(2), Some(3)));
@@ -166,7 +181,7 @@ fn a_changed_setting_is_an_update_naming_it() {
     new.env.insert("MESSAGE".into(), "v2".into());
     new.env.insert("MODE".into(), "prod".into());
     let r = recorded(&[(2, &old, A)]);
-    let p = plan(&project(&[new]), "shop", &digests(A), &r);
+    let p = plan(&project(&[new]), "shop", &digests(A), &NO_SECRETS, &r);
     let s = only(&p);
     assert_eq!(s.action, Action::Update);
     assert_eq!(
@@ -186,7 +201,7 @@ fn a_service_gone_from_the_spec_is_removed() {
     let mut api = service("api", rolling());
     api.instances = 2;
     let r = recorded(&[(1, &web, A), (7, &api, A)]);
-    let p = plan(&project(&[web]), "shop", &digests(A), &r);
+    let p = plan(&project(&[web]), "shop", &digests(A), &NO_SECRETS, &r);
     let api = p
         .services
         .iter()
@@ -232,7 +247,7 @@ fn routes_added_changed_and_removed() {
         .insert("db".into(), ("127.0.0.1:15432".into(), "web".into(), Http));
     r.routes
         .insert("cache".into(), ("127.0.0.1:6379".into(), "web".into(), Tcp));
-    let p = plan(&proj, "shop", &digests(A), &r);
+    let p = plan(&proj, "shop", &digests(A), &NO_SECRETS, &r);
     assert_eq!(
         p.routes,
         [
@@ -250,7 +265,13 @@ fn update_steps(svc: &Service) -> Vec<String> {
     let mut old = svc.clone();
     old.env.insert("MESSAGE".into(), "v0".into());
     let r = recorded(&[(1, &old, A)]);
-    let p = plan(&project(std::slice::from_ref(svc)), "shop", &digests(A), &r);
+    let p = plan(
+        &project(std::slice::from_ref(svc)),
+        "shop",
+        &digests(A),
+        &NO_SECRETS,
+        &r,
+    );
     assert_eq!(only(&p).action, Action::Update);
     only(&p).steps.clone()
 }
@@ -281,6 +302,7 @@ fn a_first_release_starts_and_routes_whatever_the_strategy() {
             &project(&[service("web", strategy)]),
             "shop",
             &digests(A),
+            &NO_SECRETS,
             &Recorded::default(),
         );
         assert_eq!(
@@ -427,7 +449,7 @@ fn fixture_plan(record: &str) -> ServicePlan {
     );
     r.last_numbers.insert("web".into(), 3);
     let dig = BTreeMap::from([("web".to_string(), digest)]);
-    let p = plan(&proj, "shop", &dig, &r);
+    let p = plan(&proj, "shop", &dig, &NO_SECRETS, &r);
     only(&p).clone()
 }
 

@@ -197,6 +197,7 @@ service "app" {{
         image_name: "app:latest".into(),
         service: project.services["app"].clone(),
         source: None,
+        secrets: Default::default(),
     }
 }
 

@@ -81,7 +81,7 @@ case!(
     [
         1,
         1,
-        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry"
+        "unexpected attribute `port` at the top level | hint: the top level takes `project = \"NAME\"` and blocks: image, service, route, guard, webhook, base, registry, secret, variable, environment"
     ]
 );
 
@@ -234,12 +234,12 @@ case!(
 );
 
 case!(
-    interpolation_rejected,
+    undeclared_variable_in_a_template,
     "service \"a\" {\n  image = image.app\n  port = 80\n  env = { A = \"${var.x}\" }\n}\n",
     [
         4,
         18,
-        "interpolation is not supported in recast specs | hint: write the value literally"
+        "unknown variable `x` | hint: declare it: variable \"x\" { … }"
     ]
 );
 
@@ -1305,4 +1305,50 @@ case!(
         17,
         "`exclusive` must be a bool (true or false), found a string"
     ]
+);
+
+case!(
+    secret_without_a_source,
+    "secret \"db\" {\n}\n",
+    [
+        1,
+        1,
+        "secret \"db\" has no source | hint: write one of from_file = \"PATH\", from_env = \"NAME\", from_command = [\"CMD\", \"ARG\"]"
+    ]
+);
+
+case!(
+    secret_with_two_sources,
+    "secret \"db\" {\n  from_env  = \"DB\"\n  from_file = \"db.txt\"\n}\n",
+    [
+        3,
+        3,
+        "secret \"db\" takes only one of from_file, from_env, from_command"
+    ]
+);
+
+case!(
+    undeclared_secret,
+    "secret \"db_password\" {\n  from_env = \"DB\"\n}\nservice \"a\" {\n  image = image.app\n  port = 80\n  env = { PW = secret.db_pasword }\n}\n",
+    [
+        7,
+        16,
+        "unknown secret `db_pasword` | hint: did you mean `db_password`?"
+    ]
+);
+
+case!(
+    secret_inside_a_string,
+    "secret \"db\" {\n  from_env = \"DB\"\n}\nservice \"a\" {\n  image = image.app\n  port = 80\n  env = { URL = \"pg://u:${secret.db}@h\" }\n}\n",
+    [
+        7,
+        27,
+        "only var.NAME can be used in an expression; secret.db is a reference | hint: a secret is used as a whole value (`env = { X = secret.db }`), never inside a string or an expression"
+    ]
+);
+
+case!(
+    secret_file_in_proc,
+    "secret \"db\" {\n  from_env = \"DB\"\n}\nservice \"a\" {\n  image = image.app\n  port = 80\n  secret_file {\n    secret = secret.db\n    path   = \"/proc/x\"\n  }\n}\n",
+    [9, 14, "a secret_file cannot be mounted at \"/proc/x\""]
 );

@@ -408,6 +408,8 @@ fn every_block_and_knob() {
             protocol: None,
             allow_from: None,
             egress: Default::default(),
+            secret_env: Default::default(),
+            secret_files: Vec::new(),
             rollout: Rollout {
                 strategy: Strategy::Canary {
                     steps: vec![
