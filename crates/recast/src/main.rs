@@ -61,7 +61,17 @@ impl Spec {
     /// The spec path and its inputs: RECAST_VAR_* of this process, then var files, then -var.
     fn arg(&self) -> anyhow::Result<build::SpecArg> {
         use recast_spec::Given;
-        let mut vars = Given::from_env(std::env::vars());
+        // Only RECAST_VAR_* matter; a non-UTF-8 one is an error, any other variable is not read.
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if let Some(k) = k.to_str().filter(|k| k.starts_with("RECAST_VAR_")) {
+                let v = v
+                    .into_string()
+                    .map_err(|_| anyhow::anyhow!("the value of {k} is not UTF-8"))?;
+                env.push((k.to_string(), v));
+            }
+        }
+        let mut vars = Given::from_env(env);
         for f in &self.var_file {
             let text = output::read_small(f, "var file")?;
             vars.extend(Given::from_file(f, &text).map_err(|d| anyhow::anyhow!("{d}"))?);

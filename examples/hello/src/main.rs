@@ -108,10 +108,8 @@ fn main() {
         }
     };
     let port = config.port;
-    eprintln!(
-        "hello {VERSION} listening on :{port}, message {:?}",
-        config.message
-    );
+    // The message may be a secret (`MESSAGE = secret.x`): never logged.
+    eprintln!("hello {VERSION} listening on :{port}");
     if let Some(after) = config.exit_after {
         std::thread::spawn(move || {
             std::thread::sleep(after);

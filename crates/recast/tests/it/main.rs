@@ -6,6 +6,7 @@ mod dataplane;
 mod dataplane_stock;
 mod debian;
 mod deploy;
+mod environments;
 mod guard;
 mod guard_real;
 mod handoff;
