@@ -155,32 +155,52 @@ pub fn apply(
     }
     if !yes {
         let p = compute_plan(spec, data_dir, true, &secrets)?;
-        print!("{}", render_plan(&p));
-        if p.changes() == 0 {
-            return Ok(ExitCode::SUCCESS);
-        }
-        print!("Apply these changes? [y/N] ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("nothing applied");
-            return Ok(ExitCode::FAILURE);
+        if let Some(stop) = confirm(&p, "Apply these changes?", "nothing applied")? {
+            return Ok(stop);
         }
     }
-    let started: v1::ApplyStarted = client.post_as(
+    let started = send_apply(&client, spec, &secrets, None)?;
+    follow_apply(&client, started, json, detach)
+}
+
+/// Show `p` and ask `question` on the terminal: `None` to go on, else how the command ends
+/// (success when there is nothing to do, failure when the answer is no).
+fn confirm(p: &Plan, question: &str, declined: &str) -> anyhow::Result<Option<ExitCode>> {
+    print!("{}", render_plan(p));
+    if p.changes() == 0 {
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(None)
+    } else {
+        eprintln!("{declined}");
+        Ok(Some(ExitCode::FAILURE))
+    }
+}
+
+/// Ask the server to apply `spec` (its canonical path) with the secrets' values.
+fn send_apply(
+    client: &Client,
+    spec: &SpecArg,
+    secrets: &BTreeMap<String, Vec<u8>>,
+    promote: Option<v1::Promotion>,
+) -> anyhow::Result<v1::ApplyStarted> {
+    client.post_as(
         "/v1/apply",
         &v1::ApplyRequest {
-            path: path.to_string_lossy().into_owned(),
+            path: spec.path.to_string_lossy().into_owned(),
             inputs: spec.inputs.clone(),
             secrets: secrets
                 .iter()
                 .map(|(k, v)| (k.clone(), v1::SecretValue::new(v)))
                 .collect(),
-            promote: None,
+            promote,
         },
-    )?;
-    follow_apply(&client, started, json, detach)
+    )
 }
 
 /// Follow an apply the server started until it ends (or not, `detach`), and say how it went.
@@ -503,13 +523,14 @@ pub fn control(
     data_dir: &Path,
     action: v1::ControlAction,
     service: &str,
+    env: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let v: v1::ControlReply = Client::find(data_dir)?.post_as(
         &format!("/v1/{action}"),
         &v1::ControlRequest {
             service: service.to_string(),
-            project: None,
+            project: env_project(env),
         },
     )?;
     if json {
@@ -531,12 +552,20 @@ pub use recast_api::v1::LogsQuery;
 
 /// The logs of a service's current instances, through the server's API (so it works from any
 /// machine that reaches the server): `[INSTANCE] [TIME ]LINE`, streamed to stdout.
-pub fn logs(data_dir: &Path, service: &str, q: &LogsQuery) -> anyhow::Result<ExitCode> {
+pub fn logs(
+    data_dir: &Path,
+    service: &str,
+    env: Option<&str>,
+    q: &LogsQuery,
+) -> anyhow::Result<ExitCode> {
     if let Some(s) = &q.since {
         recast_spec::values::duration(s).map_err(|e| anyhow!("--since: {e}"))?;
     }
     let client = Client::find(data_dir)?;
-    let path = format!("/v1/services/{service}/logs{}", q.to_query());
+    let mut path = format!("/v1/services/{service}/logs{}", q.to_query());
+    if let Some(p) = env_project(env) {
+        path.push_str(&format!("&project={p}"));
+    }
     let mut body = client.get_stream(&path)?;
     let mut stdout = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 << 10];
@@ -695,34 +724,15 @@ pub fn promote_release(
     }
     if !yes {
         let p = promotion_plan(&project, data_dir, service, from, &secrets)?;
-        print!("{}", render_plan(&p));
-        if p.changes() == 0 {
-            return Ok(ExitCode::SUCCESS);
-        }
-        print!("Promote? [y/N] ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("nothing promoted");
-            return Ok(ExitCode::FAILURE);
+        if let Some(stop) = confirm(&p, "Promote?", "nothing promoted")? {
+            return Ok(stop);
         }
     }
-    let started: v1::ApplyStarted = client.post_as(
-        "/v1/apply",
-        &v1::ApplyRequest {
-            path: path.to_string_lossy().into_owned(),
-            inputs: spec.inputs.clone(),
-            secrets: secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), v1::SecretValue::new(v)))
-                .collect(),
-            promote: Some(v1::Promotion {
-                service: service.to_string(),
-                from: from.to_string(),
-            }),
-        },
-    )?;
+    let promote = v1::Promotion {
+        service: service.to_string(),
+        from: from.to_string(),
+    };
+    let started = send_apply(&client, spec, &secrets, Some(promote))?;
     follow_apply(&client, started, json, false)
 }
 

@@ -331,24 +331,32 @@ enum Command {
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
         service: String,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
     },
     /// Roll a running rollout back at once
     Abort {
         service: String,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
     },
     /// Freeze a running rollout where it is
     Pause {
         service: String,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
     },
     /// Continue a paused rollout
     Resume {
         service: String,
+        #[command(flatten)]
+        env: Env,
         #[arg(long)]
         json: bool,
     },
@@ -367,8 +375,10 @@ enum Command {
     /// Print the logs of a service's current instances, each line prefixed with its instance
     Logs {
         service: String,
-        /// Keep printing new lines
-        #[arg(short = 'f', long)]
+        #[command(flatten)]
+        env: Env,
+        /// Keep printing new lines (`-f` is the spec file everywhere, so only --follow)
+        #[arg(long)]
         follow: bool,
         /// Only the last N lines of each instance
         #[arg(long, value_name = "N")]
@@ -549,8 +559,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts { state, json } => {
             data_dir().and_then(|d| hosts::list(&d, state.as_deref(), json))
         }
-        Command::Promote { service, json } => data_dir().and_then(|d| {
-            deploy::control(&d, recast_api::v1::ControlAction::Promote, &service, json)
+        Command::Promote { service, env, json } => data_dir().and_then(|d| {
+            deploy::control(
+                &d,
+                recast_api::v1::ControlAction::Promote,
+                &service,
+                env.env.as_deref(),
+                json,
+            )
         }),
         Command::Drift {
             service,
@@ -558,17 +574,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             full,
             json,
         } => data_dir().and_then(|d| deploy::drift(&d, service.as_deref(), fix, full, json)),
-        Command::Abort { service, json } => data_dir().and_then(|d| {
-            deploy::control(&d, recast_api::v1::ControlAction::Abort, &service, json)
+        Command::Abort { service, env, json } => data_dir().and_then(|d| {
+            deploy::control(
+                &d,
+                recast_api::v1::ControlAction::Abort,
+                &service,
+                env.env.as_deref(),
+                json,
+            )
         }),
-        Command::Pause { service, json } => data_dir().and_then(|d| {
-            deploy::control(&d, recast_api::v1::ControlAction::Pause, &service, json)
+        Command::Pause { service, env, json } => data_dir().and_then(|d| {
+            deploy::control(
+                &d,
+                recast_api::v1::ControlAction::Pause,
+                &service,
+                env.env.as_deref(),
+                json,
+            )
         }),
-        Command::Resume { service, json } => data_dir().and_then(|d| {
-            deploy::control(&d, recast_api::v1::ControlAction::Resume, &service, json)
+        Command::Resume { service, env, json } => data_dir().and_then(|d| {
+            deploy::control(
+                &d,
+                recast_api::v1::ControlAction::Resume,
+                &service,
+                env.env.as_deref(),
+                json,
+            )
         }),
         Command::Logs {
             service,
+            env,
             follow,
             tail,
             since,
@@ -580,7 +615,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 since,
                 timestamps,
             };
-            deploy::logs(&d, &service, &q)
+            deploy::logs(&d, &service, env.env.as_deref(), &q)
         }),
         Command::Destroy {
             spec,
