@@ -104,6 +104,15 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 
 /// Handle one API request.
 pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -> Resp {
+    // Liveness for load balancers and supervisors: no token, and it says nothing but "ok".
+    if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")).boxed());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        return r;
+    }
     if !authorized(&req, &token) {
         return error(
             StatusCode::UNAUTHORIZED,

@@ -107,12 +107,18 @@ pub fn render_plan(p: &Plan) -> String {
     out
 }
 
+/// What `recast plan` found.
+pub enum Planned {
+    NoChanges,
+    Changes,
+}
+
 pub fn plan_cmd(
     spec: &SpecArg,
     data_dir: &Path,
     locked: bool,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Planned> {
     let secrets = crate::secrets::read(&load(spec)?)?;
     let p = compute_plan(spec, data_dir, locked, &secrets)?;
     if json {
@@ -120,7 +126,11 @@ pub fn plan_cmd(
     } else {
         print!("{}", render_plan(&p));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if p.changes() == 0 {
+        Planned::NoChanges
+    } else {
+        Planned::Changes
+    })
 }
 
 pub fn apply(

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 pub enum Command {
     /// List the images in the store
     Ls {
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
@@ -21,53 +22,67 @@ pub enum Command {
     Inspect {
         /// NAME[:TAG], NAME@sha256:DIGEST, or a digest
         reference: String,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Write an image to an archive that podman, skopeo and docker load
     Export {
+        /// The image: NAME[:TAG], NAME@sha256:DIGEST, or a digest
         reference: String,
         /// The archive to write
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// The archive's format: oci (an OCI image layout in a tar) or docker (`docker load`)
         #[arg(long, value_enum, default_value_t = ExportFormat::Oci)]
         format: ExportFormat,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Add the images of an OCI archive or docker archive to the store
     Import {
+        /// The archive: an OCI image layout tar or a docker archive
         file: PathBuf,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Push an image to a registry: HOST[:PORT]/REPO[:TAG]
     Push {
+        /// The image in the store: NAME[:TAG], NAME@sha256:DIGEST, or a digest
         reference: String,
+        /// Where: HOST[:PORT]/REPO[:TAG]
         destination: String,
         /// Use plain HTTP even for a registry that is not on loopback
         #[arg(long)]
         insecure: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Pull an image from a registry: HOST[:PORT]/REPO[:TAG|@DIGEST]
     Pull {
+        /// HOST[:PORT]/REPO[:TAG|@DIGEST]
         reference: String,
         /// Use plain HTTP even for a registry that is not on loopback
         #[arg(long)]
         insecure: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Remove an image's name from the store (its blobs go at the next gc)
     Rm {
+        /// NAME[:TAG] to remove
         reference: String,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Delete every blob no image in the store uses
     Gc {
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },

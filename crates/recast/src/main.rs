@@ -19,10 +19,13 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `recast --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RECAST_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "recast",
-    version,
+    version = VERSION,
     about = "Immutable infrastructure in one binary: build, test, plan, deploy by replacement, guard",
     propagate_version = true
 )]
@@ -146,6 +149,9 @@ impl Api {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check the spec; exit 1 with file:line:column errors
+    #[command(
+        after_help = "Examples:\n  recast validate\n  recast validate -f deploy/ --env production --json"
+    )]
     Validate {
         #[command(flatten)]
         spec: Spec,
@@ -154,6 +160,9 @@ enum Command {
         json: bool,
     },
     /// Build the spec's images, reproducibly
+    #[command(
+        after_help = "Examples:\n  recast build\n  recast build web --check        # rebuild from nothing, same digest or the first difference"
+    )]
     Build {
         #[command(flatten)]
         spec: Spec,
@@ -222,6 +231,7 @@ enum Command {
         takeover: bool,
     },
     /// Server in the foreground, and apply the spec (development and demos)
+    #[command(after_help = "Examples:\n  recast up -f examples/hello")]
     Up {
         #[command(flatten)]
         spec: Spec,
@@ -229,20 +239,31 @@ enum Command {
         api: Api,
     },
     /// What apply would do, rollout steps included
+    #[command(
+        after_help = "Examples:\n  recast plan --env staging\n  recast plan --detailed-exitcode || [ $? = 2 ] && echo changes"
+    )]
     Plan {
         #[command(flatten)]
         spec: Spec,
         #[command(flatten)]
         locked: Locked,
+        /// Print the plan as JSON
         #[arg(long)]
         json: bool,
+        /// Exit 0 with no changes, 2 with changes, 1 on error (as terraform plan does)
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Build, test, then roll out through the running server
+    #[command(
+        after_help = "Examples:\n  recast apply --yes\n  recast apply --env staging -var replicas=3 --yes\n  recast apply --detach --yes && recast status --watch"
+    )]
     Apply {
         #[command(flatten)]
         spec: Spec,
         #[command(flatten)]
         locked: Locked,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
         /// Start the apply and return at once
@@ -253,10 +274,15 @@ enum Command {
         yes: bool,
     },
     /// Releases, instances, health, traffic split
+    #[command(
+        after_help = "Examples:\n  recast status\n  recast status web --env production --json"
+    )]
     Status {
+        /// Only this service (all when omitted)
         service: Option<String>,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
         /// Refresh every half second: live split, instances, verdicts
@@ -264,15 +290,24 @@ enum Command {
         watch: bool,
     },
     /// Every release of a service with digest, time, outcome
+    #[command(
+        after_help = "Examples:\n  recast history web\n  recast history web --env staging --json"
+    )]
     History {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Back to the previous (or Nth) release
+    #[command(
+        after_help = "Examples:\n  recast rollback web\n  recast rollback web --to 3 --env production"
+    )]
     Rollback {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
@@ -283,6 +318,7 @@ enum Command {
         /// snapshot taken before the next release started); without it a terminal is asked
         #[arg(long)]
         restore_volumes: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
@@ -330,38 +366,47 @@ enum Command {
     },
     /// Move a rollout on: the next canary step, or the blue/green switch
     Promote {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Roll a running rollout back at once
     Abort {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Freeze a running rollout where it is
     Pause {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Continue a paused rollout
     Resume {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Verify running instances against their images; exit 1 on drift
     Drift {
+        /// Only this service (all when omitted)
         service: Option<String>,
         /// Replace the drifted instances
         #[arg(long)]
@@ -369,11 +414,16 @@ enum Command {
         /// Hash every file, not only those metadata cannot vouch for
         #[arg(long)]
         full: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Print the logs of a service's current instances, each line prefixed with its instance
+    #[command(
+        after_help = "Examples:\n  recast logs web --tail 20\n  recast logs web --follow --timestamps"
+    )]
     Logs {
+        /// The service, by its name in the spec
         service: String,
         #[command(flatten)]
         env: Env,
@@ -391,9 +441,13 @@ enum Command {
         timestamps: bool,
     },
     /// Retire every instance and route of the project (or of those services)
+    #[command(
+        after_help = "Examples:\n  recast destroy --yes\n  recast destroy web --env staging --yes"
+    )]
     Destroy {
         #[command(flatten)]
         spec: Spec,
+        /// Only these services (all of the project's when none is named)
         services: Vec<String>,
         /// Delete the services' volumes too
         #[arg(long)]
@@ -404,9 +458,24 @@ enum Command {
         /// Destroy every project of the server, not the spec's (no spec is read)
         #[arg(long)]
         all_projects: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  recast completions bash > /etc/bash_completion.d/recast\n  recast completions zsh > \"${fpath[1]}/_recast\""
+    )]
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from the command line definition
+    #[command(
+        after_help = "Example:\n  recast man > /usr/local/share/man/man1/recast.1 && man recast"
+    )]
+    Man,
 }
 
 /// Raise the soft limit on open files to the hard limit: recast holds a descriptor per client
@@ -438,10 +507,29 @@ fn main() -> ExitCode {
     raise_open_file_limit();
     // Everything recast creates is private unless it sets a mode itself (image files keep theirs).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    match dispatch(Cli::parse_from(terraform_flags(std::env::args_os()))) {
+    let args: Vec<std::ffi::OsString> = terraform_flags(std::env::args_os()).collect();
+    // With --json, a failure is JSON on stdout too: {"error": {"message", "hint"}}.
+    let json = args.iter().any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            output::json_error(&e.kind().to_string(), Some("see --help"));
+            e.exit()
+        }
+        Err(e) => e.exit(),
+    };
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let text = format!("{e:#}");
+            if json {
+                let (message, hint) = match text.split_once("\n  hint: ") {
+                    Some((m, h)) => (m, Some(h)),
+                    None => (text.as_str(), None),
+                };
+                output::json_error(message, hint);
+            }
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }
@@ -451,6 +539,18 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = || output::data_dir(cli.data_dir.as_deref());
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "recast", &mut out);
+            output::raw(&out)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            output::raw(&out)
+        }
         Command::Validate { spec, json } => validate::run(&spec.arg()?, json),
         Command::Build {
             spec,
@@ -508,9 +608,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(&spec.arg()?),
             )
         }),
-        Command::Plan { spec, locked, json } => {
-            data_dir().and_then(|d| deploy::plan_cmd(&spec.arg()?, &d, locked.locked, json))
-        }
+        Command::Plan {
+            spec,
+            locked,
+            json,
+            detailed_exitcode,
+        } => data_dir().and_then(|d| {
+            let code = deploy::plan_cmd(&spec.arg()?, &d, locked.locked, json)?;
+            Ok(match code {
+                deploy::Planned::Changes if detailed_exitcode => ExitCode::from(2),
+                _ => ExitCode::SUCCESS,
+            })
+        }),
         Command::Apply {
             spec,
             locked,
@@ -635,5 +744,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command, flag and argument says what it is for (`--help` is the manual).
+    #[test]
+    fn every_command_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !cmd.is_hide_set() {
+                missing.push(format!("{path}: the command"));
+            }
+            for a in cmd.get_arguments() {
+                let auto = matches!(a.get_id().as_str(), "help" | "version");
+                if !auto && !a.is_hide_set() && a.get_help().is_none() {
+                    missing.push(format!("{path}: {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
     }
 }

@@ -143,3 +143,17 @@ pub fn read_small(path: &Path, what: &str) -> anyhow::Result<String> {
     String::from_utf8(read_small_bytes(path, what)?)
         .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
 }
+
+/// A failure as JSON on stdout, for `--json`: `{"error": {"message": …, "hint": …}}`.
+pub fn json_error(message: &str, hint: Option<&str>) {
+    let v = serde_json::json!({ "error": { "message": message, "hint": hint } });
+    println!("{v}");
+}
+
+/// `bytes` on stdout; a reader that went away (`| head`) is no error.
+pub fn raw(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(std::process::ExitCode::SUCCESS),
+    }
+}

@@ -14,26 +14,33 @@ use std::process::ExitCode;
 pub enum Command {
     /// The volumes of deployed services (all, or SERVICE's)
     Ls {
+        /// Only this service (all when omitted)
         service: Option<String>,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// The snapshots of a service's exclusive volumes, oldest first
     Snapshots {
+        /// The service, by its name in the spec
         service: String,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },
     /// Put a snapshot back: stops the service's instances, replaces the volume's content with
     /// the snapshot's, starts the live release again (downtime)
     Restore {
+        /// The service, by its name in the spec
         service: String,
+        /// The volume, by its name in the service
         volume: String,
         /// The snapshot's number or directory name, as `recast volume snapshots` lists it
         snapshot: String,
         /// Do not ask (required without a terminal)
         #[arg(long)]
         yes: bool,
+        /// Print the result as JSON on stdout (errors too: {"error": {"message", "hint"}})
         #[arg(long)]
         json: bool,
     },

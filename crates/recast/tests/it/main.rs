@@ -2,6 +2,7 @@
 
 mod attacks;
 mod canary;
+mod cli;
 mod dataplane;
 mod dataplane_stock;
 mod debian;

@@ -1,0 +1,164 @@
+//! The command line's habits (issue 17): the version names its commit, `--help` (a snapshot),
+//! completions and a man page, `plan --detailed-exitcode`, JSON errors under `--json`, and the
+//! unauthenticated liveness endpoint.
+
+use crate::deploy::{Project, Server, ok, read_message};
+use crate::{example, recast, stderr, stdout};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+
+#[test]
+fn the_version_names_the_commit() {
+    let out = recast(&example(), &["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    let commit = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(
+        stdout(&out),
+        format!("recast {} ({commit})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `recast --help` as a user sees it; `RECAST_UPDATE_SNAPSHOTS=1` writes the new one.
+#[test]
+fn help_matches_its_snapshot() {
+    let out = recast(&example(), &["--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/help.txt");
+    if std::env::var_os("RECAST_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, stdout(&out)).expect("write snapshot");
+    }
+    let want = std::fs::read_to_string(&path).expect("snapshot");
+    assert_eq!(
+        stdout(&out),
+        want,
+        "`recast --help` changed; if on purpose: RECAST_UPDATE_SNAPSHOTS=1 cargo nextest run -p recast -E 'test(help_matches)'"
+    );
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = recast(&example(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        for cmd in ["promote-release", "apply", "history"] {
+            assert!(text.contains(cmd), "{shell} completes {cmd}");
+        }
+    }
+    let bad = recast(&example(), &["completions", "cmd.exe"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let man = recast(&example(), &["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let text = stdout(&man);
+    assert!(
+        text.starts_with(".ie") && text.contains(".TH recast 1"),
+        "{text}"
+    );
+    assert!(text.contains("promote\\-release"), "{text}");
+}
+
+/// Under `--json`, a failure is `{"error": {"message", "hint"}}` on stdout (and the human text
+/// on stderr), for bad usage as well as a failed command.
+#[test]
+fn errors_are_json_under_json() {
+    let data = tempfile::tempdir().expect("tmp");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(args)
+            .current_dir(example())
+            .env("RECAST_DATA_DIR", data.path())
+            .output()
+            .expect("run")
+    };
+    let error_of = |o: &std::process::Output| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)));
+        v["error"].clone()
+    };
+    // No server: a failed command.
+    let o = run(&["status", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = error_of(&o);
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("server")),
+        "{e}"
+    );
+    assert!(e["hint"].as_str().is_some_and(|h| !h.is_empty()), "{e}");
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    // A spec that is not there.
+    let o = run(&["plan", "--json", "-f", "/nonexistent/recast.hcl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        error_of(&o)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/recast.hcl")),
+        "{}",
+        stdout(&o)
+    );
+    // Bad usage: exit 2, still JSON.
+    let o = run(&["history", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(error_of(&o)["message"].is_string(), "{}", stdout(&o));
+}
+
+/// `plan --detailed-exitcode`: 2 with changes, 0 without, 1 on error.
+#[test]
+fn plan_exit_codes_say_whether_anything_changes() {
+    let server = Server::start();
+    let p = Project::new();
+    p.write("MESSAGE = \"v1\"", "", "");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--detailed-exitcode"];
+        args.extend_from_slice(extra);
+        server.rc(p.path(), &args)
+    };
+    let o = plan(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stdout(&o).contains("2 change(s)"), "{}", stdout(&o));
+    // Without the flag, changes are a success.
+    ok(&server.rc(p.path(), &["plan"]));
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let o = plan(&["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["services"][0]["action"], "unchanged");
+    let o = plan(&["-f", "nothing-here.hcl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+/// `GET /healthz` answers without the token and says nothing else; everything else still
+/// wants it.
+#[test]
+fn liveness_needs_no_token_and_reveals_nothing() {
+    let server = Server::start();
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.data.join("server.json")).expect("server.json"),
+    )
+    .expect("json");
+    let addr = info["addr"].as_str().expect("addr").to_string();
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(&addr).expect("api");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        read_message(&mut s).expect("answer")
+    };
+    let (head, body) = get("/healthz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "ok\n");
+    for path in ["/v1/status", "/metrics", "/healthz/../v1/status"] {
+        let (head, body) = get(path);
+        assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
+        assert!(body.contains("token"), "{path}: {body}");
+    }
+}
