@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 mod endpoints;
 mod observe;
-mod wire;
+pub(crate) mod wire;
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
 

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod plan;
 pub mod project;
 pub mod record;
+pub mod records;
 pub mod rollout;
 pub mod sealed;
 

@@ -17,12 +17,16 @@ pub struct Client {
 
 impl Client {
     pub fn find(data_dir: &Path) -> anyhow::Result<Client> {
-        let no_server = || {
+        Client::running(data_dir)?.ok_or_else(|| {
             anyhow!(
                 "no recast server is running for data directory {}\n  hint: start one with `recast server` (or `recast up`), or set RECAST_SERVER and RECAST_TOKEN",
                 data_dir.display()
             )
-        };
+        })
+    }
+
+    /// The server of `data_dir` (or `RECAST_SERVER`), or `None` when none is running.
+    pub fn running(data_dir: &Path) -> anyhow::Result<Option<Client>> {
         let base = match std::env::var("RECAST_SERVER")
             .ok()
             .filter(|s| !s.is_empty())
@@ -30,12 +34,14 @@ impl Client {
             Some(s) if s.starts_with("http://") || s.starts_with("https://") => s,
             Some(s) => format!("http://{s}"),
             None => {
-                let bytes =
-                    std::fs::read(recast_server::info_path(data_dir)).map_err(|_| no_server())?;
-                let info: recast_server::ServerInfo =
-                    serde_json::from_slice(&bytes).map_err(|_| no_server())?;
+                let Ok(bytes) = std::fs::read(recast_server::info_path(data_dir)) else {
+                    return Ok(None);
+                };
+                let Ok(info) = serde_json::from_slice::<recast_server::ServerInfo>(&bytes) else {
+                    return Ok(None);
+                };
                 if !Path::new(&format!("/proc/{}", info.pid)).exists() {
-                    return Err(no_server());
+                    return Ok(None);
                 }
                 format!("http://{}", info.addr)
             }
@@ -59,7 +65,7 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Ok(Client { base, token, agent })
+        Ok(Some(Client { base, token, agent }))
     }
 
     fn check(

@@ -314,18 +314,32 @@ pub fn status(
     }
 }
 
+/// The server's status, or the recorded releases when no server runs.
+fn fetch_status(data_dir: &Path, service: Option<&str>) -> anyhow::Result<v1::Status> {
+    let path = match service {
+        Some(s) => format!("/v1/status?service={s}"),
+        None => "/v1/status".to_string(),
+    };
+    match Client::running(data_dir)? {
+        Some(client) => client.get_as(&path),
+        None => {
+            eprintln!(
+                "note: no server is running: the recorded releases only (no instances, health or traffic)"
+            );
+            recorded(data_dir, |state| {
+                recast_server::records::status(state, service)
+            })
+        }
+    }
+}
+
 fn status_once(
     data_dir: &Path,
     service: Option<&str>,
     env: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = Client::find(data_dir)?;
-    let path = match service {
-        Some(s) => format!("/v1/status?service={s}"),
-        None => "/v1/status".to_string(),
-    };
-    let mut v: v1::Status = client.get_as(&path)?;
+    let mut v = fetch_status(data_dir, service)?;
     if let Some(e) = env {
         v.services.retain(|s| s.project.ends_with(&format!("@{e}")));
     }
@@ -410,6 +424,16 @@ fn status_once(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `read` of the recorded state (the server's, `RECAST_STATE`, or `state.db`) when no server
+/// runs: read-only commands work without one.
+fn recorded<T>(
+    data_dir: &Path,
+    read: impl FnOnce(&recast_state::State) -> Result<T, String>,
+) -> anyhow::Result<T> {
+    let state = recast_server::open_state(data_dir, None)?;
+    read(&state).map_err(anyhow::Error::msg)
+}
+
 /// The `project` an API request names for `--env ENV`: `@ENV`, the service's project in that
 /// environment.
 pub fn env_project(env: Option<&str>) -> Option<String> {
@@ -426,7 +450,14 @@ pub fn history(
         Some(p) => format!("/v1/history?service={service}&project={p}"),
         None => format!("/v1/history?service={service}"),
     };
-    let v: v1::History = Client::find(data_dir)?.get_as(&query)?;
+    let v: v1::History = match Client::running(data_dir)? {
+        Some(client) => client.get_as(&query)?,
+        None => recorded(data_dir, |state| {
+            let p = env_project(env);
+            let project = recast_server::records::project_of(state, p.as_deref(), service)?;
+            recast_server::records::history(state, &project, service)
+        })?,
+    };
     if json {
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);

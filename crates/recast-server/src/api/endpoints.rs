@@ -66,56 +66,14 @@ pub(super) fn history(ctl: &Ctl, req: &Req) -> Answer {
     let (project, service) = match ctl.find_svc(req.get("project"), service) {
         Ok(svc) => (svc.project.clone(), svc.name.clone()),
         // A destroyed service keeps its history in the state store.
-        Err(e) => match project_of(ctl, service) {
-            Some(project) => (project, service.to_string()),
-            None => return Err(e.into()),
+        Err(e) => match crate::records::project_of(&ctl.state, req.get("project"), service) {
+            Ok(project) => (project, service.to_string()),
+            Err(_) => return Err(e.into()),
         },
     };
-    let h = history_of(ctl, &project, &service)?;
+    let h = crate::records::history(&ctl.state, &project, &service)
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(answer(StatusCode::OK, &h))
-}
-
-/// The project of a service that has no live instances any more (destroyed), from its routes.
-fn project_of(ctl: &Ctl, service: &str) -> Option<String> {
-    let routes = ctl.state.routes().ok()?;
-    let project = routes
-        .iter()
-        .find(|r| r.service == service)?
-        .project
-        .clone();
-    let any = ctl.state.releases(&project, service).ok()?;
-    (!any.is_empty()).then_some(project)
-}
-
-/// Every release, rollout and analysis verdict of a service, from the state store.
-fn history_of(ctl: &Ctl, project: &str, service: &str) -> Result<v1::History, recast_state::Error> {
-    Ok(v1::History {
-        project: project.to_string(),
-        service: service.to_string(),
-        releases: ctl
-            .state
-            .releases(project, service)?
-            .iter()
-            .map(wire::release)
-            .collect(),
-        rollouts: ctl
-            .state
-            .rollouts(project, service)?
-            .iter()
-            .map(wire::rollout)
-            .collect(),
-        verdicts: verdicts(ctl, project, service),
-    })
-}
-
-/// Every analysis verdict recorded for a service, with its numbers.
-fn verdicts(ctl: &Ctl, project: &str, service: &str) -> Vec<v1::Verdict> {
-    ctl.state
-        .events_of(project, service, "analysis.verdict")
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|e| serde_json::from_str(&e.message).ok())
-        .collect()
 }
 
 /// `POST /v1/rollback`; with `dry_run`, what a rollback would restore, without acting (the

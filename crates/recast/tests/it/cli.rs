@@ -82,7 +82,7 @@ fn errors_are_json_under_json() {
         v["error"].clone()
     };
     // No server: a failed command.
-    let o = run(&["status", "--json"]);
+    let o = run(&["rollback", "web", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let e = error_of(&o);
     assert!(
@@ -161,4 +161,38 @@ fn liveness_needs_no_token_and_reveals_nothing() {
         assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
         assert!(body.contains("token"), "{path}: {body}");
     }
+}
+
+/// `history` and `status` read the recorded state when no server runs.
+#[test]
+fn history_and_status_work_without_a_server() {
+    let mut server = Server::start();
+    let p = Project::new();
+    p.write("MESSAGE = \"v1\"", "", "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let live: serde_json::Value =
+        serde_json::from_slice(&server.rc(p.path(), &["history", "web", "--json"]).stdout)
+            .expect("history");
+    server.kill9();
+    let o = server.rc(p.path(), &["history", "web", "--json"]);
+    ok(&o);
+    let offline: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(offline, live, "the same history from the records");
+    let o = server.rc(p.path(), &["status", "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["services"][0]["service"], "web");
+    assert_eq!(v["services"][0]["current_release"], 1);
+    assert!(
+        stderr(&o).contains("no server is running"),
+        "{}",
+        stderr(&o)
+    );
+    let o = server.rc(p.path(), &["history", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no service \"nosuch\" is recorded"),
+        "{}",
+        stderr(&o)
+    );
 }
