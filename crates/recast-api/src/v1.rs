@@ -211,6 +211,10 @@ pub struct ApplyRequest {
     /// environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote: Option<Promotion>,
+    /// The fingerprint of a saved plan (`recast apply FILE`): refused unless the server's plan
+    /// is exactly that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_plan: Option<String>,
 }
 
 /// What a spec is loaded with besides its files: the environment and variable values.
@@ -901,6 +905,7 @@ mod tests {
                 inputs: Inputs::default(),
                 secrets: Default::default(),
                 promote: None,
+                expect_plan: None,
             }),
             serde_json::to_value(ControlRequest {
                 service: "web".into(),

@@ -113,6 +113,9 @@ pub struct Counters {
     pub errors_5xx: u64,
     pub connect_failures: u64,
     pub latency: Vec<u64>,
+    /// Sum of the recorded latencies, in microseconds (absent from older data planes).
+    #[serde(default)]
+    pub latency_sum_us: u64,
 }
 
 impl From<recast_proxy::Snapshot> for Counters {
@@ -122,6 +125,7 @@ impl From<recast_proxy::Snapshot> for Counters {
             errors_5xx: s.errors_5xx,
             connect_failures: s.connect_failures,
             latency: s.latency.to_vec(),
+            latency_sum_us: s.latency_sum_us,
         }
     }
 }
@@ -137,6 +141,7 @@ impl From<&Counters> for recast_proxy::Snapshot {
             errors_5xx: c.errors_5xx,
             connect_failures: c.connect_failures,
             latency,
+            latency_sum_us: c.latency_sum_us,
         }
     }
 }

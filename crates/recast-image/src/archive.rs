@@ -503,7 +503,20 @@ pub fn export(
     format: Format,
     out: &Path,
 ) -> Result<u64> {
+    export_with(store, desc, name, format, out, &crate::progress::Unwatched)
+}
+
+/// [`export`], telling `progress` the bytes written.
+pub fn export_with(
+    store: &Store,
+    desc: &Descriptor,
+    name: &str,
+    format: Format,
+    out: &Path,
+    progress: &dyn crate::progress::Progress,
+) -> Result<u64> {
     let manifest = store.manifest(&desc.digest, name)?;
+    progress.total(manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size);
     let tmp = out.with_file_name(format!(
         ".{}.tmp{}",
         out.file_name()
@@ -513,7 +526,10 @@ pub fn export(
     let file = File::create(&tmp)
         .map_err(|e| Error::msg(format!("cannot write {}: {e}", out.display())))?;
     let result = (|| {
-        let w = io::BufWriter::with_capacity(1 << 20, file);
+        let w = crate::progress::Counted {
+            inner: io::BufWriter::with_capacity(1 << 20, file),
+            progress,
+        };
         let mut b = tar::Builder::new(w);
         match format {
             Format::Oci => write_oci(store, desc, &manifest, name, &mut b)?,
@@ -523,6 +539,7 @@ pub fn export(
             .into_inner()
             .doing(|| format!("writing {}", out.display()))?;
         let f = w
+            .inner
             .into_inner()
             .map_err(|e| e.into_error())
             .doing(|| format!("writing {}", out.display()))?;

@@ -13,6 +13,7 @@ pub mod fileindex;
 mod layer;
 pub mod lock;
 pub mod oci;
+pub mod progress;
 pub mod registry;
 pub mod step;
 pub mod store;
@@ -34,9 +35,19 @@ pub struct Added {
 
 /// Pull `reference` (`HOST/REPO[:TAG|@DIGEST]`) into the store, named as written.
 pub fn pull(store: &Store, reference: &str, insecure: bool) -> Result<Added> {
+    pull_with(store, reference, insecure, &progress::Unwatched)
+}
+
+/// [`pull`], telling `progress` the bytes downloaded.
+pub fn pull_with(
+    store: &Store,
+    reference: &str,
+    insecure: bool,
+    progress: &dyn progress::Progress,
+) -> Result<Added> {
     let remote = registry::Remote::parse(reference)?;
     let mut staging = store.stage()?;
-    let desc = registry::pull(&mut staging, &remote, insecure)?;
+    let desc = registry::pull_with(&mut staging, &remote, insecure, progress)?;
     archive::verify_layers(&staging, &desc, &remote.to_string())?;
     staging.commit()?;
     let name = format!("{}/{}", remote.host, remote.repo);

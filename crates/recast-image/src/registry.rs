@@ -9,6 +9,7 @@
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{self, Descriptor, Manifest};
+use crate::progress::{Counted, Progress, Unwatched};
 use crate::store::{Staging, Store};
 use std::time::Duration;
 use ureq::http::StatusCode;
@@ -295,6 +296,7 @@ impl Client {
         d: &Digest,
         size: u64,
         open: &dyn Fn() -> std::io::Result<crate::store::VerifyingReader<std::fs::File>>,
+        progress: &dyn Progress,
     ) -> Result<()> {
         let doing = format!("uploading blob {d}");
         let start = self.url("blobs/uploads/");
@@ -319,7 +321,10 @@ impl Client {
         // An upload location on another host gets no credentials.
         let own = same_host(&self.base, &url);
         let resp = self.send(&doing, &|a, auth| {
-            let mut r = open().map_err(ureq::Error::Io)?;
+            let mut r = Counted {
+                inner: open().map_err(ureq::Error::Io)?,
+                progress,
+            };
             with_auth(a.put(&url), auth.filter(|_| own))
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Length", &size.to_string())
@@ -356,6 +361,18 @@ pub fn push(
     dest: &Remote,
     insecure: bool,
 ) -> Result<Pushed> {
+    push_with(store, desc, name, dest, insecure, &Unwatched)
+}
+
+/// [`push`], telling `progress` the bytes of every blob (those the registry has count at once).
+pub fn push_with(
+    store: &Store,
+    desc: &Descriptor,
+    name: &str,
+    dest: &Remote,
+    insecure: bool,
+    progress: &dyn Progress,
+) -> Result<Pushed> {
     let manifest_bytes =
         store.read_blob_capped(&desc.digest, "manifest", name, oci::MAX_MANIFEST)?;
     let manifest: Manifest = oci::parse_json(
@@ -371,23 +388,31 @@ pub fn push(
     {
         blobs.push(fi);
     }
+    let size_of = |d: &Digest| {
+        std::fs::metadata(store.blob_path(d))
+            .map(|m| m.len())
+            .map_err(|e| Error::msg(format!("blob {d} of {name} is missing from the store: {e}")))
+    };
+    let mut total = 0;
+    for d in &blobs {
+        total += size_of(d)?;
+    }
+    progress.total(total);
     let (mut uploaded, mut skipped) = (0, 0);
     for d in &blobs {
+        let size = size_of(d)?;
         if client.has_blob(d)? {
+            progress.advance(size);
             skipped += 1;
             continue;
         }
         // Streamed from the store (verified on the way), never held in memory.
-        let size = std::fs::metadata(store.blob_path(d))
-            .map(|m| m.len())
-            .map_err(|e| {
-                Error::msg(format!("blob {d} of {name} is missing from the store: {e}"))
-            })?;
-        client.upload_blob(d, size, &|| {
+        let open = || {
             store
                 .open_blob(d, name)
                 .map_err(|e| std::io::Error::other(e.to_string()))
-        })?;
+        };
+        client.upload_blob(d, size, &open, progress)?;
         uploaded += 1;
     }
     let media = if manifest.media_type.is_empty() {
@@ -427,6 +452,17 @@ pub fn push(
 /// Pull `src` into `staging`: the manifest for this platform, its config and layers (and the
 /// file index, when the registry has it). Returns the manifest descriptor.
 pub fn pull(staging: &mut Staging<'_>, src: &Remote, insecure: bool) -> Result<Descriptor> {
+    pull_with(staging, src, insecure, &Unwatched)
+}
+
+/// [`pull`], telling `progress` the bytes of the layers and config (those already stored count
+/// at once).
+pub fn pull_with(
+    staging: &mut Staging<'_>,
+    src: &Remote,
+    insecure: bool,
+    progress: &dyn Progress,
+) -> Result<Descriptor> {
     let mut client = Client::new(src, insecure);
     let (bytes, media) = fetch_manifest(&mut client, &src.reference)?;
     let d = Digest::of(&bytes);
@@ -478,8 +514,10 @@ pub fn pull(staging: &mut Staging<'_>, src: &Remote, insecure: bool) -> Result<D
     if let Some(fi) = manifest.file_index() {
         blobs.push((fi, None, false));
     }
+    progress.total(blobs.iter().filter_map(|b| b.1).sum());
     for (d, size, required) in blobs {
         if staging.has(&d) {
+            progress.advance(size.unwrap_or(0));
             continue;
         }
         let doing = format!("downloading blob {d} of {src}");
@@ -492,7 +530,10 @@ pub fn pull(staging: &mut Staging<'_>, src: &Remote, insecure: bool) -> Result<D
             return Err(client.status_err(&doing, resp));
         }
         let what = format!("blob {d} of {src}");
-        let mut r = resp.into_body().into_reader();
+        let mut r = Counted {
+            inner: resp.into_body().into_reader(),
+            progress,
+        };
         match size {
             Some(size) => {
                 staging.put_sized(&mut r, &d, size, &what)?;

@@ -18,7 +18,7 @@ mod metrics;
 mod splice;
 pub mod tcp;
 
-pub use metrics::{Metrics, Snapshot};
+pub use metrics::{BUCKETS, Metrics, Snapshot, bucket_bound_us};
 pub use tcp::TcpRoute;
 
 use bytes::Bytes;

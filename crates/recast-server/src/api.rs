@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+mod dashboard;
 mod endpoints;
 mod observe;
 pub(crate) mod wire;
@@ -113,6 +114,11 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
         );
         return r;
     }
+    // The dashboard's pages, login and logout (its own answers, not JSON).
+    let req = match dashboard::handle(req, &token).await {
+        Ok(page) => return page,
+        Err(req) => req,
+    };
     if !authorized(&req, &token) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -156,13 +162,15 @@ pub async fn handle(ctl: Arc<Ctl>, token: Arc<String>, req: Request<Incoming>) -
     answer.unwrap_or_else(Refusal::answer)
 }
 
-/// The request carries this server's token (`Authorization: Bearer TOKEN`).
+/// The request carries this server's token (`Authorization: Bearer TOKEN`), or comes from a
+/// browser logged in to the dashboard ([`dashboard::authorized`]).
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     req.headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        || dashboard::authorized(req, token)
 }
 
 /// A POST body as JSON (`{}` when empty), read up to [`MAX_BODY`] bytes: a larger one is a

@@ -227,7 +227,11 @@ impl Svc {
         let _one_at_a_time = lock(&self.publishing);
         let routing = self.routing();
         if let Err(e) = blocking(|| self.plane.set_service(routing)) {
-            eprintln!("recast: {}: routing not published: {e}", self.key());
+            tracing::warn!(
+                project = %self.project,
+                service = %self.name,
+                "routing not published: {e}"
+            );
         }
     }
 
@@ -254,7 +258,11 @@ impl Svc {
     /// Every release's traffic counters.
     pub fn all_metrics(&self) -> BTreeMap<i64, dp::Counters> {
         blocking(|| self.plane.metrics(&self.key())).unwrap_or_else(|e| {
-            eprintln!("recast: {}: no traffic counters: {e}", self.key());
+            tracing::warn!(
+                project = %self.project,
+                service = %self.name,
+                "no traffic counters: {e}"
+            );
             BTreeMap::new()
         })
     }
@@ -481,11 +489,10 @@ impl Ctl {
 
     /// Record an event; when the store cannot, it is said on stderr (never dropped silently).
     pub(crate) fn event(&self, svc: &Svc, kind: &str, msg: &str) {
+        crate::oplog::event(&svc.project, &svc.name, kind, msg);
         if let Err(e) = self.state.event(&svc.project, &svc.name, kind, msg) {
-            eprintln!(
-                "recast: recording event {kind} of {}/{} ({msg}): {e}",
-                svc.project, svc.name
-            );
+            let (project, service) = (&svc.project, &svc.name);
+            tracing::error!(project, service, event = kind, "recording the event: {e}");
         }
     }
 
@@ -513,9 +520,8 @@ impl Ctl {
     }
 
     /// A failure that cannot fail the step it happened in (a background loop, housekeeping):
-    /// said on stderr and recorded as event `kind`, never dropped.
+    /// logged as a warning and recorded as event `kind`, never dropped.
     pub(crate) fn failed(&self, svc: &Svc, kind: &str, msg: &str) {
-        eprintln!("recast: {}/{}: {kind}: {msg}", svc.project, svc.name);
         self.event(svc, kind, msg);
     }
 }

@@ -693,38 +693,16 @@ fn summary(f: &[Finding]) -> String {
     parts.join("; ")
 }
 
-/// The guard's `/metrics` counters: scheduled instance scans and their total time, per service.
-pub(crate) fn metrics(ctl: &Ctl, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP recast_guard_scans_total Scheduled drift scans of instances.\n# TYPE recast_guard_scans_total counter"
-    );
-    let rows: Vec<(String, String, u64, Duration)> = ctl
-        .all_svcs()
+/// The guard's `/metrics` counters per service: (project, service, scheduled instance scans,
+/// their total time).
+pub(crate) fn scan_totals(ctl: &Ctl) -> Vec<(String, String, u64, Duration)> {
+    ctl.all_svcs()
         .iter()
         .map(|svc| {
             let g = lock(&svc.guard);
             (svc.project.clone(), svc.name.clone(), g.scans, g.scan_time)
         })
-        .collect();
-    for (project, service, n, _) in &rows {
-        let _ = writeln!(
-            out,
-            "recast_guard_scans_total{{service=\"{service}\",project=\"{project}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP recast_guard_scan_seconds_total Time spent in scheduled drift scans of instances.\n# TYPE recast_guard_scan_seconds_total counter"
-    );
-    for (project, service, _, t) in &rows {
-        let _ = writeln!(
-            out,
-            "recast_guard_scan_seconds_total{{service=\"{service}\",project=\"{project}\"}} {}",
-            t.as_secs_f64()
-        );
-    }
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod guard;
 pub mod logs;
+mod oplog;
 pub mod plan;
 pub mod project;
 pub mod record;
@@ -269,9 +270,6 @@ pub fn stopped(data_dir: &Path, ctl: &Ctl) {
         .state
         .host_stopped(&ctl.hosting.config.name, &ctl.hosting.instance)
     {
-        eprintln!(
-            "recast: host {}: recording the stop: {e}",
-            ctl.hosting.config.name
-        );
+        tracing::error!(host = %ctl.hosting.config.name, "recording the stop: {e}");
     }
 }

@@ -206,6 +206,10 @@ pub struct ServicePlan {
     /// Why applying it is refused (the environment's `require` block), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// How long its image was live where the environment's `require` block says it must have
+    /// been ("digest sha256:… verified in staging for 2h").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,6 +221,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A hash of everything the plan says (`recast plan -out`, and the apply of a saved plan
+    /// checks it is still the plan).
+    pub fn fingerprint(&self) -> String {
+        // Not the soak times: they grow while the plan waits, and were checked when it was made.
+        let mut p = self.clone();
+        for s in &mut p.services {
+            s.verified = None;
+        }
+        let v = serde_json::to_value(&p).unwrap_or_default();
+        let bytes = serde_json::to_vec(&crate::record::canonical(v)).unwrap_or_default();
+        recast_image::Digest::of(&bytes).hex().to_string()
+    }
+
     /// Every reason the plan cannot be applied, one per refused service.
     pub fn refusals(&self) -> Vec<String> {
         self.services
@@ -322,11 +339,10 @@ pub fn plan(
             ),
         };
         let changing = action != Action::Unchanged;
-        let mut reasons = reasons;
-        let mut refused = None;
+        let (mut refused, mut verified) = (None, None);
         if let Some(soak) = recorded.soak.as_ref().filter(|_| changing) {
             match soak.check(sname, &digest) {
-                Ok(line) => reasons.push(line),
+                Ok(line) => verified = Some(line),
                 Err(why) => refused = Some(why),
             }
         }
@@ -346,6 +362,7 @@ pub fn plan(
                 Vec::new()
             },
             refused,
+            verified,
         });
     }
     for (sname, cur) in &recorded.current {
@@ -362,6 +379,7 @@ pub fn plan(
                 strategy: None,
                 steps: vec!["drain and stop every instance".into()],
                 refused: None,
+                verified: None,
             });
         }
     }

@@ -92,6 +92,7 @@ impl Client {
 
     /// A GET whose answer is read as `T` (one of the API's types).
     pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        traced("GET", path);
         let v = self.get(path)?;
         typed(v, "GET", path)
     }
@@ -103,6 +104,7 @@ impl Client {
         body: &impl Serialize,
     ) -> anyhow::Result<T> {
         let body = serde_json::to_value(body).context("writing the request")?;
+        traced("POST", path);
         let v = self.post(path, &body)?;
         typed(v, "POST", path)
     }
@@ -161,4 +163,14 @@ fn typed<T: DeserializeOwned>(v: Value, method: &str, path: &str) -> anyhow::Res
             "the recast server's answer to {method} {path} is not what this recast reads: {e}\n  hint: are the server and the CLI the same version?"
         )
     })
+}
+
+/// With `-v`, each API request on stderr (method and path: never a body, which may hold secrets).
+fn traced(method: &str, path: &str) {
+    if crate::term::verbosity() == crate::term::Verbosity::Verbose {
+        eprintln!(
+            "{} {method} {path}",
+            crate::term::err("api:", crate::term::Paint::Dim)
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use crate::build::{SpecArg, load_spec as load};
 use crate::client::Client;
 use crate::output;
+use crate::term::{self, Paint};
 use anyhow::{Context as _, anyhow, bail};
 use recast_api::v1;
 use recast_server::plan::{self, Action, Plan};
@@ -90,6 +91,12 @@ pub fn render_plan(p: &Plan) -> String {
                 format!("remove ({} instance(s) retired)", s.instances_retired),
             ),
         };
+        let sym = match s.action {
+            Action::Create => term::out(sym, Paint::Green),
+            Action::Update => term::out(sym, Paint::Yellow),
+            Action::Remove => term::out(sym, Paint::Red),
+            Action::Unchanged => term::out(sym, Paint::Dim),
+        };
         out.push_str(&format!("  {sym} service {}: {what}\n", s.service));
         for r in &s.reasons {
             out.push_str(&format!("      why: {r}\n"));
@@ -97,8 +104,13 @@ pub fn render_plan(p: &Plan) -> String {
         for (i, st) in s.steps.iter().enumerate() {
             out.push_str(&format!("      step {}: {st}\n", i + 1));
         }
+        if let Some(v) = &s.verified {
+            let label = term::out("verified:", Paint::Green);
+            out.push_str(&format!("      {label} {v}\n"));
+        }
         if let Some(r) = &s.refused {
-            out.push_str(&format!("      refused: {r}\n"));
+            let label = term::out("refused:", Paint::Red);
+            out.push_str(&format!("      {label} {r}\n"));
         }
     }
     for r in &p.routes {
@@ -118,9 +130,13 @@ pub fn plan_cmd(
     data_dir: &Path,
     locked: bool,
     json: bool,
+    out: Option<&Path>,
 ) -> anyhow::Result<Planned> {
     let secrets = crate::secrets::read(&load(spec)?)?;
     let p = compute_plan(spec, data_dir, locked, &secrets)?;
+    if let Some(file) = out {
+        save_plan(file, spec, &p)?;
+    }
     if json {
         output::json(&p)?;
     } else {
@@ -133,14 +149,88 @@ pub fn plan_cmd(
     })
 }
 
-pub fn apply(
-    spec: &SpecArg,
-    data_dir: &Path,
-    locked: bool,
-    json: bool,
-    detach: bool,
-    yes: bool,
-) -> anyhow::Result<ExitCode> {
+/// The flags of `recast apply`.
+pub struct ApplyHow {
+    pub locked: bool,
+    pub json: bool,
+    pub detach: bool,
+    pub yes: bool,
+}
+
+/// A plan saved by `recast plan -out FILE` (no secret values: their digests are in the plan).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPlan {
+    format: String,
+    /// The spec (canonical path) and what it was loaded with.
+    spec: std::path::PathBuf,
+    inputs: v1::Inputs,
+    /// [`Plan::fingerprint`]: the apply goes ahead only if the plan is still exactly this.
+    fingerprint: String,
+    plan: serde_json::Value,
+}
+
+const SAVED_PLAN: &str = "recast-plan/1";
+
+fn save_plan(file: &Path, spec: &SpecArg, p: &Plan) -> anyhow::Result<()> {
+    let saved = SavedPlan {
+        format: SAVED_PLAN.into(),
+        spec: std::fs::canonicalize(&spec.path)
+            .with_context(|| format!("cannot read spec {}", spec.path.display()))?,
+        inputs: spec.inputs.clone(),
+        fingerprint: p.fingerprint(),
+        plan: serde_json::to_value(p)?,
+    };
+    std::fs::write(file, serde_json::to_vec_pretty(&saved)?)
+        .with_context(|| format!("cannot write the plan to {}", file.display()))?;
+    eprintln!(
+        "plan saved to {}: `recast apply {}` applies exactly it",
+        file.display(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// `recast apply FILE`: the saved plan, if it still holds (same spec, images, secrets and
+/// state), checked here and again by the server before it rolls anything out.
+pub fn apply_saved(file: &Path, data_dir: &Path, how: ApplyHow) -> anyhow::Result<ExitCode> {
+    let text = output::read_small(file, "saved plan")?;
+    let saved: SavedPlan = serde_json::from_str(&text)
+        .ok()
+        .filter(|s: &SavedPlan| s.format == SAVED_PLAN)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} is not a plan saved by `recast plan -out` ({SAVED_PLAN})",
+                file.display()
+            )
+        })?;
+    let client = Client::find(data_dir)?;
+    let spec = SpecArg {
+        path: saved.spec,
+        inputs: saved.inputs,
+    };
+    let project = load(&spec)?;
+    crate::lock::pins(&project, true)?;
+    let secrets = crate::secrets::read(&project)?;
+    let now = compute_plan(&spec, data_dir, true, &secrets)?;
+    if now.fingerprint() != saved.fingerprint {
+        bail!(
+            "the plan in {} no longer holds: the spec, an image, a secret or the state moved since it was made; now:\n{}  hint: make a new one with `recast plan -out {}`",
+            file.display(),
+            render_plan(&now),
+            file.display()
+        );
+    }
+    let started = send_apply(&client, &spec, &secrets, None, Some(saved.fingerprint))?;
+    follow_apply(&client, started, how.json, how.detach)
+}
+
+pub fn apply(spec: &SpecArg, data_dir: &Path, how: ApplyHow) -> anyhow::Result<ExitCode> {
+    let ApplyHow {
+        locked,
+        json,
+        detach,
+        yes,
+    } = how;
     let client = Client::find(data_dir)?;
     let path = std::fs::canonicalize(&spec.path)
         .with_context(|| format!("cannot read spec {}", spec.path.display()))?;
@@ -169,7 +259,7 @@ pub fn apply(
             return Ok(stop);
         }
     }
-    let started = send_apply(&client, spec, &secrets, None)?;
+    let started = send_apply(&client, spec, &secrets, None, None)?;
     follow_apply(&client, started, json, detach)
 }
 
@@ -198,6 +288,7 @@ fn send_apply(
     spec: &SpecArg,
     secrets: &BTreeMap<String, Vec<u8>>,
     promote: Option<v1::Promotion>,
+    expect_plan: Option<String>,
 ) -> anyhow::Result<v1::ApplyStarted> {
     client.post_as(
         "/v1/apply",
@@ -209,6 +300,7 @@ fn send_apply(
                 .map(|(k, v)| (k.clone(), v1::SecretValue::new(v)))
                 .collect(),
             promote,
+            expect_plan,
         },
     )
 }
@@ -277,14 +369,16 @@ pub fn follow(
     echo: bool,
 ) -> anyhow::Result<v1::ApplyStatus> {
     let mut seen = 0;
+    let spinner = echo.then(|| term::Spinner::new("applying"));
     loop {
         std::thread::sleep(every);
         let Some(s) = poll()? else {
             continue;
         };
-        if echo {
+        if let Some(spinner) = &spinner {
             for l in s.log.iter().skip(seen) {
-                eprintln!("  {}", l.message);
+                spinner.println(&format!("  {}", l.message));
+                spinner.set(&format!("apply {}: {}", s.id, l.message));
             }
         }
         seen = s.log.len();
@@ -323,8 +417,8 @@ fn fetch_status(data_dir: &Path, service: Option<&str>) -> anyhow::Result<v1::St
     match Client::running(data_dir)? {
         Some(client) => client.get_as(&path),
         None => {
-            eprintln!(
-                "note: no server is running: the recorded releases only (no instances, health or traffic)"
+            term::note(
+                "no server is running: the recorded releases only (no instances, health or traffic)",
             );
             recorded(data_dir, |state| {
                 recast_server::records::status(state, service)
@@ -554,7 +648,7 @@ pub fn rollback(
         }
     }
     if let Some(h) = hint {
-        eprintln!("note: {h}");
+        term::note(&h);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -773,7 +867,7 @@ pub fn promote_release(
         service: service.to_string(),
         from: from.to_string(),
     };
-    let started = send_apply(&client, spec, &secrets, Some(promote))?;
+    let started = send_apply(&client, spec, &secrets, Some(promote), None)?;
     follow_apply(&client, started, json, false)
 }
 

@@ -110,7 +110,9 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
                 ExportFormat::Oci => Format::Oci,
                 ExportFormat::Docker => Format::Docker,
             };
-            let size = archive::export(&store, &desc, &name, fmt, &out)?;
+            let bar = crate::term::Bytes::new(&format!("exporting {name}"));
+            let size = archive::export_with(&store, &desc, &name, fmt, &out, &bar)?;
+            drop(bar);
             if json {
                 output::json(&serde_json::json!({
                     "name": name, "digest": desc.digest, "file": out, "size": size,
@@ -142,7 +144,9 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
         } => {
             let (desc, name) = store.resolve(&ImageRef::parse(&reference)?)?;
             let dest = Remote::parse(&destination)?;
-            let pushed = registry::push(&store, &desc, &name, &dest, insecure)?;
+            let bar = crate::term::Bytes::new(&format!("pushing {name}"));
+            let pushed = registry::push_with(&store, &desc, &name, &dest, insecure, &bar)?;
+            drop(bar);
             if json {
                 output::json(&pushed)?;
             } else {
@@ -157,7 +161,9 @@ pub fn run(data_dir: &Path, cmd: Command) -> anyhow::Result<ExitCode> {
             insecure,
             json,
         } => {
-            let added = recast_image::pull(&store, &reference, insecure)?;
+            let bar = crate::term::Bytes::new(&format!("pulling {reference}"));
+            let added = recast_image::pull_with(&store, &reference, insecure, &bar)?;
+            drop(bar);
             if json {
                 output::json(&added)?;
             } else {

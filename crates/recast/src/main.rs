@@ -12,6 +12,7 @@ mod run;
 mod secrets;
 mod serve;
 mod state;
+mod term;
 mod validate;
 mod volume;
 
@@ -33,6 +34,18 @@ struct Cli {
     /// Where recast keeps its image store, caches and state [default: $XDG_DATA_HOME/recast]
     #[arg(long, global = true, env = "RECAST_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never
+    #[arg(long, global = true, value_enum, default_value_t = term::ColorChoice::Auto, value_name = "WHEN")]
+    color: term::ColorChoice,
+
+    /// Say less: errors only (no progress, no notes)
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Say more: progress also when stderr is not a terminal, and each API request
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -133,6 +146,10 @@ struct Api {
     /// How long a project's lease lasts without renewal: a standby takes it over after this
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     lease_time: u64,
+    /// How the server logs on stderr: human lines (coloured on a terminal unless NO_COLOR is
+    /// set) or json, one object per line (timestamp, level, message and fields)
+    #[arg(long, value_enum, default_value_t = serve::LogFormat::Human, value_name = "FORMAT")]
+    log_format: serve::LogFormat,
 }
 
 impl Api {
@@ -253,12 +270,19 @@ enum Command {
         /// Exit 0 with no changes, 2 with changes, 1 on error (as terraform plan does)
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Save the plan to FILE, for `recast apply FILE` (also written -out FILE)
+        #[arg(long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Build, test, then roll out through the running server
     #[command(
-        after_help = "Examples:\n  recast apply --yes\n  recast apply --env staging -var replicas=3 --yes\n  recast apply --detach --yes && recast status --watch"
+        after_help = "Examples:\n  recast apply --yes\n  recast apply --env staging -var replicas=3 --yes\n  recast apply --detach --yes && recast status --watch\n  recast plan -out web.plan && recast apply web.plan"
     )]
     Apply {
+        /// A plan saved by `recast plan -out FILE`: apply exactly it, or refuse if the spec, the
+        /// images, the secrets or the state moved since
+        #[arg(value_name = "PLAN")]
+        saved: Option<PathBuf>,
         #[command(flatten)]
         spec: Spec,
         #[command(flatten)]
@@ -492,13 +516,15 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Terraform's single-dash spelling `-var NAME=VALUE` (and `-var=NAME=VALUE`) is `--var`.
+/// Terraform's single-dash spellings: `-var NAME=VALUE` (and `-var=…`) is `--var`, `-out FILE`
+/// is `--out`.
 fn terraform_flags(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> impl Iterator<Item = std::ffi::OsString> {
     args.map(|a| match a.to_str() {
         Some("-var") => "--var".into(),
-        Some(s) if s.starts_with("-var=") => format!("-{s}").into(),
+        Some("-out") => "--out".into(),
+        Some(s) if s.starts_with("-var=") || s.starts_with("-out=") => format!("-{s}").into(),
         _ => a,
     })
 }
@@ -518,6 +544,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    term::init(cli.color, cli.quiet, cli.verbose);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -529,7 +556,7 @@ fn main() -> ExitCode {
                 };
                 output::json_error(message, hint);
             }
-            eprintln!("error: {text}");
+            eprintln!("{}", term::error_text(&text));
             ExitCode::FAILURE
         }
     }
@@ -595,6 +622,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.insecure_listen,
                 api.state.as_deref(),
                 api.host()?,
+                api.log_format,
                 None,
             )
         }),
@@ -605,6 +633,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api.insecure_listen,
                 api.state.as_deref(),
                 api.host()?,
+                api.log_format,
                 Some(&spec.arg()?),
             )
         }),
@@ -613,21 +642,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             locked,
             json,
             detailed_exitcode,
+            out,
         } => data_dir().and_then(|d| {
-            let code = deploy::plan_cmd(&spec.arg()?, &d, locked.locked, json)?;
+            let code = deploy::plan_cmd(&spec.arg()?, &d, locked.locked, json, out.as_deref())?;
             Ok(match code {
                 deploy::Planned::Changes if detailed_exitcode => ExitCode::from(2),
                 _ => ExitCode::SUCCESS,
             })
         }),
         Command::Apply {
+            saved,
             spec,
             locked,
             json,
             detach,
             yes,
-        } => data_dir()
-            .and_then(|d| deploy::apply(&spec.arg()?, &d, locked.locked, json, detach, yes)),
+        } => data_dir().and_then(|d| {
+            let how = deploy::ApplyHow {
+                locked: locked.locked,
+                json,
+                detach,
+                yes,
+            };
+            match saved {
+                Some(file) => deploy::apply_saved(&file, &d, how),
+                None => deploy::apply(&spec.arg()?, &d, how),
+            }
+        }),
         Command::Status {
             service,
             env,

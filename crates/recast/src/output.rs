@@ -1,7 +1,7 @@
 //! Shared plumbing of commands: the data directory, JSON on stdout, progress on a terminal.
 
 use anyhow::Context as _;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `--data-dir`, `RECAST_DATA_DIR`, `$XDG_DATA_HOME/recast`, or `~/.local/share/recast`;
@@ -92,14 +92,11 @@ pub fn line(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Progress messages for people: shown on a terminal, silent in pipes.
+/// Progress messages for people: a spinner with the elapsed time on a terminal, silent in pipes
+/// (each message a line with `-v`, nothing with `-q`).
 pub fn progress() -> impl FnMut(&str) {
-    let tty = std::io::stderr().is_terminal();
-    move |msg: &str| {
-        if tty {
-            eprintln!("  {msg}");
-        }
-    }
+    let spinner = crate::term::Spinner::new("working");
+    move |msg: &str| spinner.set(msg)
 }
 
 /// "1.2 MiB".

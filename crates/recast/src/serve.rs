@@ -7,6 +7,39 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// How `recast server` writes its log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for a person; coloured on a terminal unless NO_COLOR is set
+    Human,
+    /// One JSON object per line: timestamp, level, message and the event's fields
+    Json,
+}
+
+/// Install the server's log: the engine's events (`recast_server`'s `oplog`) of level info and
+/// above, on stderr, in `format`. Colour only on a terminal and without NO_COLOR.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false);
+    // A second call in one process keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => logs.with_ansi(colour()).try_init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+/// Colour on stderr: a terminal, and NO_COLOR unset or empty (no-color.org).
+fn colour() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
 /// Half the cores (at least one) run the engine and API; routes run their own thread per core
 /// (see `recast-proxy`), and blocking work (containers, builds) tokio's blocking pool.
 /// `RECAST_WORKERS` overrides it.
@@ -30,6 +63,7 @@ pub fn run(
     insecure_listen: bool,
     state: Option<&str>,
     host: recast_server::engine::HostConfig,
+    log_format: LogFormat,
     apply: Option<&crate::build::SpecArg>,
 ) -> anyhow::Result<ExitCode> {
     if !listen.ip().is_loopback() && !insecure_listen {
@@ -38,6 +72,7 @@ pub fn run(
         );
         return Ok(ExitCode::from(2));
     }
+    init_logs(log_format);
     // Before any thread starts, so that only the signal thread receives them.
     let signals = recast_runtime::signals::forward();
     let rt = runtime()?;
@@ -46,13 +81,10 @@ pub fn run(
             .await
             .map_err(|e| anyhow!(e))?;
         for n in &started.notes {
-            eprintln!("recovered: {n}");
+            tracing::info!("recovered: {n}");
         }
-        eprintln!(
-            "recast server: API on http://{} (data directory {})",
-            started.addr,
-            data_dir.display()
-        );
+        let (api, data_dir_shown) = (format!("http://{}", started.addr), data_dir.display());
+        tracing::info!(api = %api, data_dir = %data_dir_shown, "server started");
         let mut code = ExitCode::SUCCESS;
         if let Some(spec) = apply {
             let path = std::fs::canonicalize(&spec.path)
@@ -69,6 +101,7 @@ pub fn run(
                 inputs: spec.inputs.clone(),
                 secrets,
                 promote: None,
+                expect_plan: None,
             };
             let id = started.ctl.start_apply(input).map_err(|e| anyhow!(e))?;
             let ctl = started.ctl.clone();
@@ -94,7 +127,7 @@ pub fn run(
         }
         // Wait for a stop signal on a blocking thread.
         let _ = tokio::task::spawn_blocking(move || signals.recv()).await;
-        eprintln!("recast server: stopping (instances keep running)");
+        tracing::info!("server stopping (instances keep running)");
         recast_server::stopped(data_dir, &started.ctl);
         drop(started);
         Ok::<_, anyhow::Error>(code)

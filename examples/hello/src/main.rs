@@ -108,8 +108,10 @@ fn main() {
         }
     };
     let port = config.port;
-    // The message may be a secret (`MESSAGE = secret.x`): never logged.
-    eprintln!("hello {VERSION} listening on :{port}");
+    eprintln!(
+        "hello {VERSION} listening on :{port}, message {:?}",
+        config.message
+    );
     if let Some(after) = config.exit_after {
         std::thread::spawn(move || {
             std::thread::sleep(after);

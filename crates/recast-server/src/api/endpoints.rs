@@ -41,6 +41,7 @@ pub(super) fn apply(ctl: &Arc<Ctl>, req: &Req) -> Answer {
         inputs: r.inputs,
         secrets,
         promote: r.promote,
+        expect_plan: r.expect_plan,
     })?;
     Ok(answer(
         StatusCode::ACCEPTED,

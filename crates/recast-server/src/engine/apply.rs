@@ -4,6 +4,14 @@ use super::*;
 use crate::record::SealedSecret;
 use recast_api::v1::Promotion;
 
+/// How an apply goes besides its spec: the sealed secrets, a promotion, a saved plan's
+/// fingerprint.
+pub(super) struct How {
+    secrets: BTreeMap<String, SealedSecret>,
+    promote: Option<Promotion>,
+    expect_plan: Option<String>,
+}
+
 /// A new release of a service: its settings, image digest, sealed secrets, and who made it.
 pub(super) struct NewService<'a> {
     model: &'a Service,
@@ -23,6 +31,7 @@ impl Ctl {
         crate::project::environment_chosen(&project).map_err(ServerError::Invalid)?;
         let sealed = self.seal_secrets(&project, &input.secrets)?;
         let promote = input.promote;
+        let expect_plan = input.expect_plan;
         let identity = crate::project::Identity::of(&project);
         let name = identity.name.clone();
         // Another host acting for it: refused now, naming that host.
@@ -83,6 +92,7 @@ impl Ctl {
         if let Some(m) = moved {
             self.log(id, m);
         }
+        tracing::info!(project = %name, apply = id, "apply received");
         let ctl = self.clone();
         tokio::spawn(async move {
             let result = match ctl.act_for(&name).await {
@@ -92,7 +102,14 @@ impl Ctl {
                 Err(e) => Err(e),
             };
             let result = match result {
-                Ok(()) => ctl.apply(id, project, &name, sealed, promote).await,
+                Ok(()) => {
+                    let how = How {
+                        secrets: sealed,
+                        promote,
+                        expect_plan,
+                    };
+                    ctl.apply(id, project, &name, how).await
+                }
                 Err(e) => Err(e),
             };
             let mut applies = lock(&ctl.applies);
@@ -110,6 +127,7 @@ impl Ctl {
                         a.error = Some(e);
                     }
                 }
+                crate::oplog::apply_ended(a);
             }
             lock(&ctl.applying).remove(&name);
         });
@@ -140,16 +158,27 @@ impl Ctl {
         apply: u64,
         project: Project,
         name: &str,
-        secrets: BTreeMap<String, SealedSecret>,
-        promote: Option<Promotion>,
+        how: How,
     ) -> Result<(), String> {
+        let How {
+            secrets,
+            promote,
+            expect_plan,
+        } = how;
         lock(&self.hooks).insert(
             name.to_string(),
             project.webhooks.values().cloned().collect(),
         );
         lock(&self.guards).insert(name.to_string(), project.guard.clone());
         let plan = self
-            .prepare(apply, &project, name, &secrets, promote.as_ref())
+            .prepare(
+                apply,
+                &project,
+                name,
+                &secrets,
+                promote.as_ref(),
+                expect_plan,
+            )
             .await?;
         // Routes first, so that traffic flows as soon as instances are healthy.
         self.sync_routes(name, &project).await?;
@@ -243,6 +272,7 @@ impl Ctl {
         name: &str,
         secrets: &BTreeMap<String, SealedSecret>,
         promote: Option<&Promotion>,
+        expect_plan: Option<String>,
     ) -> Result<plan::Plan, String> {
         // A promotion builds nothing: the service runs the digest live in the other environment.
         let (built, digests) = match promote {
@@ -276,6 +306,11 @@ impl Ctl {
         if let Some(p) = promote {
             plan.services.retain(|s| s.service == p.service);
         }
+        if let Some(want) = expect_plan
+            && plan.fingerprint() != want
+        {
+            return Err("the saved plan no longer holds: the spec, an image, a secret or the state moved since it was made\n  hint: make a new one with `recast plan -out FILE`".into());
+        }
         let refusals = plan.refusals();
         if !refusals.is_empty() {
             return Err(format!(
@@ -285,8 +320,8 @@ impl Ctl {
             ));
         }
         for sp in &plan.services {
-            for r in sp.reasons.iter().filter(|r| r.contains(" verified in ")) {
-                self.log(apply, format!("{}: {r}", sp.service));
+            if let Some(v) = &sp.verified {
+                self.log(apply, format!("{}: {v}", sp.service));
             }
         }
         self.test_images(apply, project, &plan, &built).await?;
@@ -431,6 +466,17 @@ impl Ctl {
             .map_err(|e| failed(format!("recording the rollout: {e}")))?;
         lock(&svc.verdicts).clear();
         let what = format!("release {} ({strategy})", new.number);
+        let (project, service, from) = (&svc.project, &svc.name, old.map(|o| o.number));
+        let release = new.number;
+        tracing::info!(
+            project,
+            service,
+            release,
+            from,
+            strategy,
+            apply,
+            "rollout started"
+        );
         self.hook(svc, "rollout.started", new.number, &what);
         let started = self
             .state
@@ -458,6 +504,7 @@ impl Ctl {
             rollout: rid,
             release: new.number,
             apply,
+            current: Default::default(),
         };
         let end = Rollout {
             fleet: &fleet,
@@ -468,6 +515,7 @@ impl Ctl {
         }
         .run()
         .await;
+        record.finish();
         *lock(&svc.rollout) = None;
         match end {
             End::Succeeded => {
@@ -530,15 +578,19 @@ impl Ctl {
             .map_err(|e| e.to_string())
             .and_then(|()| self.try_event(svc, kind, &format!("release {release}: {detail}")));
         if let Err(e) = recorded {
-            eprintln!(
-                "recast: recording the end of the rollout of {}/{} release {release} failed: {e}",
-                svc.project, svc.name
+            let (project, service) = (&svc.project, &svc.name);
+            tracing::error!(
+                project,
+                service,
+                release,
+                "recording the end of the rollout: {e}"
             );
         }
     }
 
     /// Record an event; a failed write is an error the caller decides about.
     pub(crate) fn try_event(&self, svc: &Svc, kind: &str, msg: &str) -> Result<(), String> {
+        crate::oplog::event(&svc.project, &svc.name, kind, msg);
         self.state
             .event(&svc.project, &svc.name, kind, msg)
             .map(drop)
@@ -563,7 +615,7 @@ impl Ctl {
             tokio::task::spawn_blocking(move || {
                 // A notification never blocks a rollout; a failed one is said, not retried.
                 if let Err(e) = call_hook(&h, &body) {
-                    eprintln!("recast: {what} failed: {e}");
+                    tracing::warn!("{what} failed: {e}");
                 }
             });
         }
@@ -612,6 +664,8 @@ impl Ctl {
                     if b.cached { "unchanged" } else { "built" }
                 ),
             );
+            let (image, digest, cached) = (&b.image, b.digest.to_string(), b.cached);
+            tracing::info!(project = %name, apply, image, digest, cached, "image built");
         }
         Ok(built)
     }
@@ -660,6 +714,8 @@ impl Ctl {
                 apply,
                 format!("image {img} passed {} check(s)", outcome.checks.len()),
             );
+            let checks = outcome.checks.len();
+            tracing::info!(apply, image = %img, checks, "image passed its test");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ impl Ctl {
     pub fn promote(&self, svc: &Svc) -> Result<(), ServerError> {
         Self::rolling_out(svc)?;
         svc.controls.promote();
+        tracing::info!(project = %svc.project, service = %svc.name, "promotion requested");
         Ok(())
     }
 
@@ -14,6 +15,7 @@ impl Ctl {
     pub fn abort(&self, svc: &Svc) -> Result<(), ServerError> {
         Self::rolling_out(svc)?;
         svc.controls.abort();
+        tracing::info!(project = %svc.project, service = %svc.name, "abort requested");
         Ok(())
     }
 
@@ -52,6 +54,8 @@ impl Ctl {
         restore_volumes: bool,
     ) -> Result<RollbackResult, String> {
         let t0 = Instant::now();
+        let (project, service) = (&svc.project, &svc.name);
+        tracing::info!(project, service, to, restore_volumes, "rollback requested");
         let _busy = svc.busy.lock().await;
         let (cur, target) = self.rollback_target(svc, to)?;
         let run = Run::from_row(&target)?;

@@ -111,10 +111,55 @@ pub(crate) struct Record<'a> {
     pub rollout: i64,
     pub release: i64,
     pub apply: Option<u64>,
+    /// The step running (its number, what it does, since when), for the log's step lines.
+    pub current: std::sync::Mutex<Option<(i64, String, Instant)>>,
+}
+
+impl Record<'_> {
+    /// Log the end of the step running, if any (a new step begins, or the rollout ended).
+    pub(crate) fn finish(&self) {
+        if let Some((step, detail, since)) = lock(&self.current).take() {
+            let (project, service, release) = (&self.svc.project, &self.svc.name, self.release);
+            let ms = since.elapsed().as_millis() as u64;
+            tracing::info!(
+                project,
+                service,
+                release,
+                step,
+                detail,
+                ms,
+                "rollout step finished"
+            );
+        }
+    }
+
+    /// The log line of a step: a new step (`n > 0`) ends the one before; `-1` tells of a
+    /// rollback (a warning); `-2`, an analysis, is logged by `verdict` with its numbers.
+    fn log_step(&self, n: i64, detail: &str) {
+        let (project, service, release, apply) =
+            (&self.svc.project, &self.svc.name, self.release, self.apply);
+        if n > 0 {
+            self.finish();
+            tracing::info!(
+                project,
+                service,
+                release,
+                apply,
+                step = n,
+                detail,
+                "rollout step started"
+            );
+            *lock(&self.current) = Some((n, detail.to_string(), Instant::now()));
+        } else if n == -1 {
+            self.finish();
+            tracing::warn!(project, service, release, apply, detail, "rollback step");
+        }
+    }
 }
 
 impl Journal for Record<'_> {
     fn step(&self, n: i64, detail: String) -> Result<(), String> {
+        self.log_step(n, &detail);
         if let Some(a) = self.apply {
             self.ctl.log(a, format!("{}: {detail}", self.svc.name));
         }
@@ -134,6 +179,7 @@ impl Journal for Record<'_> {
     }
 
     fn verdict(&self, v: &Verdict) -> Result<(), String> {
+        crate::oplog::verdict(&self.svc.project, &self.svc.name, v);
         lock(&self.svc.verdicts).push(v.clone());
         let json = serde_json::to_string(v).map_err(|e| e.to_string())?;
         self.ctl.try_event(self.svc, "analysis.verdict", &json)

@@ -205,7 +205,7 @@ impl Ctl {
                     added.digest, run.digest
                 ));
             }
-            eprintln!("recast: pulled image {} as {}", run.image_name, added.name);
+            tracing::info!(digest = %run.digest, "pulled image {} as {}", run.image_name, added.name);
             Ok(())
         }
         .await;

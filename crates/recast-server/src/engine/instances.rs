@@ -243,7 +243,7 @@ impl Ctl {
             let plane = self.plane.clone();
             let kept = tokio::task::spawn_blocking(move || plane.keep()).await;
             if let Ok(Err(e)) = kept {
-                eprintln!("recast: the data plane: {e}");
+                tracing::warn!("the data plane: {e}");
             }
         }
     }

@@ -146,7 +146,7 @@ fn dir_id(dir: &DataDir) -> String {
     }
     let id = new_id("dir");
     if let Err(e) = std::fs::write(&path, &id) {
-        eprintln!("recast: writing {}: {e}", path.display());
+        tracing::warn!("writing {}: {e}", path.display());
     }
     id
 }
@@ -328,7 +328,7 @@ impl Ctl {
     async fn serving(&self, project: &str) {
         let (state, p) = (self.state.clone(), project.to_string());
         if let Err(e) = off(tokio::task::spawn_blocking(move || state.set_serving(&p)).await) {
-            eprintln!("recast: project {project}: recording that it serves: {e}");
+            tracing::error!(project, "recording that it serves: {e}");
         }
     }
 
@@ -350,7 +350,7 @@ impl Ctl {
                     .build()
                 {
                     Ok(rt) => rt.block_on(ctl.keep_leases(engine)),
-                    Err(e) => eprintln!("recast: the lease keeper cannot start: {e}"),
+                    Err(e) => tracing::error!("the lease keeper cannot start: {e}"),
                 }
             })
             .map(drop)
@@ -388,10 +388,8 @@ impl Ctl {
     /// and keep serving, undriven, otherwise — when the state answers again this host takes its
     /// leases back, or stops a project another host took meanwhile (`take_ours`).
     async fn cut_off(self: &Arc<Self>, why: &str) {
-        eprintln!(
-            "recast: host {}: {why}: acting for no project until the state answers",
-            self.me()
-        );
+        let host = self.me();
+        tracing::error!(host, "{why}: acting for no project until the state answers");
         let peers = lock(&self.hosting.peers).clone();
         for (p, _) in self.state.held() {
             self.state.unhold(&p);
@@ -434,14 +432,14 @@ impl Ctl {
                 return;
             }
             Err(e) => {
-                eprintln!("recast: host {}: renewing leases: {e}", self.me());
+                tracing::warn!(host = self.me(), "renewing leases: {e}");
                 return;
             }
         };
         if sent.elapsed() > self.hosting.config.lease_time / 5 {
-            eprintln!(
-                "recast: host {}: renewing its leases took {:.1} s (it stops acting {:.1} s after the last renewal)",
-                self.me(),
+            tracing::warn!(
+                host = self.me(),
+                "renewing its leases took {:.1} s (it stops acting {:.1} s after the last renewal)",
                 sent.elapsed().as_secs_f64(),
                 self.hosting.config.cut_off_after().as_secs_f64()
             );
@@ -452,7 +450,7 @@ impl Ctl {
         }
         *lock(&self.hosting.renewed) = sent;
         if self.hosting.cut_off.swap(false, Ordering::SeqCst) {
-            eprintln!("recast: host {}: the state answers again", self.me());
+            tracing::info!(host = self.me(), "the state answers again");
         }
         let current = self.state.held();
         for l in rows {
@@ -488,10 +486,7 @@ impl Ctl {
             }
         }
         if let Err(e) = self.take_ours(engine).await {
-            eprintln!(
-                "recast: host {}: looking for leases to take: {e}",
-                self.me()
-            );
+            tracing::warn!(host = self.me(), "looking for leases to take: {e}");
         }
     }
 
@@ -567,7 +562,7 @@ impl Ctl {
             Ok(Some(l)) => l,
             Ok(None) => return,
             Err(e) => {
-                eprintln!("recast: taking the lease of project {project}: {e}");
+                tracing::warn!(project, "taking the lease: {e}");
                 return;
             }
         };
@@ -575,24 +570,25 @@ impl Ctl {
         match self.restore_quietly(project).await {
             Ok(()) => {
                 self.serving(project).await;
-                eprintln!(
-                    "recast: host {}: acting for project {project} (from {}, lease token {}), serving after {:.1} s",
-                    self.me(),
-                    if from.is_empty() || from == self.me() {
-                        "this host's records"
-                    } else {
-                        from
-                    },
-                    lease.token,
+                let from = if from.is_empty() || from == self.me() {
+                    "this host's records"
+                } else {
+                    from
+                };
+                tracing::info!(
+                    host = self.me(),
+                    project,
+                    from,
+                    token = lease.token,
+                    "lease taken: acting for project {project}, serving after {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
             }
             Err(e) => {
                 // Let go here (nothing stops): the next renewal takes it again and retries.
                 self.state.unhold(project);
-                eprintln!(
-                    "recast: project {project}: starting it: {e} (tried again at the next renewal)"
-                );
+                let why = "tried again at the next renewal";
+                tracing::error!(project, "starting it: {e} ({why})");
             }
         }
     }
@@ -616,7 +612,7 @@ impl Ctl {
         let mut notes = Vec::new();
         let failed = self.restore(Some(project), &mut notes).await;
         for n in &notes {
-            eprintln!("recast: project {project}: {n}");
+            tracing::info!(project, "{n}");
         }
         match failed? {
             f if f.is_empty() => Ok(()),
@@ -647,10 +643,8 @@ impl Ctl {
                 .collect();
             keys.iter().filter_map(|k| map.remove(k)).collect()
         };
-        eprintln!(
-            "recast: host {}: stopping project {project}: {why}",
-            self.me()
-        );
+        let host = self.me();
+        tracing::warn!(host, project, "stopping project {project}: {why}");
         for svc in &svcs {
             if lock(&svc.rollout).is_some() {
                 svc.controls.abort();
@@ -666,15 +660,15 @@ impl Ctl {
                 .map(|l| l.inst)
                 .collect();
             for e in self.delete_instances(gone).await {
-                eprintln!("recast: {}: {e}", svc.key());
+                tracing::warn!(project, service = %svc.name, "{e}");
             }
         }
         if let Err(e) = self.serve_routes(project, &[]).await {
-            eprintln!("recast: project {project}: closing its routes: {e}");
+            tracing::warn!(project, "closing its routes: {e}");
         }
         self.routes.lock().await.retain(|_, r| r.project != project);
         if let Err(e) = self.sync_network(project, &[]).await {
-            eprintln!("recast: project {project}: removing its network: {e}");
+            tracing::warn!(project, "removing its network: {e}");
         }
         lock(&self.guards).remove(project);
         lock(&self.hooks).remove(project);
@@ -719,15 +713,12 @@ impl Ctl {
             self.hosting.config.ttl_ms(),
         );
         match off(tokio::task::spawn_blocking(move || state.hand_over(&p, &t, ttl)).await) {
-            Ok(()) => eprintln!(
-                "recast: host {}: handed project {project} over to {to}",
-                self.me()
-            ),
+            Ok(()) => tracing::info!(host = self.me(), project, to, "lease moved to host {to}"),
             Err(e) => {
                 // Still held here but stopped: let go, so that the next renewal takes it back
                 // and starts it (and the move is tried again).
                 self.state.unhold(project);
-                eprintln!("recast: project {project}: handing it over to {to}: {e}");
+                tracing::error!(project, to, "handing it over to {to}: {e}");
             }
         }
         drop(guards);

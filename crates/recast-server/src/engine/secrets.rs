@@ -13,6 +13,8 @@ pub struct ApplyInput {
     /// Secret name → value, as the CLI read them.
     pub secrets: BTreeMap<String, Vec<u8>>,
     pub promote: Option<Promotion>,
+    /// Apply only if the plan has this fingerprint (a saved plan).
+    pub expect_plan: Option<String>,
 }
 
 impl ApplyInput {
@@ -23,6 +25,7 @@ impl ApplyInput {
             inputs: recast_spec::Inputs::default(),
             secrets: BTreeMap::new(),
             promote: None,
+            expect_plan: None,
         }
     }
 }

@@ -196,3 +196,111 @@ fn history_and_status_work_without_a_server() {
         stderr(&o)
     );
 }
+
+/// `plan -out FILE` then `apply FILE` applies exactly that plan, from anywhere; once the state
+/// moved, the saved plan is refused and nothing is applied.
+#[test]
+fn a_saved_plan_applies_as_planned_or_not_at_all() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let p = Project::new();
+    p.write("MESSAGE = \"v1\"", "", "");
+    let first = p.path().join("first.plan");
+    let first = first.to_str().expect("utf-8");
+    ok(&server.rc(p.path(), &["plan", "-out", first]));
+    let mode = std::fs::metadata(first)
+        .expect("saved")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a saved plan is private");
+    ok(&server.rc(Path::new("/"), &["apply", first]));
+    assert_eq!(crate::deploy::body_now(p.port), "v1 from hello 0.1.0\n");
+
+    p.write("MESSAGE = \"v2\"", "", "");
+    let second = p.path().join("second.plan");
+    let second = second.to_str().expect("utf-8");
+    ok(&server.rc(p.path(), &["plan", "-out", second]));
+    // The state moves: another change is applied before the saved plan.
+    p.write("MESSAGE = \"v3\"", "", "");
+    ok(&server.rc(p.path(), &["apply", "--yes"]));
+    let o = server.rc(p.path(), &["apply", second]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no longer holds"), "{}", stderr(&o));
+    assert_eq!(crate::deploy::body_now(p.port), "v3 from hello 0.1.0\n");
+    let h: serde_json::Value =
+        serde_json::from_slice(&server.rc(p.path(), &["history", "web", "--json"]).stdout)
+            .expect("history");
+    assert_eq!(h["releases"].as_array().map(Vec::len), Some(2), "{h}");
+    // Not a plan at all.
+    let o = server.rc(p.path(), &["apply", "recast.hcl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not a plan saved by"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Colour only when asked for or on a terminal (never in a pipe, never with NO_COLOR), and
+/// `-q` keeps notes off stderr.
+#[test]
+fn colour_and_quiet_follow_the_user() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Project::new();
+    p.write("MESSAGE = \"v1\"", "", "");
+    let run = |args: &[&str], no_color: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_recast"));
+        c.args(args)
+            .current_dir(p.path())
+            .env("RECAST_DATA_DIR", data.path());
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        c.output().expect("run")
+    };
+    let green_plus = "\x1b[32m+\x1b[0m service web";
+    let o = run(&["plan", "--color", "always"], false);
+    ok(&o);
+    assert!(stdout(&o).contains(green_plus), "{:?}", stdout(&o));
+    for (args, no_color) in [
+        (&["plan"][..], false),
+        (&["plan", "--color", "never"], false),
+        (&["plan", "--color", "auto"], true),
+    ] {
+        let o = run(args, no_color);
+        ok(&o);
+        assert!(
+            !stdout(&o).contains('\x1b') && stdout(&o).contains("+ service web"),
+            "{args:?} NO_COLOR={no_color}: {:?}",
+            stdout(&o)
+        );
+    }
+    let o = run(&["rollback", "web", "--color", "always"], false);
+    assert!(
+        stderr(&o).starts_with("\x1b[31merror:\x1b[0m no recast server is running")
+            && stderr(&o).contains("\x1b[36mhint:\x1b[0m"),
+        "{:?}",
+        stderr(&o)
+    );
+    let o = run(&["rollback", "web"], false);
+    assert!(
+        stderr(&o).starts_with("error: no recast server"),
+        "{:?}",
+        stderr(&o)
+    );
+    // A note (no server: the recorded state) is said, unless -q.
+    let o = run(&["status"], false);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("note: no server is running"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["status", "-q"], false);
+    ok(&o);
+    assert_eq!(stderr(&o), "", "-q says nothing");
+    let o = run(&["status", "-q", "-v"], false);
+    assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
+}

@@ -3,6 +3,7 @@
 mod attacks;
 mod canary;
 mod cli;
+mod dashboard;
 mod dataplane;
 mod dataplane_stock;
 mod debian;
@@ -30,6 +31,7 @@ mod private;
 mod project;
 mod registry_deploy;
 mod runsteps;
+mod server_logs;
 mod state_cmd;
 mod tcp_routes;
 mod upgrade;

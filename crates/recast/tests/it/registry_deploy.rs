@@ -118,7 +118,7 @@ fn apply_pushes_to_the_registry_and_a_server_lacking_the_image_pulls_it_by_diges
     let log = std::fs::read_to_string(server.data.join("server-test.log")).expect("server log");
     let pulls = log
         .lines()
-        .filter(|l| l.contains("recast: pulled image web:latest"))
+        .filter(|l| l.contains("pulled image web:latest"))
         .count();
     assert_eq!(pulls, 1, "three instances, one pull:\n{}", server.logs());
     let listed = server.rc(p.path(), &["image", "ls", "--json"]);
