@@ -24,6 +24,26 @@ pub(crate) fn event(project: &str, service: &str, kind: &str, msg: &str) {
     }
 }
 
+/// A rollout of `svc` to `release` begins (from the release live before, if any).
+pub(crate) fn rollout_started(
+    svc: &crate::engine::Svc,
+    release: i64,
+    from: Option<i64>,
+    strategy: &str,
+    apply: Option<u64>,
+) {
+    let (project, service) = (&svc.project, &svc.name);
+    tracing::info!(
+        project,
+        service,
+        release,
+        from,
+        strategy,
+        apply,
+        "rollout started"
+    );
+}
+
 /// How an apply ended: its state, and why when it failed (the error the CLI is shown too).
 pub(crate) fn apply_ended(a: &recast_api::v1::ApplyStatus) {
     let (project, apply, state) = (&a.project, a.id, a.state.as_str());

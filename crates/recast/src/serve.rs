@@ -16,16 +16,23 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the server's log: the engine's events (`recast_server`'s `oplog`) of level info and
-/// above, on stderr, in `format`. Colour only on a terminal and without NO_COLOR.
+/// Install the server's log: the engine's events (`recast_server`'s `oplog`) on stderr, in
+/// `format`: info and above (`-q`: warnings and errors; `-v`: debug too). Colour as `--color`
+/// and `NO_COLOR` say (`crate::term`).
 fn init_logs(format: LogFormat) {
+    use crate::term::{Verbosity, verbosity};
+    let level = match verbosity() {
+        Verbosity::Quiet => tracing::Level::WARN,
+        Verbosity::Normal => tracing::Level::INFO,
+        Verbosity::Verbose => tracing::Level::DEBUG,
+    };
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(level)
         .with_target(false);
     // A second call in one process keeps the first subscriber.
     let _ = match format {
-        LogFormat::Human => logs.with_ansi(colour()).try_init(),
+        LogFormat::Human => logs.with_ansi(crate::term::colours_stderr()).try_init(),
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
@@ -33,11 +40,6 @@ fn init_logs(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
-}
-
-/// Colour on stderr: a terminal, and NO_COLOR unset or empty (no-color.org).
-fn colour() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 /// Half the cores (at least one) run the engine and API; routes run their own thread per core

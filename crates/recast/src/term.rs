@@ -62,6 +62,11 @@ fn settings() -> &'static Settings {
     })
 }
 
+/// Whether text for people on stderr is coloured (the server's log too).
+pub fn colours_stderr() -> bool {
+    settings().colour_err
+}
+
 pub fn verbosity() -> Verbosity {
     settings().verbosity
 }

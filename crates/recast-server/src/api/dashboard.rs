@@ -264,6 +264,8 @@ fn login_form(status: StatusCode, error: Option<&str>) -> Resp {
 }
 
 /// A page or file of the dashboard, never cached, with headers that keep it to its own origin.
+/// (`Referrer-Policy: same-origin`, not `no-referrer`: with that, Chromium sends `Origin: null`
+/// on the page's own POSTs, which [`same_origin`] refuses.)
 fn page(body: &str, content_type: &'static str) -> Resp {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     let h = r.headers_mut();
@@ -281,7 +283,7 @@ fn page(body: &str, content_type: &'static str) -> Resp {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r

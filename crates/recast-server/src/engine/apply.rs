@@ -43,40 +43,7 @@ impl Ctl {
             return Err(ServerError::Conflict(elsewhere));
         }
         let id = self.next_apply.fetch_add(1, Ordering::Relaxed);
-        let moved;
-        {
-            let mut applying = lock(&self.applying);
-            if let Some(to) = lock(&self.hosting.moving).get(&name) {
-                return Err(ServerError::Conflict(format!(
-                    "project {name} is being moved to host {to}\n  hint: apply there once it serves it (`recast hosts`)"
-                )));
-            }
-            if let Some(other) = applying.get(&name) {
-                let started = lock(&self.applies)
-                    .get(other)
-                    .map(|a| a.started_ms)
-                    .unwrap_or(0);
-                return Err(ServerError::Conflict(format!(
-                    "an apply of project \"{name}\" is already running (apply {other}, started {}s ago)\n  hint: wait for it, or follow it with `recast status`",
-                    now_ms().saturating_sub(started) / 1000
-                )));
-            }
-            // Under the lock, so two directories cannot claim one name at once. A project new to
-            // this host is claimed once its lease is taken (`act_for`).
-            let ownership = if self.state.holds(&name) {
-                crate::project::claim(&self.state, &identity)?
-            } else {
-                crate::project::check(&self.state, &identity)?
-            };
-            applying.insert(name.clone(), id);
-            moved = match ownership {
-                crate::project::Ownership::Moved { from } => Some(format!(
-                    "project {name} moved from {from} to {}",
-                    identity.dir.display()
-                )),
-                _ => None,
-            };
-        }
+        let moved = self.reserve(&name, &identity, id)?;
         lock(&self.applies).insert(
             id,
             ApplyStatus {
@@ -112,26 +79,72 @@ impl Ctl {
                 }
                 Err(e) => Err(e),
             };
-            let mut applies = lock(&ctl.applies);
-            if let Some(a) = applies.get_mut(&id) {
-                match result {
-                    Ok(()) => {
-                        a.state = if a.services.iter().all(|s| s.outcome.is_ok()) {
-                            ApplyState::Succeeded
-                        } else {
-                            ApplyState::Failed
-                        }
-                    }
-                    Err(e) => {
-                        a.state = ApplyState::Failed;
-                        a.error = Some(e);
-                    }
-                }
-                crate::oplog::apply_ended(a);
-            }
+            ctl.apply_ended(id, result);
             lock(&ctl.applying).remove(&name);
         });
         Ok(id)
+    }
+
+    /// Mark `name` as being applied by apply `id` — refused while it moves to another host or
+    /// another apply runs — and claim (or check) its spec directory; what moved, if it did.
+    fn reserve(
+        &self,
+        name: &str,
+        identity: &crate::project::Identity,
+        id: u64,
+    ) -> Result<Option<String>, ServerError> {
+        let mut applying = lock(&self.applying);
+        if let Some(to) = lock(&self.hosting.moving).get(name) {
+            return Err(ServerError::Conflict(format!(
+                "project {name} is being moved to host {to}\n  hint: apply there once it serves it (`recast hosts`)"
+            )));
+        }
+        if let Some(other) = applying.get(name) {
+            let started = lock(&self.applies)
+                .get(other)
+                .map(|a| a.started_ms)
+                .unwrap_or(0);
+            return Err(ServerError::Conflict(format!(
+                "an apply of project \"{name}\" is already running (apply {other}, started {}s ago)\n  hint: wait for it, or follow it with `recast status`",
+                now_ms().saturating_sub(started) / 1000
+            )));
+        }
+        // Under the lock, so two directories cannot claim one name at once. A project new to
+        // this host is claimed once its lease is taken (`act_for`).
+        let ownership = if self.state.holds(name) {
+            crate::project::claim(&self.state, identity)?
+        } else {
+            crate::project::check(&self.state, identity)?
+        };
+        applying.insert(name.to_string(), id);
+        Ok(match ownership {
+            crate::project::Ownership::Moved { from } => Some(format!(
+                "project {name} moved from {from} to {}",
+                identity.dir.display()
+            )),
+            _ => None,
+        })
+    }
+
+    /// Record how apply `id` ended.
+    fn apply_ended(&self, id: u64, result: Result<(), String>) {
+        let mut applies = lock(&self.applies);
+        if let Some(a) = applies.get_mut(&id) {
+            match result {
+                Ok(()) => {
+                    a.state = if a.services.iter().all(|s| s.outcome.is_ok()) {
+                        ApplyState::Succeeded
+                    } else {
+                        ApplyState::Failed
+                    }
+                }
+                Err(e) => {
+                    a.state = ApplyState::Failed;
+                    a.error = Some(e);
+                }
+            }
+            crate::oplog::apply_ended(a);
+        }
     }
 
     pub fn apply_status(&self, id: u64) -> Option<ApplyStatus> {
@@ -187,7 +200,6 @@ impl Ctl {
             let ctl = self.clone();
             let name = name.to_string();
             let svc_model = project.services.get(&sp.service).cloned();
-            let digest = sp.digest.clone().unwrap_or_default();
             let service = sp.service.clone();
             let svc_secrets: BTreeMap<String, SealedSecret> = svc_model
                 .iter()
@@ -201,47 +213,9 @@ impl Ctl {
             tasks.push((
                 service,
                 tokio::spawn(async move {
-                    let svc = ctl.svc(&name, &sp.service);
-                    let outcome = match (sp.action, svc_model) {
-                        (Action::Unchanged, _) => ServiceOutcome {
-                            service: sp.service.clone(),
-                            release: sp.current_release,
-                            outcome: ServiceChange::Unchanged,
-                            reason: None,
-                        },
-                        (Action::Remove, _) => {
-                            ctl.log(apply, format!("removing service {}", sp.service));
-                            match ctl.destroy_service(&svc, false).await {
-                                Ok(()) => ServiceOutcome {
-                                    service: sp.service.clone(),
-                                    release: None,
-                                    outcome: ServiceChange::Removed,
-                                    reason: None,
-                                },
-                                Err(e) => ServiceOutcome {
-                                    service: sp.service.clone(),
-                                    release: sp.current_release,
-                                    outcome: ServiceChange::Failed,
-                                    reason: Some(format!("removing service {}: {e}", sp.service)),
-                                },
-                            }
-                        }
-                        (_, Some(model)) => {
-                            let new = NewService {
-                                model: &model,
-                                digest: &digest,
-                                secrets: svc_secrets,
-                                by: &by,
-                            };
-                            ctl.deploy(apply, &svc, new).await
-                        }
-                        (_, None) => ServiceOutcome {
-                            service: sp.service.clone(),
-                            release: None,
-                            outcome: ServiceChange::Failed,
-                            reason: Some("not in the spec".into()),
-                        },
-                    };
+                    let outcome = ctl
+                        .change_service(apply, &name, sp, svc_model, svc_secrets, &by)
+                        .await;
                     ctl.outcome(apply, outcome);
                 }),
             ));
@@ -261,6 +235,60 @@ impl Ctl {
             }
         }
         Ok(())
+    }
+
+    /// What apply `apply` does to one service of its plan: nothing, remove it, or roll out a
+    /// new release.
+    async fn change_service(
+        self: &Arc<Self>,
+        apply: u64,
+        name: &str,
+        sp: plan::ServicePlan,
+        svc_model: Option<Service>,
+        secrets: BTreeMap<String, SealedSecret>,
+        by: &str,
+    ) -> ServiceOutcome {
+        let svc = self.svc(name, &sp.service);
+        match (sp.action, svc_model) {
+            (Action::Unchanged, _) => ServiceOutcome {
+                service: sp.service.clone(),
+                release: sp.current_release,
+                outcome: ServiceChange::Unchanged,
+                reason: None,
+            },
+            (Action::Remove, _) => {
+                self.log(apply, format!("removing service {}", sp.service));
+                match self.destroy_service(&svc, false).await {
+                    Ok(()) => ServiceOutcome {
+                        service: sp.service.clone(),
+                        release: None,
+                        outcome: ServiceChange::Removed,
+                        reason: None,
+                    },
+                    Err(e) => ServiceOutcome {
+                        service: sp.service.clone(),
+                        release: sp.current_release,
+                        outcome: ServiceChange::Failed,
+                        reason: Some(format!("removing service {}: {e}", sp.service)),
+                    },
+                }
+            }
+            (_, Some(model)) => {
+                let new = NewService {
+                    model: &model,
+                    digest: sp.digest.as_deref().unwrap_or_default(),
+                    secrets,
+                    by,
+                };
+                self.deploy(apply, &svc, new).await
+            }
+            (_, None) => ServiceOutcome {
+                service: sp.service.clone(),
+                release: None,
+                outcome: ServiceChange::Failed,
+                reason: Some("not in the spec".into()),
+            },
+        }
     }
 
     /// Build (or, for a promotion, take the other environment's digest), plan, test and push:
@@ -466,17 +494,7 @@ impl Ctl {
             .map_err(|e| failed(format!("recording the rollout: {e}")))?;
         lock(&svc.verdicts).clear();
         let what = format!("release {} ({strategy})", new.number);
-        let (project, service, from) = (&svc.project, &svc.name, old.map(|o| o.number));
-        let release = new.number;
-        tracing::info!(
-            project,
-            service,
-            release,
-            from,
-            strategy,
-            apply,
-            "rollout started"
-        );
+        crate::oplog::rollout_started(svc, new.number, old.map(|o| o.number), strategy, apply);
         self.hook(svc, "rollout.started", new.number, &what);
         let started = self
             .state

@@ -27,8 +27,9 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
     req.push_str(body);
     s.write_all(req.as_bytes())
         .unwrap_or_else(|e| panic!("sending {method} {path} to port {port}: {e}"));
+    // Read to the end of the body its Content-Length gives (chromedriver keeps connections
+    // open), or to the close; a stream (the event stream) up to its head only.
     let mut raw = Vec::new();
-    // A streamed answer (the event stream) is read until the head and first bytes only.
     let mut chunk = [0u8; 8192];
     loop {
         match s.read(&mut chunk) {
@@ -36,8 +37,15 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
             Err(e) => panic!("reading the answer to {method} {path} on port {port}: {e}"),
         }
-        if path.starts_with("/v1/events") && raw.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if path.starts_with("/v1/events") || len.is_some_and(|n| raw.len() >= end + 4 + n) {
+                break;
+            }
         }
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -211,6 +219,11 @@ impl Browser {
 
     /// Wait for a `confirm()` dialog, return its text and accept it.
     fn accept_dialog(&self) -> String {
+        self.answer_dialog("accept")
+    }
+
+    /// Wait for a `confirm()` dialog, return its text and answer it (`accept` or `dismiss`).
+    fn answer_dialog(&self, answer: &str) -> String {
         let mut text = String::new();
         wait_for("the confirmation dialog", 10, || {
             match self.cmd("GET", "/alert/text", Value::Null) {
@@ -221,8 +234,8 @@ impl Browser {
                 Err(_) => false,
             }
         });
-        self.cmd("POST", "/alert/accept", json!({}))
-            .expect("accepting the dialog");
+        self.cmd("POST", &format!("/alert/{answer}"), json!({}))
+            .unwrap_or_else(|e| panic!("answering the dialog ({answer}): {e}"));
         text
     }
 
@@ -543,10 +556,16 @@ fn the_dashboard_shows_a_canary_as_the_api_does_and_aborts_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Sparklines drawn from successive samples, the releases, instances and live events.
-    b.wait_one(
-        "article[data-service=\"web\"] tr.split[data-release=\"2\"] svg.rate polyline",
-        20,
-    );
+    wait_for("a request-rate sparkline of 5 samples", 30, || {
+        b.find(
+            "article[data-service=\"web\"] tr.split[data-release=\"2\"] svg.rate polyline",
+            None,
+        )
+        .ok()
+        .and_then(|l| l.into_iter().next())
+        .and_then(|l| b.attr(&l, "points").ok())
+        .is_some_and(|p| p.split(' ').count() >= 5)
+    });
     b.wait_one(
         "article[data-service=\"web\"] tr.release-row[data-release=\"2\"]",
         20,
@@ -559,6 +578,29 @@ fn the_dashboard_shows_a_canary_as_the_api_does_and_aborts_it() {
     let shot = b.screenshot("canary");
     assert!(shot.exists());
 
+    // Pause and resume from the page; an abort not confirmed does nothing.
+    let button = |action: &str| {
+        b.wait_one(
+            &format!("article[data-service=\"web\"] button[data-action=\"{action}\"]"),
+            5,
+        )
+    };
+    b.click(&button("pause"));
+    assert!(b.accept_dialog().starts_with("Pause"));
+    b.wait_one("article[data-service=\"web\"] .badge.paused", 20);
+    assert_eq!(status(port, &token)["paused"], true);
+    b.click(&button("resume"));
+    b.accept_dialog();
+    wait_for("the page to show the rollout resumed", 20, || {
+        b.find("article[data-service=\"web\"] .badge.paused", None)
+            .is_ok_and(|v| v.is_empty())
+    });
+    assert_eq!(status(port, &token)["paused"], false);
+    b.click(&button("abort"));
+    b.answer_dialog("dismiss");
+    let svc = status(port, &token);
+    assert!(svc["rollout"].is_string(), "a dismissed abort acted: {svc}");
+
     // Abort, confirmed in the dialog: the page and the API show the rollback.
     let abort = b.wait_one(
         "article[data-service=\"web\"] button[data-action=\"abort\"]",
@@ -570,9 +612,18 @@ fn the_dashboard_shows_a_canary_as_the_api_does_and_aborts_it() {
     wait_for("the page to show all traffic on v1", 30, || {
         page_split(&b).is_some_and(|s| s == [(1, 100.0)])
     });
-    let svc = status(port, &token);
-    assert_eq!(api_split(&svc), [(1, 100.0)], "{svc}");
-    assert!(svc["rollout"].is_null(), "{svc}");
+    wait_for(
+        "the API to show the rollout over, all traffic on v1",
+        30,
+        || {
+            let svc = status(port, &token);
+            svc["rollout"].is_null() && api_split(&svc) == [(1, 100.0)]
+        },
+    );
+    b.wait_one(
+        "article[data-service=\"web\"] p.rollout[data-running=\"false\"]",
+        20,
+    );
     b.wait_one(
         "article[data-service=\"web\"] li.rollout-item[data-state=\"rolled_back\"][data-to=\"2\"]",
         20,

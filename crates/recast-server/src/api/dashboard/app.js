@@ -7,6 +7,7 @@ const POLL_MS = 1000;
 const HISTORY_MS = 5000;
 const SAMPLES = 60;
 const MAX_EVENTS = 200;
+const MAX_MESSAGE = 160;
 // The SSE stream names each event by its kind; EventSource only hands named events to
 // listeners registered for that name.
 const EVENT_KINDS = [
@@ -192,11 +193,13 @@ function project(name) {
 }
 
 function renderHead(c, svc) {
-  c.parts.head.replaceChildren(
+  const parts = [
     el("span", { class: "current", "data-release": String(svc.current_release ?? "") },
       svc.current_release == null ? "no release" : "release " + svc.current_release),
     " ", el("code", { class: "digest", title: svc.digest || "" }, short(svc.digest)),
-    svc.paused ? el("span", { class: "badge paused" }, "paused") : null);
+  ];
+  if (svc.paused) parts.push(el("span", { class: "badge paused" }, "paused"));
+  c.parts.head.replaceChildren(...parts);
   c.parts.rollout.textContent = svc.rollout ? "Rollout: " + svc.rollout : "No rollout running.";
   c.parts.rollout.dataset.running = svc.rollout ? "true" : "false";
 }
@@ -231,7 +234,7 @@ function numbers(n) {
 }
 
 function renderVerdicts(c, svc) {
-  const items = svc.verdicts.slice(-10).reverse().map((v) =>
+  const items = svc.verdicts.slice(-6).reverse().map((v) =>
     el("li", { class: "verdict " + v.result, "data-result": v.result, "data-release": String(v.release), "data-at": String(v.at_ms) },
       el("span", { class: "result" }, v.result), ` v${v.release} · ${v.reason} · canary: ${numbers(v.canary)} · stable: ${numbers(v.stable)}`));
   if (!items.length) items.push(el("li", { class: "muted" }, "no analysis"));
@@ -339,7 +342,9 @@ function follow() {
     seen.add(e.id);
     list.prepend(el("li", { class: "event", "data-kind": e.kind, "data-service": e.service, "data-id": String(e.id) },
       el("time", {}, new Date(e.at_ms).toLocaleTimeString()), " ",
-      el("span", { class: "kind" }, e.kind), ` ${e.project}/${e.service}: ${e.message}`));
+      el("span", { class: "kind" }, e.kind), ` ${e.project}/${e.service}: `,
+      el("span", { class: "message", title: e.message },
+        e.message.length > MAX_MESSAGE ? e.message.slice(0, MAX_MESSAGE) + "…" : e.message)));
     while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
   };
   for (const k of EVENT_KINDS) src.addEventListener(k, add);
