@@ -304,3 +304,70 @@ fn colour_and_quiet_follow_the_user() {
     let o = run(&["status", "-q", "-v"], false);
     assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
 }
+
+/// Every command that takes `--json` answers a failure with exactly one JSON document on stdout,
+/// `{"error": {"message", "hint"}}`, and exit 1.
+#[test]
+fn every_command_fails_in_json_under_json() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = data.path().join("out");
+    let out = out.to_str().expect("utf-8");
+    let cases: &[&[&str]] = &[
+        &["build", "-f", "/nonexistent.hcl"],
+        &["test", "-f", "/nonexistent.hcl"],
+        &["lock", "-f", "/nonexistent.hcl"],
+        &["plan", "-f", "/nonexistent.hcl"],
+        &["apply", "-f", "/nonexistent.hcl", "--yes"],
+        &["apply", "/nonexistent.plan"],
+        &["destroy", "-f", "/nonexistent.hcl", "--yes"],
+        &["status", "nosuch"],
+        &["history", "nosuch"],
+        &["rollback", "web"],
+        &["promote", "web"],
+        &["abort", "web"],
+        &["pause", "web"],
+        &["resume", "web"],
+        &["drift"],
+        &[
+            "promote-release",
+            "web",
+            "--from",
+            "a",
+            "--to",
+            "b",
+            "--yes",
+        ],
+        &["image", "inspect", "nosuch:1"],
+        &["image", "export", "nosuch:1", "-o", out],
+        &["image", "import", "/nonexistent.tar"],
+        &["image", "push", "nosuch:1", "127.0.0.1:1/x:1"],
+        &["image", "rm", "nosuch:1"],
+        &["volume", "ls"],
+        &["volume", "snapshots", "web"],
+        &["state", "backup", "/nonexistent/dir/x.db"],
+        &["project", "move", "p", "--to", "h"],
+    ];
+    for args in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_recast"))
+            .args(*args)
+            .arg("--json")
+            .current_dir(data.path())
+            .env("RECAST_DATA_DIR", data.path())
+            .env_remove("RECAST_STATE")
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(1), "recast {args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "recast {args:?} --json: stdout is not one JSON document ({e}): {:?}",
+                stdout(&o)
+            )
+        });
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "recast {args:?} --json: {v}"
+        );
+    }
+}
