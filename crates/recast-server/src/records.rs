@@ -97,12 +97,7 @@ pub fn status(state: &State, service: Option<&str>) -> Result<v1::Status, String
         .routes()
         .map_err(e)?
         .into_iter()
-        .map(|r| v1::RouteStatus {
-            project: r.project,
-            route: r.name,
-            listen: r.listen,
-            service: r.service,
-        })
+        .map(wire::route_status)
         .collect();
     Ok(v1::Status {
         services,

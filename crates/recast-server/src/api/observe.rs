@@ -43,12 +43,7 @@ async fn status_of(ctl: &Ctl, only: Option<&str>) -> v1::Status {
         .route_rows()
         .await
         .into_iter()
-        .map(|r| v1::RouteStatus {
-            project: r.project,
-            route: r.name,
-            listen: r.listen,
-            service: r.service,
-        })
+        .map(wire::route_status)
         .collect();
     v1::Status {
         services,

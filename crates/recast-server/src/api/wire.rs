@@ -90,3 +90,13 @@ pub fn event(e: &recast_state::Event) -> v1::Event {
         message: e.message.clone(),
     }
 }
+
+/// A recorded route as `status` shows it.
+pub fn route_status(r: recast_state::RouteRow) -> v1::RouteStatus {
+    v1::RouteStatus {
+        project: r.project,
+        route: r.name,
+        listen: r.listen,
+        service: r.service,
+    }
+}

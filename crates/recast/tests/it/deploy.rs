@@ -744,8 +744,9 @@ fn a_concurrent_apply_is_refused_and_a_killed_server_converges() {
 #[test]
 fn no_server_is_a_clear_error() {
     let d = tempfile::tempdir().expect("tmp");
+    // (`status` and `history` read the recorded state without a server: `cli.rs`.)
     let out = Command::new(env!("CARGO_BIN_EXE_recast"))
-        .args(["status"])
+        .args(["rollback", "web"])
         .env("RECAST_DATA_DIR", d.path())
         .output()
         .expect("run");
