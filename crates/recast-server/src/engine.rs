@@ -413,14 +413,9 @@ impl Ctl {
     /// environment (`recast … --env ENV`).
     pub fn find_svc(&self, project: Option<&str>, service: &str) -> Result<Arc<Svc>, ServerError> {
         let svcs = lock(&self.svcs);
-        let in_project = |s: &Svc| match project {
-            None => true,
-            Some(p) if p.starts_with('@') => s.project.ends_with(p),
-            Some(p) => s.project == p,
-        };
         let found: Vec<&Arc<Svc>> = svcs
             .values()
-            .filter(|s| s.name == service && in_project(s))
+            .filter(|s| s.name == service && plan::names_project(project, &s.project))
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),

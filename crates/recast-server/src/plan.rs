@@ -263,6 +263,16 @@ pub fn project_name(project: &Project) -> String {
     }
 }
 
+/// Whether `project` is the one `filter` names: exactly, or `@ENV` for any project in that
+/// environment (`recast … --env ENV`); no filter names every project.
+pub fn names_project(filter: Option<&str>, project: &str) -> bool {
+    match filter {
+        None => true,
+        Some(env) if env.starts_with('@') => project.ends_with(env),
+        Some(p) => project == p,
+    }
+}
+
 /// The project name without its environment: `hello@staging` → `hello`.
 pub fn base_name(project: &str) -> &str {
     project.split_once('@').map_or(project, |(base, _)| base)

@@ -10,11 +10,7 @@ use recast_state::State;
 /// project in that environment); without it, the one project that has such a service. A
 /// service destroyed since (no current release) is found through its project's routes.
 pub fn project_of(state: &State, project: Option<&str>, service: &str) -> Result<String, String> {
-    let wanted = |p: &str| match project {
-        None => true,
-        Some(want) if want.starts_with('@') => p.ends_with(want),
-        Some(want) => p == want,
-    };
+    let wanted = |p: &str| crate::plan::names_project(project, p);
     let mut found: Vec<String> = state
         .all_services()
         .map_err(|e| e.to_string())?

@@ -434,9 +434,9 @@ fn status_once(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut v = fetch_status(data_dir, service)?;
-    if let Some(e) = env {
-        v.services.retain(|s| s.project.ends_with(&format!("@{e}")));
-    }
+    let filter = env_project(env);
+    v.services
+        .retain(|s| plan::names_project(filter.as_deref(), &s.project));
     if let Some(s) = service
         && v.services.is_empty()
     {

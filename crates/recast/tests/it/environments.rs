@@ -635,11 +635,15 @@ fn staging_then_production_by_promotion_with_soak() {
     );
 
     // After the soak: accepted, and production serves the same digest.
-    let soak = Duration::from_millis(3500);
-    if let Some(rest) = soak.checked_sub(live.elapsed()) {
-        std::thread::sleep(rest);
-    }
-    let out = server.rc(d.path(), &["plan", "--env", "production"]);
+    let mut out = server.rc(d.path(), &["plan", "--env", "production"]);
+    wait_for("the 3 s soak to pass", 20, || {
+        out = server.rc(d.path(), &["plan", "--env", "production"]);
+        !stdout(&out).contains("refused:")
+    });
+    assert!(
+        live.elapsed() >= Duration::from_secs(3),
+        "not before the soak"
+    );
     ok(&out);
     assert!(
         stdout(&out).contains("verified in staging for"),
