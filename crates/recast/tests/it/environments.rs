@@ -592,7 +592,6 @@ fn staging_then_production_by_promotion_with_soak() {
 
     let out = server.rc(d.path(), &["apply", "--env", "staging", "--yes"]);
     ok(&out);
-    let live = Instant::now();
     wait_for("staging to serve", 20, || body_now(staging) == hello);
 
     // Promoted at once, the release has not soaked in staging: refused, production untouched.
