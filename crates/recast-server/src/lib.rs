@@ -70,7 +70,7 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Read an existing token file: it must be private to its owner (no group or other permission
-/// bits) and not empty, else it is refused with the file named and what to do.
+/// bits) and hold at least [`MIN_TOKEN`] characters, else it is refused with the file named and what to do.
 /// `Ok(None)` when there is no such file.
 pub fn read_token(p: &Path) -> Result<Option<String>, ServerError> {
     use std::os::unix::fs::PermissionsExt;
@@ -108,8 +108,21 @@ pub fn read_token(p: &Path) -> Result<Option<String>, ServerError> {
             p.display()
         )));
     }
+    if t.chars().count() < MIN_TOKEN {
+        return Err(ServerError::Conflict(format!(
+            "the API token {} has {} characters; one shorter than {MIN_TOKEN} could be guessed\n  hint: delete it; the server generates a new one when it starts (48 hex digits)",
+            p.display(),
+            t.chars().count()
+        )));
+    }
     Ok(Some(t.to_string()))
 }
+
+/// The fewest characters an API token may have. The API does not throttle wrong tokens (a
+/// lockout would let anyone who can reach the listener lock the operator out); guessing is
+/// hopeless instead: a generated token has 192 random bits, and one an operator writes must
+/// be at least this long.
+pub const MIN_TOKEN: usize = 32;
 
 /// The API token of a data directory, created (0600) on first use; an existing token file
 /// that is not private or is empty is refused ([`read_token`]).

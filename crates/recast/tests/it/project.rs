@@ -525,7 +525,7 @@ fn the_api_applies_spec_files_only_and_never_echoes_a_file() {
 }
 
 #[test]
-fn a_token_file_that_is_not_private_or_is_empty_is_refused() {
+fn a_token_file_that_is_not_private_empty_or_short_is_refused() {
     let start = |data: &Path| {
         Command::new(env!("CARGO_BIN_EXE_recast"))
             .args(["server", "--listen", "127.0.0.1:0"])
@@ -563,6 +563,19 @@ fn a_token_file_that_is_not_private_or_is_empty_is_refused() {
     assert!(
         stderr(&out).contains(&format!(
             "the API token {} is empty\n  hint: delete it; the server generates a new one",
+            token.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // A short token could be guessed (the API does not throttle wrong ones): refused.
+    std::fs::write(&token, "hunter2\n").expect("write");
+    let out = start(&data);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the API token {} has 7 characters; one shorter than 32 could be guessed\n  hint: delete it; the server generates a new one",
             token.display()
         )),
         "{}",
