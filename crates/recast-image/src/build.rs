@@ -29,6 +29,9 @@ pub struct Options {
     /// The digest of each base tag (normalised reference → manifest digest): the project's
     /// `recast.lock` ([`crate::lock`]). A base tag not listed is an error, never pulled as is.
     pub pins: BTreeMap<String, Digest>,
+    /// Makes the progress shown for each registry base pulled, given what is pulled
+    /// (`pulling REF`); none shown when unset.
+    pub pulls: Option<fn(&str) -> Box<dyn crate::progress::Progress>>,
 }
 
 impl Options {
@@ -47,6 +50,7 @@ impl Options {
             vary_created: std::env::var_os("RECAST_TEST_VARY_BUILD").is_some(),
             insecure: false,
             pins: BTreeMap::new(),
+            pulls: None,
         })
     }
 }
@@ -720,7 +724,11 @@ fn registry_base(
     };
     match stored {
         Some(desc) => Ok(desc),
-        None => registry::pull(staging, &remote, opts.insecure),
+        None => {
+            let shown = opts.pulls.map(|bar| bar(&format!("pulling {reference}")));
+            let progress = shown.as_deref().unwrap_or(&crate::progress::Unwatched);
+            registry::pull_with(staging, &remote, opts.insecure, progress)
+        }
     }
 }
 

@@ -67,6 +67,7 @@ pub fn build_spec(
     let store = output::store(data_dir)?;
     let mut opts = Options::from_env()?;
     opts.pins = crate::lock::pins(&project, locked)?;
+    opts.pulls = Some(crate::term::Bytes::boxed);
     let runner = crate::run::step_runner(data_dir, &project, &store)?;
     let cache_dir = recast_api::DataDir::new(data_dir).cache();
     let built = build::build(

@@ -3,9 +3,9 @@
 //!
 //! Data on stdout (and every `--json` output) is never decorated; only text for people is.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 /// `--color`.
@@ -139,6 +139,9 @@ fn progress_shows() -> bool {
     }
 }
 
+/// Every bar and spinner shown, drawn together (a build's spinner and its base pulls' bars).
+static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
+
 /// A spinner with the elapsed time for a long step, on stderr; hidden when progress does not
 /// show (then `-v` prints each message as a line instead).
 pub struct Spinner {
@@ -148,7 +151,7 @@ pub struct Spinner {
 impl Spinner {
     pub fn new(what: &str) -> Spinner {
         let bar = (progress_shows() && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new_spinner();
+            let bar = BARS.add(ProgressBar::new_spinner());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -175,7 +178,9 @@ impl Spinner {
     /// Print a line above the spinner (or plainly, without one), unless `-q`.
     pub fn println(&self, line: &str) {
         match &self.bar {
-            Some(b) => b.println(line),
+            Some(_) => {
+                let _ = BARS.println(line);
+            }
             None if verbosity() > Verbosity::Quiet => eprintln!("{line}"),
             None => {}
         }
@@ -203,7 +208,7 @@ impl Bytes {
                 bar: ProgressBar::hidden(),
             };
         }
-        let bar = ProgressBar::new(0);
+        let bar = BARS.add(ProgressBar::new(0));
         bar.set_style(
             ProgressStyle::with_template(
                 "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
@@ -213,6 +218,13 @@ impl Bytes {
         );
         bar.set_message(what.to_string());
         Bytes { bar }
+    }
+}
+
+impl Bytes {
+    /// A bar for `what`, as a `recast_image` progress (the build's base pulls).
+    pub fn boxed(what: &str) -> Box<dyn recast_image::progress::Progress> {
+        Box::new(Bytes::new(what))
     }
 }
 

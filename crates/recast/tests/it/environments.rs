@@ -198,7 +198,7 @@ fn without_app_banner(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Assert that no file under the server's data directory holds any form of `values`.
-fn data_dir_clean(server: &Server, values: &[&str], when: &str) {
+pub(crate) fn data_dir_clean(server: &Server, values: &[&str], when: &str) {
     let (found, read) = files_holding(&server.data, values);
     assert!(
         read > 10,

@@ -562,3 +562,41 @@ fn docker_config_credentials_reach_only_their_registry() {
         );
     }
 }
+
+/// A build pulling a base shows a byte bar naming it on a terminal (script(1) gives the build
+/// one), and nothing of it when piped.
+#[test]
+fn a_base_pull_shows_a_byte_bar_on_a_terminal_only() {
+    let reg = Registry::start();
+    let tag = format!("{}/team/base:1", reg.addr);
+    push_base("bar\n", &tag);
+    let p = project(&app_spec(&tag), "app\n");
+
+    let data = tempfile::tempdir().expect("tmp");
+    let piped = rc(p.path(), data.path(), &["build"], &[]);
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert!(
+        !stderr(&piped).contains("pulling"),
+        "a bar in a pipe: {}",
+        stderr(&piped)
+    );
+
+    // A fresh store pulls the base again, now on a terminal.
+    let data = tempfile::tempdir().expect("tmp");
+    let build = format!("{} build", env!("CARGO_BIN_EXE_recast"));
+    let o = Command::new("script")
+        .args(["-qec", &build, "/dev/null"])
+        .current_dir(p.path())
+        .env("RECAST_DATA_DIR", data.path())
+        .env("DOCKER_CONFIG", data.path().join("no-docker-config"))
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run script");
+    let shown = stdout(&o);
+    assert!(o.status.success(), "the build failed: {shown}");
+    assert!(
+        shown.contains(&format!("pulling {tag}")),
+        "no bar for the pull on a terminal: {shown:?}"
+    );
+}

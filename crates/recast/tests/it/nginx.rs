@@ -274,3 +274,167 @@ fn a_stock_debian_nginx_dockerfile_builds_deploys_and_rolls_under_load() {
         );
     }
 }
+
+/// The site behind HTTP basic auth whose user file is a recast secret (`/healthz` stays open
+/// for the health check and the image test).
+const AUTH_DOCKERFILE: &str = r#"FROM debian:12
+ARG DEBIAN_FRONTEND=noninteractive
+ARG APT_REPO
+RUN echo "deb [trusted=yes] ${APT_REPO} ./" > /etc/apt/sources.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends nginx-light \
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default
+COPY site.conf /etc/nginx/conf.d/site.conf
+COPY site/ /var/www/html/
+CMD ["nginx", "-g", "daemon off;"]
+"#;
+
+const AUTH_CONF: &str = r#"server {
+    listen 80 default_server;
+    root /var/www/html;
+    location = /healthz { return 200 "ok\n"; }
+    location / {
+        auth_basic "recast";
+        auth_basic_user_file /run/secrets/htpasswd;
+    }
+}
+"#;
+
+fn auth_spec(archive: &Path, repo: &str, route_port: u16) -> String {
+    format!(
+        r#"
+base "debian:12" {{
+  source = "oci-archive:{archive}"
+}}
+
+image "site" {{
+  dockerfile = "Dockerfile"
+  args       = {{ APT_REPO = "{repo}" }}
+  test {{
+    http {{
+      path        = "/healthz"
+      expect_body = "ok"
+    }}
+    timeout = "30s"
+  }}
+}}
+
+secret "htpasswd" {{
+  from_file = "htpasswd"
+}}
+
+service "site" {{
+  image     = image.site
+  port      = 80
+  instances = 2
+  tmpfs     = {NGINX_TMPFS}
+  secret_file {{
+    secret = secret.htpasswd
+    path   = "/run/secrets/htpasswd"
+    mode   = "0444"
+  }}
+  health {{
+    http                = "/healthz"
+    interval            = "200ms"
+    timeout             = "500ms"
+    unhealthy_threshold = 2
+  }}
+  rollout {{
+    strategy = "rolling"
+  }}
+}}
+
+route "site" {{
+  listen  = "127.0.0.1:{route_port}"
+  service = service.site
+}}
+"#,
+        archive = archive.display(),
+    )
+}
+
+/// The status curl gets for `GET /` through the route, as `user:password` when given.
+fn status_as(port: u16, user: Option<&str>) -> String {
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ]);
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let o = c
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("run curl");
+    stdout(&o)
+}
+
+/// Issue 16 with stock software: Debian's nginx reads its basic-auth user file from a recast
+/// secret mounted on a tmpfs; the guard sees no drift in it; a changed secret is a planned
+/// change that rolls out, after which only the new password opens the site; the password is
+/// nowhere in the data directory.
+#[test]
+fn stock_nginx_reads_a_secret_file_and_a_changed_secret_rolls_out() {
+    let repo = AptRepo::serve();
+    let archive = base_image_archive();
+    let server = Server::start();
+    let port = free_port();
+    let p = tempfile::Builder::new()
+        .prefix("nginx-secret")
+        .tempdir()
+        .expect("tmp");
+    let dir = p.path();
+    fs::write(dir.join("Dockerfile"), AUTH_DOCKERFILE).expect("Dockerfile");
+    fs::write(dir.join("site.conf"), AUTH_CONF).expect("site.conf");
+    site(dir, "v1");
+    fs::write(dir.join("recast.hcl"), auth_spec(&archive, &repo.url, port)).expect("spec");
+    let (old, new) = ("pw-7f3c1e9a-old", "pw-0b5d48c2-new");
+    fs::write(dir.join("htpasswd"), format!("alice:{{PLAIN}}{old}\n")).expect("htpasswd");
+
+    ok(&server.rc(dir, &["apply", "--yes"]));
+    let as_old = format!("alice:{old}");
+    let as_new = format!("alice:{new}");
+    wait_for("the site to open with the password", 30, || {
+        status_as(port, Some(&as_old)) == "200"
+    });
+    assert_eq!(
+        status_as(port, None),
+        "401",
+        "the site opened without a password"
+    );
+    assert_eq!(
+        status_as(port, Some(&as_new)),
+        "401",
+        "a wrong password opened the site"
+    );
+    let findings = file_and_mount_findings(&server, dir);
+    assert!(
+        findings.is_empty(),
+        "the secret file was drift: {findings:?}"
+    );
+
+    fs::write(dir.join("htpasswd"), format!("alice:{{PLAIN}}{new}\n")).expect("htpasswd");
+    let plan = server.rc(dir, &["plan"]);
+    ok(&plan);
+    assert!(
+        stdout(&plan).contains("secret htpasswd changed"),
+        "the plan does not show the secret changed:\n{}",
+        stdout(&plan)
+    );
+    ok(&server.rc(dir, &["apply", "--yes"]));
+    wait_for("the new password to open the site", 30, || {
+        status_as(port, Some(&as_new)) == "200"
+    });
+    assert_eq!(
+        status_as(port, Some(&as_old)),
+        "401",
+        "the old password still works"
+    );
+    crate::environments::data_dir_clean(&server, &[old, new], "after nginx's secret changed");
+}
