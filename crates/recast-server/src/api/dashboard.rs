@@ -325,4 +325,53 @@ mod tests {
             .expires = Instant::now();
         assert!(!good("t1"));
     }
+
+    /// The page hears only the event kinds it lists (EventSource hands a named event only to
+    /// listeners of that name): every kind named in the server's code must be in its list.
+    #[test]
+    fn the_page_listens_to_every_event_kind_the_server_emits() {
+        const GROUPS: [&str; 8] = [
+            "analysis", "drift", "guard", "instance", "rollout", "service", "state", "volume",
+        ];
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).expect("read the sources").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(std::fs::read_to_string(&p).expect("read a source"));
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut sources,
+        );
+        // The kinds given to the engine's `event` and `failed` (and a strategy's `event`): the
+        // first string literal of each call.
+        let mut kinds = std::collections::BTreeSet::new();
+        for text in &sources {
+            for call in ["event(", "failed("] {
+                for (at, _) in text.match_indices(call) {
+                    let after = &text[at + call.len()..];
+                    let args = &after[..after.find(')').unwrap_or(after.len()).min(200)];
+                    if let Some(kind) = args.split('"').nth(1)
+                        && let Some((group, name)) = kind.split_once('.')
+                        && GROUPS.contains(&group)
+                        && !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        kinds.insert(kind.to_string());
+                    }
+                }
+            }
+        }
+        assert!(kinds.len() > 15, "too few kinds found: {kinds:?}");
+        let missing: Vec<_> = kinds
+            .iter()
+            .filter(|k| !SCRIPT.contains(&format!("\"{k}\"")))
+            .collect();
+        assert!(missing.is_empty(), "app.js's EVENT_KINDS lacks {missing:?}");
+    }
 }
