@@ -31,7 +31,7 @@ pub struct Options {
     pub pins: BTreeMap<String, Digest>,
     /// Makes the progress shown for each registry base pulled, given what is pulled
     /// (`pulling REF`); none shown when unset.
-    pub pulls: Option<fn(&str) -> Box<dyn crate::progress::Progress>>,
+    pub pulls: Option<crate::progress::Shown>,
 }
 
 impl Options {

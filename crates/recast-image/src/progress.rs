@@ -10,6 +10,9 @@ pub trait Progress: Sync {
     fn advance(&self, bytes: u64);
 }
 
+/// Makes the progress shown for one transfer, given what it moves (`pulling REF`).
+pub type Shown = fn(&str) -> Box<dyn Progress>;
+
 /// No one is watching.
 pub struct Unwatched;
 
