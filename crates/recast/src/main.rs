@@ -539,7 +539,8 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if json && e.use_stderr() => {
-            output::json_error(&e.kind().to_string(), Some("see --help"));
+            let (message, hint) = output::usage_error(&e.to_string());
+            output::json_error(&message, Some(&hint));
             e.exit()
         }
         Err(e) => e.exit(),
@@ -550,11 +551,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let text = format!("{e:#}");
             if json {
-                let (message, hint) = match text.split_once("\n  hint: ") {
-                    Some((m, h)) => (m, Some(h)),
-                    None => (text.as_str(), None),
-                };
-                output::json_error(message, hint);
+                let (message, hint) = output::split_hints(&text);
+                output::json_error(&message, hint.as_deref());
             }
             eprintln!("{}", term::error_text(&text));
             ExitCode::FAILURE

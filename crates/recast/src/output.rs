@@ -142,6 +142,34 @@ pub fn read_small(path: &Path, what: &str) -> anyhow::Result<String> {
 }
 
 /// A failure as JSON on stdout, for `--json`: `{"error": {"message": …, "hint": …}}`.
+/// An error's text as its message and its hints: each `  hint: …` line is a hint (several are
+/// joined by a newline), every other line stays in the message.
+pub fn split_hints(text: &str) -> (String, Option<String>) {
+    let (hints, rest): (Vec<&str>, Vec<&str>) =
+        text.lines().partition(|l| l.starts_with("  hint: "));
+    let hints: Vec<&str> = hints.iter().map(|h| &h["  hint: ".len()..]).collect();
+    (
+        rest.join("\n"),
+        (!hints.is_empty()).then(|| hints.join("\n")),
+    )
+}
+
+/// Clap's text of bad usage as a message (what is wrong, without `error: `) and a hint (its
+/// usage line and where help is).
+pub fn usage_error(text: &str) -> (String, String) {
+    let (what, usage) = text.split_once("\n\nUsage: ").unwrap_or((text, ""));
+    let what = what.strip_prefix("error: ").unwrap_or(what);
+    // Clap's own tips ("to pass '--json' as a value…") are noise here.
+    let what = what.split("\n\n  tip:").next().unwrap_or(what).trim_end();
+    let usage = usage.lines().next().unwrap_or("").trim();
+    let hint = if usage.is_empty() {
+        "see --help".to_string()
+    } else {
+        format!("usage: {usage}; see --help")
+    };
+    (what.to_string(), hint)
+}
+
 pub fn json_error(message: &str, hint: Option<&str>) {
     let v = serde_json::json!({ "error": { "message": message, "hint": hint } });
     println!("{v}");
@@ -152,5 +180,42 @@ pub fn raw(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
     match std::io::stdout().lock().write_all(bytes) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(std::process::ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_leave_the_message_and_every_other_line_stays() {
+        let text = "the spec is invalid:\nrecast.hcl:1:1: error: cannot read spec\n  hint: pass -f PATH\n1 error";
+        assert_eq!(
+            split_hints(text),
+            (
+                "the spec is invalid:\nrecast.hcl:1:1: error: cannot read spec\n1 error"
+                    .to_string(),
+                Some("pass -f PATH".to_string())
+            )
+        );
+        assert_eq!(
+            split_hints("a\n  hint: one\nb\n  hint: two"),
+            ("a\nb".to_string(), Some("one\ntwo".to_string()))
+        );
+        assert_eq!(split_hints("plain"), ("plain".to_string(), None));
+    }
+
+    #[test]
+    fn bad_usage_says_what_is_missing_and_how_to_call() {
+        let clap = "error: the following required arguments were not provided:\n  <SERVICE>\n\nUsage: recast history --json <SERVICE>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error(clap),
+            (
+                "the following required arguments were not provided:\n  <SERVICE>".to_string(),
+                "usage: recast history --json <SERVICE>; see --help".to_string()
+            )
+        );
+        let tip = "error: unexpected argument '--json' found\n\n  tip: to pass '--json' as a value, use '-- --json'\n\nUsage: recast logs <SERVICE>\n";
+        assert_eq!(usage_error(tip).0, "unexpected argument '--json' found");
     }
 }

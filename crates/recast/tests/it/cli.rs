@@ -101,10 +101,30 @@ fn errors_are_json_under_json() {
         "{}",
         stdout(&o)
     );
-    // Bad usage: exit 2, still JSON.
+    // The count of spec errors stays in the message (a hint is only a hint).
+    let e = error_of(&o);
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("1 error")),
+        "{e}"
+    );
+    // Bad usage: exit 2, still JSON, naming what is missing.
     let o = run(&["history", "--json"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(error_of(&o)["message"].is_string(), "{}", stdout(&o));
+    let e = error_of(&o);
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("<SERVICE>")),
+        "{e}"
+    );
+    assert!(
+        e["hint"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("usage: recast history")),
+        "{e}"
+    );
 }
 
 /// `plan --detailed-exitcode`: 2 with changes, 0 without, 1 on error.
