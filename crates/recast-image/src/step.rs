@@ -73,6 +73,9 @@ pub fn key(req: &RunRequest<'_>) -> Digest {
         "user": req.user,
         "network": matches!(req.network, StepNetwork::None),
         "epoch": req.epoch,
+        // Steps run with umask 0022 since it was set in the runtime spec; a layer cached from
+        // a step that inherited recast's 0077 is not this step's.
+        "umask": "0022",
     });
     Digest::of(&crate::oci::canonical_json(&v))
 }

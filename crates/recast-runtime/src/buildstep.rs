@@ -331,6 +331,7 @@ impl Runtime {
         let mut c = std::process::Command::new(&self.runc);
         c.arg("--root").arg(self.data_dir.build_runc_root());
         c.stdin(Stdio::null());
+        sys::child_umask(&mut c, spec::UMASK);
         c
     }
 

@@ -352,6 +352,7 @@ impl Runtime {
         let mut c = Command::new(&self.runc);
         c.arg("--root").arg(self.data_dir.runc_root());
         c.stdin(Stdio::null());
+        sys::child_umask(&mut c, spec::UMASK);
         c
     }
 

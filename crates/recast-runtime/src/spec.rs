@@ -541,7 +541,9 @@ pub fn runtime_spec(
         "root": {"path": rootfs, "readonly": true},
         "process": {
             "terminal": false,
-            "user": {"uid": process.uid, "gid": process.gid},
+            // Docker's umask: recast's own 0077 (its files on the host are private) must not be
+            // what an instance's or a build step's processes create files with.
+            "user": {"uid": process.uid, "gid": process.gid, "umask": UMASK},
             "args": process.args,
             "env": process.env,
             "cwd": process.cwd,
@@ -553,6 +555,9 @@ pub fn runtime_spec(
         "linux": linux,
     })
 }
+
+/// The umask every instance and build step starts with (Docker's and BuildKit's).
+pub const UMASK: u32 = 0o022;
 
 /// Largest `/etc/passwd` or `/etc/group` recast reads from an image.
 const MAX_ACCOUNT_FILE: u64 = 4 << 20;

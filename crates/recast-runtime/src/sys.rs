@@ -377,3 +377,17 @@ pub fn nofile_hard_limit() -> u64 {
         1024
     }
 }
+
+/// Start `c`'s process with umask `mask`. runc makes the directories an instance's mounts need
+/// (a secret file's parent, say) before it applies the spec's umask, so with recast's own 0077
+/// they would be closed to the instance's other users.
+pub fn child_umask(c: &mut std::process::Command, mask: u32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `umask` is async-signal-safe, cannot fail and touches no memory.
+    unsafe {
+        c.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        });
+    }
+}

@@ -141,6 +141,12 @@ fn check_secrets_reach_only_the_instance(
     let m = std::fs::metadata(&file).expect("secret file");
     assert_eq!((m.uid(), m.gid()), owner, "owner of the secret file");
     assert_eq!(mode(&file), file_mode, "mode of the secret file");
+    // The directory runc made for it is open to the instance's other users (a daemon's workers
+    // read such files), and the instance's process starts with Docker's umask, not recast's.
+    let parent = PathBuf::from(format!("/proc/{pid}/root/run/secrets"));
+    assert_eq!(mode(&parent), 0o755, "mode of /run/secrets");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.lines().any(|l| l == "Umask:\t0022"), "{status}");
     let (opts, fstype, super_opts) = mount_in(pid, "/run/secrets/db");
     assert_eq!(fstype, "tmpfs", "the secret file is on a tmpfs");
     for o in ["ro", "nosuid", "nodev", "noexec"] {

@@ -300,57 +300,29 @@ const AUTH_CONF: &str = r#"server {
 }
 "#;
 
+/// [`spec`] with the image test and health check on `/healthz`, and the secret `htpasswd`
+/// (file `htpasswd` beside the spec) mounted world-readable (nginx's workers read it).
 fn auth_spec(archive: &Path, repo: &str, route_port: u16) -> String {
-    format!(
-        r#"
-base "debian:12" {{
-  source = "oci-archive:{archive}"
-}}
-
-image "site" {{
-  dockerfile = "Dockerfile"
-  args       = {{ APT_REPO = "{repo}" }}
-  test {{
-    http {{
-      path        = "/healthz"
-      expect_body = "ok"
-    }}
-    timeout = "30s"
-  }}
-}}
-
-secret "htpasswd" {{
-  from_file = "htpasswd"
-}}
-
-service "site" {{
-  image     = image.site
-  port      = 80
-  instances = 2
-  tmpfs     = {NGINX_TMPFS}
-  secret_file {{
-    secret = secret.htpasswd
-    path   = "/run/secrets/htpasswd"
-    mode   = "0444"
-  }}
-  health {{
-    http                = "/healthz"
-    interval            = "200ms"
-    timeout             = "500ms"
-    unhealthy_threshold = 2
-  }}
-  rollout {{
-    strategy = "rolling"
-  }}
-}}
-
-route "site" {{
-  listen  = "127.0.0.1:{route_port}"
-  service = service.site
-}}
-"#,
-        archive = archive.display(),
-    )
+    let mut text = spec(archive, repo, route_port, "ok", NGINX_TMPFS);
+    for (from, to) in [
+        ("path        = \"/\"", "path        = \"/healthz\""),
+        (
+            "http                = \"/\"",
+            "http                = \"/healthz\"",
+        ),
+        (
+            "service \"site\" {",
+            "secret \"htpasswd\" {\n  from_file = \"htpasswd\"\n}\n\nservice \"site\" {",
+        ),
+        (
+            "  health {",
+            "  secret_file {\n    secret = secret.htpasswd\n    path   = \"/run/secrets/htpasswd\"\n    mode   = \"0444\"\n  }\n  health {",
+        ),
+    ] {
+        assert!(text.contains(from), "the nginx spec lacks {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text
 }
 
 /// The status curl gets for `GET /` through the route, as `user:password` when given.

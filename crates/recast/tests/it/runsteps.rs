@@ -71,7 +71,7 @@ fn run_steps_build_layers_with_whiteouts_env_workdir_and_user() {
       path        = "/index.html"
       expect_body = "page"
     }
-    command = ["/bin/sh", "-c", "test ! -e /etc/motd && test ! -e /etc/gone/x && test \"$(cat /etc/gone/y)\" = new && test \"$(cat /out/greeting)\" = 'hi yes' && test \"$(cat /out/wd)\" = /srv/www && test \"$(cat /out/uid)\" = 65534"]
+    command = ["/bin/sh", "-c", "test ! -e /etc/motd && test ! -e /etc/gone/x && test \"$(cat /etc/gone/y)\" = new && test \"$(cat /out/greeting)\" = 'hi yes' && test \"$(cat /out/wd)\" = /srv/www && test \"$(cat /out/uid)\" = 65534 && test \"$(stat -c %a /out/greeting)\" = 644 && test \"$(umask)\" = 0022"]
 "#,
     );
     let d = tempfile::tempdir().expect("data");
