@@ -688,7 +688,7 @@ pub struct Event {
     pub message: String,
 }
 
-// ---- GET /v1/services/{name}/logs (plain text, streamed) -------------------------------------
+// ---- GET /v1/services/{name}/logs (plain text or JSON lines, streamed) -------------------------
 
 /// What `recast logs` asks for, sent as the query string.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -701,12 +701,29 @@ pub struct LogsQuery {
     pub timestamps: bool,
     /// Keep the answer open and send new lines as they come.
     pub follow: bool,
+    /// One [`InstanceLine`] of JSON per line instead of text.
+    #[serde(default)]
+    pub json: bool,
+}
+
+/// One line of an instance's output, as `logs` sends it with `json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceLine {
+    pub instance: String,
+    /// When recast saw it: RFC 3339, UTC, milliseconds.
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
 }
 
 impl LogsQuery {
-    /// `?timestamps=…&follow=…[&tail=N][&since=D]`.
+    /// `?timestamps=…&follow=…&json=…[&tail=N][&since=D]`.
     pub fn to_query(&self) -> String {
-        let mut q = format!("?timestamps={}&follow={}", self.timestamps, self.follow);
+        let mut q = format!(
+            "?timestamps={}&follow={}&json={}",
+            self.timestamps, self.follow, self.json
+        );
         if let Some(n) = self.tail {
             q.push_str(&format!("&tail={n}"));
         }
@@ -937,14 +954,15 @@ mod tests {
             since: Some("2m".into()),
             timestamps: true,
             follow: false,
+            json: true,
         };
         assert_eq!(
             q.to_query(),
-            "?timestamps=true&follow=false&tail=5&since=2m"
+            "?timestamps=true&follow=false&json=true&tail=5&since=2m"
         );
         assert_eq!(
             LogsQuery::default().to_query(),
-            "?timestamps=false&follow=false"
+            "?timestamps=false&follow=false&json=false"
         );
     }
 

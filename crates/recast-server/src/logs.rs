@@ -1,6 +1,6 @@
 //! `GET /v1/services/NAME/logs`: the output of every instance of a service's current release,
 //! each line prefixed with its instance, optionally its time; the last lines, those since a
-//! moment, and new ones as they come (`follow`). Plain text, streamed.
+//! moment, and new ones as they come (`follow`). Plain text or JSON lines (`json`), streamed.
 
 use crate::ServerError;
 use crate::engine::{Ctl, Svc, lock};
@@ -25,6 +25,8 @@ pub struct Query {
     pub since_ms: Option<u64>,
     pub timestamps: bool,
     pub follow: bool,
+    /// One `v1::InstanceLine` of JSON per line.
+    pub json: bool,
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ServerError> {
@@ -64,6 +66,7 @@ impl Query {
             since_ms,
             timestamps: flag(q, "timestamps")?,
             follow: flag(q, "follow")?,
+            json: flag(q, "json")?,
         })
     }
 }
@@ -87,11 +90,26 @@ fn instances(ctl: &Ctl, svc: &Svc) -> Result<BTreeMap<String, PathBuf>, ServerEr
         .collect())
 }
 
-fn render(out: &mut String, id: &str, l: &Line, timestamps: bool) {
+fn render(out: &mut String, id: &str, l: &Line, q: &Query) {
+    if q.json {
+        let line = recast_api::v1::InstanceLine {
+            instance: id.to_string(),
+            time: logs::rfc3339(l.at_ms),
+            stream: match l.stream {
+                logs::Stream::Stdout => "stdout",
+                logs::Stream::Stderr => "stderr",
+            }
+            .to_string(),
+            line: l.text.clone(),
+        };
+        out.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        out.push('\n');
+        return;
+    }
     out.push('[');
     out.push_str(id);
     out.push_str("] ");
-    if timestamps {
+    if q.timestamps {
         out.push_str(&logs::rfc3339(l.at_ms));
         out.push(' ');
     }
@@ -129,7 +147,7 @@ pub fn stream(ctl: Arc<Ctl>, svc: Arc<Svc>, q: Query, tx: tokio::sync::mpsc::Sen
     picked.sort_by_key(|(_, l)| l.at_ms);
     let mut out = String::new();
     for (id, l) in &picked {
-        render(&mut out, id, l, q.timestamps);
+        render(&mut out, id, l, &q);
         if out.len() >= 64 << 10 && !send(std::mem::take(&mut out)) {
             return;
         }
@@ -162,7 +180,7 @@ pub fn stream(ctl: Arc<Ctl>, svc: Arc<Svc>, q: Query, tx: tokio::sync::mpsc::Sen
         new.sort_by_key(|(_, l)| l.at_ms);
         let mut out = String::new();
         for (id, l) in &new {
-            render(&mut out, id, l, q.timestamps);
+            render(&mut out, id, l, &q);
         }
         if !send(out) {
             return;

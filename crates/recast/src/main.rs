@@ -463,6 +463,9 @@ enum Command {
         /// Prefix each line with the time recast saw it (RFC 3339, UTC)
         #[arg(long, short = 't')]
         timestamps: bool,
+        /// One JSON object per line: {"instance", "time", "stream", "line"} (errors as {"error": {"message", "hint"}})
+        #[arg(long)]
+        json: bool,
     },
     /// Retire every instance and route of the project (or of those services)
     #[command(
@@ -756,12 +759,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             tail,
             since,
             timestamps,
+            json,
         } => data_dir().and_then(|d| {
             let q = deploy::LogsQuery {
                 follow,
                 tail,
                 since,
                 timestamps,
+                json,
             };
             deploy::logs(&d, &service, env.env.as_deref(), &q)
         }),

@@ -265,9 +265,9 @@ fn an_invalid_stop_signal_is_a_located_error() {
 }
 
 /// `recast logs` through the API: every instance of the current release, each line prefixed
-/// with its instance; --tail, --since, --timestamps and --follow.
+/// with its instance; --tail, --since, --timestamps, --json and --follow.
 #[test]
-fn logs_show_every_instance_with_tail_since_timestamps_and_follow() {
+fn logs_show_every_instance_with_tail_since_timestamps_json_and_follow() {
     let server = Server::start();
     let p = Box::new();
     p.write(&format!(
@@ -328,6 +328,22 @@ fn logs_show_every_instance_with_tail_since_timestamps_and_follow() {
                     .parse::<u64>()
                     .is_ok_and(|y| y + 1 >= year && y <= year + 1),
             "not an RFC 3339 time: {ts} in {l}"
+        );
+    }
+    // --json: one object per line, the time as --timestamps writes it.
+    let json = logs(&["--tail", "1", "--json"]);
+    assert_eq!(json.lines().count(), 2, "{json}");
+    for l in json.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(ids.iter().any(|id| v["instance"] == id.as_str()), "{v}");
+        assert_eq!(v["line"], "early-5", "{v}");
+        assert_eq!(v["stream"], "stdout", "{v}");
+        assert!(
+            v["time"]
+                .as_str()
+                .is_some_and(|t| t.len() == 24 && t.ends_with('Z')),
+            "{v}"
         );
     }
     // --since: only what came lately (the late lines, every 0.3 s, from 8 s on).
