@@ -70,8 +70,8 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Read an existing token file: it must be private to its owner (no group or other permission
-/// bits) and hold at least [`MIN_TOKEN`] characters, else it is refused with the file named and what to do.
-/// `Ok(None)` when there is no such file.
+/// bits) and hold at least [`MIN_TOKEN`] characters, else it is refused with the file named
+/// and what to do. `Ok(None)` when there is no such file.
 pub fn read_token(p: &Path) -> Result<Option<String>, ServerError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::symlink_metadata(p) {
@@ -125,7 +125,7 @@ pub fn read_token(p: &Path) -> Result<Option<String>, ServerError> {
 pub const MIN_TOKEN: usize = 32;
 
 /// The API token of a data directory, created (0600) on first use; an existing token file
-/// that is not private or is empty is refused ([`read_token`]).
+/// that is not private or is too short is refused ([`read_token`]).
 pub fn token(data_dir: &Path) -> Result<String, ServerError> {
     let p = token_path(data_dir);
     if let Some(t) = read_token(&p)? {

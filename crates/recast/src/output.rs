@@ -141,7 +141,6 @@ pub fn read_small(path: &Path, what: &str) -> anyhow::Result<String> {
         .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
 }
 
-/// A failure as JSON on stdout, for `--json`: `{"error": {"message": …, "hint": …}}`.
 /// An error's text as its message and its hints: each `  hint: …` line is a hint (several are
 /// joined by a newline), every other line stays in the message.
 pub fn split_hints(text: &str) -> (String, Option<String>) {
@@ -170,6 +169,7 @@ pub fn usage_error(text: &str) -> (String, String) {
     (what.to_string(), hint)
 }
 
+/// A failure as JSON on stdout, for `--json`: `{"error": {"message": …, "hint": …}}`.
 pub fn json_error(message: &str, hint: Option<&str>) {
     let v = serde_json::json!({ "error": { "message": message, "hint": hint } });
     println!("{v}");
