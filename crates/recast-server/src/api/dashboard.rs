@@ -354,8 +354,11 @@ mod tests {
         for text in &sources {
             for call in ["event(", "failed("] {
                 for (at, _) in text.match_indices(call) {
-                    let after = &text[at + call.len()..];
-                    let args = &after[..after.find(')').unwrap_or(after.len()).min(200)];
+                    let args: String = text[at + call.len()..]
+                        .chars()
+                        .take_while(|c| *c != ')')
+                        .take(200)
+                        .collect();
                     if let Some(kind) = args.split('"').nth(1)
                         && let Some((group, name)) = kind.split_once('.')
                         && GROUPS.contains(&group)
