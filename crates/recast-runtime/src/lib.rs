@@ -724,6 +724,9 @@ impl Runtime {
             .ok()
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| Error::msg(format!("runc left no pid for instance {}", inst.id)))?;
+        // runc wrote it with the umask it runs under (the instances', 0022): private again.
+        fs::set_permissions(dir.join("pid"), fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("making {} private", dir.join("pid").display()), e))?;
         Ok(pid)
     }
 

@@ -658,6 +658,10 @@ route "busybox" {{
     });
     stop.store(true, Ordering::SeqCst);
     client.join().expect("client");
+    // The watch polls on its own thread: on a busy machine its view of the last start lags.
+    wait_for("the watch to see every instance", 10, || {
+        watch.seen().instances.len() >= 4
+    });
     let seen = watch.seen();
     drop(watch);
     eprintln!("watch: {seen:?}");

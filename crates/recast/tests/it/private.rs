@@ -18,8 +18,9 @@ fn rc(cwd: &Path, data: &Path, args: &[&str]) -> Output {
 }
 
 /// Files (not directories) under `dir` readable or writable by anyone but the owner, skipping
-/// image contents (`rootfs/*/fs`, instance root mounts) and volumes, which keep the app's modes,
-/// and mounts of other file systems (network namespace pins).
+/// image contents (`rootfs/*/fs`, instance root mounts), an instance root's own upper directory
+/// (only the empty mount points runc makes there, with the modes the instance's users need) and
+/// volumes, which keep the app's modes, and mounts of other file systems (network namespace pins).
 fn loose_files(dir: &Path, dev: u64, out: &mut Vec<(PathBuf, u32)>) {
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let p = e.path();
@@ -30,6 +31,7 @@ fn loose_files(dir: &Path, dev: u64, out: &mut Vec<(PathBuf, u32)>) {
         let grandparent = dir.parent().and_then(|p| p.file_name());
         if name == "volumes"
             || (name == "fs" && grandparent == Some("rootfs".as_ref()))
+            || (name == "upper" && grandparent == Some("instances".as_ref()))
             || parent == "layers"
         {
             continue;
