@@ -356,3 +356,68 @@ fn a_timeout_on_a_tcp_route_is_a_located_error() {
         "{said}"
     );
 }
+
+/// Issue 16 with stock PostgreSQL: the entrypoint's initdb takes the superuser's password from a
+/// recast secret file (owned by the image's `postgres` user, mode 0400) and requires it
+/// (scram-sha-256); `psql` through a TCP route gets in with it and is refused without it or
+/// with another; the password is nowhere in the data directory (the database's own files
+/// hold only its SCRAM verifier).
+#[test]
+fn stock_postgres_takes_its_password_from_a_secret_file() {
+    let repo = AptRepo::serve();
+    let archive = base_image_archive();
+    let server = Server::start();
+    let port = free_port();
+    let p = tempfile::Builder::new()
+        .prefix("pgsecret")
+        .tempdir()
+        .expect("tmp");
+    let dir = p.path();
+    postgres_context(dir);
+    let entrypoint = crate::postgres::POSTGRES_ENTRYPOINT.replace(
+        "--auth=trust --username=postgres",
+        "--auth=scram-sha-256 --username=postgres --pwfile=/run/secrets/pgpass",
+    );
+    assert!(entrypoint.contains("--pwfile"), "{entrypoint}");
+    fs::write(dir.join("postgres/entrypoint.sh"), entrypoint).expect("entrypoint");
+    let password = "pg-5e1f0c77-secret";
+    fs::write(dir.join("pgpass"), format!("{password}\n")).expect("pgpass");
+    let service = postgres_spec(&archive, &repo.url, "1").replace(
+        "  tmpfs = [\"/run/postgresql\"]\n",
+        "  tmpfs = [\"/run/postgresql\"]\n  secret_file {\n    secret = secret.pgpass\n    path   = \"/run/secrets/pgpass\"\n  }\n",
+    );
+    assert!(service.contains("secret_file"), "{service}");
+    fs::write(
+        dir.join("recast.hcl"),
+        format!(
+            "secret \"pgpass\" {{\n  from_file = \"pgpass\"\n}}\n{service}\nroute \"db\" {{\n  listen   = \"127.0.0.1:{port}\"\n  service  = service.postgres\n  protocol = \"tcp\"\n}}\n"
+        ),
+    )
+    .expect("spec");
+    ok(&server.rc(dir, &["apply", "--yes"]));
+
+    let psql = |pw: Option<&str>| {
+        let mut c = psql_cmd(port);
+        if let Some(pw) = pw {
+            c.env("PGPASSWORD", pw);
+        }
+        c.args(["-w", "-c", "select 1"]).output().expect("psql")
+    };
+    wait_for("psql with the secret password", 60, || {
+        let o = psql(Some(password));
+        o.status.success() && stdout(&o).trim() == "1"
+    });
+    for (pw, what) in [
+        (None, "no password"),
+        (Some("wrong-password"), "a wrong one"),
+    ] {
+        let o = psql(pw);
+        assert!(!o.status.success(), "psql got in with {what}");
+        assert!(
+            stderr(&o).contains("password"),
+            "psql with {what}: {}",
+            stderr(&o)
+        );
+    }
+    crate::environments::data_dir_clean(&server, &[password], "after PostgreSQL's initdb");
+}
