@@ -76,16 +76,18 @@ impl Soak {
     /// `Err(why not)`.
     pub fn check(&self, service: &str, digest: &str) -> Result<String, String> {
         let from = &self.from;
+        // How long it was live, in whole seconds ("2h5m3s", not "2h5m3s417ms").
+        let live = |d: &std::time::Duration| dur(std::time::Duration::from_secs(d.as_secs()));
         match self.live.get(&(service.to_string(), digest.to_string())) {
             Some(d) if *d >= self.need => Ok(format!(
                 "digest {} verified in {from} for {}",
                 short(digest),
-                dur(*d)
+                live(d)
             )),
             Some(d) => Err(format!(
                 "digest {} has been live in {from} for {}; this environment requires {} (require.soak)",
                 short(digest),
-                dur(*d),
+                live(d),
                 dur(self.need)
             )),
             None => Err(format!(

@@ -466,3 +466,29 @@ fn a_record_missing_defaulted_fields_is_unchanged() {
     ));
     assert_eq!(s.action, Action::Unchanged, "{:?}", s.reasons);
 }
+
+#[test]
+fn a_soak_says_how_long_in_whole_seconds_and_what_is_missing() {
+    let key = ("web".to_string(), "sha256:abcdef0123456789".to_string());
+    let soak = Soak {
+        from: "staging".into(),
+        need: Duration::from_secs(600),
+        live: BTreeMap::from([(key.clone(), Duration::from_millis(7_203_417))]),
+    };
+    assert_eq!(
+        soak.check("web", &key.1).as_deref(),
+        Ok("digest sha256:abcdef012345 verified in staging for 2h3s")
+    );
+    let early = Soak {
+        live: BTreeMap::from([(key.clone(), Duration::from_millis(183_900))]),
+        ..soak.clone()
+    };
+    assert_eq!(
+        early.check("web", &key.1),
+        Err("digest sha256:abcdef012345 has been live in staging for 3m3s; this environment requires 10m (require.soak)".to_string())
+    );
+    assert!(
+        soak.check("api", &key.1)
+            .is_err_and(|e| e.contains("service api has never been live in staging")),
+    );
+}
