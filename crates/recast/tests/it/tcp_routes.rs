@@ -29,7 +29,8 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// The host's `psql` against the route (trust auth, as the entrypoint's initdb sets it).
+/// The host's `psql` against the route (trust auth as the entrypoint's initdb sets it, unless a
+/// caller gives `PGPASSWORD`).
 fn psql_cmd(port: u16) -> Command {
     let mut c = Command::new("psql");
     c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -185,10 +186,15 @@ fn spec(dir: &Path, archive: &Path, repo: &str, port: u16, release: &str) {
         &format!("  port  = 5432\n  drain_timeout = \"{DRAIN_MS}ms\"\n"),
     );
     assert!(service.contains("drain_timeout"), "{service}");
+    write_spec(dir, &service, port);
+}
+
+/// `recast.hcl`: `text` (the postgres service and what it needs) and a TCP route to it on `port`.
+fn write_spec(dir: &Path, text: &str, port: u16) {
     fs::write(
         dir.join("recast.hcl"),
         format!(
-            "{service}\nroute \"db\" {{\n  listen   = \"127.0.0.1:{port}\"\n  service  = service.postgres\n  protocol = \"tcp\"\n}}\n"
+            "{text}\nroute \"db\" {{\n  listen   = \"127.0.0.1:{port}\"\n  service  = service.postgres\n  protocol = \"tcp\"\n}}\n"
         ),
     )
     .expect("spec");
@@ -387,13 +393,11 @@ fn stock_postgres_takes_its_password_from_a_secret_file() {
         "  tmpfs = [\"/run/postgresql\"]\n  secret_file {\n    secret = secret.pgpass\n    path   = \"/run/secrets/pgpass\"\n  }\n",
     );
     assert!(service.contains("secret_file"), "{service}");
-    fs::write(
-        dir.join("recast.hcl"),
-        format!(
-            "secret \"pgpass\" {{\n  from_file = \"pgpass\"\n}}\n{service}\nroute \"db\" {{\n  listen   = \"127.0.0.1:{port}\"\n  service  = service.postgres\n  protocol = \"tcp\"\n}}\n"
-        ),
-    )
-    .expect("spec");
+    write_spec(
+        dir,
+        &format!("secret \"pgpass\" {{\n  from_file = \"pgpass\"\n}}\n{service}"),
+        port,
+    );
     ok(&server.rc(dir, &["apply", "--yes"]));
 
     let psql = |pw: Option<&str>| {
